@@ -1,0 +1,152 @@
+"""The exception tree of codex_supervisor.
+
+Every error the library raises derives from :class:`SupervisorError`; foreign
+exceptions (httpx, portalocker, cattrs, OSError) are translated at the boundary
+with ``raise ... from exc`` so callers need to catch only our tree. Where a
+builtin fits, the error also inherits it, so ``except TimeoutError`` works::
+
+    SupervisorError
+    ├── ConfigError (ValueError)           bad configuration or arguments
+    ├── CodexCLIError                      the Codex binary itself
+    │   ├── CodexNotFoundError (FileNotFoundError)
+    │   └── UnsupportedCodexVersion        a version the feature table does not know
+    ├── AuthError                          an auth.json we cannot use
+    ├── StateError                         a malformed or unreadable state file
+    ├── LeaseError
+    │   ├── LeaseTimeout (TimeoutError)    could not acquire in time
+    │   └── LeaseLost                      a held lease was taken or expired
+    ├── QuotaError
+    │   └── QuotaUnavailable               no source could produce a snapshot
+    ├── ProcessError                       launching or stopping a child failed
+    └── AppServerError                     the app-server protocol layer
+        ├── TransportClosed (ConnectionError)  EOF / exit; carries exit code and stderr tail
+        └── RequestFailed                      a JSON-RPC error response
+
+Errors carry structured attributes and pickle cleanly (``args`` holds every
+constructor argument), so they can cross process boundaries in tests and tools.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AppServerError",
+    "AuthError",
+    "CodexCLIError",
+    "CodexNotFoundError",
+    "ConfigError",
+    "LeaseError",
+    "LeaseLost",
+    "LeaseTimeout",
+    "ProcessError",
+    "QuotaError",
+    "QuotaUnavailable",
+    "RequestFailed",
+    "StateError",
+    "SupervisorError",
+    "TransportClosed",
+    "UnsupportedCodexVersion",
+]
+
+
+class SupervisorError(Exception):
+    """Root of every exception codex_supervisor raises."""
+
+
+class ConfigError(SupervisorError, ValueError):
+    """Configuration or arguments that cannot be used."""
+
+
+class CodexCLIError(SupervisorError):
+    """A problem with the Codex CLI binary itself."""
+
+
+class CodexNotFoundError(CodexCLIError, FileNotFoundError):
+    """The Codex binary could not be found or executed."""
+
+
+class UnsupportedCodexVersion(CodexCLIError):
+    """The installed Codex version is not one the library knows how to drive."""
+
+    def __init__(self, version: str, minimum: str) -> None:
+        super().__init__(version, minimum)
+        self.version = version
+        self.minimum = minimum
+
+    def __str__(self) -> str:
+        return f"Codex CLI {self.version} is not supported (need {self.minimum} or newer)"
+
+
+class AuthError(SupervisorError):
+    """An auth.json that is missing, malformed or unsafe to use."""
+
+
+class StateError(SupervisorError):
+    """A state or lease file that is malformed or cannot be read."""
+
+
+class LeaseError(SupervisorError):
+    """Base for lease and lock failures."""
+
+
+class LeaseTimeout(LeaseError, TimeoutError):
+    """A lock or lease could not be acquired before the deadline."""
+
+    def __init__(self, name: str, timeout: float, holder: str | None = None) -> None:
+        super().__init__(name, timeout, holder)
+        self.name = name
+        self.timeout = timeout
+        self.holder = holder
+
+    def __str__(self) -> str:
+        held = f" (held by {self.holder})" if self.holder else ""
+        return f"could not acquire {self.name!r} within {self.timeout:g}s{held}"
+
+
+class LeaseLost(LeaseError):
+    """A lease this process held was taken over, removed or expired."""
+
+
+class QuotaError(SupervisorError):
+    """Base for quota reading failures."""
+
+
+class QuotaUnavailable(QuotaError):
+    """No quota source could produce a snapshot for an account."""
+
+
+class ProcessError(SupervisorError):
+    """A child process could not be launched or stopped."""
+
+
+class AppServerError(SupervisorError):
+    """Base for ``codex app-server`` protocol failures."""
+
+
+class TransportClosed(AppServerError, ConnectionError):
+    """The app-server transport closed (EOF, process exit or socket error)."""
+
+    def __init__(
+        self, message: str, returncode: int | None = None, stderr_tail: str = ""
+    ) -> None:
+        super().__init__(message, returncode, stderr_tail)
+        self.message = message
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+    def __str__(self) -> str:
+        code = "" if self.returncode is None else f" (exit code {self.returncode})"
+        return f"{self.message}{code}"
+
+
+class RequestFailed(AppServerError):
+    """The app-server answered a request with a JSON-RPC error."""
+
+    def __init__(self, method: str, code: int, message: str, data: object = None) -> None:
+        super().__init__(method, code, message, data)
+        self.method = method
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def __str__(self) -> str:
+        return f"{self.method} failed with {self.code}: {self.message}"

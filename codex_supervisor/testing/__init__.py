@@ -1,0 +1,47 @@
+"""Test doubles for code that drives the Codex CLI (public and shipped).
+
+- :class:`FakeCodexBackend` — a real HTTP(S) server on 127.0.0.1 that plays the
+  Codex backend: the Responses stream with quota headers, the usage endpoint,
+  single-use refresh tokens, and a request log.
+- :func:`write_config_toml`, :func:`make_jwt`, :func:`write_auth_json` — a
+  CODEX_HOME that talks only to that backend.
+- :func:`install_simulator` — a ``codex`` executable (a small Python program)
+  that follows Codex's argv grammar and writes real-format rollouts, for fast
+  tests and demos.
+
+HTTPS (``FakeCodexBackend(tls=True)``) needs the ``testing`` extra.
+"""
+
+from __future__ import annotations
+
+from ._backend import (
+    FIVE_HOUR_MINUTES,
+    WEEKLY_MINUTES,
+    Behaviour,
+    BehaviourKind,
+    FakeAccount,
+    FakeCodexBackend,
+    FakeWindow,
+    RequestRecord,
+)
+from ._config import OFFLINE_DISABLE_FEATURES, hermetic_env, offline_flags, write_config_toml
+from ._tokens import decode_jwt_claims, make_jwt, write_apikey_auth_json, write_auth_json
+
+__all__ = [
+    "FIVE_HOUR_MINUTES",
+    "OFFLINE_DISABLE_FEATURES",
+    "WEEKLY_MINUTES",
+    "Behaviour",
+    "BehaviourKind",
+    "FakeAccount",
+    "FakeCodexBackend",
+    "FakeWindow",
+    "RequestRecord",
+    "decode_jwt_claims",
+    "hermetic_env",
+    "make_jwt",
+    "offline_flags",
+    "write_apikey_auth_json",
+    "write_auth_json",
+    "write_config_toml",
+]

@@ -1,0 +1,121 @@
+"""Shared fixtures: the real Codex binary, fake backends and hermetic homes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from codex_supervisor.testing import FakeCodexBackend, hermetic_env, offline_flags
+
+REPO = Path(__file__).resolve().parent.parent
+PINNED_CODEX_VERSION = "0.169.0"
+_DEFAULT_BIN = (
+    REPO
+    / ".cache/codex"
+    / PINNED_CODEX_VERSION
+    / "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
+)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Async tests run on asyncio only (the library is asyncio-based)."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def codex_bin() -> Path:
+    """The real pinned Codex CLI binary; a missing binary fails, never skips."""
+    override = os.environ.get("CODEX_SUPERVISOR_TEST_CODEX_BIN")
+    path = Path(override) if override else _DEFAULT_BIN
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(
+            f"the real Codex CLI binary is missing at {path}: run scripts/fetch-codex "
+            "(the README's test command does) or set CODEX_SUPERVISOR_TEST_CODEX_BIN",
+            pytrace=False,
+        )
+    out = subprocess.run(
+        [str(path), "--version"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout.strip()
+    if out != f"codex-cli {PINNED_CODEX_VERSION}":
+        pytest.fail(f"expected codex-cli {PINNED_CODEX_VERSION} at {path}, got {out!r}")
+    return path
+
+
+@pytest.fixture
+def backend() -> Iterator[FakeCodexBackend]:
+    """A plain-HTTP fake backend, stopped after the test."""
+    with FakeCodexBackend() as b:
+        yield b
+
+
+@pytest.fixture
+def tls_backend() -> Iterator[FakeCodexBackend]:
+    """An HTTPS fake backend with a throwaway CA (for the interactive TUI)."""
+    with FakeCodexBackend(tls=True) as b:
+        yield b
+
+
+class CodexWorld:
+    """Hermetic folders for one test: a HOME, CODEX_HOMEs and a work folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.home = root / "home"
+        self.work = root / "work"
+        self.home.mkdir()
+        self.work.mkdir()
+
+    def codex_home(self, name: str = "codex-home") -> Path:
+        """A fresh CODEX_HOME folder (0700) under the test's root."""
+        path = self.root / name
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
+    def env(
+        self, codex_home: Path, backend: FakeCodexBackend | None, **extra: str
+    ) -> dict[str, str]:
+        """The hermetic environment for one Codex run."""
+        return hermetic_env(codex_home, self.home, backend, extra=extra)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> CodexWorld:
+    """Hermetic folders for running Codex (or the simulator) in this test."""
+    return CodexWorld(tmp_path)
+
+
+@pytest.fixture
+def run_codex(
+    codex_bin: Path, world: CodexWorld
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the real Codex binary hermetically, stdin from /dev/null, bounded."""
+
+    def run(
+        args: list[str],
+        *,
+        codex_home: Path,
+        backend: FakeCodexBackend | None,
+        timeout: float = 60.0,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = world.env(codex_home, backend)
+        full_env.update(env or {})
+        return subprocess.run(
+            [str(codex_bin), *args],
+            cwd=cwd or world.work,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    return run
+

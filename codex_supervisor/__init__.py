@@ -53,7 +53,7 @@ def __getattr__(name: str) -> Any:
     # __version__ is looked up lazily so importing the package never pays for
     # reading distribution metadata.
     if name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
 
         try:
             return version("codex-supervisor")

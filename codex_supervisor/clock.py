@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
-
-from typing_extensions import final
+from typing import Protocol, final, runtime_checkable
 
 __all__ = ["Clock", "SystemClock"]
 

@@ -125,9 +125,7 @@ class AppServerError(SupervisorError):
 class TransportClosed(AppServerError, ConnectionError):
     """The app-server transport closed (EOF, process exit or socket error)."""
 
-    def __init__(
-        self, message: str, returncode: int | None = None, stderr_tail: str = ""
-    ) -> None:
+    def __init__(self, message: str, returncode: int | None = None, stderr_tail: str = "") -> None:
         super().__init__(message, returncode, stderr_tail)
         self.message = message
         self.returncode = returncode

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from codex_supervisor.testing import FakeCodexBackend, hermetic_env, offline_flags
+from codex_supervisor.testing import FakeCodexBackend, hermetic_env
 
 REPO = Path(__file__).resolve().parent.parent
 PINNED_CODEX_VERSION = "0.169.0"
@@ -118,4 +118,3 @@ def run_codex(
         )
 
     return run
-

@@ -19,6 +19,7 @@ tests may script it from any thread while Codex talks to it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import json
@@ -39,6 +40,7 @@ from typing import Any, Self
 
 import attrs
 
+from ._config import write_config_toml
 from ._tokens import AUTH_CLAIMS_KEY, make_jwt, new_refresh_token, write_auth_json
 
 __all__ = [
@@ -140,8 +142,9 @@ class FakeWindow:
 class FakeAccount:
     """A ChatGPT account the backend knows: identity, tokens and quota.
 
-    Tokens change when Codex refreshes them; read them through the backend
-    (``backend.account(id)``) rather than keeping a copy.
+    The backend hands out snapshots: tokens and quota change when Codex
+    refreshes or spends them, so ask ``backend.account(id)`` again for the
+    current state.
     """
 
     account_id: str
@@ -185,9 +188,11 @@ class RequestRecord:
         for item in items or []:
             if not isinstance(item, dict) or item.get("role") != "user":
                 continue
-            for part in item.get("content") or []:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    texts.append(part["text"])
+            texts.extend(
+                part["text"]
+                for part in item.get("content") or []
+                if isinstance(part, dict) and isinstance(part.get("text"), str)
+            )
         return texts
 
 
@@ -203,6 +208,9 @@ class _Replay:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # The default backlog of 5 resets connections when many clients (Codex
+    # fires several requests at start) connect at once.
+    request_queue_size = 128
     backend: FakeCodexBackend
 
 
@@ -305,13 +313,11 @@ class FakeCodexBackend:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        import asyncio
-
         await asyncio.to_thread(self.stop)
 
     def _make_tls_context(self) -> ssl.SSLContext:
         try:
-            import trustme
+            import trustme  # noqa: PLC0415 - optional: the `testing` extra
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise RuntimeError(
                 "FakeCodexBackend(tls=True) needs trustme: pip install 'codex-supervisor[testing]'"
@@ -383,7 +389,7 @@ class FakeCodexBackend:
         access_token_expired: bool = False,
         api_key: str | None = None,
     ) -> FakeAccount:
-        """Register an account and mint its tokens; returns its live record."""
+        """Register an account and mint its tokens; returns a snapshot of its record."""
         account_id = account_id or f"acct-{uuid.uuid4().hex[:12]}"
         now = time.time()
         windows = []
@@ -410,7 +416,7 @@ class FakeCodexBackend:
             if account_id in self._accounts:
                 raise ValueError(f"account {account_id!r} already exists")
             self._accounts[account_id] = acct
-        return acct
+        return self.account(account_id)
 
     def _mint(self, acct: FakeAccount, now: float, *, expired: bool = False) -> None:
         exp = int(now - 60) if expired else int(now + self.access_token_ttl)
@@ -478,8 +484,6 @@ class FakeCodexBackend:
         self, codex_home: Path | str, account_id: str | None = None, **config: Any
     ) -> Path:
         """Prepare a CODEX_HOME: config.toml pointing here, plus auth.json if asked."""
-        from ._config import write_config_toml
-
         home = Path(codex_home)
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_config_toml(home, self, **config)
@@ -571,9 +575,7 @@ class FakeCodexBackend:
     def _usage_payload(self, acct: FakeAccount) -> dict[str, Any]:
         now = time.time()
         payload_windows = {}
-        for name, window in zip(
-            ("primary_window", "secondary_window"), acct.windows, strict=False
-        ):
+        for name, window in zip(("primary_window", "secondary_window"), acct.windows, strict=False):
             payload_windows[name] = {
                 "used_percent": _json_percent(window.used_percent),
                 "limit_window_seconds": window.window_minutes * 60,
@@ -623,8 +625,10 @@ def _fmt_percent(value: float) -> str:
     return f"{value:.1f}"
 
 
-def _json_percent(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else value
+def _json_percent(value: float) -> int:
+    # The real endpoint sends whole numbers and Codex parses them as i32: a
+    # fractional value would make Codex reject the whole response.
+    return round(value)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -634,7 +638,7 @@ class _Handler(BaseHTTPRequestHandler):
     # done; a short timeout lets them go.
     timeout = 30
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002, ARG002
         return  # the request log is the record; stderr noise helps no test
 
     def setup(self) -> None:
@@ -735,7 +739,7 @@ class _Handler(BaseHTTPRequestHandler):
                 account_header,
             )
         elif path in ("/backend-api/wham/settings/user", "/wham/settings/user"):
-            self._send_json(200, {}, account_header)
+            self._send_json(200, {"commit_attribution_enabled": False}, account_header)
         elif path in ("/v1/models", "/models"):
             self._send_json(200, {"models": []}, account_header)
         else:
@@ -767,7 +771,12 @@ class _Handler(BaseHTTPRequestHandler):
         if status == 401:
             self._send_json(
                 401,
-                {"error": {"message": "Access token is expired or invalid.", "code": "token_expired"}},
+                {
+                    "error": {
+                        "message": "Access token is expired or invalid.",
+                        "code": "token_expired",
+                    }
+                },
                 self.headers.get("chatgpt-account-id"),
             )
         else:
@@ -809,7 +818,12 @@ class _Handler(BaseHTTPRequestHandler):
         if acct is None:
             self._send_json(
                 401,
-                {"error": {"message": "Missing or unknown bearer token.", "type": "invalid_request_error"}},
+                {
+                    "error": {
+                        "message": "Missing or unknown bearer token.",
+                        "type": "invalid_request_error",
+                    }
+                },
                 self.headers.get("chatgpt-account-id"),
                 body=body,
             )
@@ -848,7 +862,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._log(200, account_id, body)
         response_id = f"resp_{uuid.uuid4().hex}"
         kind = behaviour.kind if behaviour else BehaviourKind.REPLY
-        self._event("response.created", {"type": "response.created", "response": {"id": response_id}})
+        self._event(
+            "response.created", {"type": "response.created", "response": {"id": response_id}}
+        )
         if kind is BehaviourKind.DROP:
             self._reset()
             return
@@ -860,9 +876,9 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 backend._stopping.wait(0.05)
             return
-        if kind is BehaviourKind.DELAY and behaviour is not None and behaviour.seconds:
-            if backend._stopping.wait(behaviour.seconds):
-                return
+        delay = behaviour.seconds if behaviour and kind is BehaviourKind.DELAY else None
+        if delay and backend._stopping.wait(delay):
+            return
         text = (behaviour.text if behaviour and behaviour.text is not None else None) or (
             backend.reply_text
         )
@@ -879,7 +895,9 @@ class _Handler(BaseHTTPRequestHandler):
         # not a clean end.
         with contextlib.suppress(OSError):
             sock = self.connection
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
             sock.close()
 
 
@@ -917,7 +935,10 @@ def _reply_events(response_id: str, text: str) -> Iterator[tuple[str, dict[str, 
             "delta": text,
         },
     )
-    yield ("response.output_item.done", {"type": "response.output_item.done", "output_index": 0, "item": message})
+    yield (
+        "response.output_item.done",
+        {"type": "response.output_item.done", "output_index": 0, "item": message},
+    )
     input_tokens = 120
     output_tokens = max(1, len(text.split()))
     yield (

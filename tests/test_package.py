@@ -1,0 +1,140 @@
+"""The package surface: __all__, __version__, errors, clock and converter."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from datetime import UTC, datetime, timedelta
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import codex_supervisor
+from codex_supervisor import errors
+from codex_supervisor._convert import structure, unstructure
+from codex_supervisor.clock import Clock, SystemClock
+
+
+def test_all_is_sorted_and_complete() -> None:
+    """__all__ is sorted, unique, and every name in it exists."""
+    names = codex_supervisor.__all__
+    assert names == sorted(names)
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert hasattr(codex_supervisor, name), name
+
+
+def test_errors_all_is_sorted_and_exported() -> None:
+    """Every error class is in errors.__all__ and re-exported at the top."""
+    names = errors.__all__
+    assert names == sorted(names)
+    for name in names:
+        assert getattr(codex_supervisor, name) is getattr(errors, name)
+
+
+def test_version_is_a_string() -> None:
+    """__version__ is looked up lazily from the installed metadata."""
+    assert isinstance(codex_supervisor.__version__, str)
+    assert codex_supervisor.__version__
+    with pytest.raises(AttributeError):
+        _ = codex_supervisor.does_not_exist  # type: ignore[attr-defined]
+
+
+def test_every_error_derives_from_the_root() -> None:
+    """All library errors are SupervisorErrors; the builtin bases match their meaning."""
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.SupervisorError)
+    assert issubclass(errors.ConfigError, ValueError)
+    assert issubclass(errors.LeaseTimeout, TimeoutError)
+    assert issubclass(errors.TransportClosed, ConnectionError)
+    assert issubclass(errors.CodexNotFoundError, FileNotFoundError)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        errors.SupervisorError("plain"),
+        errors.ConfigError("bad"),
+        errors.UnsupportedCodexVersion("0.100.0", "0.169.0"),
+        errors.LeaseTimeout("pool", 2.5, holder="pid 12"),
+        errors.TransportClosed("app-server exited", returncode=3, stderr_tail="boom"),
+        errors.RequestFailed("turn/start", -32600, "invalid", {"x": 1}),
+    ],
+)
+def test_errors_pickle_round_trip(error: errors.SupervisorError) -> None:
+    """Errors survive pickling with their attributes and message."""
+    clone = pickle.loads(pickle.dumps(error))
+    assert type(clone) is type(error)
+    assert str(clone) == str(error)
+    assert vars(clone) == vars(error)
+
+
+def test_error_messages_carry_their_details() -> None:
+    """Structured errors say what went wrong in their message."""
+    assert "pid 12" in str(errors.LeaseTimeout("pool", 1, holder="pid 12"))
+    assert "exit code 3" in str(errors.TransportClosed("gone", returncode=3))
+    assert "0.100.0" in str(errors.UnsupportedCodexVersion("0.100.0", "0.169.0"))
+
+
+def test_system_clock_is_a_clock() -> None:
+    """SystemClock satisfies the Clock protocol and returns aware UTC times."""
+    clock = SystemClock()
+    assert isinstance(clock, Clock)
+    assert clock.now().tzinfo is UTC
+    first = clock.monotonic()
+    assert clock.monotonic() >= first
+    asyncio.run(clock.sleep(-1))  # a negative sleep is clamped, not an error
+    assert repr(clock) == "SystemClock()"
+
+
+@attrs.frozen(kw_only=True)
+class _Sample:
+    name: str
+    at: datetime
+    count: int = 0
+    note: str | None = None
+
+
+_aware = st.datetimes(
+    min_value=datetime(2000, 1, 1),  # noqa: DTZ001 - hypothesis bounds are naive by API
+    max_value=datetime(2100, 1, 1),  # noqa: DTZ001
+    timezones=st.just(UTC),
+)
+
+
+@given(name=st.text(), at=_aware, count=st.integers(), note=st.none() | st.text())
+def test_converter_round_trips_value_objects(
+    name: str, at: datetime, count: int, note: str | None
+) -> None:
+    """unstructure then structure gives back an equal value object."""
+    value = _Sample(name=name, at=at, count=count, note=note)
+    assert structure(unstructure(value), _Sample) == value
+
+
+def test_converter_accepts_epoch_and_naive_times_as_utc() -> None:
+    """Epoch numbers and naive ISO strings structure to aware UTC datetimes."""
+    at = structure({"name": "x", "at": 0}, _Sample).at
+    assert at == datetime(1970, 1, 1, tzinfo=UTC)
+    naive = structure({"name": "x", "at": "2026-01-01T00:00:00"}, _Sample).at
+    assert naive.tzinfo is UTC
+    offset = structure({"name": "x", "at": "2026-01-01T01:00:00+01:00"}, _Sample).at
+    assert offset == datetime(2026, 1, 1, tzinfo=UTC)
+    assert offset.utcoffset() == timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"at": "2026-01-01T00:00:00Z"},
+        {"name": "x", "at": "not a date"},
+        {"name": "x", "at": [1]},
+        {"name": "x", "at": True},
+        "not a mapping",
+    ],
+)
+def test_converter_translates_bad_input_to_state_error(data: object) -> None:
+    """Malformed JSON raises StateError, never a cattrs exception."""
+    with pytest.raises(errors.StateError, match="malformed sample"):
+        structure(data, _Sample, what="sample")

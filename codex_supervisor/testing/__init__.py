@@ -25,6 +25,7 @@ from ._backend import (
     RequestRecord,
 )
 from ._config import OFFLINE_DISABLE_FEATURES, hermetic_env, offline_flags, write_config_toml
+from ._pty import PtyProcess
 from ._tokens import decode_jwt_claims, make_jwt, write_apikey_auth_json, write_auth_json
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "FakeAccount",
     "FakeCodexBackend",
     "FakeWindow",
+    "PtyProcess",
     "RequestRecord",
     "decode_jwt_claims",
     "hermetic_env",

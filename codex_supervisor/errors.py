@@ -16,7 +16,9 @@ builtin fits, the error also inherits it, so ``except TimeoutError`` works::
     │   ├── LeaseTimeout (TimeoutError)    could not acquire in time
     │   └── LeaseLost                      a held lease was taken or expired
     ├── QuotaError
-    │   └── QuotaUnavailable               no source could produce a snapshot
+    │   ├── QuotaUnavailable               no source could produce a snapshot
+    │   ├── QuotaParseError (ValueError)   a usage payload / rate-limit object we cannot read
+    │   └── QuotaAuthExpired               401/403 from the usage endpoint (Codex refreshes on next use)
     ├── ProcessError                       launching or stopping a child failed
     └── AppServerError                     the app-server protocol layer
         ├── TransportClosed (ConnectionError)  EOF / exit; carries exit code and stderr tail
@@ -38,7 +40,9 @@ __all__ = [
     "LeaseLost",
     "LeaseTimeout",
     "ProcessError",
+    "QuotaAuthExpired",
     "QuotaError",
+    "QuotaParseError",
     "QuotaUnavailable",
     "RequestFailed",
     "StateError",
@@ -112,6 +116,26 @@ class QuotaError(SupervisorError):
 
 class QuotaUnavailable(QuotaError):
     """No quota source could produce a snapshot for an account."""
+
+
+class QuotaParseError(QuotaError, ValueError):
+    """A usage payload or rate-limit object that cannot be read."""
+
+
+class QuotaAuthExpired(QuotaError):
+    """The usage endpoint refused the access token (401/403).
+
+    Not a failure of the account: Codex refreshes its token on next use, and
+    the library never refreshes tokens itself.
+    """
+
+    def __init__(self, account: str, status: int) -> None:
+        super().__init__(account, status)
+        self.account = account
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"usage endpoint refused the access token of {self.account!r} ({self.status})"
 
 
 class ProcessError(SupervisorError):

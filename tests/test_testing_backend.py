@@ -431,3 +431,11 @@ def test_jwt_round_trip(claims: dict[str, Any]) -> None:
 def test_decode_jwt_never_raises(token: str) -> None:
     """Decoding arbitrary text returns a dict (empty when malformed), never raises."""
     assert isinstance(decode_jwt_claims(token), dict)
+
+
+def test_expired_access_token_gets_401_on_responses(backend: FakeCodexBackend) -> None:
+    """A ChatGPT access token past its expiry is refused by /v1/responses too."""
+    acct = backend.add_account("acct-a")
+    backend.expire_access_token("acct-a")
+    assert _respond(backend, acct.access_token).status_code == 401
+    assert backend.account("acct-a").responses_served == 0

@@ -27,6 +27,7 @@ from ._backend import (
 from ._config import OFFLINE_DISABLE_FEATURES, hermetic_env, offline_flags, write_config_toml
 from ._pty import PtyProcess
 from ._tokens import decode_jwt_claims, make_jwt, write_apikey_auth_json, write_auth_json
+from .simulator import install_simulator
 
 __all__ = [
     "FIVE_HOUR_MINUTES",
@@ -41,6 +42,7 @@ __all__ = [
     "RequestRecord",
     "decode_jwt_claims",
     "hermetic_env",
+    "install_simulator",
     "make_jwt",
     "offline_flags",
     "write_apikey_auth_json",

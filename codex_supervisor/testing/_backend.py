@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import enum
 import json
+import logging
 import math
 import secrets
 import socket
@@ -53,6 +54,8 @@ __all__ = [
     "FakeWindow",
     "RequestRecord",
 ]
+
+log = logging.getLogger(__name__)
 
 FIVE_HOUR_MINUTES = 300
 WEEKLY_MINUTES = 10080
@@ -212,6 +215,11 @@ class _Server(ThreadingHTTPServer):
     # fires several requests at start) connect at once.
     request_queue_size = 128
     backend: FakeCodexBackend
+
+    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ARG002
+        # Clients that reset or fail the TLS handshake are part of the tests;
+        # a traceback on stderr for each would only bury real failures.
+        log.debug("fake backend: request from %s failed", client_address, exc_info=True)  # noqa: LOG014 - called from socketserver's except block
 
 
 class FakeCodexBackend:
@@ -787,6 +795,12 @@ class _Handler(BaseHTTPRequestHandler):
         now = time.time()
         with backend._lock:
             acct = backend._account_for_bearer(self._bearer(), api_ok=True)
+            if (
+                acct is not None
+                and acct.api_key != self._bearer()
+                and acct.access_expires_at <= now
+            ):
+                acct = None  # an expired ChatGPT access token: 401, as the real service does
             account_id = acct.account_id if acct else None
             if acct is None:
                 behaviour: Behaviour | None = None

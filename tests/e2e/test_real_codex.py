@@ -42,7 +42,10 @@ def _rollouts(codex_home: Path) -> list[Path]:
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # Only complete lines: Codex may be in the middle of writing the last one.
+    text = path.read_text()
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def _events(lines: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -283,12 +286,18 @@ def test_interactive_tui_answers_argv_prompt_and_typed_prompt(
         assert second.status == 200
         assert "first prompt" in second.input_texts
         tui.expect("Hello from the fake backend", timeout=60)
+        [rollout] = _rollouts(home)
+        assert session_id in rollout.name
+        # The screen shows the reply before the rollout records the turn's end:
+        # the turn boundary is read from the rollout, never from the screen.
+        _wait_for(
+            lambda: _turn_markers(_lines(rollout)) == ["task_started", "task_complete"] * 2,
+            30,
+            "both turns to complete in the rollout",
+        )
         # SIGINT ends the 0.169.0 TUI by its default action (CODEX_FACTS.md §5).
         tui.send_signal(signal.SIGINT)
         assert tui.wait(timeout=10) == -signal.SIGINT
-    [rollout] = _rollouts(home)
-    assert session_id in rollout.name
-    assert _turn_markers(_lines(rollout))[-2:] == ["task_started", "task_complete"]
 
 
 def _wait_soft(predicate: Callable[[], bool], timeout: float) -> None:

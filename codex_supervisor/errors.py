@@ -18,7 +18,7 @@ builtin fits, the error also inherits it, so ``except TimeoutError`` works::
     ├── QuotaError
     │   ├── QuotaUnavailable               no source could produce a snapshot
     │   ├── QuotaParseError (ValueError)   a usage payload / rate-limit object we cannot read
-    │   └── QuotaAuthExpired               401/403 from the usage endpoint (Codex refreshes on next use)
+    │   └── QuotaAuthExpired               the usage endpoint refused the token (401/403)
     ├── ProcessError                       launching or stopping a child failed
     └── AppServerError                     the app-server protocol layer
         ├── TransportClosed (ConnectionError)  EOF / exit; carries exit code and stderr tail

@@ -7,6 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from .accounts import (
+    Account,
+    AccountPool,
+    AccountStatus,
+    AuthMode,
+    Cooldown,
+    Identity,
+)
 from .clock import Clock, SystemClock
 from .errors import (
     AppServerError,
@@ -28,28 +36,76 @@ from .errors import (
     TransportClosed,
     UnsupportedCodexVersion,
 )
+from .lease import (
+    FileLeaseBackend,
+    FileLock,
+    Lease,
+    LeaseBackend,
+    LeaseMode,
+    LeaseRecord,
+    RenewOutcome,
+    acquire_lease,
+)
+from .quota import (
+    CachedSnapshot,
+    Credits,
+    QuotaService,
+    QuotaSnapshot,
+    QuotaWindow,
+    SnapshotProvider,
+    SnapshotSource,
+    UsageCredentials,
+    UsageEndpointSource,
+    WindowKind,
+    classify_window,
+)
 
 __all__ = [
+    "Account",
+    "AccountPool",
+    "AccountStatus",
     "AppServerError",
     "AuthError",
+    "AuthMode",
+    "CachedSnapshot",
     "Clock",
     "CodexCLIError",
     "CodexNotFoundError",
     "ConfigError",
+    "Cooldown",
+    "Credits",
+    "FileLeaseBackend",
+    "FileLock",
+    "Identity",
+    "Lease",
+    "LeaseBackend",
     "LeaseError",
     "LeaseLost",
+    "LeaseMode",
+    "LeaseRecord",
     "LeaseTimeout",
     "ProcessError",
     "QuotaAuthExpired",
     "QuotaError",
     "QuotaParseError",
+    "QuotaService",
+    "QuotaSnapshot",
     "QuotaUnavailable",
+    "QuotaWindow",
+    "RenewOutcome",
     "RequestFailed",
+    "SnapshotProvider",
+    "SnapshotSource",
     "StateError",
     "SupervisorError",
     "SystemClock",
     "TransportClosed",
     "UnsupportedCodexVersion",
+    "UsageCredentials",
+    "UsageEndpointSource",
+    "WindowKind",
+    "acquire_lease",
+    "classify_window",
 ]
 
 

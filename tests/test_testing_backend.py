@@ -439,3 +439,10 @@ def test_expired_access_token_gets_401_on_responses(backend: FakeCodexBackend) -
     backend.expire_access_token("acct-a")
     assert _respond(backend, acct.access_token).status_code == 401
     assert backend.account("acct-a").responses_served == 0
+
+
+def test_usage_refuses_a_token_presented_for_another_account(backend: FakeCodexBackend) -> None:
+    """wham/usage answers 401 when the account header names another account."""
+    acct = backend.add_account("acct-a")
+    headers = {"authorization": f"Bearer {acct.access_token}", "chatgpt-account-id": "acct-b"}
+    assert httpx.get(f"{backend.chatgpt_base_url}wham/usage", headers=headers).status_code == 401

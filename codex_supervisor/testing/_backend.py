@@ -718,8 +718,10 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (extra_headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(data)
+        # Logged before the body goes out: a client that has its answer must
+        # already find its request in the log.
         self._log(status, account_id, body)
+        self.wfile.write(data)
 
     # -- routes --
 
@@ -768,6 +770,9 @@ class _Handler(BaseHTTPRequestHandler):
         backend = self.backend
         with backend._lock:
             acct = backend._account_for_bearer(self._bearer(), api_ok=False)
+            claimed = self.headers.get("chatgpt-account-id")
+            if acct is not None and claimed and claimed != acct.account_id:
+                acct = None  # a token of one account presented for another
             if acct is None or acct.access_expires_at <= time.time():
                 payload: Any = None
                 status = 401

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from .._fs import write_atomic
+from .._jwt import decode_jwt_claims
 
 __all__ = [
     "AUTH_CLAIMS_KEY",
@@ -43,38 +44,15 @@ def make_jwt(claims: dict[str, Any]) -> str:
     return ".".join(parts)
 
 
-def decode_jwt_claims(token: str) -> dict[str, Any]:
-    """Return the claims of a JWT without verifying it; ``{}`` if malformed."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return {}
-    payload = parts[1] + "=" * (-len(parts[1]) % 4)
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return claims if isinstance(claims, dict) else {}
-
-
 def new_refresh_token() -> str:
     """A random opaque refresh token in the style the real service issues."""
     return "rt_fake_" + secrets.token_urlsafe(24)
 
 
 def _write_private(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON whole with mode 0600 (temp file, fsync, rename)."""
+    """Write JSON whole with mode 0600 in a 0700 folder."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".auth.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).chmod(0o600)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(data, indent=2).encode())
 
 
 def write_auth_json(

@@ -1,0 +1,937 @@
+"""Quota of ChatGPT accounts, read without spending it (ARCHITECTURE.md, D3).
+
+Three shapes of the same facts arrive from three places, and each has a
+constructor on :class:`QuotaSnapshot`:
+
+- the ``token_count.rate_limits`` object of a session rollout (free, passive):
+  :meth:`QuotaSnapshot.from_rollout_rate_limits`;
+- the ``GET …/wham/usage`` payload (no quota spent):
+  :meth:`QuotaSnapshot.from_usage_payload`, fetched by
+  :class:`UsageEndpointSource`;
+- the app-server's camelCase ``RateLimitSnapshot``:
+  :meth:`QuotaSnapshot.from_app_server`.
+
+Windows are classified by their duration (:func:`classify_window`), never by
+their primary/secondary position: weekly-only plans report one 10080-minute
+*primary* window.
+
+:class:`QuotaService` sits in front of any :class:`SnapshotProvider`: a TTL
+cache with an LRU bound, and a single-flight fetch per account, so a burst of
+callers costs one HTTP request. Passive snapshots are fed in with
+:meth:`QuotaService.put`.
+
+Errors: parsers raise only :class:`~codex_supervisor.errors.QuotaParseError`;
+the usage source raises :class:`~codex_supervisor.errors.QuotaAuthExpired`
+(401/403, never retried), :class:`~codex_supervisor.errors.QuotaUnavailable`
+(transport errors and 5xx after the retries, any other non-2xx answer) and
+``QuotaParseError`` (a 2xx answer we cannot read). No httpx, tenacity or
+cattrs exception escapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import math
+import random
+import tomllib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self, final, runtime_checkable
+
+import attrs
+import httpx
+import tenacity
+
+from .clock import Clock, SystemClock
+from .errors import ConfigError, QuotaAuthExpired, QuotaParseError, QuotaUnavailable
+
+__all__ = [
+    "DEFAULT_CHATGPT_BASE_URL",
+    "FIVE_HOUR_MINUTES",
+    "WEEKLY_MINUTES",
+    "CachedSnapshot",
+    "Credits",
+    "QuotaService",
+    "QuotaSnapshot",
+    "QuotaWindow",
+    "SnapshotProvider",
+    "SnapshotSource",
+    "UsageCredentials",
+    "UsageEndpointSource",
+    "WindowKind",
+    "classify_window",
+    "read_chatgpt_base_url",
+    "usage_url",
+]
+
+log = logging.getLogger(__name__)
+
+#: Nominal length of the five-hour window, in minutes.
+FIVE_HOUR_MINUTES = 300
+#: Nominal length of the weekly window, in minutes.
+WEEKLY_MINUTES = 10080
+#: What Codex uses when config.toml does not set ``chatgpt_base_url``.
+DEFAULT_CHATGPT_BASE_URL = "https://chatgpt.com/backend-api/"
+
+# Relative tolerance of classify_window: the usage endpoint states windows in
+# seconds and rounding (or a backend that trims a window by a few minutes) must
+# not turn a five-hour window into "other".
+_WINDOW_TOLERANCE = 0.1
+# Rust's i64, the widest integer Codex itself accepts for these fields.
+_MAX_INT = 2**63 - 1
+
+
+class WindowKind(enum.Enum):
+    """What a quota window limits, judged by its duration."""
+
+    FIVE_HOUR = "five_hour"
+    WEEKLY = "weekly"
+    OTHER = "other"
+
+
+def classify_window(minutes: int | None) -> WindowKind:
+    """Classify a window by its length in minutes (±10 %), never by position.
+
+    ``None`` (a window whose length was not stated) is :attr:`WindowKind.OTHER`.
+    """
+    if minutes is None:
+        return WindowKind.OTHER
+    for nominal, kind in (
+        (FIVE_HOUR_MINUTES, WindowKind.FIVE_HOUR),
+        (WEEKLY_MINUTES, WindowKind.WEEKLY),
+    ):
+        if abs(minutes - nominal) <= nominal * _WINDOW_TOLERANCE:
+            return kind
+    return WindowKind.OTHER
+
+
+class SnapshotSource(enum.Enum):
+    """Where a snapshot came from (freshness and trust differ per source)."""
+
+    ROLLOUT = "rollout"
+    USAGE_ENDPOINT = "usage_endpoint"
+    APP_SERVER = "app_server"
+
+
+# -- value objects ----------------------------------------------------------------
+
+
+def _clamp_percent(value: float) -> float:
+    # Clamped so that consumers can compute remaining quota without guarding:
+    # the backend has sent values over 100 once a window overflows, and a
+    # negative share of a window means nothing.
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"used_percent must be finite, not {value!r}")
+    return min(100.0, max(0.0, number))
+
+
+def _to_utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"expected an aware datetime, got naive {value!r}")
+    return value.astimezone(UTC)
+
+
+def _to_utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else _to_utc(value)
+
+
+def _default_kind(window: QuotaWindow) -> WindowKind:
+    return classify_window(window.window_minutes)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class QuotaWindow:
+    """One quota window of an account: how much is used and when it resets.
+
+    ``used_percent`` is clamped to 0..100 on construction (non-finite values
+    are rejected). ``kind`` defaults to :func:`classify_window` of
+    ``window_minutes``.
+    """
+
+    used_percent: float = attrs.field(converter=_clamp_percent)
+    window_minutes: int | None = None
+    resets_at: datetime | None = attrs.field(default=None, converter=_to_utc_or_none)
+    kind: WindowKind = attrs.field(
+        default=attrs.Factory(_default_kind, takes_self=True),
+    )
+
+    @property
+    def remaining_percent(self) -> float:
+        """The share of the window still available, 0..100."""
+        return 100.0 - self.used_percent
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Credits:
+    """Purchased credits, which Codex spends once the plan's windows run out."""
+
+    has_credits: bool
+    unlimited: bool
+    balance: str | None = None
+
+
+def _to_windows(value: Iterable[QuotaWindow]) -> tuple[QuotaWindow, ...]:
+    return tuple(value)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class QuotaSnapshot:
+    """What one source said about one account's quota at one moment.
+
+    ``limit_id`` is Codex's metered-limit id (``"codex"`` for the account's
+    main Codex quota) when the source states it; rollouts and app-servers may
+    also report per-model limits under other ids.
+    """
+
+    account: str
+    windows: tuple[QuotaWindow, ...] = attrs.field(default=(), converter=_to_windows)
+    plan_type: str | None = None
+    credits: Credits | None = None
+    limit_reached: bool = False
+    source: SnapshotSource
+    observed_at: datetime = attrs.field(converter=_to_utc)
+    limit_id: str | None = None
+
+    def window(self, kind: WindowKind) -> QuotaWindow | None:
+        """The window of ``kind``; if several, the most used one (the binding limit)."""
+        matching = [w for w in self.windows if w.kind is kind]
+        return max(matching, key=lambda w: w.used_percent) if matching else None
+
+    @property
+    def five_hour(self) -> QuotaWindow | None:
+        """The five-hour window, if the plan has one."""
+        return self.window(WindowKind.FIVE_HOUR)
+
+    @property
+    def weekly(self) -> QuotaWindow | None:
+        """The weekly window, if reported."""
+        return self.window(WindowKind.WEEKLY)
+
+    def age(self, now: datetime) -> timedelta:
+        """How long before ``now`` (aware) this snapshot was observed."""
+        return now - self.observed_at
+
+    @classmethod
+    def from_usage_payload(
+        cls, payload: object, *, account: str, observed_at: datetime
+    ) -> QuotaSnapshot:
+        """Read the JSON of ``GET …/wham/usage`` (CODEX_FACTS.md §7).
+
+        ``rate_limit.primary_window`` / ``secondary_window`` give the windows
+        (``limit_window_seconds`` → minutes, rounded up as Codex does;
+        ``reset_at`` epoch, else ``reset_after_seconds`` after
+        ``observed_at``). ``additional_rate_limits`` are ignored: they are
+        per-model limits that Codex reports as separate snapshots with their
+        own limit id, and mixing them in would make a model's weekly limit look
+        like the account's. The snapshot's ``limit_id`` is ``"codex"``.
+        """
+        observed_at = _to_utc(observed_at)
+        with _parsing("usage payload"):
+            root = _as_object(payload, "payload")
+            windows: list[QuotaWindow] = []
+            reached = False
+            rate_limit = _opt_object(root, "rate_limit", "payload")
+            if rate_limit is not None:
+                for key in ("primary_window", "secondary_window"):
+                    where = f"rate_limit.{key}"
+                    raw = _opt_object(rate_limit, key, "rate_limit")
+                    if raw is None:
+                        continue
+                    seconds = _opt_int(raw, "limit_window_seconds", where)
+                    minutes = None if seconds is None or seconds <= 0 else -(-seconds // 60)
+                    windows.append(
+                        QuotaWindow(
+                            used_percent=_percent(raw, "used_percent", where),
+                            window_minutes=minutes,
+                            resets_at=_resets(
+                                raw, "reset_at", "reset_after_seconds", observed_at, where
+                            ),
+                        )
+                    )
+                reached = bool(_opt_bool(rate_limit, "limit_reached", "rate_limit")) or (
+                    _opt_bool(rate_limit, "allowed", "rate_limit") is False
+                )
+            reached = reached or root.get("rate_limit_reached_type") is not None
+            return cls._build(
+                account=account,
+                windows=windows,
+                plan_type=_opt_str(root, "plan_type", "payload"),
+                credit_info=_credits(root, "credits", ("has_credits", "unlimited"), "payload"),
+                flag=reached,
+                source=SnapshotSource.USAGE_ENDPOINT,
+                observed_at=observed_at,
+                limit_id="codex",
+            )
+
+    @classmethod
+    def from_rollout_rate_limits(
+        cls, obj: object, *, account: str, observed_at: datetime
+    ) -> QuotaSnapshot:
+        """Read a rollout ``token_count.rate_limits`` object (CODEX_FACTS.md §4).
+
+        Windows carry ``used_percent``, ``window_minutes`` and ``resets_at``
+        (epoch) or, from older Codex versions, ``resets_in_seconds`` counted
+        from ``observed_at`` (pass the rollout line's timestamp). Some builds
+        write ``rate_limits: null``; that is the caller's case to handle, and
+        passing ``None`` here raises :class:`QuotaParseError`.
+        """
+        observed_at = _to_utc(observed_at)
+        with _parsing("rollout rate_limits"):
+            root = _as_object(obj, "rate_limits")
+            windows = [
+                QuotaWindow(
+                    used_percent=_percent(raw, "used_percent", key),
+                    window_minutes=_opt_minutes(raw, "window_minutes", key),
+                    resets_at=_resets(raw, "resets_at", "resets_in_seconds", observed_at, key),
+                )
+                for key in ("primary", "secondary")
+                if (raw := _opt_object(root, key, "rate_limits")) is not None
+            ]
+            return cls._build(
+                account=account,
+                windows=windows,
+                plan_type=_opt_str(root, "plan_type", "rate_limits"),
+                credit_info=_credits(root, "credits", ("has_credits", "unlimited"), "rate_limits"),
+                flag=root.get("rate_limit_reached_type") is not None,
+                source=SnapshotSource.ROLLOUT,
+                observed_at=observed_at,
+                limit_id=_opt_str(root, "limit_id", "rate_limits"),
+            )
+
+    @classmethod
+    def from_app_server(cls, obj: object, *, account: str, observed_at: datetime) -> QuotaSnapshot:
+        """Read the app-server's camelCase ``RateLimitSnapshot`` (CODEX_FACTS.md §8).
+
+        Pass the snapshot itself (``result.rateLimits`` of
+        ``account/rateLimits/read``, ``params.rateLimits`` of
+        ``account/rateLimits/updated``), not the envelope.
+        """
+        observed_at = _to_utc(observed_at)
+        with _parsing("app-server RateLimitSnapshot"):
+            root = _as_object(obj, "rateLimits")
+            windows = [
+                QuotaWindow(
+                    used_percent=_percent(raw, "usedPercent", key),
+                    window_minutes=_opt_minutes(raw, "windowDurationMins", key),
+                    resets_at=_resets(raw, "resetsAt", None, observed_at, key),
+                )
+                for key in ("primary", "secondary")
+                if (raw := _opt_object(root, key, "rateLimits")) is not None
+            ]
+            return cls._build(
+                account=account,
+                windows=windows,
+                plan_type=_opt_str(root, "planType", "rateLimits"),
+                credit_info=_credits(root, "credits", ("hasCredits", "unlimited"), "rateLimits"),
+                flag=root.get("rateLimitReachedType") is not None,
+                source=SnapshotSource.APP_SERVER,
+                observed_at=observed_at,
+                limit_id=_opt_str(root, "limitId", "rateLimits"),
+            )
+
+    @classmethod
+    def _build(
+        cls,
+        *,
+        account: str,
+        windows: list[QuotaWindow],
+        plan_type: str | None,
+        credit_info: Credits | None,
+        flag: bool,
+        source: SnapshotSource,
+        observed_at: datetime,
+        limit_id: str | None,
+    ) -> QuotaSnapshot:
+        # A full window blocks the account whatever the flag says: the flag
+        # lags behind, or is absent from rollouts altogether.
+        reached = flag or any(w.used_percent >= 100.0 for w in windows)
+        return cls(
+            account=account,
+            windows=tuple(windows),
+            plan_type=plan_type,
+            credits=credit_info,
+            limit_reached=reached,
+            source=source,
+            observed_at=observed_at,
+            limit_id=limit_id,
+        )
+
+
+# -- tolerant JSON readers ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _parsing(what: str) -> Iterator[None]:
+    """Turn any stray builtin error of a parser into QuotaParseError.
+
+    The readers below check every type they touch, so this is a net for the
+    contract "arbitrary JSON raises only QuotaParseError", not the primary
+    defence.
+    """
+    try:
+        yield
+    except QuotaParseError:
+        raise
+    except (TypeError, ValueError, OverflowError, KeyError, AttributeError) as exc:
+        raise QuotaParseError(f"malformed {what}: {exc}") from exc
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _as_object(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise QuotaParseError(f"{where}: expected an object, got {_type_name(value)}")
+    return value
+
+
+def _opt_object(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any] | None:
+    value = parent.get(key)
+    return None if value is None else _as_object(value, f"{where}.{key}")
+
+
+def _number(value: object, where: str) -> float:
+    # bool is an int in Python but never a number in JSON.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise QuotaParseError(f"{where}: expected a number, got {_type_name(value)}")
+    try:
+        number = float(value)
+    except OverflowError as exc:
+        raise QuotaParseError(f"{where}: number out of range") from exc
+    if not math.isfinite(number):
+        raise QuotaParseError(f"{where}: expected a finite number, got {value!r}")
+    return number
+
+
+def _opt_number(parent: Mapping[str, Any], key: str, where: str) -> float | None:
+    value = parent.get(key)
+    return None if value is None else _number(value, f"{where}.{key}")
+
+
+def _percent(parent: Mapping[str, Any], key: str, where: str) -> float:
+    value = parent.get(key)
+    if value is None:
+        raise QuotaParseError(f"{where}.{key}: missing")
+    return _number(value, f"{where}.{key}")
+
+
+def _opt_int(parent: Mapping[str, Any], key: str, where: str) -> int | None:
+    value = parent.get(key)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number: int = value
+    else:
+        as_float = _number(value, f"{where}.{key}")
+        if not as_float.is_integer():
+            raise QuotaParseError(f"{where}.{key}: expected an integer, got {value!r}")
+        number = int(as_float)
+    if abs(number) > _MAX_INT:
+        raise QuotaParseError(f"{where}.{key}: integer out of range")
+    return number
+
+
+def _opt_minutes(parent: Mapping[str, Any], key: str, where: str) -> int | None:
+    minutes = _opt_int(parent, key, where)
+    # Zero or negative is "length not stated", not a window that never resets.
+    return None if minutes is None or minutes <= 0 else minutes
+
+
+def _opt_str(parent: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = parent.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise QuotaParseError(f"{where}.{key}: expected a string, got {_type_name(value)}")
+
+
+def _opt_bool(parent: Mapping[str, Any], key: str, where: str) -> bool | None:
+    value = parent.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise QuotaParseError(f"{where}.{key}: expected a boolean, got {_type_name(value)}")
+
+
+def _resets(
+    parent: Mapping[str, Any],
+    epoch_key: str,
+    relative_key: str | None,
+    observed_at: datetime,
+    where: str,
+) -> datetime | None:
+    epoch = _opt_number(parent, epoch_key, where)
+    # Epoch 0 (or less) is how some payloads say "no reset time".
+    if epoch is not None and epoch > 0:
+        try:
+            return datetime.fromtimestamp(epoch, UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise QuotaParseError(f"{where}.{epoch_key}: timestamp out of range") from exc
+    relative = None if relative_key is None else _opt_number(parent, relative_key, where)
+    if relative is None:
+        return None
+    try:
+        return observed_at + timedelta(seconds=max(0.0, relative))
+    except OverflowError as exc:
+        raise QuotaParseError(f"{where}.{relative_key}: duration out of range") from exc
+
+
+def _credits(
+    parent: Mapping[str, Any], key: str, flags: tuple[str, str], where: str
+) -> Credits | None:
+    raw = _opt_object(parent, key, where)
+    if raw is None:
+        return None
+    where = f"{where}.{key}"
+    has_key, unlimited_key = flags
+    balance = raw.get("balance")
+    if balance is not None and not isinstance(balance, str):
+        # Some backends send the balance as a JSON number; keep its text.
+        number = _number(balance, f"{where}.balance")
+        balance = str(balance) if isinstance(balance, int) else repr(number)
+    return Credits(
+        has_credits=bool(_opt_bool(raw, has_key, where)),
+        unlimited=bool(_opt_bool(raw, unlimited_key, where)),
+        balance=balance,
+    )
+
+
+# -- where the usage endpoint lives ---------------------------------------------------
+
+
+def read_chatgpt_base_url(codex_home: Path) -> str:
+    """The ``chatgpt_base_url`` of ``codex_home/config.toml``, as Codex reads it.
+
+    A missing file or key gives :data:`DEFAULT_CHATGPT_BASE_URL`; an
+    unreadable or malformed file, or a non-string value, raises
+    :class:`~codex_supervisor.errors.ConfigError`.
+    """
+    path = Path(codex_home) / "config.toml"
+    try:
+        with path.open("rb") as fh:
+            config = tomllib.load(fh)
+    except FileNotFoundError:
+        return DEFAULT_CHATGPT_BASE_URL
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"malformed {path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    value = config.get("chatgpt_base_url")
+    if value is None:
+        return DEFAULT_CHATGPT_BASE_URL
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{path}: chatgpt_base_url must be a non-empty string")
+    return value
+
+
+def usage_url(base_url: str) -> str:
+    """The usage endpoint for a ``chatgpt_base_url``, built the way Codex builds it.
+
+    ChatGPT origins without ``/backend-api`` get it appended; a base that has
+    ``/backend-api`` uses ``/wham/usage``, any other the Codex API path
+    ``/api/codex/usage``.
+    """
+    base = base_url.rstrip("/")
+    if base.startswith(("https://chatgpt.com", "https://chat.openai.com")) and (
+        "/backend-api" not in base
+    ):
+        base = f"{base}/backend-api"
+    if "/backend-api" in base:
+        return f"{base}/wham/usage"
+    return f"{base}/api/codex/usage"
+
+
+# -- the usage endpoint source ------------------------------------------------------------
+
+
+@final
+@attrs.frozen(kw_only=True)
+class UsageCredentials:
+    """What one usage request needs: whose token, for which ChatGPT account, where."""
+
+    account: str
+    account_id: str | None = None
+    access_token: str = attrs.field(repr=False)
+    base_url: str = DEFAULT_CHATGPT_BASE_URL
+
+
+@runtime_checkable
+class SnapshotProvider(Protocol):
+    """Anything that can fetch a fresh snapshot for an account by name."""
+
+    async def fetch(self, account: str) -> QuotaSnapshot:
+        """A snapshot for ``account``, or a :class:`~codex_supervisor.errors.QuotaError`."""
+        ...
+
+
+class _ServerError(Exception):
+    """A 5xx answer, raised only inside the retry loop."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status}"
+
+
+def _retryable(exc: BaseException) -> bool:
+    # UnsupportedProtocol is a TransportError too, but a wrong scheme never heals.
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return False
+    return isinstance(exc, (httpx.TransportError, _ServerError))
+
+
+def _default_clock(value: Clock | None) -> Clock:
+    return SystemClock() if value is None else value
+
+
+def _default_user_agent(value: str | None) -> str:
+    if value is not None:
+        return value
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - rare path
+
+    try:
+        return f"codex_supervisor/{version('codex-supervisor')}"
+    except PackageNotFoundError:  # a source tree that is not installed
+        return "codex_supervisor/0+unknown"
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{attribute.name} must not be negative, got {value!r}")
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{attribute.name} must be positive, got {value!r}")
+
+
+@final
+@attrs.define
+class UsageEndpointSource:
+    """Fetches snapshots from the usage endpoint, which spends no quota.
+
+    ``credentials`` maps our account name to its current token, ChatGPT account
+    id and base URL; it is awaited once per fetch, so a token Codex refreshed
+    in the meantime is picked up. The token is sent only as the bearer header
+    and is never logged.
+
+    Transport errors and 5xx answers are retried ``retries`` times (so at most
+    ``retries + 1`` requests) with exponential backoff and jitter, starting at
+    ``backoff`` seconds and capped at ``max_backoff``; waits go through
+    ``clock.sleep``. Then :class:`~codex_supervisor.errors.QuotaUnavailable`
+    is raised from the last error. 401/403 raise
+    :class:`~codex_supervisor.errors.QuotaAuthExpired` at once: Codex refreshes
+    its token on next use and the library never refreshes tokens. Any other
+    non-2xx answer (429 included: retrying a rate limit at once only adds to
+    it) raises ``QuotaUnavailable`` without retry; a 2xx answer that is not a
+    readable usage payload raises :class:`~codex_supervisor.errors.QuotaParseError`.
+
+    The source closes its HTTP client only if it created it (``aclose`` or
+    ``async with``).
+    """
+
+    _credentials: Callable[[str], Awaitable[UsageCredentials]]
+    _client: httpx.AsyncClient | None = attrs.field(default=None, kw_only=True, repr=False)
+    _clock: Clock = attrs.field(default=None, converter=_default_clock, kw_only=True)
+    retries: int = attrs.field(default=3, kw_only=True, validator=_non_negative)
+    user_agent: str = attrs.field(default=None, converter=_default_user_agent, kw_only=True)
+    timeout: float = attrs.field(default=10.0, kw_only=True, validator=_positive)
+    backoff: float = attrs.field(default=0.25, kw_only=True, validator=_non_negative)
+    max_backoff: float = attrs.field(default=4.0, kw_only=True, validator=_non_negative)
+    _http: httpx.AsyncClient = attrs.field(init=False, repr=False)
+    _owns_client: bool = attrs.field(init=False, default=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self._client is None:
+            self._http = httpx.AsyncClient(timeout=self.timeout)
+            self._owns_client = True
+        else:
+            self._http = self._client
+
+    async def fetch(self, account: str) -> QuotaSnapshot:
+        """GET the usage endpoint for ``account`` and parse the answer."""
+        if self._http.is_closed:
+            raise QuotaUnavailable(f"the usage source for {account!r} is closed")
+        creds = await self._credentials(account)
+        url = usage_url(creds.base_url)
+        headers = {
+            "Authorization": f"Bearer {creds.access_token}",
+            "User-Agent": self.user_agent,
+            "Accept": "application/json",
+        }
+        if creds.account_id:
+            headers["ChatGPT-Account-Id"] = creds.account_id
+        log.debug("quota.usage.fetch account=%s url=%s", account, url)
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self.retries + 1),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception(_retryable),
+            sleep=self._clock.sleep,
+            before_sleep=lambda state: _log_retry(account, state),
+            reraise=True,
+        )
+        try:
+            response: httpx.Response = await retrying(self._get_once, url, headers)
+        except (httpx.HTTPError, _ServerError) as exc:
+            log.info("quota.usage.unavailable account=%s error=%s", account, _describe(exc))
+            raise QuotaUnavailable(
+                f"usage endpoint for {account!r} failed: {_describe(exc)}"
+            ) from exc
+        except httpx.InvalidURL as exc:
+            raise QuotaUnavailable(f"cannot request the usage of {account!r}: {exc}") from exc
+        except UnicodeEncodeError:
+            # Header values must be ASCII. The codec error holds the whole
+            # header value, token included, so it must not ride along as cause.
+            raise QuotaUnavailable(
+                f"the credentials of {account!r} contain a non-ASCII header value"
+            ) from None
+        status = response.status_code
+        if status in (401, 403):
+            log.info("quota.usage.auth_expired account=%s status=%d", account, status)
+            raise QuotaAuthExpired(account, status)
+        if not 200 <= status < 300:
+            log.info("quota.usage.refused account=%s status=%d", account, status)
+            raise QuotaUnavailable(f"usage endpoint for {account!r} answered HTTP {status}")
+        try:
+            payload = response.json()
+        except ValueError as exc:
+            raise QuotaParseError(f"usage endpoint for {account!r} sent invalid JSON") from exc
+        snapshot = QuotaSnapshot.from_usage_payload(
+            payload, account=account, observed_at=self._clock.now()
+        )
+        log.debug(
+            "quota.usage.ok account=%s windows=%s limit_reached=%s",
+            account,
+            ",".join(f"{w.kind.value}:{w.used_percent:g}" for w in snapshot.windows),
+            snapshot.limit_reached,
+        )
+        return snapshot
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        # Our own exponential-with-jitter: tenacity's built-in changed its
+        # signature between the versions we support (``initial`` is deprecated
+        # in 9.1, ``multiplier`` absent before).
+        exponent = min(state.attempt_number - 1, 32)
+        jitter = random.uniform(0.0, self.backoff)  # noqa: S311 - jitter, not a secret
+        return min(self.backoff * 2.0**exponent + jitter, self.max_backoff)
+
+    async def _get_once(self, url: str, headers: dict[str, str]) -> httpx.Response:
+        response = await self._http.get(url, headers=headers)
+        if response.status_code >= 500:
+            raise _ServerError(response.status_code)
+        return response
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this source created it."""
+        if self._owns_client:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _describe(exc: BaseException) -> str:
+    # httpx messages name the URL, never the headers, so they are safe to log.
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _log_retry(account: str, state: tenacity.RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    log.debug(
+        "quota.usage.retry account=%s attempt=%d wait=%.3fs error=%s",
+        account,
+        state.attempt_number,
+        wait,
+        _describe(error) if error is not None else "?",
+    )
+
+
+# -- the cache and single-flight service ------------------------------------------------
+
+
+@final
+@attrs.frozen(kw_only=True)
+class CachedSnapshot:
+    """A cached snapshot with how old it is and whether the service deems it fresh.
+
+    ``age_seconds`` counts on the monotonic clock from when the service stored
+    it; how old the data itself is is ``snapshot.observed_at``.
+    """
+
+    snapshot: QuotaSnapshot
+    age_seconds: float
+    fresh: bool
+    source: SnapshotSource
+
+
+@attrs.frozen
+class _Entry:
+    snapshot: QuotaSnapshot
+    stored_at: float  # monotonic
+
+
+@attrs.define
+class _Flight:
+    task: asyncio.Task[QuotaSnapshot]
+    waiters: int = 0
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+@final
+@attrs.define
+class QuotaService:
+    """A TTL cache in front of a :class:`SnapshotProvider`, one fetch per account at a time.
+
+    Concurrent :meth:`get` calls for one account share one in-flight fetch (an
+    asyncio task). A caller that is cancelled stops waiting without cancelling
+    the fetch for the others; the fetch is cancelled when its last waiter is
+    gone. A failed fetch raises the same error in every waiter and is not
+    cached. At most ``max_entries`` accounts are cached, least recently used
+    evicted first.
+    """
+
+    _provider: SnapshotProvider
+    ttl: float = attrs.field(default=60.0, kw_only=True, validator=_non_negative)
+    _clock: Clock = attrs.field(default=None, converter=_default_clock, kw_only=True)
+    max_entries: int = attrs.field(default=1024, kw_only=True, validator=_positive)
+    _cache: OrderedDict[str, _Entry] = attrs.field(init=False, factory=OrderedDict, repr=False)
+    _flights: dict[str, _Flight] = attrs.field(init=False, factory=dict, repr=False)
+    # Strong references to fetch tasks until they finish, including abandoned
+    # ones that are still unwinding after cancel(): the loop keeps only weak ones.
+    _tasks: set[asyncio.Task[QuotaSnapshot]] = attrs.field(init=False, factory=set, repr=False)
+
+    async def get(self, account: str, *, max_age: float | None = None) -> QuotaSnapshot:
+        """A snapshot for ``account`` younger than ``max_age`` (default: ``ttl``) seconds.
+
+        Age counts on the monotonic clock from when the snapshot was stored.
+        ``max_age=0`` always fetches (joining a fetch already in flight).
+        """
+        limit = self.ttl if max_age is None else max_age
+        if limit < 0:
+            raise ConfigError(f"max_age must not be negative, got {max_age!r}")
+        entry = self._cache.get(account)
+        if entry is not None and self._clock.monotonic() - entry.stored_at < limit:
+            self._cache.move_to_end(account)
+            return entry.snapshot
+        return await self._join(account)
+
+    async def _join(self, account: str) -> QuotaSnapshot:
+        flight = self._flights.get(account)
+        if flight is None or flight.task.done():
+            task = asyncio.create_task(self._fetch(account), name=f"quota-fetch:{account}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            flight = self._flights[account] = _Flight(task=task)
+            log.debug("quota.fetch.start account=%s", account)
+        flight.waiters += 1
+        try:
+            # shield: cancelling this caller must not cancel the shared fetch.
+            return await asyncio.shield(flight.task)
+        except asyncio.CancelledError:
+            if flight.task.cancelled() and not _cancelling():
+                # The fetch was cancelled from elsewhere (aclose); this caller
+                # was not, so it gets an error rather than a phantom cancel.
+                raise QuotaUnavailable(f"the quota fetch for {account!r} was cancelled") from None
+            raise
+        finally:
+            flight.waiters -= 1
+            if flight.waiters == 0 and not flight.task.done():
+                # Unlink first, so a caller arriving while the task unwinds
+                # starts a fresh fetch instead of inheriting the cancellation.
+                if self._flights.get(account) is flight:
+                    del self._flights[account]
+                flight.task.cancel()
+                log.debug("quota.fetch.abandoned account=%s", account)
+
+    async def _fetch(self, account: str) -> QuotaSnapshot:
+        try:
+            snapshot = await self._provider.fetch(account)
+        except Exception as exc:
+            log.debug("quota.fetch.failed account=%s error=%s", account, type(exc).__name__)
+            raise
+        else:
+            self._store(account, snapshot)
+            entry = self._cache.get(account)
+            # A passive snapshot observed later may have arrived meanwhile.
+            return entry.snapshot if entry is not None else snapshot
+        finally:
+            # Done inside the task, not in a callback, so no caller can see a
+            # finished flight in the map.
+            flight = self._flights.get(account)
+            if flight is not None and flight.task is asyncio.current_task():
+                del self._flights[account]
+
+    def _store(self, account: str, snapshot: QuotaSnapshot) -> bool:
+        current = self._cache.get(account)
+        if current is not None and snapshot.observed_at < current.snapshot.observed_at:
+            log.debug("quota.cache.older_ignored account=%s", account)
+            return False
+        self._cache[account] = _Entry(snapshot, self._clock.monotonic())
+        self._cache.move_to_end(account)
+        while len(self._cache) > self.max_entries:
+            evicted, _ = self._cache.popitem(last=False)
+            log.debug("quota.cache.evicted account=%s", evicted)
+        return True
+
+    def put(self, snapshot: QuotaSnapshot) -> bool:
+        """Feed a passively observed snapshot (e.g. from a rollout).
+
+        It replaces the cached one only if its ``observed_at`` is not older;
+        returns whether it was kept.
+        """
+        return self._store(snapshot.account, snapshot)
+
+    def peek(self, account: str) -> CachedSnapshot | None:
+        """The cached snapshot with its age and freshness, without fetching."""
+        entry = self._cache.get(account)
+        if entry is None:
+            return None
+        age = max(0.0, self._clock.monotonic() - entry.stored_at)
+        return CachedSnapshot(
+            snapshot=entry.snapshot,
+            age_seconds=age,
+            fresh=age < self.ttl,
+            source=entry.snapshot.source,
+        )
+
+    def invalidate(self, account: str) -> None:
+        """Forget the cached snapshot of ``account`` (a fetch in flight still lands)."""
+        self._cache.pop(account, None)
+
+    @property
+    def in_flight(self) -> frozenset[str]:
+        """Accounts with a fetch in flight right now."""
+        return frozenset(self._flights)
+
+    async def aclose(self) -> None:
+        """Cancel every fetch in flight; waiters get QuotaUnavailable."""
+        tasks = list(self._tasks)
+        self._flights.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,500 @@
+"""AccountPool: homes, imports, logins, pool state, cooldowns and occupancy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from codex_supervisor import errors
+from codex_supervisor.accounts import (
+    AccountPool,
+    AuthMode,
+    identity_from_auth,
+)
+from codex_supervisor.config import child_environment, default_base_codex_home, default_pool_root
+from codex_supervisor.quota import QuotaSnapshot, SnapshotSource, WindowKind
+from codex_supervisor.testing import (
+    FakeCodexBackend,
+    make_jwt,
+    write_apikey_auth_json,
+    write_auth_json,
+)
+
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+class _FixedClock:
+    def __init__(self, now: datetime = T0) -> None:
+        self.current = now
+
+    def monotonic(self) -> float:
+        return (self.current - T0).total_seconds()
+
+    def now(self) -> datetime:
+        return self.current
+
+    async def sleep(self, seconds: float) -> None:
+        self.current += timedelta(seconds=seconds)
+
+
+def _auth_file(folder: Path, account_id: str, *, email: str | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    claims = {
+        "email": email or f"{account_id}@example.test",
+        "https://api.openai.com/auth": {
+            "chatgpt_account_id": account_id,
+            "chatgpt_plan_type": "pro",
+            "chatgpt_user_id": f"user-{account_id}",
+        },
+    }
+    return write_auth_json(
+        folder,
+        id_token=make_jwt(claims),
+        access_token=make_jwt({"exp": 4102444800}),
+        refresh_token=f"rt-{account_id}",
+        account_id=account_id,
+        last_refresh=T0,
+    )
+
+
+@pytest.fixture
+def base_home(tmp_path: Path) -> Path:
+    base = tmp_path / "codex"
+    (base / "prompts").mkdir(parents=True)
+    (base / "config.toml").write_text('model = "m"\n')
+    (base / "AGENTS.md").write_text("be kind\n")
+    (base / "auth.json").write_text("{}")  # the user's own login: never linked
+    return base
+
+
+@pytest.fixture
+def pool(tmp_path: Path, base_home: Path) -> AccountPool:
+    return AccountPool(root=tmp_path / "pool", base_codex_home=base_home, clock=_FixedClock())
+
+
+def _snapshot(account: str, at: datetime, used: float = 10.0) -> QuotaSnapshot:
+    return QuotaSnapshot.from_rollout_rate_limits(
+        {"primary": {"used_percent": used, "window_minutes": 300, "resets_at": 1795339672}},
+        account=account,
+        observed_at=at,
+    )
+
+
+# -- config ---------------------------------------------------------------------------
+
+
+def test_default_folders_come_from_the_environment(tmp_path: Path) -> None:
+    """CODEX_SUPERVISOR_HOME and CODEX_HOME win; otherwise ~/.codex-supervisor and ~/.codex."""
+    env = {"HOME": str(tmp_path)}
+    assert default_pool_root(env) == tmp_path / ".codex-supervisor"
+    assert default_base_codex_home(env) == tmp_path / ".codex"
+    env |= {"CODEX_SUPERVISOR_HOME": "/p", "CODEX_HOME": "/c"}
+    assert default_pool_root(env) == Path("/p")
+    assert default_base_codex_home(env) == Path("/c")
+    pool = AccountPool.from_env(env)
+    assert (pool.root, pool.base_codex_home) == (Path("/p"), Path("/c"))
+
+
+def test_child_environment_drops_our_variables(tmp_path: Path) -> None:
+    """A child never inherits CODEX_SUPERVISOR_* and gets CODEX_HOME = the account home."""
+    env = child_environment(
+        tmp_path, {"CODEX_SUPERVISOR_SECRET": "x", "CODEX_HOME": "/old", "PATH": "/bin"}
+    )
+    assert env == {"PATH": "/bin", "CODEX_HOME": str(tmp_path)}
+
+
+# -- names and homes --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "../x", "a/b", "a b", "x" * 65, "ä", "-a"])
+def test_bad_account_names_are_refused(pool: AccountPool, name: str) -> None:
+    """Names that could escape the pool folder or confuse a shell are a ConfigError."""
+    with pytest.raises(errors.ConfigError, match="invalid account name"):
+        pool.account_home(name)
+
+
+def test_account_home_links_the_base_home(pool: AccountPool, base_home: Path) -> None:
+    """An account home is 0700, links every base entry but auth.json, and shares sessions/."""
+    home = pool.prepare_home("work")
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    for entry in ("config.toml", "AGENTS.md", "prompts", "sessions", "archived_sessions"):
+        assert (home / entry).is_symlink(), entry
+        assert (home / entry).resolve() == (base_home / entry).resolve()
+    assert not (home / "auth.json").exists()
+    other = pool.prepare_home("play")
+    (home / "sessions" / "rollout-x.jsonl").write_text("{}\n")
+    assert (other / "sessions" / "rollout-x.jsonl").read_text() == "{}\n"
+
+
+def test_new_base_entries_are_linked_at_next_prepare(pool: AccountPool, base_home: Path) -> None:
+    """Entries appearing in the base home later are linked; vanished ones are unlinked."""
+    home = pool.prepare_home("work")
+    (base_home / "skills").mkdir()
+    (base_home / "AGENTS.md").unlink()
+    pool.prepare_home("work")
+    assert (home / "skills").is_symlink()
+    assert not (home / "AGENTS.md").is_symlink()
+
+
+def test_real_files_in_an_account_home_are_left_alone(
+    pool: AccountPool, base_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real file of the account home is never replaced by a link; a private sessions/ warns."""
+    home = pool.account_home("work")
+    (home / "sessions").mkdir(parents=True)
+    (home / "sessions" / "mine.jsonl").write_text("keep")
+    (home / "config.toml").write_text("own = 1\n")
+    with caplog.at_level(logging.WARNING, logger="codex_supervisor.accounts"):
+        pool.prepare_home("work")
+    assert (home / "sessions" / "mine.jsonl").read_text() == "keep"
+    assert (home / "config.toml").read_text() == "own = 1\n"
+    assert "has its own sessions" in caplog.text
+
+
+# -- identity ------------------------------------------------------------------------------
+
+
+def test_identity_from_chatgpt_and_api_key_logins(tmp_path: Path) -> None:
+    """Identity comes from the id_token claims; an API key is only fingerprinted."""
+    ident = identity_from_auth(_auth_file(tmp_path / "a", "acct-1").read_bytes())
+    assert ident.auth_mode is AuthMode.CHATGPT
+    assert (ident.account_id, ident.email, ident.plan_type, ident.user_id) == (
+        "acct-1",
+        "acct-1@example.test",
+        "pro",
+        "user-acct-1",
+    )
+    key = identity_from_auth(write_apikey_auth_json(tmp_path / "k", "sk-secret-1").read_text())
+    assert key.auth_mode is AuthMode.API_KEY
+    assert key.account_id.startswith("apikey-")
+    assert "sk-secret" not in repr(key)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not json",
+        b"[]",
+        b"{}",
+        b'{"auth_mode": "chatgpt", "tokens": {"id_token": "x"}}',
+        b'{"OPENAI_API_KEY": null}',
+    ],
+)
+def test_unusable_auth_json_is_an_auth_error(content: bytes) -> None:
+    """auth.json without a usable login raises AuthError."""
+    with pytest.raises(errors.AuthError):
+        identity_from_auth(content)
+
+
+# -- import ----------------------------------------------------------------------------------
+
+
+def test_import_moves_the_auth_json(pool: AccountPool, tmp_path: Path) -> None:
+    """import_auth moves (not copies) auth.json into a 0600 file in the account home."""
+    src = _auth_file(tmp_path / "old-home", "acct-1")
+    content = src.read_bytes()
+    account = pool.import_auth("work", src)
+    dest = pool.account_home("work") / "auth.json"
+    assert not src.exists()
+    assert dest.read_bytes() == content
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600
+    assert account.identity.account_id == "acct-1"
+    assert pool.get("work") == account
+    assert [a.name for a in pool.accounts()] == ["work"]
+
+
+def test_import_copy_keeps_the_source_and_warns(
+    pool: AccountPool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """copy=True leaves the source in place and warns about two token holders."""
+    src = _auth_file(tmp_path / "old-home", "acct-1")
+    with caplog.at_level(logging.WARNING):
+        pool.import_auth("work", src, copy=True)
+    assert src.exists()
+    assert (pool.account_home("work") / "auth.json").read_bytes() == src.read_bytes()
+    assert "single-use refresh token" in caplog.text
+    assert "rt-acct-1" not in caplog.text
+
+
+def test_import_refuses_unsafe_sources(pool: AccountPool, tmp_path: Path) -> None:
+    """Symlinked, world-readable and missing sources are refused and nothing is created."""
+    src = _auth_file(tmp_path / "old-home", "acct-1")
+    link = tmp_path / "link.json"
+    link.symlink_to(src)
+    with pytest.raises(errors.AuthError, match="symbolic link"):
+        pool.import_auth("a", link)
+    src.chmod(0o644)
+    with pytest.raises(errors.AuthError, match="other users"):
+        pool.import_auth("a", src)
+    with pytest.raises(errors.AuthError, match=r"no auth\.json"):
+        pool.import_auth("a", tmp_path / "missing.json")
+    assert src.exists()
+    assert pool.accounts() == []
+    assert not pool.account_home("a").exists()
+
+
+def test_import_refuses_duplicates(pool: AccountPool, tmp_path: Path) -> None:
+    """The same account id twice, or a taken name, is refused and the source kept."""
+    pool.import_auth("work", _auth_file(tmp_path / "h1", "acct-1"))
+    again = _auth_file(tmp_path / "h2", "acct-1")
+    with pytest.raises(errors.AuthError, match=r"already in the pool as 'work'"):
+        pool.import_auth("other", again)
+    with pytest.raises(errors.ConfigError, match="already exists"):
+        pool.import_auth("work", _auth_file(tmp_path / "h3", "acct-2"))
+    assert again.exists()
+    assert [a.name for a in pool.accounts()] == ["work"]
+
+
+def test_import_api_key_login(pool: AccountPool, tmp_path: Path) -> None:
+    """API-key logins are accepted; the usage probe says they have no access token."""
+    src = write_apikey_auth_json(tmp_path / "k", "sk-key")
+    account = pool.import_auth("keyed", src)
+    assert account.identity.auth_mode is AuthMode.API_KEY
+
+
+# -- login -----------------------------------------------------------------------------------
+
+
+class _FakeLogin:
+    """Stands in for `codex login`: writes an auth.json into $CODEX_HOME."""
+
+    def __init__(self, account_id: str, *, code: int = 0, last_refresh: datetime = T0) -> None:
+        self.account_id = account_id
+        self.code = code
+        self.last_refresh = last_refresh
+        self.calls: list[tuple[list[str], str | None]] = []
+
+    def __call__(self, argv: Sequence[str], env: Mapping[str, str], stdin: str | None) -> int:
+        self.calls.append((list(argv), stdin))
+        assert not any(k.startswith("CODEX_SUPERVISOR_") for k in env)
+        if self.code == 0:
+            home = Path(env["CODEX_HOME"])
+            assert (home / "config.toml").is_symlink()  # the user's config applies
+            path = _auth_file(home, self.account_id)
+            data = json.loads(path.read_text())
+            data["last_refresh"] = self.last_refresh.isoformat().replace("+00:00", "Z")
+            path.write_text(json.dumps(data))
+        return self.code
+
+
+def test_login_adds_an_account(pool: AccountPool) -> None:
+    """A successful login becomes a new account; the staging folder is gone."""
+    runner = _FakeLogin("acct-9")
+    account = pool.login("new", runner=runner, device_auth=True, environ={"X": "1"})
+    assert account.identity.account_id == "acct-9"
+    argv, stdin = runner.calls[0]
+    assert argv[-2:] == ["login", "--device-auth"]
+    assert 'cli_auth_credentials_store="file"' in argv
+    assert stdin is None
+    assert (pool.account_home("new") / "auth.json").is_file()
+    assert (pool.account_home("new") / "sessions").is_symlink()
+    assert [p.name for p in (pool.root / "accounts").iterdir()] == ["new"]
+
+
+def test_login_api_key_goes_through_stdin(pool: AccountPool) -> None:
+    """An API key is handed to codex login on stdin, never in argv."""
+    runner = _FakeLogin("acct-9")
+    pool.login("new", runner=runner, api_key="sk-very-secret")
+    argv, stdin = runner.calls[0]
+    assert "sk-very-secret" not in " ".join(argv)
+    assert "--with-api-key" in argv
+    assert stdin == "sk-very-secret"
+
+
+def test_failed_login_changes_nothing(pool: AccountPool) -> None:
+    """A login that fails leaves no account and no staging folder."""
+    with pytest.raises(errors.AuthError, match="status 1"):
+        pool.login("new", runner=_FakeLogin("acct-9", code=1))
+    assert pool.accounts() == []
+    assert list((pool.root / "accounts").iterdir()) == []
+
+
+def test_relogin_must_be_the_same_account_and_newer(pool: AccountPool) -> None:
+    """A re-login replaces auth.json only for the same account and only when newer."""
+    pool.login("work", runner=_FakeLogin("acct-1"))
+    auth = pool.account_home("work") / "auth.json"
+    before = auth.read_bytes()
+    with pytest.raises(errors.AuthError, match="different account"):
+        pool.login("work", runner=_FakeLogin("acct-2", last_refresh=T0 + timedelta(hours=1)))
+    assert auth.read_bytes() == before
+    pool.login("work", runner=_FakeLogin("acct-1", last_refresh=T0 - timedelta(hours=1)))
+    assert auth.read_bytes() == before  # older: kept what we had
+    pool.login("work", runner=_FakeLogin("acct-1", last_refresh=T0 + timedelta(hours=1)))
+    assert auth.read_bytes() != before
+    assert stat.S_IMODE(auth.stat().st_mode) == 0o600
+    assert [a.name for a in pool.accounts()] == ["work"]
+
+
+# -- state -------------------------------------------------------------------------------------
+
+
+def test_snapshots_keep_the_newest(pool: AccountPool, tmp_path: Path) -> None:
+    """record_snapshot stores a snapshot unless a newer one is already stored."""
+    pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
+    assert pool.record_snapshot(_snapshot("work", T0, used=10))
+    assert not pool.record_snapshot(_snapshot("work", T0 - timedelta(minutes=1), used=99))
+    stored = pool.get("work").last_snapshot
+    assert stored is not None
+    assert stored.five_hour is not None
+    assert stored.five_hour.used_percent == 10
+    assert stored.source is SnapshotSource.ROLLOUT
+    with pytest.raises(errors.ConfigError):
+        pool.record_snapshot(_snapshot("ghost", T0))
+
+
+def test_cooldowns_are_never_shortened(pool: AccountPool, tmp_path: Path) -> None:
+    """A later, shorter cooldown for the same window keeps the longer block."""
+    pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
+    week = T0 + timedelta(days=6)
+    pool.set_cooldown("work", window=WindowKind.WEEKLY, blocked_until=week, reason="weekly at 100%")
+    kept = pool.set_cooldown(
+        "work", window=WindowKind.WEEKLY, blocked_until=T0 + timedelta(hours=2), reason="later"
+    )
+    assert kept.blocked_until == week
+    five = pool.set_cooldown(
+        "work", window=WindowKind.FIVE_HOUR, blocked_until=T0 + timedelta(hours=3), reason="5h"
+    )
+    assert five.blocked_until == T0 + timedelta(hours=3)
+    account = pool.get("work")
+    # Blocked until the *later* reset: a weekly block outlives the five-hour one.
+    assert account.blocked_until(T0) == week
+    assert account.blocked_until(week) is None
+    pool.clear_cooldowns("work")
+    assert pool.get("work").cooldowns == ()
+
+
+def test_expired_cooldowns_are_dropped(pool: AccountPool, tmp_path: Path) -> None:
+    """A cooldown already over is dropped at the next write."""
+    pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
+    pool.set_cooldown(
+        "work", window=WindowKind.FIVE_HOUR, blocked_until=T0 + timedelta(seconds=5), reason="x"
+    )
+    assert isinstance(pool.clock, _FixedClock)
+    pool.clock.current = T0 + timedelta(minutes=1)
+    pool.set_cooldown(
+        "work", window=WindowKind.WEEKLY, blocked_until=T0 + timedelta(days=1), reason="y"
+    )
+    assert [c.window for c in pool.get("work").cooldowns] == [WindowKind.WEEKLY]
+
+
+def test_state_file_is_versioned_and_backed_up(pool: AccountPool, tmp_path: Path) -> None:
+    """The state file carries a version and every write keeps the previous one as .bak."""
+    pool.import_auth("a", _auth_file(tmp_path / "h1", "acct-1"))
+    pool.import_auth("b", _auth_file(tmp_path / "h2", "acct-2"))
+    state = json.loads(pool.state_path.read_text())
+    backup = json.loads(pool.backup_path.read_text())
+    assert state["version"] == backup["version"] == 1
+    assert sorted(state["accounts"]) == ["a", "b"]
+    assert sorted(backup["accounts"]) == ["a"]
+    assert stat.S_IMODE(pool.state_path.stat().st_mode) == 0o600
+    assert "rt-acct" not in pool.state_path.read_text()  # no token ever lands in the state
+
+
+def test_corrupt_state_is_an_error_and_left_intact(pool: AccountPool, tmp_path: Path) -> None:
+    """A corrupt state file raises StateError naming the backup; neither file is touched."""
+    pool.import_auth("a", _auth_file(tmp_path / "h1", "acct-1"))
+    pool.import_auth("b", _auth_file(tmp_path / "h2", "acct-2"))
+    pool.state_path.write_text('{"version": 1, "accounts": {"a": {"nam')
+    corrupt, backup = pool.state_path.read_bytes(), pool.backup_path.read_bytes()
+    with pytest.raises(errors.StateError, match=r"corrupt.*state\.json\.bak"):
+        pool.accounts()
+    with pytest.raises(errors.StateError):
+        pool.import_auth("c", _auth_file(tmp_path / "h3", "acct-3"))
+    assert pool.state_path.read_bytes() == corrupt
+    assert pool.backup_path.read_bytes() == backup
+    pool.state_path.write_text('{"version": 1, "accounts": {"a": {"name": 5}}}')
+    with pytest.raises(errors.StateError, match="corrupt"):
+        pool.get("a")
+
+
+def test_state_from_a_newer_version_is_refused(pool: AccountPool) -> None:
+    """A state file of a newer format is an error, not a silent downgrade."""
+    pool.root.mkdir(parents=True)
+    pool.state_path.write_text('{"version": 99, "accounts": {}}')
+    with pytest.raises(errors.StateError, match="newer"):
+        pool.accounts()
+
+
+_WORKER = """
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from codex_supervisor.accounts import AccountPool
+from codex_supervisor.quota import WindowKind
+
+pool = AccountPool(root=Path(sys.argv[1]), base_codex_home=Path(sys.argv[2]))
+name = sys.argv[3]
+for i in range(int(sys.argv[4])):
+    until = datetime(2030, 1, 1, tzinfo=UTC) + timedelta(minutes=i)
+    pool.set_cooldown(name, window=WindowKind.WEEKLY, blocked_until=until, reason=str(i))
+"""
+
+
+def test_concurrent_writers_lose_no_update(pool: AccountPool, tmp_path: Path) -> None:
+    """Processes updating different accounts at once never lose each other's writes."""
+    names = [f"acct{i}" for i in range(4)]
+    for i, name in enumerate(names):
+        pool.import_auth(name, _auth_file(tmp_path / f"h{i}", f"id-{i}"))
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(pool.root), str(pool.base_codex_home), name, "15"]
+        )
+        for name in names
+    ]
+    assert [p.wait(timeout=60) for p in procs] == [0] * 4
+    for name in names:
+        [cooldown] = pool.get(name).cooldowns
+        assert cooldown.reason == "14"
+
+
+# -- credentials and occupancy -----------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_usage_credentials_read_fresh_tokens(
+    tmp_path: Path, base_home: Path, backend: FakeCodexBackend
+) -> None:
+    """Credentials come from the account home's auth.json and config's chatgpt_base_url."""
+    backend.add_account("acct-1")
+    pool = AccountPool(root=tmp_path / "pool", base_codex_home=base_home)
+    backend.write_codex_home(base_home)  # the user's config points at the backend
+    backend.write_auth(tmp_path / "src", "acct-1")
+    (tmp_path / "src" / "auth.json").chmod(0o600)
+    pool.import_auth("work", tmp_path / "src" / "auth.json")
+    creds = await pool.usage_credentials("work")
+    assert creds.account == "work"
+    assert creds.account_id == "acct-1"
+    assert creds.access_token == backend.account("acct-1").access_token
+    assert creds.base_url == backend.chatgpt_base_url
+    assert creds.access_token not in repr(creds)
+    pool.import_auth("keyed", write_apikey_auth_json(tmp_path / "k", "sk-x"))
+    with pytest.raises(errors.QuotaUnavailable, match="API-key"):
+        await pool.usage_credentials("keyed")
+
+
+@pytest.mark.anyio
+async def test_occupancy_is_shared_and_visible(pool: AccountPool, tmp_path: Path) -> None:
+    """Two children may occupy one account; status shows both; an exclusive claim waits."""
+    pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
+    real = AccountPool(root=pool.root, base_codex_home=pool.base_codex_home)
+    async with real.occupy("work", purpose="child-1"), real.occupy("work", purpose="child-2"):
+        [status] = await real.status()
+        assert sorted(o.purpose or "" for o in status.occupants) == ["child-1", "child-2"]
+        assert all(o.pid == os.getpid() for o in status.occupants)
+        with pytest.raises(errors.LeaseTimeout):
+            async with real.occupy_exclusively("work", purpose="probe", timeout=0.3):
+                pass
+    assert await real.occupants("work") == []
+    async with real.occupy_exclusively("work", purpose="probe", timeout=5):
+        assert [o.purpose for o in await real.occupants("work")] == ["probe"]

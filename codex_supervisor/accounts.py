@@ -83,7 +83,9 @@ _AUTH_CLAIMS = "https://api.openai.com/auth"
 _PRIVATE_ENTRIES = frozenset({"auth.json", "auth.json.lock", "auth.lock", ".credentials.json"})
 # Created in the base home when missing, so that every account links to one
 # shared folder instead of Codex creating a private one in an account home.
-_SHARED_DIRS = ("sessions", "archived_sessions")
+# The writer locks are shared too: Codex's guard against two processes
+# writing one thread must hold across accounts.
+_SHARED_DIRS = ("sessions", "archived_sessions", "thread-writer-locks")
 _MAX_AUTH_BYTES = 1024 * 1024
 
 

@@ -19,6 +19,7 @@ builtin fits, the error also inherits it, so ``except TimeoutError`` works::
     │   ├── QuotaUnavailable               no source could produce a snapshot
     │   ├── QuotaParseError (ValueError)   a usage payload / rate-limit object we cannot read
     │   └── QuotaAuthExpired               the usage endpoint refused the token (401/403)
+    ├── SessionError                       a Codex session (rollout) we cannot find or bind
     ├── ProcessError                       launching or stopping a child failed
     └── AppServerError                     the app-server protocol layer
         ├── TransportClosed (ConnectionError)  EOF / exit; carries exit code and stderr tail
@@ -45,6 +46,7 @@ __all__ = [
     "QuotaParseError",
     "QuotaUnavailable",
     "RequestFailed",
+    "SessionError",
     "StateError",
     "SupervisorError",
     "TransportClosed",
@@ -136,6 +138,10 @@ class QuotaAuthExpired(QuotaError):
 
     def __str__(self) -> str:
         return f"usage endpoint refused the access token of {self.account!r} ({self.status})"
+
+
+class SessionError(SupervisorError):
+    """A Codex session that cannot be found, or a new one that cannot be bound."""
 
 
 class ProcessError(SupervisorError):

@@ -126,7 +126,8 @@ def test_account_home_links_the_base_home(pool: AccountPool, base_home: Path) ->
     """An account home is 0700, links every base entry but auth.json, and shares sessions/."""
     home = pool.prepare_home("work")
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
-    for entry in ("config.toml", "AGENTS.md", "prompts", "sessions", "archived_sessions"):
+    shared = ("sessions", "archived_sessions", "thread-writer-locks")
+    for entry in ("config.toml", "AGENTS.md", "prompts", *shared):
         assert (home / entry).is_symlink(), entry
         assert (home / entry).resolve() == (base_home / entry).resolve()
     assert not (home / "auth.json").exists()

@@ -1,0 +1,907 @@
+"""Finding and following the rollout of the session a Codex child is running.
+
+Codex writes every session to ``sessions/YYYY/MM/DD/rollout-<local time>-<id>.jsonl``
+(CODEX_FACTS.md §4). This module
+
+- reads a rollout incrementally (:class:`RolloutReader`): only the bytes
+  appended since the last read, tolerating a half-written last line, over-long
+  lines, invalid UTF-8 or JSON and unknown line types, and keeps the
+  :class:`TurnState` — whether a turn is running — from the turn markers;
+- tells whether some process has the thread loaded (:func:`writer_lock`), by
+  the thread writer lock Codex holds, without ever creating that file;
+- binds a child to its session (:class:`SessionBinder`): a known id by file
+  name (a UUIDv7 id names its own date folder), a new session only from
+  rollouts created after the launch, in the launch's date folders, whose
+  ``session_meta.cwd`` is the child's cwd — and when two such sessions exist,
+  only the one whose writer lock our child holds. Ambiguous evidence leaves
+  the child unbound and says why: resuming the wrong conversation is the one
+  thing a supervisor must never do.
+
+Discovery looks at no more than two date folders for a new session and one for
+a UUIDv7 id, so its cost does not grow with the user's history. Symbolic links
+inside ``sessions/`` are never followed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import fcntl
+import functools
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, final
+
+import attrs
+
+from .clock import Clock, SystemClock
+from .errors import QuotaParseError, SessionError
+from .quota import QuotaSnapshot
+
+__all__ = [
+    "BindAttempt",
+    "Binding",
+    "RateLimitsObserved",
+    "RolloutReader",
+    "RolloutRecord",
+    "SessionBinder",
+    "SessionMeta",
+    "TurnAborted",
+    "TurnCompleted",
+    "TurnError",
+    "TurnPhase",
+    "TurnStarted",
+    "TurnState",
+    "WriterLock",
+    "is_session_id",
+    "parse_line",
+    "read_session_meta",
+    "writer_lock",
+]
+
+log = logging.getLogger(__name__)
+
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_ROLLOUT_RE = re.compile(
+    r"rollout-(\d{4})-(\d{2})-(\d{2})T(\d{2})-(\d{2})-(\d{2})-"
+    r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.jsonl"
+)
+# Top-level line types of 0.169.0. Lines of these types that we do not use
+# are skipped without parsing them (response_item lines can be large).
+_KNOWN_TYPES = frozenset(
+    {
+        "session_meta",
+        "event_msg",
+        "response_item",
+        "turn_context",
+        "world_state",
+        "token_usage_record",
+        "compacted",
+    }
+)
+_WANTED_TYPES = frozenset({"session_meta", "event_msg"})
+_WANTED_EVENTS = frozenset(
+    {
+        b"task_started",
+        b"turn_started",
+        b"task_complete",
+        b"turn_complete",
+        b"turn_aborted",
+        b"token_count",
+    }
+)
+_TYPE_PREFIX = re.compile(rb'"type"\s*:\s*"([A-Za-z_]+)"')
+_PREFIX_BYTES = 256
+_EVENT_NAMES = frozenset(name.decode() for name in _WANTED_EVENTS)
+_CHUNK = 1024 * 1024
+#: Lines longer than this are skipped (and logged), never buffered whole.
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+# The rollout name's time has one-second resolution and Codex may name the
+# file a moment before we note the launch time: allow this much.
+_CREATION_SLACK = timedelta(seconds=2)
+_FIRST_LINE_LIMIT = 4 * 1024 * 1024
+
+
+def is_session_id(value: str) -> bool:
+    """Whether ``value`` looks like a Codex session (thread) id: a lowercase UUID."""
+    return bool(_UUID_RE.fullmatch(value))
+
+
+# -- records -----------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class SessionMeta:
+    """The first line of a rollout: which session, where, by which Codex."""
+
+    session_id: str
+    cwd: str | None = None
+    originator: str | None = None
+    source: str | None = None
+    cli_version: str | None = None
+    model_provider: str | None = None
+    creator_account_id: str | None = None
+    timestamp: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TurnError:
+    """Why a turn failed, as Codex recorded it."""
+
+    message: str | None = None
+    codex_error_info: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TurnStarted:
+    """A ``task_started`` marker: a turn began."""
+
+    turn_id: str | None
+    at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TurnCompleted:
+    """A ``task_complete`` marker: a turn ended, successfully or with an error."""
+
+    turn_id: str | None
+    last_agent_message: str | None = None
+    error: TurnError | None = None
+    at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TurnAborted:
+    """A ``turn_aborted`` marker: a turn was interrupted or replaced."""
+
+    turn_id: str | None
+    reason: str | None = None
+    at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RateLimitsObserved:
+    """A ``token_count`` line that carried rate limits: free, passive quota data."""
+
+    snapshot: QuotaSnapshot
+
+
+RolloutRecord = SessionMeta | TurnStarted | TurnCompleted | TurnAborted | RateLimitsObserved
+
+
+class TurnPhase(enum.Enum):
+    """Whether a turn is running, as far as the rollout tells."""
+
+    UNKNOWN = "unknown"
+    IDLE = "idle"
+    IN_TURN = "in_turn"
+
+
+@attrs.frozen(kw_only=True)
+class TurnState:
+    """The turn state of a session, from its turn markers.
+
+    ``IN_TURN`` with no live writer (see :func:`writer_lock`) means the writer
+    died mid-turn: a SIGKILLed Codex leaves a dangling ``task_started``.
+    """
+
+    phase: TurnPhase = TurnPhase.UNKNOWN
+    turn_id: str | None = None
+    last_error: TurnError | None = None
+    turns_completed: int = 0
+
+    @property
+    def at_boundary(self) -> bool:
+        """True between turns: a rotation may stop the child now without losing work."""
+        return self.phase is TurnPhase.IDLE
+
+    @property
+    def usage_limit_exceeded(self) -> bool:
+        """True when the last finished turn failed because the account ran out."""
+        return (
+            self.last_error is not None
+            and self.last_error.codex_error_info == "usage_limit_exceeded"
+        )
+
+
+# -- parsing --------------------------------------------------------------------------
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _time(value: object) -> datetime | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError, OSError, ValueError):
+            return datetime.fromtimestamp(value, UTC)
+        return None
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+def _meta(payload: dict[str, Any]) -> SessionMeta | None:
+    session_id = _str(payload.get("id")) or _str(payload.get("session_id"))
+    if session_id is None:
+        return None
+    return SessionMeta(
+        session_id=session_id,
+        cwd=_str(payload.get("cwd")),
+        originator=_str(payload.get("originator")),
+        source=_str(payload.get("source")),
+        cli_version=_str(payload.get("cli_version")),
+        model_provider=_str(payload.get("model_provider")),
+        creator_account_id=_str(payload.get("creator_account_id")),
+        timestamp=_time(payload.get("timestamp")),
+    )
+
+
+def _turn_error(value: object) -> TurnError | None:
+    if not isinstance(value, dict):
+        return None
+    info = value.get("codex_error_info")
+    if isinstance(info, dict):  # some versions nest it: {"usage_limit_exceeded": {...}}
+        info = next(iter(info), None)
+    return TurnError(message=_str(value.get("message")), codex_error_info=_str(info))
+
+
+def parse_line(  # noqa: PLR0911 - one return per line kind reads best
+    line: dict[str, Any], *, account: str, observed_at: datetime | None = None
+) -> RolloutRecord | None:
+    """The record one parsed rollout line stands for, or None if we do not use it."""
+    kind = line.get("type")
+    payload = line.get("payload")
+    if kind is None and isinstance(line.get("session_meta"), dict):
+        # Older versions: {"session_meta": {"payload": {...}}}.
+        kind, payload = "session_meta", line["session_meta"].get("payload")
+    if not isinstance(payload, dict):
+        return None
+    if kind == "session_meta":
+        return _meta(payload)
+    event = payload.get("type") if kind == "event_msg" else None
+    if event not in _EVENT_NAMES:
+        return None
+    at = _time(line.get("timestamp"))
+    if event in ("task_started", "turn_started"):
+        return TurnStarted(turn_id=_str(payload.get("turn_id")), at=at)
+    if event in ("task_complete", "turn_complete"):
+        return TurnCompleted(
+            turn_id=_str(payload.get("turn_id")),
+            last_agent_message=_str(payload.get("last_agent_message")),
+            error=_turn_error(payload.get("error")),
+            at=at,
+        )
+    if event == "turn_aborted":
+        return TurnAborted(
+            turn_id=_str(payload.get("turn_id")), reason=_str(payload.get("reason")), at=at
+        )
+    if event == "token_count" and isinstance(payload.get("rate_limits"), dict):
+        try:
+            snapshot = QuotaSnapshot.from_rollout_rate_limits(
+                payload["rate_limits"],
+                account=account,
+                observed_at=at or observed_at or datetime.now(UTC),
+            )
+        except QuotaParseError as exc:
+            log.debug("rollout: unreadable rate_limits skipped: %s", exc)
+            return None
+        return RateLimitsObserved(snapshot=snapshot)
+    return None
+
+
+def _advance(state: TurnState, record: RolloutRecord) -> TurnState:
+    if isinstance(record, SessionMeta):
+        if state.phase is TurnPhase.UNKNOWN:
+            return attrs.evolve(state, phase=TurnPhase.IDLE)
+        return state
+    if isinstance(record, TurnStarted):
+        return attrs.evolve(state, phase=TurnPhase.IN_TURN, turn_id=record.turn_id)
+    if isinstance(record, TurnCompleted):
+        return TurnState(
+            phase=TurnPhase.IDLE,
+            turn_id=record.turn_id,
+            last_error=record.error,
+            turns_completed=state.turns_completed + 1,
+        )
+    if isinstance(record, TurnAborted):
+        return TurnState(
+            phase=TurnPhase.IDLE,
+            turn_id=record.turn_id,
+            last_error=TurnError(message=f"turn aborted ({record.reason})"),
+            turns_completed=state.turns_completed,
+        )
+    return state
+
+
+# -- the reader ------------------------------------------------------------------------
+
+
+@final
+class RolloutReader:
+    """Follows one rollout file from a byte offset, yielding new records.
+
+    Each :meth:`read` consumes only what was appended since the previous one.
+    A last line without its newline yet is left for the next read; ``offset``
+    is always the start of the first unconsumed line, so a new reader started
+    at that offset misses nothing. ``account`` names the account the rate
+    limits are attributed to; set it again after a rotation.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        account: str = "",
+        offset: int = 0,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    ) -> None:
+        self.path = Path(path)
+        self.account = account
+        self.max_line_bytes = max_line_bytes
+        self._offset = offset
+        self._skipping = False  # inside an over-long line, until its newline
+        self.state = TurnState()
+        self.meta: SessionMeta | None = None
+        self.lines_skipped = 0
+
+    @property
+    def offset(self) -> int:
+        """Bytes of the file consumed so far (always at a line start)."""
+        return self._offset
+
+    def read(self) -> list[RolloutRecord]:
+        """The records of every complete line appended since the last read."""
+        records: list[RolloutRecord] = []
+        try:
+            fh = self.path.open("rb")
+        except FileNotFoundError:
+            return records
+        with fh:
+            fh.seek(self._offset)
+            pending = b""
+            while True:
+                chunk = fh.read(_CHUNK)
+                if not chunk:
+                    break
+                pending += chunk
+                pending = self._consume(pending, records)
+        return records
+
+    def _consume(self, data: bytes, records: list[RolloutRecord]) -> bytes:
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            if end < 0:
+                break
+            line = data[start:end]
+            self._offset += end + 1 - start
+            start = end + 1
+            if self._skipping:
+                self._skipping = False  # the tail of an over-long line
+                continue
+            self._line(line, records)
+        rest = data[start:]
+        if len(rest) > self.max_line_bytes:
+            # Never buffer an endless line: drop it up to its newline.
+            log.warning(
+                "rollout %s: a line over %d bytes was skipped", self.path, self.max_line_bytes
+            )
+            self.lines_skipped += 1
+            self._offset += len(rest)
+            self._skipping = True
+            return b""
+        return rest
+
+    def _line(self, line: bytes, records: list[RolloutRecord]) -> None:  # noqa: PLR0911
+        if not line.strip():
+            return
+        if len(line) > self.max_line_bytes:
+            log.warning("rollout %s: a line of %d bytes was skipped", self.path, len(line))
+            self.lines_skipped += 1
+            return
+        kinds = _prefix_types(line)
+        if kinds:
+            kind = kinds[0].decode("ascii")
+            # Only trust the prefix when it names a known top-level type: a
+            # payload's own "type" may come first in a reordered line.
+            if kind in _KNOWN_TYPES and kind not in _WANTED_TYPES:
+                return
+            # Codex writes "type" before "payload", so the next "type" is the
+            # event's: most event_msg lines are deltas we never use.
+            if kind == "event_msg" and len(kinds) > 1 and kinds[1] not in _WANTED_EVENTS:
+                return
+        try:
+            parsed = json.loads(line)
+        except ValueError:  # invalid JSON or UTF-8
+            log.debug("rollout %s: unreadable line skipped", self.path)
+            self.lines_skipped += 1
+            return
+        if not isinstance(parsed, dict):
+            self.lines_skipped += 1
+            return
+        record = parse_line(parsed, account=self.account)
+        if record is None:
+            return
+        if isinstance(record, SessionMeta) and self.meta is None:
+            self.meta = record
+        self.state = _advance(self.state, record)
+        records.append(record)
+
+
+def _prefix_types(line: bytes) -> list[bytes]:
+    """The first two ``"type"`` values near the start of a line, cheaply.
+
+    Codex's serializer writes ``"type":"x"`` without spaces; bytes.find on
+    that form is several times faster than a regex. Other spellings fall
+    back to the regex.
+    """
+    first = line.find(b'"type":"', 0, _PREFIX_BYTES)
+    if first < 0:
+        return _TYPE_PREFIX.findall(line[:_PREFIX_BYTES])
+    start = first + 8
+    end = line.find(b'"', start, _PREFIX_BYTES)
+    if end < 0:
+        return _TYPE_PREFIX.findall(line[:_PREFIX_BYTES])
+    kinds = [line[start:end]]
+    second = line.find(b'"type":"', end, _PREFIX_BYTES)
+    if second >= 0:
+        close = line.find(b'"', second + 8, _PREFIX_BYTES)
+        if close >= 0:
+            kinds.append(line[second + 8 : close])
+    return kinds
+
+
+# -- liveness ----------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class WriterLock:
+    """Whether a process has a thread loaded, by Codex's thread writer lock."""
+
+    held: bool
+    pid: int | None = None
+
+
+def _proc_locks() -> list[tuple[int, int, int, int]] | None:
+    """(pid, major, minor, inode) of every flock on the system; None if unknown."""
+    try:
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    locks = []
+    for line in text.splitlines():
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2146315 0 EOF"; waiters carry "->".
+        if len(parts) < 6 or parts[1] != "FLOCK":
+            continue
+        try:
+            major, minor, inode = parts[5].split(":")
+            locks.append((int(parts[4]), int(major, 16), int(minor, 16), int(inode)))
+        except ValueError:
+            continue
+    return locks
+
+
+def writer_lock(codex_home: Path | str, session_id: str) -> WriterLock:
+    """Whether some process holds the writer lock of ``session_id``, and which.
+
+    Never creates the lock file. On Linux it reads ``/proc/locks`` (no lock is
+    taken, so Codex can never trip over the probe); elsewhere it tries a
+    non-blocking shared lock for an instant.
+    """
+    if not is_session_id(session_id):
+        raise SessionError(f"not a session id: {session_id!r}")
+    path = Path(codex_home) / "thread-writer-locks" / f"{session_id}.lock"
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return WriterLock(held=False)
+    locks = _proc_locks()
+    if locks is not None:
+        device = (os.major(info.st_dev), os.minor(info.st_dev))
+        exact = [pid for pid, ma, mi, ino in locks if ino == info.st_ino and (ma, mi) == device]
+        # Overlay filesystems may report another device in /proc/locks than
+        # stat() does; the inode alone is the fallback.
+        loose = [pid for pid, _, _, ino in locks if ino == info.st_ino]
+        pids = exact or loose
+        return WriterLock(held=bool(pids), pid=pids[0] if pids else None)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return WriterLock(held=False)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+            return WriterLock(held=True)
+        raise
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return WriterLock(held=False)
+    finally:
+        os.close(fd)
+
+
+# -- binding ---------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Binding:
+    """A child bound to its session: the id and its rollout file."""
+
+    session_id: str
+    path: Path
+    meta: SessionMeta | None = None
+
+
+@attrs.frozen(kw_only=True)
+class BindAttempt:
+    """The outcome of one look for a new session: bound, or why not."""
+
+    binding: Binding | None
+    reason: str
+    candidates: tuple[str, ...] = ()
+    files_examined: int = 0
+
+
+def _uuid7_time(session_id: str) -> datetime | None:
+    try:
+        value = uuid.UUID(session_id)
+    except ValueError:
+        return None
+    if value.version != 7:
+        return None
+    millis = value.int >> 80
+    with contextlib.suppress(OverflowError, OSError, ValueError):
+        return datetime.fromtimestamp(millis / 1000, UTC)
+    return None
+
+
+def _day_folder(root: Path, day: date) -> Path | None:
+    """The date folder of ``day``, or None if it or a parent is a symlink or absent."""
+    folder = root
+    for part in (f"{day.year:04d}", f"{day.month:02d}", f"{day.day:02d}"):
+        folder = folder / part
+        if folder.is_symlink() or not folder.is_dir():
+            return None
+    return folder
+
+
+def _scan_dir(folder: Path) -> Iterator[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            yield from entries
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return
+
+
+def _rollout_files(folder: Path) -> Iterator[tuple[os.DirEntry[str], re.Match[str]]]:
+    for entry in _scan_dir(folder):
+        if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+            continue
+        match = _ROLLOUT_RE.fullmatch(entry.name)
+        if match:
+            yield entry, match
+
+
+def _numbered_dirs(folder: Path, width: int) -> list[Path]:
+    names = [
+        entry.name
+        for entry in _scan_dir(folder)
+        if entry.is_dir(follow_symlinks=False) and len(entry.name) == width and entry.name.isdigit()
+    ]
+    return [folder / name for name in sorted(names, reverse=True)]
+
+
+def _day_folders_newest_first(root: Path) -> Iterator[Path]:
+    for year in _numbered_dirs(root, 4):
+        for month in _numbered_dirs(year, 2):
+            yield from _numbered_dirs(month, 2)
+
+
+def read_session_meta(path: Path) -> SessionMeta | None:
+    """The ``session_meta`` of a rollout (its first line), or None if unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        first = fh.readline(_FIRST_LINE_LIMIT)
+    try:
+        line = json.loads(first)
+    except ValueError:
+        return None
+    record = parse_line(line, account="") if isinstance(line, dict) else None
+    return record if isinstance(record, SessionMeta) else None
+
+
+def _same_dir(a: str | None, b: Path) -> bool:
+    if a is None:
+        return False
+    with contextlib.suppress(OSError):
+        return Path(a).resolve() == b.resolve()
+    return Path(a) == b
+
+
+@final
+class SessionBinder:
+    """Finds the rollout of a session in a CODEX_HOME's ``sessions/`` folder.
+
+    Pass the CODEX_HOME the child runs in (an account home): its
+    ``sessions`` link is resolved once to the shared folder, and its
+    ``thread-writer-locks`` tell which process writes which session. Links
+    inside ``sessions/`` are never followed.
+    """
+
+    def __init__(self, codex_home: Path | str, *, clock: Clock | None = None) -> None:
+        self.codex_home = Path(codex_home)
+        self.clock = clock or SystemClock()
+        self._meta_cache: dict[Path, SessionMeta | None] = {}
+
+    @functools.cached_property
+    def sessions_dir(self) -> Path:
+        """The real ``sessions`` folder (the account home's link, resolved once)."""
+        return (self.codex_home / "sessions").resolve()
+
+    @functools.cached_property
+    def archived_dir(self) -> Path:
+        """The real ``archived_sessions`` folder."""
+        return (self.codex_home / "archived_sessions").resolve()
+
+    def _meta(self, path: Path) -> SessionMeta | None:
+        # Session metadata never changes once written: read each file once.
+        if path not in self._meta_cache:
+            if len(self._meta_cache) > 4096:
+                self._meta_cache.clear()
+            self._meta_cache[path] = read_session_meta(path)
+        return self._meta_cache[path]
+
+    def find_by_id(self, session_id: str) -> Binding | None:
+        """The rollout of ``session_id``: date folders newest first, then the archive.
+
+        A UUIDv7 id carries its creation time, so its date folder (and the
+        days beside it, for time zones) is looked at first.
+        """
+        if not is_session_id(session_id):
+            raise SessionError(f"not a session id: {session_id!r}")
+        root = self.sessions_dir
+        created = _uuid7_time(session_id)
+        looked: set[Path] = set()
+        if created is not None:
+            local = created.astimezone().date()
+            for day in (local, local - timedelta(days=1), local + timedelta(days=1)):
+                folder = _day_folder(root, day)
+                if folder is None:
+                    continue
+                looked.add(folder)
+                found = self._in_folder(folder, session_id)
+                if found:
+                    return found
+        for folder in _day_folders_newest_first(root):
+            if folder in looked:
+                continue
+            found = self._in_folder(folder, session_id)
+            if found:
+                return found
+        return self._in_archive(self.archived_dir, session_id)
+
+    def _in_folder(self, folder: Path, session_id: str) -> Binding | None:
+        suffix = f"-{session_id}.jsonl"
+        for entry, _ in _rollout_files(folder):
+            if entry.name.endswith(suffix):
+                path = Path(entry.path)
+                return Binding(session_id=session_id, path=path, meta=self._meta(path))
+        return None
+
+    def _in_archive(self, folder: Path, session_id: str, depth: int = 0) -> Binding | None:
+        found = self._in_folder(folder, session_id)
+        if found or depth >= 3:
+            return found
+        for entry in _scan_dir(folder):
+            if entry.is_dir(follow_symlinks=False):
+                found = self._in_archive(Path(entry.path), session_id, depth + 1)
+                if found:
+                    return found
+        return None
+
+    def bind_new(  # noqa: PLR0912 - one branch per piece of evidence, kept in one place
+        self,
+        *,
+        cwd: Path | str,
+        launched_at: datetime,
+        pid: int | None = None,
+        exclude: Iterable[str] = (),
+    ) -> BindAttempt:
+        """One look for the session a child launched at ``launched_at`` in ``cwd`` created.
+
+        Candidates: rollouts in the launch day's and the next day's folders
+        (local time), named after the launch, whose ``session_meta`` was
+        written after the launch with ``cwd`` as its working folder. One
+        candidate binds. Several bind only when exactly one has its writer
+        lock held by ``pid`` (our child); otherwise the attempt stays unbound
+        and its ``reason`` says why.
+        """
+        if launched_at.tzinfo is None:
+            raise SessionError("launched_at must be an aware datetime")
+        folder_cwd = Path(cwd)
+        local = launched_at.astimezone()
+        earliest_name = (local - _CREATION_SLACK).replace(tzinfo=None, microsecond=0)
+        excluded = set(exclude)
+        examined = 0
+        matches: list[Binding] = []
+        for day in (local.date(), local.date() + timedelta(days=1)):
+            folder = _day_folder(self.sessions_dir, day)
+            if folder is None:
+                continue
+            for entry, name in _rollout_files(folder):
+                session_id = name.group(7)
+                if session_id in excluded:
+                    continue
+                stamp = _name_time(name)
+                if stamp is None or stamp < earliest_name:
+                    continue
+                examined += 1
+                path = Path(entry.path)
+                meta = self._meta(path)
+                if meta is None:
+                    # Not written yet (Codex creates the file, then the line):
+                    # forget it so the next look reads it again.
+                    self._meta_cache.pop(path, None)
+                    continue
+                if meta.timestamp is not None and meta.timestamp < launched_at - _CREATION_SLACK:
+                    continue
+                if not _same_dir(meta.cwd, folder_cwd):
+                    continue
+                matches.append(Binding(session_id=session_id, path=path, meta=meta))
+        ids = tuple(sorted(m.session_id for m in matches))
+        if not matches:
+            return BindAttempt(
+                binding=None, reason="no new session in this folder yet", files_examined=examined
+            )
+        if pid is None:
+            if len(matches) == 1:
+                return BindAttempt(
+                    binding=matches[0],
+                    reason="the only new session (no child pid to confirm it)",
+                    candidates=ids,
+                    files_examined=examined,
+                )
+            return BindAttempt(
+                binding=None,
+                reason=(
+                    f"{len(matches)} new sessions in this folder "
+                    "and no child pid to tell them apart"
+                ),
+                candidates=ids,
+                files_examined=examined,
+            )
+        # With a child pid, even a lone candidate must be shown to be ours: a
+        # session another process started a moment earlier in the same
+        # folder looks exactly like ours until then.
+        ours = [m for m in matches if self._owned_by(m, pid)]
+        if len(ours) == 1:
+            return BindAttempt(
+                binding=ours[0],
+                reason=f"{ours[0].session_id} is written by pid {pid}",
+                candidates=ids,
+                files_examined=examined,
+            )
+        reason = (
+            f"{len(matches)} new session(s) in this folder, "
+            f"none shown to be written by pid {pid} yet"
+            if not ours
+            else f"{len(ours)} new sessions written by pid {pid}: ambiguous, not guessing"
+        )
+        return BindAttempt(binding=None, reason=reason, candidates=ids, files_examined=examined)
+
+    def _owned_by(self, binding: Binding, pid: int) -> bool:
+        """Whether ``pid`` (or a process it started) writes ``binding``'s rollout.
+
+        Evidence: the holder of the thread writer lock, else an open file
+        descriptor on the rollout (Codex keeps it open while it writes).
+        """
+        lock = writer_lock(self.codex_home, binding.session_id)
+        if lock.pid is not None:
+            return _descends_from(lock.pid, pid)
+        return _has_open(pid, binding.path)
+
+    async def wait_for_new(
+        self,
+        *,
+        cwd: Path | str,
+        launched_at: datetime,
+        pid: int | None = None,
+        timeout: float = 30.0,  # noqa: ASYNC109 - a deadline on the injectable clock
+        poll: float = 0.1,
+        exclude: Iterable[str] = (),
+    ) -> Binding:
+        """Poll :meth:`bind_new` until bound; SessionError with the last reason on timeout."""
+        deadline = self.clock.monotonic() + timeout
+        excluded = tuple(exclude)
+        while True:
+            attempt = self.bind_new(cwd=cwd, launched_at=launched_at, pid=pid, exclude=excluded)
+            if attempt.binding is not None:
+                log.debug("session bound: %s (%s)", attempt.binding.session_id, attempt.reason)
+                return attempt.binding
+            if self.clock.monotonic() >= deadline:
+                raise SessionError(f"no session bound within {timeout:g}s: {attempt.reason}")
+            await self.clock.sleep(poll)
+
+    def resolve_last(self, *, cwd: Path | str, interactive_only: bool = True) -> Binding | None:
+        """The session ``codex resume --last`` would pick in ``cwd``: the last one updated.
+
+        A resumed session keeps appending to its old file in an old date
+        folder, so "last updated" needs the modification time of every
+        rollout; this is a one-off at launch, never part of a polling loop.
+        Sessions of ``codex exec`` are left out unless ``interactive_only`` is
+        False (Codex's ``--include-non-interactive``).
+        """
+        folder_cwd = Path(cwd)
+        files: list[tuple[float, str, Path]] = []
+        for day in _day_folders_newest_first(self.sessions_dir):
+            for entry, name in _rollout_files(day):
+                with contextlib.suppress(OSError):
+                    files.append(
+                        (
+                            entry.stat(follow_symlinks=False).st_mtime,
+                            name.group(7),
+                            Path(entry.path),
+                        )
+                    )
+        for _, session_id, path in sorted(files, reverse=True):
+            meta = self._meta(path)
+            if meta is None or not _same_dir(meta.cwd, folder_cwd):
+                continue
+            if interactive_only and (meta.source == "exec" or meta.originator == "codex_exec"):
+                continue
+            return Binding(session_id=session_id, path=path, meta=meta)
+        return None
+
+
+def _descends_from(child: int, ancestor: int) -> bool:
+    """Whether ``child`` is ``ancestor`` or one of its descendants (Linux /proc)."""
+    current = child
+    for _ in range(64):  # bounded: a corrupt /proc read never loops forever
+        if current == ancestor:
+            return True
+        if current <= 1:
+            return False
+        try:
+            stat_line = Path(f"/proc/{current}/stat").read_text()
+            current = int(stat_line.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open (Linux /proc; False elsewhere)."""
+    target = str(path)
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        entries = list(os.scandir(fd_dir))
+    except OSError:
+        return False
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            if Path(entry.path).readlink() == Path(target):
+                return True
+    return False
+
+
+def _name_time(match: re.Match[str]) -> datetime | None:
+    try:
+        year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
+        return datetime(year, month, day, hour, minute, second)  # noqa: DTZ001 - local, like the name
+    except ValueError:
+        return None

@@ -1,0 +1,642 @@
+"""Rollout reading, writer-lock liveness and session binding."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from codex_supervisor import errors
+from codex_supervisor.sessions import (
+    RateLimitsObserved,
+    RolloutReader,
+    SessionBinder,
+    SessionMeta,
+    TurnAborted,
+    TurnCompleted,
+    TurnPhase,
+    TurnStarted,
+    is_session_id,
+    writer_lock,
+)
+from codex_supervisor.testing import FakeCodexBackend, install_simulator
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+_HOLD_LOCK = (
+    "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+    "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"
+)
+
+
+def _uuid7(at: datetime) -> str:
+    millis = int(at.timestamp() * 1000)
+    rand = uuid.uuid4().int & ((1 << 80) - 1)
+    value = (millis << 80) | rand
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return str(uuid.UUID(int=value))
+
+
+def _line(kind: str, payload: dict[str, Any], at: datetime = NOW) -> str:
+    stamp = at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return json.dumps({"timestamp": stamp, "ordinal": 0, "type": kind, "payload": payload}) + "\n"
+
+
+def _event(kind: str, **payload: Any) -> str:
+    return _line("event_msg", {"type": kind, **payload})
+
+
+def _meta_line(session_id: str, cwd: Path, at: datetime = NOW, source: str = "cli") -> str:
+    return _line(
+        "session_meta",
+        {
+            "id": session_id,
+            "timestamp": at.isoformat(),
+            "cwd": str(cwd),
+            "originator": "codex-tui",
+            "cli_version": "0.169.0",
+            "source": source,
+        },
+        at,
+    )
+
+
+def _write_rollout(
+    root: Path,
+    *,
+    cwd: Path,
+    at: datetime = NOW,
+    session_id: str | None = None,
+    extra: str = "",
+    source: str = "cli",
+) -> tuple[str, Path]:
+    session_id = session_id or _uuid7(at)
+    local = at.astimezone()
+    folder = root / "sessions" / local.strftime("%Y/%m/%d")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"rollout-{local.strftime('%Y-%m-%dT%H-%M-%S')}-{session_id}.jsonl"
+    path.write_text(_meta_line(session_id, cwd, at, source) + extra)
+    return session_id, path
+
+
+RATE_LIMITS = {
+    "limit_id": "codex",
+    "primary": {"used_percent": 42.0, "window_minutes": 300, "resets_at": 1795339672},
+    "secondary": {"used_percent": 7.0, "window_minutes": 10080, "resets_at": 1795926472},
+}
+
+
+# -- the reader ------------------------------------------------------------------------------
+
+
+def test_reader_yields_typed_records_and_turn_state(tmp_path: Path) -> None:
+    """Meta, turn markers and rate limits come out typed; the turn state follows them."""
+    session_id, path = _write_rollout(tmp_path, cwd=tmp_path)
+    reader = RolloutReader(path, account="alpha")
+    [meta] = reader.read()
+    assert isinstance(meta, SessionMeta)
+    assert meta.session_id == session_id
+    assert reader.state.phase is TurnPhase.IDLE
+
+    with path.open("a") as fh:
+        fh.write(_line("response_item", {"type": "message", "role": "user", "content": []}))
+        fh.write(_event("task_started", turn_id="t1"))
+    started = reader.read()
+    assert started == [TurnStarted(turn_id="t1", at=started[0].at)]  # type: ignore[union-attr]
+    assert reader.state.phase is TurnPhase.IN_TURN
+    assert not reader.state.at_boundary
+
+    with path.open("a") as fh:
+        fh.write(_event("token_count", info=None, rate_limits=RATE_LIMITS))
+        fh.write(
+            _event(
+                "task_complete",
+                turn_id="t1",
+                last_agent_message=None,
+                error={"message": "limit", "codex_error_info": "usage_limit_exceeded"},
+            )
+        )
+    limits, done = reader.read()
+    assert isinstance(limits, RateLimitsObserved)
+    assert limits.snapshot.account == "alpha"
+    assert limits.snapshot.five_hour is not None
+    assert limits.snapshot.five_hour.used_percent == 42.0
+    assert isinstance(done, TurnCompleted)
+    assert reader.state.at_boundary
+    assert reader.state.usage_limit_exceeded
+    assert reader.state.turns_completed == 1
+
+    with path.open("a") as fh:
+        fh.write(_event("task_started", turn_id="t2"))
+        fh.write(_event("turn_aborted", turn_id="t2", reason="interrupted"))
+    _, aborted = reader.read()
+    assert isinstance(aborted, TurnAborted)
+    assert aborted.reason == "interrupted"
+    assert reader.state.phase is TurnPhase.IDLE
+    assert not reader.state.usage_limit_exceeded
+    assert reader.offset == path.stat().st_size
+
+
+def test_reader_waits_for_the_end_of_a_partial_line(tmp_path: Path) -> None:
+    """A line without its newline is left for the next read; offset stays at its start."""
+    _, path = _write_rollout(tmp_path, cwd=tmp_path)
+    reader = RolloutReader(path)
+    reader.read()
+    line = _event("task_started", turn_id="t1")
+    with path.open("a") as fh:
+        fh.write(line[:25])
+    before = reader.offset
+    assert reader.read() == []
+    assert reader.offset == before
+    with path.open("a") as fh:
+        fh.write(line[25:])
+    [record] = reader.read()
+    assert isinstance(record, TurnStarted)
+    # A new reader from the offset starts exactly at the next line.
+    assert RolloutReader(path, offset=before).read()[0] == record
+
+
+def test_reader_skips_garbage_and_keeps_what_follows(tmp_path: Path) -> None:
+    """Invalid JSON, invalid UTF-8, non-objects and unknown types are skipped, never fatal."""
+    _, path = _write_rollout(tmp_path, cwd=tmp_path)
+    with path.open("ab") as fh:
+        fh.write(b"{not json\n\xff\xfe\xfd\n[1, 2]\n\n")
+        fh.write(b'{"type": "brand_new_kind", "payload": {"x": 1}}\n')
+        fh.write(b'{"type": "event_msg", "payload": {"type": "task_started", "extra": {}}}\n')
+        fh.write(b'{"type": "event_msg", "payload": "not an object"}\n')
+        fh.write(_event("token_count", info=None, rate_limits={"primary": "garbage"}).encode())
+        fh.write(_event("task_complete", turn_id="t9").encode())
+    reader = RolloutReader(path)
+    records = reader.read()
+    assert [type(r) for r in records] == [SessionMeta, TurnStarted, TurnCompleted]
+    assert reader.lines_skipped == 3
+
+
+def test_reader_skips_over_long_lines_without_buffering_them(tmp_path: Path) -> None:
+    """A line over the cap is skipped even when it arrives across many reads."""
+    _, path = _write_rollout(tmp_path, cwd=tmp_path)
+    reader = RolloutReader(path, max_line_bytes=1000)
+    reader.read()
+    with path.open("a") as fh:
+        fh.write('{"type": "event_msg", "payload": {"type": "task_started", "pad": "')
+        fh.write("x" * 3000)
+    assert reader.read() == []
+    with path.open("a") as fh:
+        fh.write("y" * 3000 + '"}}\n')
+        fh.write(_event("task_started", turn_id="after"))
+    [record] = reader.read()
+    assert isinstance(record, TurnStarted)
+    assert record.turn_id == "after"
+    assert reader.lines_skipped == 1
+
+
+def test_reader_of_a_missing_file_reads_nothing(tmp_path: Path) -> None:
+    """A rollout that does not exist (yet) reads as empty."""
+    assert RolloutReader(tmp_path / "nope.jsonl").read() == []
+
+
+def test_reader_follows_a_concurrent_writer(tmp_path: Path) -> None:
+    """Records written in random-sized pieces while we read arrive once, in order."""
+    _, path = _write_rollout(tmp_path, cwd=tmp_path)
+    payload = "".join(
+        _event("task_started", turn_id=f"t{i}") + _event("task_complete", turn_id=f"t{i}")
+        for i in range(300)
+    ).encode()
+    done = threading.Event()
+
+    def writer() -> None:
+        with path.open("ab", buffering=0) as fh:
+            pos = 0
+            size = 1
+            while pos < len(payload):
+                fh.write(payload[pos : pos + size])
+                pos += size
+                size = size * 7 % 113 + 1
+        done.set()
+
+    reader = RolloutReader(path)
+    records: list[Any] = []
+    thread = threading.Thread(target=writer)
+    thread.start()
+    while not done.is_set():
+        records += reader.read()
+    thread.join()
+    records += reader.read()
+    turns = [r.turn_id for r in records if isinstance(r, TurnStarted)]
+    assert turns == [f"t{i}" for i in range(300)]
+    assert reader.state.turns_completed == 300
+
+
+@settings(max_examples=200, deadline=None)
+@given(garbage=st.binary(max_size=300), split=st.integers(min_value=0, max_value=400))
+def test_reader_never_raises_and_never_loses_a_line_after_garbage(
+    tmp_path_factory: pytest.TempPathFactory, garbage: bytes, split: int
+) -> None:
+    """Arbitrary bytes never raise; a complete line after garbage and a newline is read."""
+    folder = tmp_path_factory.mktemp("garbage")
+    path = folder / "rollout.jsonl"
+    good = _event("task_started", turn_id="survivor").encode()
+    data = garbage + b"\n" + good
+    reader = RolloutReader(path, max_line_bytes=200)
+    path.write_bytes(data[:split])
+    records = reader.read()
+    with path.open("ab") as fh:
+        fh.write(data[split:])
+    records += reader.read()
+    assert any(isinstance(r, TurnStarted) and r.turn_id == "survivor" for r in records)
+
+
+# -- writer lock ---------------------------------------------------------------------------------
+
+
+def test_writer_lock_probe_never_creates_the_file(tmp_path: Path) -> None:
+    """An absent lock file means no writer, and probing does not create it."""
+    session_id = _uuid7(NOW)
+    assert writer_lock(tmp_path, session_id).held is False
+    assert not (tmp_path / "thread-writer-locks").exists()
+    with pytest.raises(errors.SessionError):
+        writer_lock(tmp_path, "../../etc/passwd")
+
+
+def test_writer_lock_held_by_another_process_names_its_pid(tmp_path: Path) -> None:
+    """A held flock is seen with the holder's pid; after the holder dies it is free."""
+    session_id = _uuid7(NOW)
+    lock = tmp_path / "thread-writer-locks" / f"{session_id}.lock"
+    lock.parent.mkdir()
+    lock.touch()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _HOLD_LOCK,
+            str(lock),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        state = writer_lock(tmp_path, session_id)
+        assert state.held
+        assert state.pid == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    assert writer_lock(tmp_path, session_id).held is False
+    # Our own probe took no lock: we can take it exclusively right away.
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+
+
+# -- binding ---------------------------------------------------------------------------
+
+
+def test_find_by_id_uses_the_uuid7_date_and_then_the_archive(tmp_path: Path) -> None:
+    """A v7 id is found in its own date folder; archived and unknown ids are handled."""
+    cwd = tmp_path / "work"
+    old = NOW - timedelta(days=40)
+    session_id, path = _write_rollout(tmp_path, cwd=cwd, at=old)
+    binder = SessionBinder(tmp_path)
+    found = binder.find_by_id(session_id)
+    assert found is not None
+    assert found.path == path
+    assert found.meta is not None
+    assert found.meta.cwd == str(cwd)
+
+    archived = _uuid7(NOW - timedelta(days=3))
+    (tmp_path / "archived_sessions").mkdir()
+    apath = tmp_path / "archived_sessions" / f"rollout-2026-01-01T00-00-00-{archived}.jsonl"
+    apath.write_text(_meta_line(archived, cwd))
+    assert binder.find_by_id(archived) == binder.find_by_id(archived)
+    assert (binder.find_by_id(archived) or pytest.fail("not found")).path == apath
+    assert binder.find_by_id(str(uuid.uuid4())) is None
+    with pytest.raises(errors.SessionError):
+        binder.find_by_id("not-an-id")
+
+
+def test_find_by_id_of_a_non_v7_id_walks_date_folders(tmp_path: Path) -> None:
+    """A UUIDv4 id (older Codex) is still found by walking the date folders newest first."""
+    v4 = str(uuid.uuid4())
+    _, path = _write_rollout(tmp_path, cwd=tmp_path, at=NOW - timedelta(days=400), session_id=v4)
+    _write_rollout(tmp_path, cwd=tmp_path, at=NOW)
+    found = SessionBinder(tmp_path).find_by_id(v4)
+    assert found is not None
+    assert found.path == path
+
+
+def test_bind_new_takes_only_sessions_after_launch_in_our_folder(tmp_path: Path) -> None:
+    """Older sessions and sessions of other folders never bind."""
+    cwd, other = tmp_path / "work", tmp_path / "elsewhere"
+    cwd.mkdir()
+    other.mkdir()
+    launched = NOW
+    _write_rollout(tmp_path, cwd=cwd, at=launched - timedelta(minutes=5))
+    _write_rollout(tmp_path, cwd=other, at=launched + timedelta(seconds=1))
+    binder = SessionBinder(tmp_path)
+    attempt = binder.bind_new(cwd=cwd, launched_at=launched)
+    assert attempt.binding is None
+    assert "no new session" in attempt.reason
+    ours, path = _write_rollout(tmp_path, cwd=cwd, at=launched + timedelta(seconds=1))
+    attempt = binder.bind_new(cwd=cwd, launched_at=launched)
+    assert attempt.binding is not None
+    assert (attempt.binding.session_id, attempt.binding.path) == (ours, path)
+    assert binder.bind_new(cwd=cwd, launched_at=launched, exclude=[ours]).binding is None
+
+
+def test_bind_new_waits_for_an_empty_file_to_get_its_meta(tmp_path: Path) -> None:
+    """A rollout created but not yet written is looked at again on the next attempt."""
+    cwd = tmp_path / "work"
+    session_id, path = _write_rollout(tmp_path, cwd=cwd)
+    content = path.read_text()
+    path.write_text("")
+    binder = SessionBinder(tmp_path)
+    assert binder.bind_new(cwd=cwd, launched_at=NOW).binding is None
+    path.write_text(content)
+    bound = binder.bind_new(cwd=cwd, launched_at=NOW).binding
+    assert bound is not None
+    assert bound.session_id == session_id
+
+
+def test_two_sessions_in_one_folder_bind_only_by_writer_lock(tmp_path: Path) -> None:
+    """Two new sessions in one folder: unbound without a pid, bound by the lock holder's pid."""
+    cwd = tmp_path / "work"
+    first, _ = _write_rollout(tmp_path, cwd=cwd)
+    second, _ = _write_rollout(tmp_path, cwd=cwd)
+    binder = SessionBinder(tmp_path)
+    attempt = binder.bind_new(cwd=cwd, launched_at=NOW)
+    assert attempt.binding is None
+    assert set(attempt.candidates) == {first, second}
+    attempt = binder.bind_new(cwd=cwd, launched_at=NOW, pid=os.getpid())
+    assert attempt.binding is None
+    assert "none shown to be written by pid" in attempt.reason
+
+    locks = tmp_path / "thread-writer-locks"
+    locks.mkdir()
+    (locks / f"{second}.lock").touch()
+    fd = os.open(locks / f"{second}.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        attempt = binder.bind_new(cwd=cwd, launched_at=NOW, pid=os.getpid())
+        assert attempt.binding is not None
+        assert attempt.binding.session_id == second
+        # Another child (a sibling, not an ancestor of the holder) gets nothing.
+        with subprocess.Popen(["sleep", "30"]) as sibling:
+            try:
+                assert binder.bind_new(cwd=cwd, launched_at=NOW, pid=sibling.pid).binding is None
+            finally:
+                sibling.kill()
+    finally:
+        os.close(fd)
+
+
+def test_a_lone_session_of_another_process_is_not_taken_for_ours(tmp_path: Path) -> None:
+    """With a child pid, a single new session whose lock another process holds stays unbound."""
+    cwd = tmp_path / "work"
+    theirs, _ = _write_rollout(tmp_path, cwd=cwd)
+    locks = tmp_path / "thread-writer-locks"
+    locks.mkdir()
+    (locks / f"{theirs}.lock").touch()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _HOLD_LOCK,
+            str(locks / f"{theirs}.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        binder = SessionBinder(tmp_path)
+        with subprocess.Popen(["sleep", "30"]) as our_child:
+            try:
+                attempt = binder.bind_new(cwd=cwd, launched_at=NOW, pid=our_child.pid)
+            finally:
+                our_child.kill()
+        assert attempt.binding is None
+        assert attempt.candidates == (theirs,)
+        # The holder itself (as "our child") does bind it.
+        bound = binder.bind_new(cwd=cwd, launched_at=NOW, pid=holder.pid).binding
+        assert bound is not None
+        assert bound.session_id == theirs
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+
+
+def test_an_open_rollout_is_evidence_too(tmp_path: Path) -> None:
+    """Without a writer lock, the child having the rollout open shows it is ours."""
+    cwd = tmp_path / "work"
+    ours, path = _write_rollout(tmp_path, cwd=cwd)
+    binder = SessionBinder(tmp_path)
+    assert binder.bind_new(cwd=cwd, launched_at=NOW, pid=os.getpid()).binding is None
+    with path.open("rb"):
+        bound = binder.bind_new(cwd=cwd, launched_at=NOW, pid=os.getpid()).binding
+    assert bound is not None
+    assert bound.session_id == ours
+
+
+def test_symlinks_inside_sessions_are_not_followed(tmp_path: Path) -> None:
+    """A symlinked rollout or date folder inside sessions/ is ignored."""
+    cwd = tmp_path / "work"
+    elsewhere = tmp_path / "elsewhere"
+    session_id, real = _write_rollout(elsewhere, cwd=cwd)
+    folder = tmp_path / "sessions" / NOW.astimezone().strftime("%Y/%m/%d")
+    folder.mkdir(parents=True)
+    (folder / real.name).symlink_to(real)
+    binder = SessionBinder(tmp_path)
+    assert binder.bind_new(cwd=cwd, launched_at=NOW).binding is None
+    assert binder.find_by_id(session_id) is None
+    other_id, other = _write_rollout(elsewhere, cwd=cwd, at=NOW - timedelta(days=2))
+    day = (NOW - timedelta(days=2)).astimezone()
+    (tmp_path / "sessions" / day.strftime("%Y") / day.strftime("%m")).mkdir(
+        parents=True, exist_ok=True
+    )
+    linked_day = tmp_path / "sessions" / day.strftime("%Y/%m/%d")
+    linked_day.symlink_to(other.parent)
+    assert binder.find_by_id(other_id) is None
+
+
+def test_garbage_in_sessions_is_skipped(tmp_path: Path) -> None:
+    """Odd names, folders named like rollouts and unreadable first lines never break binding."""
+    cwd = tmp_path / "work"
+    folder = tmp_path / "sessions" / NOW.astimezone().strftime("%Y/%m/%d")
+    folder.mkdir(parents=True)
+    stamp = NOW.astimezone().strftime("%Y-%m-%dT%H-%M-%S")
+    (folder / "notes.txt").write_text("hi")
+    (folder / f"rollout-{stamp}-{_uuid7(NOW)}.jsonl").mkdir()
+    (folder / f"rollout-{stamp}-{_uuid7(NOW)}.jsonl").write_bytes(b"\xff\xfe garbage\n")
+    (folder / f"rollout-{stamp}-{_uuid7(NOW)}.jsonl").write_text('{"type": "session_meta"}\n')
+    (folder / "rollout-9999-99-99T99-99-99-zzz.jsonl").write_text("x")
+    binder = SessionBinder(tmp_path)
+    assert binder.bind_new(cwd=cwd, launched_at=NOW).binding is None
+    ours, _ = _write_rollout(tmp_path, cwd=cwd)
+    bound = binder.bind_new(cwd=cwd, launched_at=NOW).binding
+    assert bound is not None
+    assert bound.session_id == ours
+
+
+def test_resolve_last_picks_the_last_updated_interactive_session(tmp_path: Path) -> None:
+    """--last: the most recently written session of this folder, exec sessions left out."""
+    cwd = tmp_path / "work"
+    old, old_path = _write_rollout(tmp_path, cwd=cwd, at=NOW - timedelta(days=10))
+    newer, newer_path = _write_rollout(tmp_path, cwd=cwd, at=NOW - timedelta(days=1))
+    execd, exec_path = _write_rollout(tmp_path, cwd=cwd, at=NOW, source="exec")
+    _write_rollout(tmp_path, cwd=tmp_path / "other", at=NOW)
+    base = time.time()
+    os.utime(old_path, (base - 100, base - 100))
+    os.utime(newer_path, (base - 50, base - 50))
+    os.utime(exec_path, (base, base))
+    binder = SessionBinder(tmp_path)
+    assert (binder.resolve_last(cwd=cwd) or pytest.fail("not found")).session_id == newer
+    # A resumed old session appends to its old file: it becomes the last one.
+    os.utime(old_path, (base + 10, base + 10))
+    assert (binder.resolve_last(cwd=cwd) or pytest.fail("not found")).session_id == old
+    any_kind = binder.resolve_last(cwd=cwd, interactive_only=False)
+    assert any_kind is not None
+    assert any_kind.session_id == old
+    os.utime(exec_path, (base + 20, base + 20))
+    assert (
+        binder.resolve_last(cwd=cwd, interactive_only=False) or pytest.fail("not found")
+    ).session_id == execd
+    assert binder.resolve_last(cwd=tmp_path / "nowhere") is None
+
+
+def test_binding_cost_does_not_grow_with_history(tmp_path: Path) -> None:
+    """With 10,000 old rollouts, binding and v7 lookups examine only today's files."""
+    cwd = tmp_path / "work"
+    sessions = tmp_path / "sessions"
+    for day in range(1, 101):
+        at = NOW - timedelta(days=day)
+        folder = sessions / at.astimezone().strftime("%Y/%m/%d")
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = at.astimezone().strftime("%Y-%m-%dT%H-%M-%S")
+        for _ in range(100):
+            (folder / f"rollout-{stamp}-{_uuid7(at)}.jsonl").touch()
+    target_at = NOW - timedelta(days=77)
+    target, target_path = _write_rollout(tmp_path, cwd=cwd, at=target_at)
+    binder = SessionBinder(tmp_path)
+    ours, _ = _write_rollout(tmp_path, cwd=cwd)
+    attempt = binder.bind_new(cwd=cwd, launched_at=NOW - timedelta(seconds=1))
+    assert attempt.binding is not None
+    assert attempt.binding.session_id == ours
+    assert attempt.files_examined == 1
+    assert (binder.find_by_id(target) or pytest.fail("not found")).path == target_path
+
+
+def test_session_ids() -> None:
+    """Session ids are lowercase UUIDs; anything else is not."""
+    assert is_session_id(_uuid7(NOW))
+    assert not is_session_id("01A20182-B459-7C00-A48D-A6108A2870B2")
+    assert not is_session_id("my-session-name")
+
+
+# -- with the simulator ----------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_binds_a_simulated_exec_and_resume(
+    tmp_path: Path, backend: FakeCodexBackend, world: Any
+) -> None:
+    """The binder finds the simulator's exec session; resume appends to the same file."""
+    backend.add_account("acct-a")
+    home = backend.write_codex_home(world.codex_home(), "acct-a")
+    codex = install_simulator(tmp_path / "bin")
+    launched = datetime.now(UTC)
+    env = world.env(home, backend)
+    run = subprocess.run(
+        [str(codex), "exec", "--skip-git-repo-check", "hello"],
+        cwd=world.work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    binder = SessionBinder(home)
+    binding = await binder.wait_for_new(cwd=world.work, launched_at=launched, timeout=10)
+    assert binding.session_id in run.stderr
+    reader = RolloutReader(binding.path, account="acct-a")
+    reader.read()
+    assert reader.state.turns_completed == 1
+    subprocess.run(
+        [str(codex), "exec", "resume", binding.session_id, "again"],
+        cwd=world.work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    assert binder.find_by_id(binding.session_id) == binding
+    reader.read()
+    assert reader.state.turns_completed == 2
+    with pytest.raises(errors.SessionError, match="no session bound"):
+        await binder.wait_for_new(
+            cwd=world.work, launched_at=launched, timeout=0.3, exclude=[binding.session_id]
+        )
+
+
+@pytest.mark.anyio
+async def test_two_simulated_sessions_started_together_bind_by_pid(
+    tmp_path: Path, backend: FakeCodexBackend, world: Any
+) -> None:
+    """Two interactive sessions started in one folder at once each bind to their own child."""
+    backend.add_account("acct-a")
+    home = backend.write_codex_home(world.codex_home(), "acct-a")
+    codex = install_simulator(tmp_path / "bin")
+    launched = datetime.now(UTC)
+    children = [
+        subprocess.Popen(
+            [str(codex), f"prompt {i}"],
+            cwd=world.work,
+            env=world.env(home, backend),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(2)
+    ]
+    try:
+        binder = SessionBinder(home)
+        bindings = [
+            await binder.wait_for_new(cwd=world.work, launched_at=launched, pid=c.pid, timeout=20)
+            for c in children
+        ]
+        assert bindings[0].session_id != bindings[1].session_id
+        for child, binding in zip(children, bindings, strict=True):
+            assert writer_lock(home, binding.session_id).pid == child.pid
+        requests = backend.responses_requests()
+        by_prompt = {r.input_texts[-1]: r.session_id for r in requests}
+        assert by_prompt == {
+            "prompt 0": bindings[0].session_id,
+            "prompt 1": bindings[1].session_id,
+        }
+    finally:
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.close()
+            child.wait(timeout=20)

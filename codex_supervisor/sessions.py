@@ -721,6 +721,7 @@ class SessionBinder:
         launched_at: datetime,
         pid: int | None = None,
         exclude: Iterable[str] = (),
+        finished_only: bool = False,
     ) -> BindAttempt:
         """One look for the session a child launched at ``launched_at`` in ``cwd`` created.
 
@@ -730,6 +731,10 @@ class SessionBinder:
         candidate binds. Several bind only when exactly one has its writer
         lock held by ``pid`` (our child); otherwise the attempt stays unbound
         and its ``reason`` says why.
+
+        ``finished_only`` is for a child that already exited before it could
+        be seen writing: only sessions no live process holds are candidates,
+        and a lone one binds (two finished in the folder stay unbound).
         """
         if launched_at.tzinfo is None:
             raise SessionError("launched_at must be an aware datetime")
@@ -761,6 +766,8 @@ class SessionBinder:
                 if meta.timestamp is not None and meta.timestamp < launched_at - _CREATION_SLACK:
                     continue
                 if not _same_dir(meta.cwd, folder_cwd):
+                    continue
+                if finished_only and writer_lock(self.codex_home, session_id).held:
                     continue
                 matches.append(Binding(session_id=session_id, path=path, meta=meta))
         ids = tuple(sorted(m.session_id for m in matches))
@@ -836,6 +843,32 @@ class SessionBinder:
             if self.clock.monotonic() >= deadline:
                 raise SessionError(f"no session bound within {timeout:g}s: {attempt.reason}")
             await self.clock.sleep(poll)
+
+    def find_open_by(self, pid: int) -> Binding | None:
+        """The rollout process ``pid`` has open, read from its open files (Linux).
+
+        Codex keeps its rollout open while the thread is loaded, so this is
+        exact: no guessing from folders or times, and it works for resumes by
+        name and ``--last`` as well as new sessions. None when ``pid`` has no
+        rollout open (yet) or /proc is unavailable.
+        """
+        root = str(self.sessions_dir) + os.sep
+        try:
+            entries = list(os.scandir(f"/proc/{pid}/fd"))
+        except OSError:
+            return None
+        for entry in entries:
+            try:
+                target = str(Path(entry.path).readlink())
+            except OSError:
+                continue
+            if not target.startswith(root):
+                continue
+            match = _ROLLOUT_RE.fullmatch(Path(target).name)
+            if match:
+                path = Path(target)
+                return Binding(session_id=match.group(7), path=path, meta=self._meta(path))
+        return None
 
     def resolve_last(self, *, cwd: Path | str, interactive_only: bool = True) -> Binding | None:
         """The session ``codex resume --last`` would pick in ``cwd``: the last one updated.

@@ -1,33 +1,479 @@
 """Reference command-line interface for codex_supervisor.
 
-This is one consumer of the library (and the only place that configures
-logging). Subcommands:
+This is one consumer of the library's public API, and the only place that
+configures logging. Commands (examples/CLI.md documents every option, exit
+code and ``--json`` shape):
 
-    demo    run the real Codex CLI against the bundled fake backend, offline,
-            and show what the library sees: the turn, the session's rollout
-            and each account's quota.
+    accounts login NAME     run ``codex login`` for a new (or the same) account
+    accounts import NAME    adopt an existing auth.json (it is moved, not copied)
+    accounts list           the accounts of the pool
+    accounts remove NAME    take an account out of the pool (its folder is kept)
+    status                  quota, cooldowns and occupancy of every account
+    run                     not yet available
+    demo                    run the real Codex CLI against the bundled fake
+                            backend, offline, and show what the library sees:
+                            the turn, the session's rollout and each account's
+                            quota.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import getpass
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from codex_supervisor import (
+    Account,
+    AccountPool,
+    AccountStatus,
+    AuthMode,
+    ConfigError,
+    Cooldown,
+    LeaseRecord,
+    QuotaAuthExpired,
+    QuotaService,
+    QuotaSnapshot,
+    QuotaWindow,
+    SupervisorError,
+    UsageEndpointSource,
+    WindowKind,
+)
+from codex_supervisor.config import default_base_codex_home, default_pool_root
 from codex_supervisor.testing import FakeCodexBackend, hermetic_env, offline_flags
 
 log = logging.getLogger("codex_supervisor.cli")
 
+PROG = "codex-supervisor"
+#: The CLI's own variable (the library never reads it): the Codex binary.
+ENV_CODEX_BIN = "CODEX_SUPERVISOR_CODEX_BIN"
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # a library error (SupervisorError) or an OS error
+EXIT_USAGE = 2  # bad arguments, ConfigError, or a command not available yet
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+_BAR_WIDTH = 20
+_WINDOW_LABELS = {WindowKind.FIVE_HOUR: "five-hour", WindowKind.WEEKLY: "weekly"}
+
 
 def _say(text: str = "") -> None:
     print(text, flush=True)
+
+
+def _warn(text: str) -> None:
+    print(f"{PROG}: warning: {text}", file=sys.stderr, flush=True)
+
+
+# -- formatting -------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    """ISO-8601 in UTC with a ``Z``, to the second (the --json time format)."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _duration(delta: timedelta) -> str:
+    """A short human duration: ``45s``, ``13m``, ``2h05m``, ``6d23h``."""
+    seconds = max(0, int(delta.total_seconds()))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m"
+    return f"{secs}s"
+
+
+def _clock_time(value: datetime, now: datetime) -> str:
+    """``14:05 UTC`` for today (UTC), ``2026-11-29 14:05 UTC`` otherwise."""
+    value = value.astimezone(UTC)
+    if value.date() == now.astimezone(UTC).date():
+        return value.strftime("%H:%M UTC")
+    return value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _relative(value: datetime, now: datetime) -> str:
+    """``in 2h05m`` for the future, ``3m ago`` for the past."""
+    if value >= now:
+        return f"in {_duration(value - now)}"
+    return f"{_duration(now - value)} ago"
+
+
+def _percent(value: float) -> str:
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
+def _bar(used_percent: float) -> str:
+    filled = min(_BAR_WIDTH, max(0, round(used_percent / 100 * _BAR_WIDTH)))
+    return "[" + "#" * filled + "." * (_BAR_WIDTH - filled) + "]"
+
+
+def _window_label(window: QuotaWindow) -> str:
+    label = _WINDOW_LABELS.get(window.kind)
+    if label is not None:
+        return label
+    return f"{window.window_minutes}-minute" if window.window_minutes else "other"
+
+
+def _window_line(window: QuotaWindow, now: datetime) -> str:
+    text = f"{_window_label(window):<9} {_bar(window.used_percent)} "
+    text += f"{_percent(window.used_percent)}% used"
+    if window.resets_at is None:
+        return f"{text}, reset time unknown"
+    when = _clock_time(window.resets_at, now)
+    if window.resets_at > now:
+        return f"{text}, resets {_relative(window.resets_at, now)} ({when})"
+    # The window has reset since the data was taken, so the figure is stale.
+    return f"{text}, reset {_relative(window.resets_at, now)} ({when}); figure predates it"
+
+
+def _dash(value: str | None) -> str:
+    return value if value else "-"
+
+
+def _cooldown_text(cooldown: Cooldown, now: datetime) -> str:
+    window = _WINDOW_LABELS.get(cooldown.window, cooldown.window.value)
+    return (
+        f"blocked until {_clock_time(cooldown.blocked_until, now)} "
+        f"({_relative(cooldown.blocked_until, now)}), {window} window: {cooldown.reason}"
+    )
+
+
+def _active_cooldowns(account: Account, now: datetime) -> list[Cooldown]:
+    return sorted(
+        (c for c in account.cooldowns if c.blocked_until > now), key=lambda c: c.blocked_until
+    )
+
+
+# -- --json shapes (documented in examples/CLI.md; keep them stable) -------------
+
+
+def _cooldown_json(cooldown: Cooldown, now: datetime) -> dict[str, Any]:
+    return {
+        "window": cooldown.window.value,
+        "blocked_until": _iso(cooldown.blocked_until),
+        "reason": cooldown.reason,
+        "recorded_at": _iso(cooldown.recorded_at),
+        "active": cooldown.blocked_until > now,
+    }
+
+
+def _account_json(account: Account, now: datetime) -> dict[str, Any]:
+    identity = account.identity
+    return {
+        "name": account.name,
+        "email": identity.email,
+        "account_id": identity.account_id,
+        "plan": identity.plan_type,
+        "auth_mode": identity.auth_mode.value,
+        "added_at": _iso(account.added_at),
+        "blocked_until": _iso(account.blocked_until(now)),
+        "cooldowns": [_cooldown_json(c, now) for c in account.cooldowns],
+    }
+
+
+def _window_json(window: QuotaWindow) -> dict[str, Any]:
+    return {
+        "kind": window.kind.value,
+        "used_percent": window.used_percent,
+        "window_minutes": window.window_minutes,
+        "resets_at": _iso(window.resets_at),
+    }
+
+
+def _snapshot_json(snapshot: QuotaSnapshot, now: datetime) -> dict[str, Any]:
+    purchased = snapshot.credits
+    return {
+        "source": snapshot.source.value,
+        "observed_at": _iso(snapshot.observed_at),
+        "age_seconds": round(max(0.0, snapshot.age(now).total_seconds()), 1),
+        "plan_type": snapshot.plan_type,
+        "limit_id": snapshot.limit_id,
+        "limit_reached": snapshot.limit_reached,
+        "windows": [_window_json(w) for w in snapshot.windows],
+        "credits": None
+        if purchased is None
+        else {
+            "has_credits": purchased.has_credits,
+            "unlimited": purchased.unlimited,
+            "balance": purchased.balance,
+        },
+    }
+
+
+def _occupant_json(record: LeaseRecord) -> dict[str, Any]:
+    return {
+        "pid": record.pid,
+        "host": record.host,
+        "owner": record.owner,
+        "mode": record.mode.value,
+        "purpose": record.purpose,
+        "since": _iso(record.acquired_at),
+        "expires_at": _iso(record.expires_at),
+    }
+
+
+def _refresh_json(outcome: QuotaSnapshot | SupervisorError | None) -> dict[str, Any] | None:
+    if outcome is None:
+        return None
+    if isinstance(outcome, QuotaSnapshot):
+        return {"ok": True, "error": None, "message": None}
+    return {"ok": False, "error": type(outcome).__name__, "message": str(outcome)}
+
+
+def _print_json(data: object) -> None:
+    _say(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+# -- the pool -----------------------------------------------------------------------
+
+
+def _pool(args: argparse.Namespace) -> AccountPool:
+    return AccountPool(root=args.pool, base_codex_home=args.codex_home)
+
+
+def _describe_account(account: Account) -> str:
+    identity = account.identity
+    parts = [
+        identity.email,
+        identity.plan_type,
+        f"auth {identity.auth_mode.value}",
+        f"account id {identity.account_id}",
+    ]
+    return ", ".join(p for p in parts if p)
+
+
+def _read_api_key() -> str:
+    """The API key from stdin (a prompt without echo on a terminal); never from argv."""
+    if sys.stdin is None:
+        raise ConfigError("--with-api-key reads the key from stdin, but there is no stdin")
+    key = getpass.getpass("API key: ") if sys.stdin.isatty() else sys.stdin.read()
+    key = key.strip()
+    if not key:
+        raise ConfigError("--with-api-key: no API key on stdin")
+    return key
+
+
+def cmd_accounts_login(args: argparse.Namespace) -> int:
+    """``accounts login NAME``: run ``codex login`` into the pool."""
+    pool = _pool(args)
+    api_key = _read_api_key() if args.with_api_key else None
+    account = pool.login(args.name, codex=args.codex, device_auth=args.device_auth, api_key=api_key)
+    _say(f"logged in: account {account.name!r} ({_describe_account(account)})")
+    _say(f"account home: {pool.account_home(account.name)}")
+    return EXIT_OK
+
+
+def cmd_accounts_import(args: argparse.Namespace) -> int:
+    """``accounts import NAME --auth-json FILE``: adopt an existing login."""
+    pool = _pool(args)
+    source = Path(args.auth_json).absolute()
+    account = pool.import_auth(args.name, source, copy=args.copy)
+    dest = pool.account_home(account.name) / "auth.json"
+    if args.copy:
+        _say(f"COPIED {source} to {dest}")
+        _warn(
+            f"the original is still at {source}: delete it or never run Codex with it again, "
+            "or whichever copy refreshes its single-use token second will be refused"
+        )
+    else:
+        _say(f"MOVED {source} to {dest} (the original path no longer exists)")
+    _say(f"added account {account.name!r} ({_describe_account(account)})")
+    return EXIT_OK
+
+
+def cmd_accounts_list(args: argparse.Namespace) -> int:
+    """``accounts list``: every account of the pool."""
+    pool = _pool(args)
+    accounts = pool.accounts()
+    now = datetime.now(UTC)
+    if args.json:
+        _print_json({"pool": str(pool.root), "accounts": [_account_json(a, now) for a in accounts]})
+        return EXIT_OK
+    if not accounts:
+        _say(f"no accounts in {pool.root}")
+        return EXIT_OK
+    rows = [("NAME", "EMAIL", "ACCOUNT ID", "PLAN", "AUTH", "COOLDOWN")]
+    for account in accounts:
+        identity = account.identity
+        blocked = account.blocked_until(now)
+        rows.append(
+            (
+                account.name,
+                _dash(identity.email),
+                identity.account_id,
+                _dash(identity.plan_type),
+                identity.auth_mode.value,
+                f"until {_clock_time(blocked, now)}" if blocked else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        _say("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def cmd_accounts_remove(args: argparse.Namespace) -> int:
+    """``accounts remove NAME``: out of the pool; the folder is set aside, not deleted."""
+    aside = _pool(args).remove(args.name)
+    if aside.exists():
+        _say(f"removed account {args.name!r} from the pool; its folder was set aside at {aside}")
+        _say("its auth.json is still a live login: delete that folder to discard it")
+    else:
+        _say(f"removed account {args.name!r} from the pool (it had no folder)")
+    return EXIT_OK
+
+
+# -- status -------------------------------------------------------------------------
+
+_Outcome = QuotaSnapshot | SupervisorError
+
+
+async def _probe(pool: AccountPool, names: Sequence[str]) -> dict[str, _Outcome]:
+    """Fetch every account's usage concurrently; a failure is that account's result."""
+    async with UsageEndpointSource(pool.usage_credentials) as source:
+        service = QuotaService(source)
+
+        async def one(name: str) -> _Outcome:
+            try:
+                return await service.get(name, max_age=0)
+            except SupervisorError as exc:
+                return exc
+
+        results = await asyncio.gather(*(one(name) for name in names))
+    return dict(zip(names, results, strict=True))
+
+
+async def _gather_status(
+    pool: AccountPool, *, refresh: bool
+) -> tuple[list[AccountStatus], dict[str, _Outcome]]:
+    outcomes: dict[str, _Outcome] = {}
+    if refresh:
+        names = [a.name for a in pool.accounts() if a.identity.auth_mode is AuthMode.CHATGPT]
+        probed = await _probe(pool, names) if names else {}
+        for name, outcome in probed.items():
+            if isinstance(outcome, QuotaSnapshot):
+                try:
+                    pool.record_snapshot(outcome)
+                except SupervisorError as exc:  # e.g. removed meanwhile
+                    outcomes[name] = exc
+                    continue
+            outcomes[name] = outcome
+    # Read after recording, so what is shown is what the pool now holds.
+    return await pool.status(), outcomes
+
+
+def _refresh_hint(error: SupervisorError) -> str:
+    text = f"refresh failed: {type(error).__name__}: {error}"
+    if isinstance(error, QuotaAuthExpired):
+        text += " (Codex renews the token on its next run; showing the last stored data)"
+    return text
+
+
+def _print_status_account(entry: AccountStatus, outcome: _Outcome | None, now: datetime) -> None:
+    account = entry.account
+    _say(f"{account.name} ({_describe_account(account)})")
+    if isinstance(outcome, SupervisorError):
+        _say(f"  {_refresh_hint(outcome)}")
+    snapshot = account.last_snapshot
+    if account.identity.auth_mode is AuthMode.API_KEY and snapshot is None:
+        _say("  quota: none to show (an API-key login has no ChatGPT usage windows)")
+    elif snapshot is None:
+        _say("  quota: no data yet (`status --refresh` probes the usage endpoint)")
+    else:
+        for window in snapshot.windows:
+            _say(f"  {_window_line(window, now)}")
+        if not snapshot.windows:
+            _say("  quota: the last snapshot reported no windows")
+        reached = ", LIMIT REACHED" if snapshot.limit_reached else ""
+        _say(
+            f"  data: {snapshot.source.value}, {_relative(snapshot.observed_at, now)} "
+            f"({_iso(snapshot.observed_at)}){reached}"
+        )
+    cooldowns = _active_cooldowns(account, now)
+    if not cooldowns:
+        _say("  cooldown: none")
+    for cooldown in cooldowns:
+        _say(f"  cooldown: {_cooldown_text(cooldown, now)}")
+    if not entry.occupants:
+        _say("  occupancy: idle")
+    for record in entry.occupants:
+        _say(
+            f"  occupancy: pid {record.pid} on {record.host}, {_dash(record.purpose)}, "
+            f"since {_clock_time(record.acquired_at, now)} "
+            f"({_relative(record.acquired_at, now)})"
+        )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``status``: usage windows, cooldowns and occupancy of every account."""
+    pool = _pool(args)
+    entries, outcomes = asyncio.run(_gather_status(pool, refresh=args.refresh))
+    now = datetime.now(UTC)
+    if args.json:
+        accounts = []
+        for entry in entries:
+            snapshot = entry.account.last_snapshot
+            accounts.append(
+                {
+                    **_account_json(entry.account, now),
+                    "home": str(entry.home),
+                    "occupants": [_occupant_json(r) for r in entry.occupants],
+                    "quota": None if snapshot is None else _snapshot_json(snapshot, now),
+                    "refresh": _refresh_json(outcomes.get(entry.account.name)),
+                }
+            )
+        _print_json(
+            {
+                "pool": str(pool.root),
+                "generated_at": _iso(now),
+                "refreshed": bool(args.refresh),
+                "accounts": accounts,
+            }
+        )
+        return EXIT_OK
+    if not entries:
+        _say(
+            f"no accounts in {pool.root}; add one with `{PROG} accounts login NAME` "
+            f"or `{PROG} accounts import NAME --auth-json FILE`"
+        )
+        return EXIT_OK
+    for index, entry in enumerate(entries):
+        if index:
+            _say()
+        _print_status_account(entry, outcomes.get(entry.account.name), now)
+    return EXIT_OK
+
+
+# -- run (placeholder) ----------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:  # noqa: ARG001 - placeholder
+    """``run``: not yet available."""
+    # PLACEHOLDER: replaced by the supervised run built on codex_supervisor.Supervisor.
+    # Until then it reserves the command name and exits 2.
+    print(f"{PROG}: error: `run` is not yet available in this version", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# -- demo (kept as it is until it is replaced) -------------------------------------------
 
 
 def _rate_limits(rollout: Path) -> dict[str, Any] | None:
@@ -52,7 +498,7 @@ def _rate_limits(rollout: Path) -> dict[str, Any] | None:
 def _describe_window(window: dict[str, Any] | None) -> str:
     if not window:
         return "-"
-    minutes = window.get("window_minutes")
+    minutes: Any = window.get("window_minutes")
     kind = {300: "five-hour", 10080: "weekly"}.get(minutes, f"{minutes}-minute")
     return f"{kind} {window.get('used_percent')}% used"
 
@@ -117,23 +563,140 @@ def demo(codex: str, prompt: str) -> int:
     return status
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments and run a subcommand."""
-    parser = argparse.ArgumentParser(prog="codex-supervisor", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo_parser = sub.add_parser("demo", help="run real Codex against the fake backend")
-    demo_parser.add_argument("--codex", default="codex", help="path of the Codex CLI binary")
-    demo_parser.add_argument("--prompt", default="Say hello in one short sentence.")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``demo``: the real Codex CLI against the fake backend."""
+    return demo(args.demo_codex or args.codex, args.prompt)
+
+
+# -- arguments and the entry point ---------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (global options, then a command)."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="debug logging on stderr (-vv: httpx too)",
     )
-    if args.command == "demo":
-        return demo(args.codex, args.prompt)
-    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse guards
-    return 2  # pragma: no cover
+    parser.add_argument(
+        "--pool",
+        type=Path,
+        default=default_pool_root(),
+        metavar="DIR",
+        help="the pool folder (default: $CODEX_SUPERVISOR_HOME or ~/.codex-supervisor; "
+        "now %(default)s)",
+    )
+    parser.add_argument(
+        "--codex-home",
+        type=Path,
+        default=default_base_codex_home(),
+        metavar="DIR",
+        help="your base CODEX_HOME that account homes link to "
+        "(default: $CODEX_HOME or ~/.codex; now %(default)s)",
+    )
+    parser.add_argument(
+        "--codex",
+        default=os.environ.get(ENV_CODEX_BIN) or "codex",
+        metavar="BIN",
+        help=f"the Codex CLI binary (default: ${ENV_CODEX_BIN} or `codex` on PATH; "
+        "now %(default)s)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    accounts = sub.add_parser("accounts", help="add, list and remove accounts")
+    accounts_sub = accounts.add_subparsers(dest="accounts_command", required=True, metavar="ACTION")
+
+    login = accounts_sub.add_parser("login", help="run `codex login` for an account")
+    login.add_argument("name", metavar="NAME", help="the account's name in the pool")
+    how = login.add_mutually_exclusive_group()
+    how.add_argument("--device-auth", action="store_true", help="sign in with a device code")
+    how.add_argument(
+        "--with-api-key",
+        action="store_true",
+        help="read an API key from stdin (prompted without echo on a terminal)",
+    )
+    login.set_defaults(handler=cmd_accounts_login)
+
+    imp = accounts_sub.add_parser("import", help="adopt an existing auth.json (it is MOVED)")
+    imp.add_argument("name", metavar="NAME", help="the account's name in the pool")
+    imp.add_argument("--auth-json", required=True, metavar="FILE", help="the auth.json to adopt")
+    imp.add_argument(
+        "--copy",
+        action="store_true",
+        help="copy instead of moving (two holders of one single-use refresh token: risky)",
+    )
+    imp.set_defaults(handler=cmd_accounts_import)
+
+    lst = accounts_sub.add_parser("list", help="the accounts of the pool")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
+    lst.set_defaults(handler=cmd_accounts_list)
+
+    rm = accounts_sub.add_parser("remove", help="take an account out of the pool")
+    rm.add_argument("name", metavar="NAME")
+    rm.set_defaults(handler=cmd_accounts_remove)
+
+    status = sub.add_parser("status", help="quota, cooldowns and occupancy of every account")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--refresh",
+        action="store_true",
+        help="probe the usage endpoint for every ChatGPT account first (spends no quota)",
+    )
+    status.set_defaults(handler=cmd_status)
+
+    # PLACEHOLDER: the `run` subparser is replaced when the supervised run lands.
+    run = sub.add_parser("run", help="supervise a Codex session (not yet available)")
+    run.add_argument("argv", nargs=argparse.REMAINDER, help="arguments for codex")
+    run.set_defaults(handler=cmd_run)
+
+    demo_parser = sub.add_parser("demo", help="run real Codex against the fake backend")
+    demo_parser.add_argument(
+        "--codex",
+        dest="demo_codex",
+        default=None,
+        metavar="BIN",
+        help="path of the Codex CLI binary (default: the global --codex)",
+    )
+    demo_parser.add_argument("--prompt", default="Say hello in one short sentence.")
+    demo_parser.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbosity else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if verbosity < 2:
+        # httpx/httpcore log every request and connection step; asyncio its selector.
+        for name in ("httpx", "httpcore", "asyncio"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run a command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SupervisorError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # e.g. a pool folder we may not write
+        log.debug("os error", exc_info=True)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return code
 
 
 if __name__ == "__main__":

@@ -129,6 +129,7 @@ class _Outcome:
     exhausted: bool = False
     signal: int | None = None
     snapshot: QuotaSnapshot | None = None
+    stopped: bool = False  # the supervisor stopped the child (it did not exit on its own)
 
 
 @final
@@ -544,7 +545,7 @@ class Supervisor:
                         at=self.clock.now(),
                         account=account,
                         returncode=outcome.returncode,
-                        stopped=outcome.rotate or outcome.signal is not None,
+                        stopped=outcome.stopped,
                     )
                 )
                 return outcome
@@ -621,6 +622,7 @@ class Supervisor:
                         returncode=child.returncode or 0,
                         session_id=binding.session_id if binding else None,
                         signal=int(signals.received),
+                        stopped=True,
                     )
                 if self.clock.monotonic() - last_passive > self.config.quota_stale_after:
                     last_passive = self.clock.monotonic()
@@ -709,6 +711,7 @@ class Supervisor:
                 rotate=True,
                 successor=successor or decision.successor,
                 reason=decision.reason,
+                stopped=True,
             )
         # RotateNow or WaitUntil: the turn already failed (or the account is
         # gone), so nothing is lost by stopping now.
@@ -722,6 +725,7 @@ class Supervisor:
             reason=decision.reason,
             exhausted=True,
             snapshot=current.snapshot,
+            stopped=True,
         )
 
     def _after_exit(  # noqa: PLR0917

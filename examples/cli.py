@@ -9,11 +9,10 @@ code and ``--json`` shape):
     accounts list           the accounts of the pool
     accounts remove NAME    take an account out of the pool (its folder is kept)
     status                  quota, cooldowns and occupancy of every account
-    run                     not yet available
-    demo                    run the real Codex CLI against the bundled fake
-                            backend, offline, and show what the library sees:
-                            the turn, the session's rollout and each account's
-                            quota.
+    run [--] ARGS           a supervised Codex session (exit code = Codex's)
+    demo                    a self-contained supervised session against the
+                            bundled fake backend that pre-warms, rotates and
+                            resumes (the simulator, or --codex BIN)
 """
 
 from __future__ import annotations
@@ -25,9 +24,9 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -37,21 +36,41 @@ from typing import Any
 from codex_supervisor import (
     Account,
     AccountPool,
+    AccountSelected,
     AccountStatus,
     AuthMode,
+    ChildExited,
     ConfigError,
     Cooldown,
+    Event,
+    EventSink,
     LeaseRecord,
+    PrewarmReady,
+    PrewarmStarted,
     QuotaAuthExpired,
     QuotaService,
     QuotaSnapshot,
     QuotaWindow,
+    Resumed,
+    Rotating,
+    RotationPolicy,
+    SessionBound,
+    Strategy,
+    Supervisor,
+    SupervisorConfig,
     SupervisorError,
     UsageEndpointSource,
+    WaitingForReset,
     WindowKind,
 )
 from codex_supervisor.config import default_base_codex_home, default_pool_root
-from codex_supervisor.testing import FakeCodexBackend, hermetic_env, offline_flags
+from codex_supervisor.testing import (
+    Behaviour,
+    FakeCodexBackend,
+    hermetic_env,
+    install_simulator,
+    offline_flags,
+)
 
 log = logging.getLogger("codex_supervisor.cli")
 
@@ -462,110 +481,235 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# -- run (placeholder) ----------------------------------------------------------------
+# -- run ---------------------------------------------------------------------------------
 
 
-def cmd_run(args: argparse.Namespace) -> int:  # noqa: ARG001 - placeholder
-    """``run``: not yet available."""
-    # PLACEHOLDER: replaced by the supervised run built on codex_supervisor.Supervisor.
-    # Until then it reserves the command name and exits 2.
-    print(f"{PROG}: error: `run` is not yet available in this version", file=sys.stderr)
-    return EXIT_USAGE
+def _notices(verbosity: int, stream: Any = None) -> EventSink:
+    """Rotations as one line on stderr; with -v every event."""
+    out = stream or sys.stderr
+
+    def sink(event: Event) -> None:
+        if isinstance(event, Rotating):
+            print(
+                f"{PROG}: rotating {event.from_account} -> {event.to_account}"
+                f" ({event.reason}); session {event.session_id}",
+                file=out,
+                flush=True,
+            )
+        elif isinstance(event, WaitingForReset):
+            if verbosity or int(event.seconds_left) % 30 == 0:
+                print(f"{PROG}: {event.message}", file=out, flush=True)
+        elif verbosity:
+            print(f"{PROG}: {event.name}: {event.message}", file=out, flush=True)
+
+    return sink
 
 
-# -- demo (kept as it is until it is replaced) -------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    """``run [--] ARGS``: a supervised Codex session; the exit code is Codex's."""
+    argv = list(args.argv)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    config = SupervisorConfig(codex=args.codex, wait_for_reset=not args.no_wait)
+    supervisor = Supervisor(
+        _pool(args),
+        config=config,
+        policy=RotationPolicy(strategy=args.strategy),
+        sink=_notices(args.verbose),
+    )
+    return supervisor.run_sync(argv)
 
 
-def _rate_limits(rollout: Path) -> dict[str, Any] | None:
-    """The last ``token_count.rate_limits`` of a rollout (what Codex saw)."""
-    found = None
-    for line in rollout.read_text(encoding="utf-8").splitlines():
+# -- demo ----------------------------------------------------------------------------------
+
+_DEMO_ACCOUNTS = (
+    # name, backend quota: alpha is nearly spent, beta has room, gamma is a
+    # weekly-only plan close to its weekly limit.
+    ("alpha", {"five_hour_used": 90.0, "per_request_percent": 3.0}),
+    ("beta", {"five_hour_used": 35.0, "weekly_used": 20.0, "per_request_percent": 1.0}),
+    ("gamma", {"weekly_only": True, "weekly_used": 97.0, "per_request_percent": 1.0}),
+)
+_DEMO_PROMPTS = (
+    "Sketch a plan for the refactor.",
+    "Write the first step.",
+    "Review what we have so far.",
+)
+
+
+def _demo_pool(backend: FakeCodexBackend, root: Path) -> AccountPool:
+    base = backend.write_codex_home(root / "codex-home")
+    pool = AccountPool(root=root / "pool", base_codex_home=base)
+    for name, quota in _DEMO_ACCOUNTS:
+        backend.add_account(f"id-{name}", email=f"{name}@example.test", **quota)  # type: ignore[arg-type]
+        pool.import_auth(name, backend.write_auth(root / f"login-{name}", f"id-{name}"))
+    return pool
+
+
+def _demo_sink(events: list[Event], resumed: threading.Event) -> EventSink:
+    def sink(event: Event) -> None:
+        events.append(event)
+        shown = (AccountSelected, PrewarmStarted, PrewarmReady, Rotating, Resumed, ChildExited)
+        if isinstance(event, shown):
+            _say(f"  [{event.name}] {event.message}")
+        if isinstance(event, Resumed):
+            resumed.set()
+
+    return sink
+
+
+def _interactive_demo(
+    pool: AccountPool,
+    backend: FakeCodexBackend,
+    *,
+    codex: str,
+    work: Path,
+    environ: dict[str, str],
+    sink: EventSink,
+    resumed: threading.Event,
+) -> int:
+    """A supervised interactive session fed through a pipe (the simulator reads lines)."""
+    read_end, write_end = os.pipe()
+    saved_stdin = os.dup(0)
+    os.dup2(read_end, 0)
+    os.close(read_end)
+
+    def typist() -> None:
         try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        payload = record.get("payload") if isinstance(record, dict) else None
-        if (
-            isinstance(payload, dict)
-            and record.get("type") == "event_msg"
-            and payload.get("type") == "token_count"
-            and payload.get("rate_limits")
-        ):
-            found = payload["rate_limits"]
-    return found
+            for index, prompt in enumerate(_DEMO_PROMPTS):
+                if index == len(_DEMO_PROMPTS) - 1:
+                    resumed.wait(60)  # the last prompt goes to the resumed session
+                _say(f"> {prompt}")
+                os.write(write_end, (prompt + "\n").encode())
+                deadline = time.monotonic() + 60
+                while len(backend.responses_requests()) <= index and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(0.6)  # let the supervisor read the turn's end
+        finally:
+            os.close(write_end)  # EOF: the session ends on its own
+
+    thread = threading.Thread(target=typist, daemon=True)
+    thread.start()
+    try:
+        supervisor = Supervisor(
+            pool,
+            config=SupervisorConfig(codex=codex, poll_interval=0.1),
+            policy=RotationPolicy(strategy="drain", hysteresis=0),
+            sink=sink,
+            environ=environ,
+        )
+        return supervisor.run_sync([], cwd=work)
+    finally:
+        thread.join(5)
+        os.dup2(saved_stdin, 0)
+        os.close(saved_stdin)
 
 
-def _describe_window(window: dict[str, Any] | None) -> str:
-    if not window:
-        return "-"
-    minutes: Any = window.get("window_minutes")
-    kind = {300: "five-hour", 10080: "weekly"}.get(minutes, f"{minutes}-minute")
-    return f"{kind} {window.get('used_percent')}% used"
+def _exec_demo(
+    pool: AccountPool,
+    *,
+    codex: str,
+    work: Path,
+    environ: dict[str, str],
+    sink: EventSink,
+    events: list[Event],
+) -> int:
+    """Headless turns with the real binary: exec, then exec resume on one session."""
+    supervisor = Supervisor(
+        pool,
+        config=SupervisorConfig(codex=codex, poll_interval=0.1),
+        policy=RotationPolicy(strategy="drain", hysteresis=0),
+        sink=sink,
+        environ=environ,
+    )
+    session: str | None = None
+    for prompt in _DEMO_PROMPTS:
+        _say(f"> {prompt}")
+        rest = ["resume", session, prompt] if session else [prompt]
+        code = supervisor.run_sync(
+            ["exec", "--skip-git-repo-check", *offline_flags(), *rest], cwd=work
+        )
+        if code != 0:
+            return code
+        bound = [e for e in events if isinstance(e, SessionBound)]
+        session = session or (bound[0].session_id if bound else None)
+        if session is None:
+            _say("the session was never identified")
+            return 1
+    return 0
 
 
-def demo(codex: str, prompt: str) -> int:
-    """Run one real Codex turn per fake account against the fake backend."""
-    # Resolve before changing directory: a relative path names the caller's cwd.
-    found = shutil.which(codex) if "/" not in codex else codex
-    if not found or not Path(found).is_file():
-        _say(f"codex binary not found: {codex} (scripts/fetch-codex installs the pinned one)")
-        return 2
-    binary = str(Path(found).resolve())
+def demo(codex: str | None) -> int:
+    """A self-contained supervised session: pre-warm, rotate and resume, offline."""
+    binary: str | None = None
+    if codex is not None:
+        found = shutil.which(codex) if "/" not in codex else codex
+        if not found or not Path(found).is_file():
+            _say(f"codex binary not found: {codex} (scripts/fetch-codex installs the pinned one)")
+            return EXIT_USAGE
+        binary = str(Path(found).resolve())
+    events: list[Event] = []
+    resumed = threading.Event()
     with (
         tempfile.TemporaryDirectory(prefix="codex-supervisor-demo-") as tmp,
-        FakeCodexBackend(reply_text="Hi! This answer came from the local fake backend.") as backend,
+        FakeCodexBackend(reply_text="Done. (an answer from the local fake backend)") as backend,
     ):
         root = Path(tmp)
         work = root / "work"
         work.mkdir()
-        backend.add_account("acct-alice", five_hour_used=35, weekly_used=60, per_request_percent=5)
-        backend.add_account("acct-bob", weekly_only=True, weekly_used=10, per_request_percent=2)
-        _say(f"fake backend: {backend.url} (127.0.0.1 only; nothing leaves this machine)")
-        status = 0
-        for account_id in ("acct-alice", "acct-bob"):
-            home = backend.write_codex_home(root / account_id, account_id)
-            env = hermetic_env(home, root, backend)
-            argv = [binary, "exec", "--skip-git-repo-check", *offline_flags(), prompt]
-            _say(f"\n== {account_id}: codex exec {prompt!r}")
-            started = time.monotonic()
-            result = subprocess.run(  # noqa: S603 - our own argv, no shell
-                argv,
-                cwd=work,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
+        pool = _demo_pool(backend, root)
+        if binary is not None:
+            # Headless turns: alpha's second request hits the usage limit
+            # although its usage endpoint still shows room; the supervisor
+            # cuts over to beta and resumes the same session there.
+            backend.set_quota("id-alpha", five_hour=80)
+            backend.script(
+                Behaviour.reply("Here is the plan."), Behaviour.usage_limit(), account_id="id-alpha"
             )
-            elapsed = time.monotonic() - started
-            _say(f"exit code {result.returncode} after {elapsed:.2f}s")
-            _say(f"reply: {result.stdout.strip() or '(none)'}")
-            if result.returncode != 0:
-                status = result.returncode
-                _say(result.stderr.strip()[-2000:])
-                continue
-            rollouts = sorted((home / "sessions").rglob("rollout-*.jsonl"))
-            if not rollouts:
-                _say("no rollout was written")
-                status = 1
-                continue
-            rollout = rollouts[-1]
-            _say(f"rollout: {rollout.relative_to(home)}")
-            limits = _rate_limits(rollout) or {}
-            _say(
-                "quota seen by Codex: "
-                f"primary {_describe_window(limits.get('primary'))}, "
-                f"secondary {_describe_window(limits.get('secondary'))}"
+        environ = hermetic_env(pool.base_codex_home, root, backend)
+        mode = (
+            "the real Codex CLI, headless" if binary else "the bundled Codex simulator, interactive"
+        )
+        _say(f"fake backend on {backend.url}; three accounts; {mode}")
+        for name, _ in _DEMO_ACCOUNTS:
+            window = backend.account(f"id-{name}").windows
+            used = ", ".join(
+                f"{'weekly' if w.window_minutes == 10080 else 'five-hour'} {w.used_percent:.0f}%"
+                for w in window
             )
-        _say(f"\nrequests served: {len(backend.responses_requests())}; token replays: 0")
+            _say(f"  {name}: {used}")
+        sink = _demo_sink(events, resumed)
+        if binary is None:
+            sim = str(install_simulator(root / "bin"))
+            code = _interactive_demo(
+                pool, backend, codex=sim, work=work, environ=environ, sink=sink, resumed=resumed
+            )
+        else:
+            code = _exec_demo(
+                pool, codex=binary, work=work, environ=environ, sink=sink, events=events
+            )
+        _demo_summary(backend, events)
         backend.assert_no_replay()
-    return status
+    return code
+
+
+def _demo_summary(backend: FakeCodexBackend, events: list[Event]) -> None:
+    _say("\nsummary")
+    _say(f"  {'account':<8} {'turns':>5}  {'five-hour':>9}  {'weekly':>7}")
+    for name, _ in _DEMO_ACCOUNTS:
+        account = backend.account(f"id-{name}")
+        served = [r for r in backend.responses_requests(f"id-{name}") if r.status == 200]
+        windows = {w.window_minutes: w.used_percent for w in account.windows}
+        five = f"{windows[300]:.0f}%" if 300 in windows else "-"
+        _say(f"  {name:<8} {len(served):>5}  {five:>9}  {windows[10080]:>6.0f}%")
+    sessions = {r.session_id for r in backend.responses_requests() if r.session_id}
+    rotations = [e for e in events if isinstance(e, Rotating)]
+    _say(f"  sessions: {len(sessions)} ({', '.join(sorted(s for s in sessions if s))})")
+    _say(f"  rotations: {len(rotations)}; refresh-token replays: {len(backend.replays)}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """``demo``: the real Codex CLI against the fake backend."""
-    return demo(args.demo_codex or args.codex, args.prompt)
+    """``demo``: a supervised session against the bundled fake backend."""
+    return demo(args.demo_codex)
 
 
 # -- arguments and the entry point ---------------------------------------------------------
@@ -647,20 +791,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(handler=cmd_status)
 
-    # PLACEHOLDER: the `run` subparser is replaced when the supervised run lands.
-    run = sub.add_parser("run", help="supervise a Codex session (not yet available)")
-    run.add_argument("argv", nargs=argparse.REMAINDER, help="arguments for codex")
+    run = sub.add_parser("run", help="a supervised Codex session (exit code = Codex's)")
+    run.add_argument(
+        "--strategy",
+        choices=[s.value for s in Strategy],
+        default=Strategy.HEADROOM.value,
+        help="how the next account is chosen (default: %(default)s)",
+    )
+    run.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="fail instead of waiting when every account is blocked",
+    )
+    run.add_argument("argv", nargs=argparse.REMAINDER, help="arguments for codex (after --)")
     run.set_defaults(handler=cmd_run)
 
-    demo_parser = sub.add_parser("demo", help="run real Codex against the fake backend")
+    demo_parser = sub.add_parser(
+        "demo", help="a self-contained supervised session that pre-warms, rotates and resumes"
+    )
     demo_parser.add_argument(
         "--codex",
         dest="demo_codex",
         default=None,
         metavar="BIN",
-        help="path of the Codex CLI binary (default: the global --codex)",
+        help="use this real Codex binary (headless turns) instead of the bundled simulator",
     )
-    demo_parser.add_argument("--prompt", default="Say hello in one short sentence.")
     demo_parser.set_defaults(handler=cmd_demo)
     return parser
 

@@ -25,9 +25,9 @@ from ._backend import (
     RequestRecord,
 )
 from ._config import OFFLINE_DISABLE_FEATURES, hermetic_env, offline_flags, write_config_toml
+from ._install import install_simulator
 from ._pty import PtyProcess
 from ._tokens import decode_jwt_claims, make_jwt, write_apikey_auth_json, write_auth_json
-from .simulator import install_simulator
 
 __all__ = [
     "FIVE_HOUR_MINUTES",

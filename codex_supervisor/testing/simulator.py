@@ -41,7 +41,6 @@ import itertools
 import json
 import os
 import re
-import shlex
 import signal
 import ssl
 import sys
@@ -62,7 +61,7 @@ from ._tokens import AUTH_CLAIMS_KEY, decode_jwt_claims
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
-__all__ = ["CLI_VERSION", "install_simulator", "main"]
+__all__ = ["CLI_VERSION", "main"]
 
 #: The Codex CLI version the simulator imitates (``codex --version``).
 CLI_VERSION = "0.169.0"
@@ -1608,30 +1607,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.message:
             _err(exc.message)
         return exc.code
-
-
-def install_simulator(bin_dir: Path | str, *, python: str = sys.executable) -> Path:
-    """Write an executable ``codex`` into ``bin_dir`` that runs the simulator; returns its path.
-
-    The script ``exec``s ``python -m codex_supervisor.testing.simulator`` (so
-    the PID a test sees is the simulator itself) with this copy of
-    ``codex_supervisor`` first on ``PYTHONPATH``, so it runs the same code as
-    the caller even from a hermetic environment.
-    """
-    folder = Path(bin_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    package_root = Path(__file__).resolve().parents[2]
-    script = folder / "codex"
-    script.write_text(
-        "#!/bin/sh\n"
-        "# Codex CLI simulator: see codex_supervisor/testing/simulator.py\n"
-        f'PYTHONPATH={shlex.quote(str(package_root))}${{PYTHONPATH:+:"$PYTHONPATH"}}\n'
-        "export PYTHONPATH\n"
-        f'exec {shlex.quote(python)} -m codex_supervisor.testing.simulator "$@"\n',
-        encoding="utf-8",
-    )
-    script.chmod(0o755)
-    return script
 
 
 def _cli() -> NoReturn:

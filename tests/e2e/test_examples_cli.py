@@ -1,4 +1,4 @@
-"""The reference CLI's demo runs the real Codex against the fake backend."""
+"""The reference CLI's `demo` and `run` commands, end to end."""
 
 from __future__ import annotations
 
@@ -6,44 +6,141 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.real_codex
+from codex_supervisor.accounts import AccountPool
+from codex_supervisor.testing import Behaviour, FakeCodexBackend, hermetic_env, offline_flags
 
 CLI = Path(__file__).resolve().parents[2] / "examples" / "cli.py"
 
 
-def test_demo_completes_a_real_turn_per_account(codex_bin: Path, tmp_path: Path) -> None:
-    """`cli.py demo` exits 0 and reports each account's reply, rollout and quota."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
-    result = subprocess.run(
-        [sys.executable, str(CLI), "demo", "--codex", str(codex_bin)],
+def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> Any:
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
+    return subprocess.run(
+        [sys.executable, str(CLI), *args],
         capture_output=True,
         text=True,
-        timeout=180,
-        env=env,
+        timeout=timeout,
+        env=env or base,
+        stdin=subprocess.DEVNULL,
         check=False,
     )
+
+
+def test_demo_with_the_simulator_prewarms_rotates_and_resumes(tmp_path: Path) -> None:
+    """`demo` (simulator): a pre-warm, one rotation at the boundary, one session, exit 0."""
+    result = _cli("demo", env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert out.count("exit code 0") == 2
-    assert re.search(r"primary five-hour 40\.0% used, secondary weekly 65\.0% used", out)
-    assert re.search(r"primary weekly 12\.0% used, secondary -", out)
-    assert len(re.findall(r"rollout: sessions/\d{4}/\d{2}/\d{2}/rollout-", out)) == 2
-    assert "requests served: 2" in out
+    assert "[prewarm_ready] successor ready: beta" in out
+    assert re.search(r"\[rotating\] rotating alpha -> beta at the turn boundary", out)
+    assert "[resumed] resumed session" in out
+    assert re.search(r"sessions: 1 \(", out)
+    assert "rotations: 1; refresh-token replays: 0" in out
+    assert out.index("[prewarm_ready]") < out.index("[rotating]") < out.index("[resumed]")
+
+
+@pytest.mark.real_codex
+def test_demo_with_the_real_binary_cuts_over_and_resumes(codex_bin: Path, tmp_path: Path) -> None:
+    """`demo --codex BIN`: the real Codex hits the limit on alpha and resumes on beta."""
+    result = _cli(
+        "demo",
+        "--codex",
+        str(codex_bin),
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"\[rotating\] rotating alpha -> beta now", result.stdout)
+    assert re.search(r"sessions: 1 \(", result.stdout)
 
 
 def test_demo_reports_a_missing_binary(tmp_path: Path) -> None:
     """A missing Codex binary is a clear message and exit 2, not a traceback."""
-    result = subprocess.run(
-        [sys.executable, str(CLI), "demo", "--codex", str(tmp_path / "nope")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _cli("demo", "--codex", str(tmp_path / "nope"))
     assert result.returncode == 2
     assert "codex binary not found" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def _pool_on(backend: FakeCodexBackend, root: Path, **accounts: dict[str, Any]) -> AccountPool:
+    base = backend.write_codex_home(root / "codex-home")
+    pool = AccountPool(root=root / "pool", base_codex_home=base)
+    for name, quota in accounts.items():
+        backend.add_account(f"id-{name}", **quota)
+        pool.import_auth(name, backend.write_auth(root / f"login-{name}", f"id-{name}"))
+    return pool
+
+
+@pytest.mark.real_codex
+def test_run_prints_a_rotation_notice_and_returns_codex_exit_code(
+    codex_bin: Path, backend: FakeCodexBackend, tmp_path: Path
+) -> None:
+    """`run -- exec ...` cuts over on a 429 and prints one notice line: from, to, why, session."""
+    pool = _pool_on(backend, tmp_path, alpha={"five_hour_used": 10}, beta={"five_hour_used": 40})
+    backend.script(Behaviour.usage_limit(), account_id="id-alpha")
+    work = tmp_path / "work"
+    work.mkdir()
+    env = hermetic_env(pool.base_codex_home, tmp_path, backend)
+    args = [
+        "--pool",
+        str(pool.root),
+        "--codex-home",
+        str(pool.base_codex_home),
+        "--codex",
+        str(codex_bin),
+        "run",
+        "--",
+        "exec",
+        "--skip-git-repo-check",
+        *offline_flags(),
+        "-C",
+        str(work),
+        "hello",
+    ]
+    result = _cli(*args, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [notice] = [line for line in result.stderr.splitlines() if "rotating" in line]
+    session = backend.responses_requests()[0].session_id
+    assert notice.startswith("codex-supervisor: rotating alpha -> beta (")
+    assert notice.endswith(f"session {session}")
+    assert "Hello from the fake backend." in result.stdout
+
+
+@pytest.mark.real_codex
+def test_run_waits_with_a_countdown_until_the_earliest_reset(
+    codex_bin: Path, backend: FakeCodexBackend, tmp_path: Path
+) -> None:
+    """Every account blocked: `run -v` counts down to the earliest reset, then Codex runs."""
+    pool = _pool_on(backend, tmp_path, alpha={"five_hour_used": 100}, beta={"weekly_used": 100})
+    soon = int(time.time()) + 4
+    backend.set_quota("id-alpha", five_hour_resets_at=soon)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = hermetic_env(pool.base_codex_home, tmp_path, backend)
+    result = _cli(
+        "-v",
+        "--pool",
+        str(pool.root),
+        "--codex-home",
+        str(pool.base_codex_home),
+        "--codex",
+        str(codex_bin),
+        "run",
+        "--",
+        "exec",
+        "--skip-git-repo-check",
+        *offline_flags(),
+        "-C",
+        str(work),
+        "after the wait",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    waits = [line for line in result.stderr.splitlines() if "every account is blocked" in line]
+    assert len(waits) >= 2
+    assert [r.account_id for r in backend.responses_requests()] == ["id-alpha"]
+    assert backend.responses_requests()[0].at >= soon - 1

@@ -385,6 +385,8 @@ class Supervisor:
         return await waiter
 
     async def _supervise(self, inv: Invocation, workdir: Path) -> int:  # noqa: PLR0911
+        if not self._accounts(fresh=True):
+            raise ConfigError(f"the pool at {self.pool.root} has no accounts; add one first")
         features = features_for(await detect_version(self.config.codex, env=self.environ))
         session_id = self._initial_session(inv, workdir)
         argv = launch_argv(inv, features)

@@ -355,8 +355,10 @@ def test_status_of_an_empty_pool(cli: Cli) -> None:
     assert cli.json("status", "--json")["accounts"] == []
 
 
-def test_run_is_not_yet_available(cli: Cli) -> None:
-    """The reserved `run` command exits 2 with one line on stderr."""
-    result = cli("run", "exec", "hello")
+def test_run_with_an_empty_pool_says_so(cli: Cli) -> None:
+    """`run` on a pool without accounts exits 2 with one clear line on stderr."""
+    result = cli("run", "--", "exec", "hello")
     assert result.returncode == 2
-    assert result.stderr == "codex-supervisor: error: `run` is not yet available in this version\n"
+    assert result.stderr.startswith("codex-supervisor: error: ")
+    assert "no accounts" in result.stderr
+    assert "Traceback" not in result.stderr

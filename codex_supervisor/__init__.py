@@ -15,6 +15,13 @@ from .accounts import (
     Cooldown,
     Identity,
 )
+from .appserver import (
+    AppServerBroker,
+    AppServerClient,
+    AppServerRateLimitsSource,
+    TurnResult,
+    run_turn,
+)
 from .clock import Clock, SystemClock
 from .errors import (
     AppServerError,
@@ -106,7 +113,10 @@ __all__ = [
     "AccountPool",
     "AccountSelected",
     "AccountStatus",
+    "AppServerBroker",
+    "AppServerClient",
     "AppServerError",
+    "AppServerRateLimitsSource",
     "AuthError",
     "AuthMode",
     "Binding",
@@ -171,6 +181,7 @@ __all__ = [
     "SystemClock",
     "TransportClosed",
     "TurnPhase",
+    "TurnResult",
     "TurnState",
     "UnsupportedCodexVersion",
     "UsageCredentials",
@@ -181,6 +192,7 @@ __all__ = [
     "WindowPressure",
     "acquire_lease",
     "classify_window",
+    "run_turn",
     "urgency",
     "writer_lock",
 ]

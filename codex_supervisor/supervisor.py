@@ -722,7 +722,10 @@ class Supervisor:
             returncode=child.returncode or 0,
             session_id=binding.session_id,
             rotate=True,
-            immediate=last_error is not None,
+            # "Now" when the failed turn is on record or the turn has not
+            # ended yet (its request already failed): the resume then carries
+            # the continuation prompt. An idle, exhausted account just moves.
+            immediate=last_error is not None or not reader.state.at_boundary,
             successor=(decision.successor if isinstance(decision, RotateNow) else None),
             reason=decision.reason,
             exhausted=True,

@@ -54,7 +54,11 @@ def test_demo_with_the_real_binary_cuts_over_and_resumes(codex_bin: Path, tmp_pa
         env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"\[rotating\] rotating alpha -> beta now", result.stdout)
+    # Whether the supervisor sees the failed turn before Codex exits decides
+    # the wording ("now" or "at the turn boundary"); the cutover is the same.
+    assert re.search(
+        r"\[rotating\] rotating alpha -> beta (now|at the turn boundary)", result.stdout
+    )
     assert re.search(r"sessions: 1 \(", result.stdout)
 
 

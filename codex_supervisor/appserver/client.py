@@ -47,13 +47,14 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future as ConcurrentFuture
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar, final
+from typing import Any, Final, Protocol, Self, TypeVar, final
 
 import attrs
 
 from ..config import child_environment
 from ..errors import AppServerError, RequestFailed, TransportClosed
 from ..process import Child, StopPolicy, launch
+from ._websocket import open_websocket
 
 __all__ = [
     "AppServerClient",
@@ -92,6 +93,22 @@ _APPROVAL_DECLINES: Final[Mapping[str, Mapping[str, str]]] = {
     "execCommandApproval": {"decision": "denied"},
     "applyPatchApproval": {"decision": "denied"},
 }
+
+
+class LineWriter(Protocol):
+    """What the client needs of a transport's sending side (asyncio.StreamWriter fits)."""
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes to send."""
+        ...
+
+    async def drain(self) -> None:
+        """Wait until the queue has room."""
+        ...
+
+    def close(self) -> None:
+        """Close the transport."""
+        ...
 
 
 async def decline_approvals(method: str, params: Any) -> Any:  # noqa: ARG001
@@ -315,7 +332,7 @@ class AppServerClient:
     def __init__(
         self,
         reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        writer: LineWriter,
         *,
         child: Child | None = None,
         handler: RequestHandler | None = None,
@@ -413,6 +430,28 @@ class AppServerClient:
         except OSError as exc:
             raise TransportClosed(f"cannot connect to {os.fspath(path)!r}: {exc}") from exc
         client = cls(reader, writer, handler=handler, name=f"app-server[{os.fspath(path)}]")
+        if initialize:
+            try:
+                await client.initialize(client_name=client_name)
+            except BaseException:
+                await client.aclose(grace=0.0)
+                raise
+        return client
+
+    @classmethod
+    async def connect_ws(
+        cls,
+        url: str,
+        *,
+        handler: RequestHandler | None = None,
+        client_name: str = "codex_supervisor",
+        initialize: bool = True,
+        timeout: float = 10.0,  # noqa: ASYNC109 - bounds the connect + handshake only
+    ) -> AppServerClient:
+        """Connect to ``codex app-server --listen ws://127.0.0.1:PORT`` (one message a frame)."""
+        reader, writer = await open_websocket(url, timeout=timeout)
+        client = cls(reader, writer, handler=handler, name=f"app-server[{url}]")
+        client._tasks.append(writer.pump)  # cancelled and awaited by aclose
         if initialize:
             try:
                 await client.initialize(client_name=client_name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -17,6 +18,7 @@ import pytest
 
 from codex_supervisor.appserver import AppServerClient, InitializeResult, ThreadInfo, Turn, run_turn
 from codex_supervisor.appserver.turns import TurnError
+from codex_supervisor.config import child_environment
 from codex_supervisor.testing import Behaviour, FakeCodexBackend, offline_flags
 
 pytestmark = [pytest.mark.real_codex, pytest.mark.anyio]
@@ -160,3 +162,44 @@ def test_models_match_the_generated_schema(codex_bin: Path, tmp_path: Path) -> N
     methods = json.dumps(load("ServerRequest.json"))
     for method in ("item/commandExecution/requestApproval", "item/fileChange/requestApproval"):
         assert method in methods
+
+
+async def test_ws_transport_completes_a_turn(
+    codex_bin: Path, backend: FakeCodexBackend, world: Any
+) -> None:
+    """Over `--listen ws://127.0.0.1:0` the client initializes and completes a turn."""
+    backend.add_account("acct-ws")
+    home = backend.write_codex_home(world.codex_home("ws-home"), "acct-ws")
+    env = child_environment(home, world.env(home, backend))
+    server = subprocess.Popen(
+        [str(codex_bin), "app-server", "--listen", "ws://127.0.0.1:0", *offline_flags()],
+        env=env,
+        cwd=world.work,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert server.stderr is not None
+        url = None
+        deadline = time.monotonic() + 30
+        while url is None and time.monotonic() < deadline:
+            line = await asyncio.to_thread(server.stderr.readline)
+            found = re.search(r"listening on: (ws://127\.0\.0\.1:\d+)", line)
+            url = found.group(1) if found else None
+        assert url, "the app-server never said where it listens"
+        client = await AppServerClient.connect_ws(url)
+        async with client:
+            thread = await client.thread_start({"cwd": str(world.work)})
+            result = await run_turn(client, thread.id, "over websockets", stall_timeout=30)
+        assert result.status == "completed"
+        assert result.final_message == backend.reply_text
+        assert [r.account_id for r in backend.responses_requests()] == ["acct-ws"]
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        assert server.stderr is not None
+        server.stderr.close()
+    assert _our_tasks() == []

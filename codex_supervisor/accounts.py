@@ -565,6 +565,35 @@ class AccountPool:
         new.chmod(0o600)
         new.replace(dest)
 
+    def adopt_auth(self, name: str, source: Path | str) -> bool:
+        """Take an auth.json Codex wrote outside ``name``'s home, if it is newer.
+
+        A pooled app-server reads its account's auth.json through a link; if
+        Codex ever replaced that link with a file (a refresh written by
+        rename), the file holds the only live refresh token and must come
+        back. It replaces the account's auth.json only when it belongs to the
+        same account and its ``last_refresh`` is strictly newer; otherwise the
+        account's file is kept. Returns whether it was taken. ``source`` is
+        left in place.
+        """
+        data = _read_private_file(Path(source))
+        with self._locked():
+            account = _existing(self._load(), name)
+            if identity_from_auth(data).account_id != account.identity.account_id:
+                log.warning("not adopting %s: it is not %r's login", source, name)
+                return False
+            dest = self.account_home(name) / "auth.json"
+            try:
+                current = dest.read_bytes()
+            except FileNotFoundError:
+                current = b""
+            old_time, new_time = _last_refresh(current), _last_refresh(data)
+            if current and (new_time is None or (old_time is not None and new_time <= old_time)):
+                return False
+            write_atomic(dest, data, mode=0o600)
+        log.warning("adopted a newer auth.json of %r written outside its home", name)
+        return True
+
     def remove(self, name: str) -> Path:
         """Take ``name`` out of the pool; its folder is kept aside, not deleted.
 

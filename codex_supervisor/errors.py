@@ -21,9 +21,14 @@ builtin fits, the error also inherits it, so ``except TimeoutError`` works::
     │   └── QuotaAuthExpired               the usage endpoint refused the token (401/403)
     ├── SessionError                       a Codex session (rollout) we cannot find or bind
     ├── ProcessError                       launching or stopping a child failed
-    └── AppServerError                     the app-server protocol layer
-        ├── TransportClosed (ConnectionError)  EOF / exit; carries exit code and stderr tail
-        └── RequestFailed                      a JSON-RPC error response
+    ├── AppServerError                     the app-server protocol layer
+    │   ├── TransportClosed (ConnectionError)  EOF / exit; carries exit code and stderr tail
+    │   ├── RequestFailed                      a JSON-RPC error response
+    │   └── SpawnError                     a pooled app-server did not start or get ready
+    └── HomeStoreError                     archiving or restoring a Codex home
+        ├── HomeNotFound (LookupError)     no archive for that key
+        ├── UnsafeArchive (ValueError)     a member that escapes or is no plain file/folder
+        └── StaleArchive                   an older archive would overwrite a newer one
 
 Errors carry structured attributes and pickle cleanly (``args`` holds every
 constructor argument), so they can cross process boundaries in tests and tools.
@@ -37,6 +42,8 @@ __all__ = [
     "CodexCLIError",
     "CodexNotFoundError",
     "ConfigError",
+    "HomeNotFound",
+    "HomeStoreError",
     "LeaseError",
     "LeaseLost",
     "LeaseTimeout",
@@ -47,9 +54,12 @@ __all__ = [
     "QuotaUnavailable",
     "RequestFailed",
     "SessionError",
+    "SpawnError",
+    "StaleArchive",
     "StateError",
     "SupervisorError",
     "TransportClosed",
+    "UnsafeArchive",
     "UnsupportedCodexVersion",
 ]
 
@@ -178,3 +188,63 @@ class RequestFailed(AppServerError):
 
     def __str__(self) -> str:
         return f"{self.method} failed with {self.code}: {self.message}"
+
+
+class SpawnError(AppServerError):
+    """A pooled ``codex app-server`` did not start, announce its port or get ready in time."""
+
+    def __init__(
+        self, key: str, message: str, returncode: int | None = None, stderr_tail: str = ""
+    ) -> None:
+        super().__init__(key, message, returncode, stderr_tail)
+        self.key = key
+        self.message = message
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+    def __str__(self) -> str:
+        code = "" if self.returncode is None else f" (exit code {self.returncode})"
+        return f"app-server for {self.key!r}: {self.message}{code}"
+
+
+class HomeStoreError(SupervisorError):
+    """Base for failures to archive or restore a Codex home."""
+
+
+class HomeNotFound(HomeStoreError, LookupError):
+    """The store holds no archive for that key."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"no home archive for {self.key!r}"
+
+
+class UnsafeArchive(HomeStoreError, ValueError):
+    """An archive member that is not a plain file or folder inside the destination."""
+
+    def __init__(self, member: str, why: str) -> None:
+        super().__init__(member, why)
+        self.member = member
+        self.why = why
+
+    def __str__(self) -> str:
+        return f"refused archive member {self.member!r}: {self.why}"
+
+
+class StaleArchive(HomeStoreError):
+    """An archive would overwrite one of the same or a newer version."""
+
+    def __init__(self, key: str, version: int, stored: int) -> None:
+        super().__init__(key, version, stored)
+        self.key = key
+        self.version = version
+        self.stored = stored
+
+    def __str__(self) -> str:
+        return (
+            f"home archive {self.key!r} version {self.version} is not newer than "
+            f"the stored version {self.stored}"
+        )

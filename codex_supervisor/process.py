@@ -250,6 +250,17 @@ class Child:
         """Wait until the child exits and return its exit code (negative = signal)."""
         return await self._process.wait()
 
+    async def wait_group(self) -> int:
+        """Wait until the child exits, then kill what is left of its process group.
+
+        For a child that may die on its own (a crash, SIGKILL from outside):
+        its tool servers have nobody left to serve. Without ``process_group``
+        this is :meth:`wait`.
+        """
+        code = await self._process.wait()
+        self._kill_group_leftovers()
+        return code
+
     def send_signal(self, sig: signal.Signals) -> None:
         """Send ``sig`` to the child (to its whole group with ``process_group``).
 

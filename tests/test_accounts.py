@@ -499,3 +499,29 @@ async def test_occupancy_is_shared_and_visible(pool: AccountPool, tmp_path: Path
     assert await real.occupants("work") == []
     async with real.occupy_exclusively("work", purpose="probe", timeout=5):
         assert [o.purpose for o in await real.occupants("work")] == ["probe"]
+
+
+def test_adopt_auth_takes_only_a_newer_login_of_the_same_account(
+    pool: AccountPool, tmp_path: Path
+) -> None:
+    """adopt_auth: newer login of the same account replaces; older or foreign never does."""
+    pool.import_auth("alpha", _auth_file(tmp_path / "a", "acct-a"))
+    home_auth = pool.account_home("alpha") / "auth.json"
+    before = home_auth.read_bytes()
+
+    def variant(folder: str, account_id: str, refreshed: datetime) -> Path:
+        path = _auth_file(tmp_path / folder, account_id)
+        data = json.loads(path.read_text())
+        data["last_refresh"] = refreshed.isoformat().replace("+00:00", "Z")
+        data["tokens"]["refresh_token"] = f"rt-{folder}"
+        path.write_text(json.dumps(data))
+        return path
+
+    assert pool.adopt_auth("alpha", variant("older", "acct-a", T0 - timedelta(days=1))) is False
+    assert pool.adopt_auth("alpha", variant("other", "acct-b", T0 + timedelta(days=1))) is False
+    assert home_auth.read_bytes() == before
+    newer = variant("newer", "acct-a", T0 + timedelta(hours=1))
+    assert pool.adopt_auth("alpha", newer) is True
+    assert json.loads(home_auth.read_text())["tokens"]["refresh_token"] == "rt-newer"
+    assert stat.S_IMODE(home_auth.stat().st_mode) == 0o600
+    assert newer.exists(), "the source is left in place"

@@ -708,3 +708,28 @@ def test_signal_watcher_needs_the_main_thread() -> None:
     thread.join(30)
     assert len(errors) == 1
     assert isinstance(errors[0], ProcessError)
+
+
+@pytest.mark.anyio
+async def test_wait_group_kills_what_a_dead_leader_left_behind(tmp_path: Path) -> None:
+    """A group leader that dies on its own: wait_group() kills its leftover children."""
+    pid_file = tmp_path / "orphan.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "raise SystemExit(3)\n"
+    )
+    child = await launch([PY, "-c", script], env=_base_env(), process_group=True)
+    assert await child.wait_group() == 3
+    orphan = int(pid_file.read_text())
+    for _ in range(200):
+        try:
+            status = Path(f"/proc/{orphan}/status").read_text()  # noqa: ASYNC240
+        except FileNotFoundError:
+            break
+        if "State:\tZ" in status:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        pytest.fail(f"the leftover child {orphan} is still running")

@@ -3,7 +3,7 @@
 - :class:`FakeCodexBackend` — a real HTTP(S) server on 127.0.0.1 that plays the
   Codex backend: the Responses stream with quota headers, the usage endpoint,
   single-use refresh tokens, and a request log.
-- :func:`write_config_toml`, :func:`make_jwt`, :func:`write_auth_json` — a
+- :func:`codex_config`, :func:`write_config_toml`, :func:`make_jwt`, :func:`write_auth_json` — a
   CODEX_HOME that talks only to that backend.
 - :func:`install_simulator` — a ``codex`` executable (a small Python program)
   that follows Codex's argv grammar and writes real-format rollouts, for fast
@@ -24,7 +24,13 @@ from ._backend import (
     FakeWindow,
     RequestRecord,
 )
-from ._config import OFFLINE_DISABLE_FEATURES, hermetic_env, offline_flags, write_config_toml
+from ._config import (
+    OFFLINE_DISABLE_FEATURES,
+    codex_config,
+    hermetic_env,
+    offline_flags,
+    write_config_toml,
+)
 from ._install import install_simulator
 from ._pty import PtyProcess
 from ._tokens import decode_jwt_claims, make_jwt, write_apikey_auth_json, write_auth_json
@@ -40,6 +46,7 @@ __all__ = [
     "FakeWindow",
     "PtyProcess",
     "RequestRecord",
+    "codex_config",
     "decode_jwt_claims",
     "hermetic_env",
     "install_simulator",

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from .. import _toml
 
 if TYPE_CHECKING:
     from ._backend import FakeCodexBackend
 
-__all__ = ["OFFLINE_DISABLE_FEATURES", "hermetic_env", "offline_flags", "write_config_toml"]
+__all__ = [
+    "OFFLINE_DISABLE_FEATURES",
+    "codex_config",
+    "hermetic_env",
+    "offline_flags",
+    "write_config_toml",
+]
 
 #: Features whose endpoints live outside 127.0.0.1; turning them off keeps a
 #: real Codex from opening any non-loopback connection (CODEX_FACTS.md §2).
@@ -31,15 +38,45 @@ def offline_flags() -> list[str]:
     return flags
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        # A JSON string literal is a valid TOML basic string.
-        return json.dumps(value)
-    raise TypeError(f"unsupported config value {value!r}")
+def codex_config(
+    backend: FakeCodexBackend,
+    *,
+    model: str = "fake-model",
+    auth: str = "chatgpt",
+    api_key_env: str = "FAKE_CODEX_API_KEY",
+    extra: Mapping[str, object] | None = None,
+    disable_features: Iterable[str] = OFFLINE_DISABLE_FEATURES,
+) -> dict[str, Any]:
+    """A Codex ``config.toml`` (as a mapping) that points Codex only at ``backend``.
+
+    ``auth="chatgpt"`` uses the auth.json tokens (``requires_openai_auth``);
+    ``auth="apikey"`` sends the key from the environment variable
+    ``api_key_env`` instead. ``extra`` adds top-level keys.
+    """
+    if auth not in ("chatgpt", "apikey"):
+        raise ValueError(f"auth must be 'chatgpt' or 'apikey', not {auth!r}")
+    provider: dict[str, object] = {
+        "name": "Fake local",
+        "base_url": backend.base_url,
+        "wire_api": "responses",
+        "request_max_retries": 0,
+        "stream_max_retries": 0,
+    }
+    if auth == "chatgpt":
+        provider["requires_openai_auth"] = True
+    else:
+        provider["env_key"] = api_key_env
+    return {
+        "model": model,
+        "model_provider": "fake",
+        "check_for_update_on_startup": False,
+        "chatgpt_base_url": backend.chatgpt_base_url,
+        "cli_auth_credentials_store": "file",
+        **(extra or {}),
+        "model_providers": {"fake": provider},
+        "analytics": {"enabled": False},
+        "features": dict.fromkeys(disable_features, False),
+    }
 
 
 def write_config_toml(
@@ -52,41 +89,18 @@ def write_config_toml(
     extra: Mapping[str, object] | None = None,
     disable_features: Iterable[str] = OFFLINE_DISABLE_FEATURES,
 ) -> Path:
-    """Write ``codex_home/config.toml`` for ``backend`` and return its path.
-
-    ``auth="chatgpt"`` uses the auth.json tokens (``requires_openai_auth``);
-    ``auth="apikey"`` sends the key from the environment variable
-    ``api_key_env`` instead. ``extra`` adds top-level scalar keys.
-    """
-    if auth not in ("chatgpt", "apikey"):
-        raise ValueError(f"auth must be 'chatgpt' or 'apikey', not {auth!r}")
-    top: dict[str, object] = {
-        "model": model,
-        "model_provider": "fake",
-        "check_for_update_on_startup": False,
-        "chatgpt_base_url": backend.chatgpt_base_url,
-        "cli_auth_credentials_store": "file",
-        **(extra or {}),
-    }
-    provider: dict[str, object] = {
-        "name": "Fake local",
-        "base_url": backend.base_url,
-        "wire_api": "responses",
-        "request_max_retries": 0,
-        "stream_max_retries": 0,
-    }
-    if auth == "chatgpt":
-        provider["requires_openai_auth"] = True
-    else:
-        provider["env_key"] = api_key_env
-    lines = [f"{key} = {_toml_value(value)}" for key, value in top.items()]
-    lines += ["", "[model_providers.fake]"]
-    lines += [f"{key} = {_toml_value(value)}" for key, value in provider.items()]
-    lines += ["", "[analytics]", "enabled = false", "", "[features]"]
-    lines += [f"{feature} = false" for feature in disable_features]
+    """Write :func:`codex_config` to ``codex_home/config.toml`` and return its path."""
+    config = codex_config(
+        backend,
+        model=model,
+        auth=auth,
+        api_key_env=api_key_env,
+        extra=extra,
+        disable_features=disable_features,
+    )
     path = Path(codex_home) / "config.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text(_toml.dumps(config), encoding="utf-8")
     return path
 
 

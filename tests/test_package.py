@@ -61,6 +61,10 @@ def test_every_error_derives_from_the_root() -> None:
         errors.LeaseTimeout("pool", 2.5, holder="pid 12"),
         errors.TransportClosed("app-server exited", returncode=3, stderr_tail="boom"),
         errors.RequestFailed("turn/start", -32600, "invalid", {"x": 1}),
+        errors.SpawnError("ws-1", "was not ready within 30s", -9, "tail"),
+        errors.HomeNotFound("ws-1"),
+        errors.UnsafeArchive("../x", "escapes the destination"),
+        errors.StaleArchive("ws-1", 3, 5),
     ],
 )
 def test_errors_pickle_round_trip(error: errors.SupervisorError) -> None:
@@ -76,6 +80,10 @@ def test_error_messages_carry_their_details() -> None:
     assert "pid 12" in str(errors.LeaseTimeout("pool", 1, holder="pid 12"))
     assert "exit code 3" in str(errors.TransportClosed("gone", returncode=3))
     assert "0.100.0" in str(errors.UnsupportedCodexVersion("0.100.0", "0.169.0"))
+    assert "exit code -9" in str(errors.SpawnError("k", "not ready", -9))
+    assert "version 3" in str(errors.StaleArchive("k", 3, 5))
+    assert issubclass(errors.HomeNotFound, LookupError)
+    assert issubclass(errors.UnsafeArchive, ValueError)
 
 
 def test_system_clock_is_a_clock() -> None:

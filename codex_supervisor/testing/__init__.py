@@ -5,6 +5,8 @@
   single-use refresh tokens, and a request log.
 - :func:`codex_config`, :func:`write_config_toml`, :func:`make_jwt`, :func:`write_auth_json` — a
   CODEX_HOME that talks only to that backend.
+- :class:`FakeAppServerLauncher` — an ``AppServerPool`` launch step whose servers
+  are futures, for exercising pool bookkeeping without processes.
 - :func:`install_simulator` — a ``codex`` executable (a small Python program)
   that follows Codex's argv grammar and writes real-format rollouts, for fast
   tests and demos.
@@ -32,6 +34,7 @@ from ._config import (
     write_config_toml,
 )
 from ._install import install_simulator
+from ._pool import FakeAppServerLauncher, FakeServerProcess
 from ._pty import PtyProcess
 from ._tokens import decode_jwt_claims, make_jwt, write_apikey_auth_json, write_auth_json
 
@@ -42,7 +45,9 @@ __all__ = [
     "Behaviour",
     "BehaviourKind",
     "FakeAccount",
+    "FakeAppServerLauncher",
     "FakeCodexBackend",
+    "FakeServerProcess",
     "FakeWindow",
     "PtyProcess",
     "RequestRecord",

@@ -1,0 +1,1241 @@
+"""A pool of ``codex app-server`` processes, one per key, for gateways.
+
+A gateway serves many workspaces; each gets its own ``codex app-server
+--listen ws://127.0.0.1:0`` in a Codex home of its own. :class:`AppServerPool`
+keeps them:
+
+- **Single-flight.** ``await pool.ensure(key, build)`` returns a live
+  :class:`AppServerHandle`. The first caller for a cold key starts one spawn
+  task; every concurrent caller awaits that same task (a cancelled caller
+  does not cancel it). Nothing is spawned and then thrown away.
+- **A unique home per spawn.** Each spawn gets a fresh folder
+  ``<root>/homes/<key>-<generation>-<random>``, restored from the home store
+  when an archive of the key exists. No two processes ever share a home, so
+  no cleanup can delete a live one.
+- **An explicit stopping state.** Shutdown, crash eviction, idle reaping and
+  rotation all move the entry to ``stopping`` first (its loopback token is
+  revoked at that instant); a concurrent ``ensure`` waits until the process
+  group is stopped and the home archived, then spawns fresh from that
+  archive. Archives carry a version one above the one restored, and the store
+  refuses an archive that is not newer than the stored one.
+- **Process groups.** Every app-server leads its own process group; stop is
+  SIGTERM to the group, a grace, SIGKILL; a crashed server's leftovers (MCP
+  servers, tools) are killed as soon as its exit is seen.
+- **Quota-aware.** With an :class:`~codex_supervisor.accounts.AccountPool`,
+  each spawn runs on the account the rotation policy picks, under a shared
+  occupancy lease; the spawn home reads the account's ``auth.json`` through a
+  link (Codex rewrites it in place, so a refresh lands in the account's own
+  file, and no copy of a token ever exists). :meth:`AppServerPool.rotate`
+  moves a key to another account: archive, respawn, same threads.
+- **Loopback tokens.** 32 random bytes (hex) per spawn, minted before
+  ``build`` runs and given to the child's environment, so tools the server
+  starts can call the gateway back; :meth:`AppServerPool.lookup_key_for_token`
+  compares against every live entry in constant time.
+
+Starting a process, reading its port and polling ``/readyz`` is one injectable
+step (:class:`Launcher`), so the bookkeeping can be exercised with fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hashlib
+import hmac
+import inspect
+import itertools
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import sqlite3
+import subprocess
+import tomllib
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, final
+
+import attrs
+import httpx
+
+from .. import _toml
+from .._fs import write_atomic
+from ..accounts import AccountPool
+from ..clock import Clock, SystemClock
+from ..config import ENV_BASE_CODEX_HOME, child_environment
+from ..errors import (
+    AuthError,
+    ConfigError,
+    HomeNotFound,
+    QuotaError,
+    QuotaUnavailable,
+    SpawnError,
+    StaleArchive,
+)
+from ..policy import Candidate, RotateAtBoundary, RotateNow, RotationPolicy
+from ..process import Child, StopPolicy, launch
+from ..quota import QuotaService, QuotaSnapshot, UsageEndpointSource, WindowKind
+from .homestore import HomeStore, LocalDirHomeStore
+
+__all__ = [
+    "DEFAULT_LOOPBACK_ENV",
+    "AppServerHandle",
+    "AppServerPool",
+    "ConfigBuilder",
+    "EntryState",
+    "IdleReaper",
+    "LaunchRequest",
+    "Launched",
+    "Launcher",
+    "PoolConfig",
+    "ServerProcess",
+    "SpawnConfig",
+    "SpawnContext",
+    "launch_app_server",
+    "relocate_threads",
+]
+
+log = logging.getLogger(__name__)
+
+#: The variable that carries a spawn's loopback token to the app-server.
+DEFAULT_LOOPBACK_ENV = "CODEX_LOOPBACK_TOKEN"
+
+_LISTENING = re.compile(rb"listening on:\s*(ws://127\.0\.0\.1:\d+)")
+_STDERR_TAIL = 64 * 1024
+_KEY_SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
+_ROLLOUT_TAIL = re.compile(r"/((?:archived_)?sessions/(?:[^/]+/)*rollout-[^/]+\.jsonl)$")
+
+
+class EntryState(enum.Enum):
+    """Where a key's entry is in its life."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
+@final
+@attrs.frozen(kw_only=True)
+class SpawnContext:
+    """What a :data:`ConfigBuilder` learns about the spawn it configures."""
+
+    key: str
+    generation: int
+    home: Path
+    account: str | None
+    loopback_token: str = attrs.field(repr=False)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class SpawnConfig:
+    """What a :data:`ConfigBuilder` returns for one spawn.
+
+    ``config``: the home's ``config.toml``, as a mapping (written as TOML) or
+    as TOML text; ``None`` keeps the one restored from the archive, if any.
+    ``env``: extra environment for this child (after the pool's
+    ``extra_env``); it may not set ``CODEX_HOME`` or the loopback variable.
+    ``args``: extra arguments after ``codex app-server --listen ...``.
+    ``cwd``: the child's working folder (default: its home).
+    """
+
+    config: Mapping[str, Any] | str | None = None
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    args: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    cwd: Path | None = None
+
+
+#: Builds a spawn's configuration; may be sync or async and may do I/O. Its
+#: errors propagate out of :meth:`AppServerPool.ensure`.
+ConfigBuilder = Callable[[SpawnContext], "SpawnConfig | Awaitable[SpawnConfig]"]
+
+
+class ServerProcess(Protocol):
+    """What the pool needs of a running app-server (a :class:`~codex_supervisor.process.Child`)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait_group(self) -> int: ...
+
+    async def stop(
+        self, policy: StopPolicy = ..., *, first_signal: signal.Signals = ...
+    ) -> int: ...
+
+
+@final
+@attrs.frozen(kw_only=True)
+class LaunchRequest:
+    """One app-server to start: the full argv, environment and readiness deadline."""
+
+    key: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = attrs.field(repr=False)
+    cwd: Path
+    home: Path
+    ready_timeout: float
+    ready_interval: float
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Launched:
+    """A started, ready app-server."""
+
+    process: ServerProcess
+    ws_url: str
+    http_url: str
+    stderr_tail: Callable[[], str] = attrs.field(default=lambda: "", repr=False)
+    #: Tasks serving the process (its stderr reader); cancelled once it is stopped.
+    background: tuple[asyncio.Task[None], ...] = attrs.field(default=(), repr=False)
+
+
+class Launcher(Protocol):
+    """Starts an app-server and returns once it is ready (or raises :class:`SpawnError`)."""
+
+    def __call__(self, request: LaunchRequest) -> Awaitable[Launched]: ...
+
+
+@final
+class AppServerHandle:
+    """A live app-server of the pool: where it listens, its home and account."""
+
+    __slots__ = (
+        "_exited",
+        "_process",
+        "account",
+        "generation",
+        "home",
+        "http_url",
+        "key",
+        "ws_url",
+    )
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        generation: int,
+        ws_url: str,
+        http_url: str,
+        home: Path,
+        account: str | None,
+        process: ServerProcess,
+        exited: asyncio.Future[int],
+    ) -> None:
+        self.key = key
+        self.generation = generation
+        self.ws_url = ws_url
+        self.http_url = http_url
+        self.home = home
+        self.account = account
+        self._process = process
+        self._exited = exited
+
+    @property
+    def pid(self) -> int:
+        """The app-server's pid (and process group id)."""
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the process has exited."""
+        return self._exited.result() if self._exited.done() else None
+
+    def is_alive(self) -> bool:
+        """Whether the process is still running. Cheap: no system call."""
+        return not self._exited.done() and self._process.running
+
+    def done(self) -> Awaitable[int]:
+        """An awaitable of the exit code, completing when the process exits."""
+        return asyncio.shield(self._exited)
+
+    def __repr__(self) -> str:
+        return (
+            f"AppServerHandle(key={self.key!r}, generation={self.generation}, "
+            f"ws_url={self.ws_url!r}, account={self.account!r}, alive={self.is_alive()})"
+        )
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:
+        raise ConfigError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+@final
+@attrs.frozen(kw_only=True)
+class PoolConfig:
+    """How an :class:`AppServerPool` runs its servers; only ``root`` is required.
+
+    ``root``: spawn homes go in ``root/homes``; the default home store keeps
+    archives in ``root/archives``. ``codex``: the Codex binary.
+    ``store``: where homes are archived between spawns.
+    ``extra_env``: added to every child's environment.
+    ``ready_timeout``: seconds for a spawn to announce its port and answer
+    ``/readyz`` (30). ``ready_interval``: between ``/readyz`` polls (0.05).
+    ``stop_grace``: seconds between SIGTERM and SIGKILL (5).
+    ``loopback_env``: the variable carrying the loopback token.
+    ``lease_ttl`` / ``lease_timeout``: the occupancy lease on the account.
+    ``shutdown_parallelism``: stops run at once in :meth:`AppServerPool.shutdown_all`.
+    ``quota_stale_after``: quota older than this (seconds) is re-read from
+    the usage endpoint before choosing an account (it spends no quota).
+    ``disable_resume_account_check``: pass ``--disable
+    cli_resume_account_check`` so threads resume on another account.
+    """
+
+    root: Path = attrs.field(converter=Path)
+    codex: str = "codex"
+    store: HomeStore | None = None
+    extra_env: Mapping[str, str] = attrs.field(factory=dict)
+    ready_timeout: float = attrs.field(default=30.0, validator=_positive)
+    ready_interval: float = attrs.field(default=0.05, validator=_positive)
+    stop_grace: float = attrs.field(default=5.0, validator=_non_negative)
+    loopback_env: str = DEFAULT_LOOPBACK_ENV
+    lease_ttl: float = attrs.field(default=30.0, validator=_positive)
+    lease_timeout: float = attrs.field(default=10.0, validator=_non_negative)
+    shutdown_parallelism: int = attrs.field(default=8, validator=_positive)
+    quota_stale_after: float = attrs.field(default=120.0, validator=_positive)
+    disable_resume_account_check: bool = True
+
+
+@attrs.define(eq=False)
+class _Entry:
+    key: str
+    generation: int
+    build: ConfigBuilder
+    token: str | None = attrs.field(repr=False)
+    last_active: float
+    avoid: str | None = None
+    state: EntryState = EntryState.STARTING
+    account: str | None = None
+    home: Path | None = None
+    version: int = 1
+    process: ServerProcess | None = None
+    launched: Launched | None = None
+    handle: AppServerHandle | None = None
+    spawn_task: asyncio.Task[AppServerHandle] | None = None
+    stop_task: asyncio.Task[None] | None = None
+    watch_task: asyncio.Task[None] | None = None
+    resources: contextlib.AsyncExitStack = attrs.field(factory=contextlib.AsyncExitStack)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    # Waiters see the outcome through shield(); this only keeps asyncio from
+    # warning about an exception nobody awaited (every waiter cancelled).
+    if not task.cancelled():
+        task.exception()
+
+
+def _slug(key: str) -> str:
+    slug = _KEY_SLUG.sub("_", key)[:40].strip("._") or "key"
+    return f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def _check_key(key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"a pool key is a non-empty string, not {key!r}")
+    return key
+
+
+class AppServerPool:
+    """Keeps one ``codex app-server`` per key; see the module documentation.
+
+    Use it as an async context manager (``async with AppServerPool(...)``):
+    leaving it shuts every server down, archiving its home. ``accounts``
+    makes it quota-aware; ``policy`` and ``quota`` default like the
+    :class:`~codex_supervisor.supervisor.Supervisor`'s. ``environ`` is the
+    environment children start from (the library's own variables removed).
+    """
+
+    def __init__(
+        self,
+        config: PoolConfig,
+        *,
+        accounts: AccountPool | None = None,
+        policy: RotationPolicy | None = None,
+        quota: QuotaService | None = None,
+        launcher: Launcher | None = None,
+        clock: Clock | None = None,
+        environ: Mapping[str, str] | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.config = config
+        self.accounts = accounts
+        self.policy = policy or RotationPolicy()
+        self.clock = clock or SystemClock()
+        self.store: HomeStore = config.store or LocalDirHomeStore(config.root / "archives")
+        self.environ = dict(os.environ if environ is None else environ)
+        self.log = logger or log
+        self._own_source: UsageEndpointSource | None = None
+        if quota is None and accounts is not None:
+            self._own_source = UsageEndpointSource(accounts.usage_credentials)
+            quota = QuotaService(self._own_source, ttl=config.quota_stale_after)
+        self.quota = quota
+        self._launcher: Launcher = launcher or launch_app_server
+        self._entries: dict[str, _Entry] = {}
+        self._generations = itertools.count(1)
+        self._avoid: dict[str, str] = {}
+        self._closed = False
+        for name in (ENV_BASE_CODEX_HOME, config.loopback_env):
+            if name in config.extra_env:
+                raise ConfigError(f"extra_env may not set {name}: the pool sets it per spawn")
+
+    # -- context manager -------------------------------------------------------------
+
+    async def __aenter__(self) -> AppServerPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Shut every server down (archiving homes) and refuse new spawns."""
+        self._closed = True
+        try:
+            while self._entries:  # entries still starting stop once started
+                await self.shutdown_all()
+        finally:
+            if self._own_source is not None and self.quota is not None:
+                await self.quota.aclose()
+                await self._own_source.aclose()
+
+    # -- queries ------------------------------------------------------------------------
+
+    def keys(self) -> list[str]:
+        """Every key with an entry (starting, running or stopping)."""
+        return list(self._entries)
+
+    def state(self, key: str) -> EntryState | None:
+        """The state of ``key``'s entry, or ``None`` when it has none."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry.state
+
+    def handle(self, key: str) -> AppServerHandle | None:
+        """``key``'s running handle, if any (alive or not), without spawning."""
+        entry = self._entries.get(key)
+        return entry.handle if entry is not None and entry.state is EntryState.RUNNING else None
+
+    def touch(self, key: str) -> None:
+        """Record activity on ``key`` (call it on every proxied frame)."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.last_active = self.clock.monotonic()
+
+    def idle_keys(self, idle_after: float) -> list[str]:
+        """Running keys with no activity for more than ``idle_after`` seconds."""
+        cutoff = self.clock.monotonic() - idle_after
+        return [
+            e.key
+            for e in self._entries.values()
+            if e.state is EntryState.RUNNING and e.last_active < cutoff
+        ]
+
+    def lookup_key_for_token(self, token: str) -> str | None:
+        """The key whose live spawn holds loopback ``token``, else ``None``.
+
+        Compares against every live entry with :func:`hmac.compare_digest`
+        and never stops early, so the time taken does not depend on which
+        entry (if any) matches. Stopping entries' tokens are revoked.
+        """
+        if not isinstance(token, str) or not token:
+            return None
+        offered = token.encode("utf-8", "surrogateescape")
+        found: str | None = None
+        for entry in list(self._entries.values()):
+            held = entry.token
+            if held is None:
+                continue
+            if hmac.compare_digest(offered, held.encode()) and found is None:
+                found = entry.key
+        return found
+
+    # -- ensure --------------------------------------------------------------------------
+
+    async def ensure(self, key: str, build: ConfigBuilder) -> AppServerHandle:
+        """A live handle for ``key``, spawning (single-flight) when needed.
+
+        A cached handle whose process died is evicted (stopped, archived) and a
+        fresh one spawned from the archive; an entry being stopped is waited
+        for. Raises :class:`SpawnError` when the server cannot start,
+        :class:`~codex_supervisor.errors.QuotaUnavailable` when every account
+        is blocked, and whatever ``build`` or the home store raise.
+        """
+        _check_key(key)
+        spawned = 0
+        while True:
+            if self._closed:
+                raise SpawnError(key, "the pool is closed")
+            entry = self._entries.get(key)
+            if entry is None:
+                if spawned >= 2:
+                    raise SpawnError(key, "the app-server exited right after it became ready")
+                spawned += 1
+                entry = self._begin_spawn(key, build)
+            if entry.state is EntryState.STARTING:
+                assert entry.spawn_task is not None
+                await asyncio.shield(entry.spawn_task)
+                continue
+            if entry.state is EntryState.RUNNING:
+                assert entry.handle is not None
+                if entry.handle.is_alive():
+                    entry.last_active = self.clock.monotonic()
+                    return entry.handle
+                self._begin_stop(entry, "exited")
+            assert entry.stop_task is not None
+            # A failed stop was logged and its entry dropped: spawn afresh.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(entry.stop_task)
+
+    def _begin_spawn(self, key: str, build: ConfigBuilder) -> _Entry:
+        entry = _Entry(
+            key=key,
+            generation=next(self._generations),
+            build=build,
+            token=secrets.token_hex(32),
+            last_active=self.clock.monotonic(),
+            avoid=self._avoid.pop(key, None),
+        )
+        self._entries[key] = entry
+        task = asyncio.create_task(self._spawn(entry), name=f"app-server-pool:spawn:{key}")
+        task.add_done_callback(_retrieve)
+        entry.spawn_task = task
+        return entry
+
+    async def _spawn(self, entry: _Entry) -> AppServerHandle:
+        try:
+            return await self._start(entry)
+        except BaseException:
+            await self._abandon(entry)
+            raise
+
+    async def _start(self, entry: _Entry) -> AppServerHandle:
+        key = entry.key
+        if self.accounts is not None:
+            entry.account = await self._choose(entry.avoid)
+            await entry.resources.enter_async_context(
+                self.accounts.occupy(
+                    entry.account,
+                    purpose=f"app-server {key}",
+                    ttl=self.config.lease_ttl,
+                    timeout=self.config.lease_timeout,
+                    on_lost=lambda lease: self.log.warning(
+                        "occupancy lease of %r on %s lost (%s); the server keeps running",
+                        key,
+                        lease.name,
+                        lease.lost_reason,
+                    ),
+                )
+            )
+        entry.home = home = await asyncio.to_thread(self._new_home, entry)
+        try:
+            restored = await self.store.get(key, home)
+        except HomeNotFound:
+            restored = 0
+        else:
+            await asyncio.to_thread(relocate_threads, home, self.log)
+        entry.version = restored + 1
+        assert entry.token is not None
+        context = SpawnContext(
+            key=key,
+            generation=entry.generation,
+            home=home,
+            account=entry.account,
+            loopback_token=entry.token,
+        )
+        built = entry.build(context)
+        spawn = await built if inspect.isawaitable(built) else built
+        if not isinstance(spawn, SpawnConfig):
+            raise ConfigError(f"the config builder returned {spawn!r}, not a SpawnConfig")
+        self._write_config(home, spawn.config)
+        if entry.account is not None:
+            self._link_auth(home, entry.account)
+        argv = [self.config.codex, "app-server", "--listen", "ws://127.0.0.1:0"]
+        if entry.account is not None and self.config.disable_resume_account_check:
+            argv += ["--disable", "cli_resume_account_check"]
+        request = LaunchRequest(
+            key=key,
+            argv=(*argv, *spawn.args),
+            env=self._environment(home, spawn.env, entry.token),
+            cwd=spawn.cwd or home,
+            home=home,
+            ready_timeout=self.config.ready_timeout,
+            ready_interval=self.config.ready_interval,
+        )
+        launched = await self._launcher(request)
+        entry.process = launched.process
+        entry.launched = launched
+        if self._closed:  # closed (perhaps by a cancelled aclose) while it started
+            raise SpawnError(key, "the pool was closed while the app-server started")
+        exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        handle = AppServerHandle(
+            key=key,
+            generation=entry.generation,
+            ws_url=launched.ws_url,
+            http_url=launched.http_url,
+            home=home,
+            account=entry.account,
+            process=launched.process,
+            exited=exited,
+        )
+        entry.handle = handle
+        entry.watch_task = asyncio.create_task(
+            self._watch(entry, exited), name=f"app-server-pool:watch:{key}"
+        )
+        entry.state = EntryState.RUNNING
+        entry.last_active = self.clock.monotonic()
+        self.log.info(
+            "app-server for %r ready at %s (pid %d, account %s, generation %d)",
+            key,
+            launched.ws_url,
+            launched.process.pid,
+            entry.account,
+            entry.generation,
+        )
+        return handle
+
+    async def _abandon(self, entry: _Entry) -> None:
+        """Undo a spawn that failed or was cancelled: nothing of it may survive."""
+        entry.token = None
+        try:
+            if entry.process is not None and entry.process.running:
+                await entry.process.stop(
+                    StopPolicy(interrupt_grace=0.0, terminate_grace=0.0),
+                    first_signal=signal.SIGKILL,
+                )
+            if entry.home is not None:
+                if entry.account is not None and self.accounts is not None:
+                    # Codex may have refreshed the login before it failed.
+                    self._rescue_auth(entry.home, entry.account)
+                # Nothing was served from this home: the archive it was
+                # restored from is still the newest state of the key.
+                await asyncio.to_thread(shutil.rmtree, entry.home, ignore_errors=True)
+        finally:
+            await entry.resources.aclose()
+            if self._entries.get(entry.key) is entry:
+                del self._entries[entry.key]
+
+    async def _watch(self, entry: _Entry, exited: asyncio.Future[int]) -> None:
+        assert entry.process is not None
+        code = await entry.process.wait_group()
+        exited.set_result(code)
+        if entry.state is EntryState.RUNNING:
+            self.log.warning(
+                "app-server for %r (pid %d) exited with code %d; evicting it",
+                entry.key,
+                entry.process.pid,
+                code,
+            )
+            if entry.launched is not None:
+                self.log.debug("its stderr ended with: %s", entry.launched.stderr_tail()[-2000:])
+            self._begin_stop(entry, "exited")
+
+    # -- accounts --------------------------------------------------------------------------
+
+    def _snapshot(self, name: str, last: QuotaSnapshot | None) -> QuotaSnapshot | None:
+        cached = None if self.quota is None else self.quota.peek(name)
+        return cached.snapshot if cached is not None else last
+
+    async def _candidates(self) -> list[Candidate]:
+        assert self.accounts is not None
+        accounts = await asyncio.to_thread(self.accounts.accounts)
+        if not accounts:
+            raise ConfigError(f"the account pool at {self.accounts.root} has no accounts")
+        now = self.clock.now()
+        stale = [
+            a.name
+            for a in accounts
+            if (snap := self._snapshot(a.name, a.last_snapshot)) is None
+            or snap.age(now).total_seconds() > self.config.quota_stale_after
+        ]
+        if stale and self.quota is not None:
+            await asyncio.gather(*(self._probe(name) for name in stale))
+        candidates = []
+        for a in accounts:
+            occupants = len(await self.accounts.occupants(a.name))
+            candidates.append(
+                Candidate(
+                    name=a.name,
+                    snapshot=self._snapshot(a.name, a.last_snapshot),
+                    blocked_until=a.blocked_until(now),
+                    occupants=occupants,
+                )
+            )
+        return candidates
+
+    async def _probe(self, name: str) -> None:
+        assert self.quota is not None
+        assert self.accounts is not None
+        try:
+            snapshot = await self.quota.get(name, max_age=0)
+        except QuotaError as exc:
+            self.log.debug("no quota for %s: %s", name, exc)
+            return
+        with contextlib.suppress(ConfigError, OSError):
+            self.accounts.record_snapshot(snapshot)
+
+    async def _choose(self, avoid: str | None) -> str:
+        candidates = await self._candidates()
+        names = {c.name for c in candidates}
+        exclude = [avoid] if avoid is not None and len(names - {avoid}) > 0 else []
+        choice = self.policy.choose(candidates, self.clock.now(), exclude=exclude)
+        if not isinstance(choice, str) and exclude:
+            # Nothing else can run: the account we meant to leave beats none.
+            choice = self.policy.choose(candidates, self.clock.now())
+        if not isinstance(choice, str):
+            raise QuotaUnavailable(f"no account can run an app-server now: {choice.reason}")
+        return choice
+
+    def _link_auth(self, home: Path, account: str) -> None:
+        assert self.accounts is not None
+        account_home = self.accounts.prepare_home(account)
+        auth = account_home / "auth.json"
+        if not auth.is_file():
+            raise AuthError(f"account {account!r} has no auth.json at {auth}")
+        lock = account_home / "auth.lock"
+        if not lock.exists():
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+        # Links, not copies: Codex rewrites auth.json in place, so a refresh
+        # made by this server lands in the account's own file, and its
+        # refresh lock is the one every other user of the account takes.
+        for name, target in (("auth.json", auth), ("auth.lock", lock)):
+            link = home / name
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(target)
+
+    # -- homes and environment ------------------------------------------------------------------
+
+    def _new_home(self, entry: _Entry) -> Path:
+        homes = self.config.root / "homes"
+        homes.mkdir(mode=0o700, parents=True, exist_ok=True)
+        home = homes / f"{_slug(entry.key)}-{entry.generation}-{secrets.token_hex(4)}"
+        home.mkdir(mode=0o700)  # never exist_ok: a home belongs to one spawn
+        return home
+
+    @staticmethod
+    def _write_config(home: Path, config: Mapping[str, Any] | str | None) -> None:
+        if config is None:
+            return
+        if isinstance(config, str):
+            try:
+                tomllib.loads(config)
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"the config builder returned invalid TOML: {exc}") from exc
+            text = config
+        else:
+            try:
+                text = _toml.dumps(config)
+            except TypeError as exc:
+                raise ConfigError(
+                    f"the config builder returned an unwritable config: {exc}"
+                ) from exc
+        write_atomic(home / "config.toml", text.encode(), mode=0o600)
+
+    def _environment(self, home: Path, extra: Mapping[str, str], token: str) -> dict[str, str]:
+        env = child_environment(home, self.environ)
+        env.update(self.config.extra_env)
+        for name, value in extra.items():
+            if name in (ENV_BASE_CODEX_HOME, self.config.loopback_env):
+                raise ConfigError(f"a spawn's env may not set {name}: the pool sets it")
+            env[name] = value
+        env[self.config.loopback_env] = token
+        return env
+
+    # -- stopping --------------------------------------------------------------------------------
+
+    def _begin_stop(self, entry: _Entry, reason: str) -> None:
+        if entry.state is EntryState.STOPPING:
+            return
+        entry.state = EntryState.STOPPING
+        entry.token = None  # revoked the instant the entry stops serving
+        task = asyncio.create_task(
+            self._stop(entry, reason), name=f"app-server-pool:stop:{entry.key}"
+        )
+        task.add_done_callback(_retrieve)
+        entry.stop_task = task
+
+    async def _stop(self, entry: _Entry, reason: str) -> None:
+        try:
+            await self._stop_and_archive(entry, reason)
+        except Exception:
+            self.log.exception("stopping the app-server for %r failed", entry.key)
+            raise
+        finally:
+            await entry.resources.aclose()
+            if self._entries.get(entry.key) is entry:
+                del self._entries[entry.key]
+
+    async def _stop_and_archive(self, entry: _Entry, reason: str) -> None:
+        process = entry.process
+        if process is not None:
+            code = await process.stop(
+                StopPolicy(interrupt_grace=self.config.stop_grace, terminate_grace=0.0),
+                first_signal=signal.SIGTERM,
+            )
+            self.log.info("app-server for %r stopped (%s, exit code %d)", entry.key, reason, code)
+        if entry.watch_task is not None:
+            await asyncio.gather(entry.watch_task, return_exceptions=True)
+        if entry.launched is not None:
+            for task in entry.launched.background:
+                task.cancel()
+            await asyncio.gather(*entry.launched.background, return_exceptions=True)
+        if entry.home is not None and await self._archive(entry):
+            await asyncio.to_thread(shutil.rmtree, entry.home, ignore_errors=True)
+
+    async def _archive(self, entry: _Entry) -> bool:
+        """Archive the stopped entry's home; False keeps the home on disk."""
+        assert entry.home is not None
+        if entry.account is not None and self.accounts is not None:
+            self._rescue_auth(entry.home, entry.account)
+        try:
+            await self.store.put(entry.key, entry.home, version=entry.version)
+        except StaleArchive as exc:
+            self.log.warning("%s; keeping the home at %s instead", exc, entry.home)
+            return False
+        except Exception:
+            self.log.exception(
+                "archiving the home of %r failed; it stays at %s", entry.key, entry.home
+            )
+            return False
+        return True
+
+    def _rescue_auth(self, home: Path, account: str) -> None:
+        assert self.accounts is not None
+        auth = home / "auth.json"
+        if auth.is_symlink() or not auth.exists():
+            return
+        # Codex replaced the link with a file: it may hold the only live
+        # refresh token of the account.
+        try:
+            self.accounts.adopt_auth(account, auth)
+        except (AuthError, ConfigError, OSError) as exc:
+            self.log.warning("could not take back the auth.json in %s: %s", home, exc)
+
+    async def shutdown(self, key: str) -> None:
+        """Stop ``key``'s server (SIGTERM to its group, grace, SIGKILL), archive its home.
+
+        Safe on a missing key. A spawn in flight is let finish first. A
+        concurrent :meth:`ensure` waits until the archive is written, then
+        spawns fresh.
+        """
+        while True:
+            entry = self._entries.get(key)
+            if entry is None:
+                return
+            if entry.state is EntryState.STARTING:
+                assert entry.spawn_task is not None
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(entry.spawn_task)
+                continue
+            self._begin_stop(entry, "shutdown")
+            assert entry.stop_task is not None
+            await asyncio.shield(entry.stop_task)
+            return
+
+    async def shutdown_if_idle(self, key: str, idle_after: float) -> bool:
+        """Shut ``key`` down only if it is still running and idle; True if it was."""
+        entry = self._entries.get(key)
+        if entry is None or entry.state is not EntryState.RUNNING:
+            return False
+        if entry.last_active >= self.clock.monotonic() - idle_after:
+            return False
+        self._begin_stop(entry, f"idle for more than {idle_after:g}s")
+        assert entry.stop_task is not None
+        await asyncio.shield(entry.stop_task)
+        return True
+
+    async def shutdown_all(self) -> None:
+        """Shut down every server the pool has now, ``shutdown_parallelism`` at a time.
+
+        Servers spawned while it runs are not included (:meth:`aclose`, which
+        refuses new spawns first, leaves none).
+        """
+        gate = asyncio.Semaphore(self.config.shutdown_parallelism)
+
+        async def one(key: str) -> None:
+            async with gate:
+                try:
+                    await self.shutdown(key)
+                except Exception:
+                    self.log.exception("shutting down %r failed", key)
+
+        await asyncio.gather(*(one(key) for key in list(self._entries)))
+
+    # -- rotation -------------------------------------------------------------------------------
+
+    async def rotate(
+        self,
+        key: str,
+        *,
+        exhausted: bool = False,
+        reason: str = "rotate",
+        from_account: str | None = None,
+    ) -> AppServerHandle:
+        """Move ``key`` to another account: stop, archive, respawn on the successor.
+
+        Threads of the key live in its home, so they resume on the new server
+        (``thread/resume``). With ``exhausted`` (a turn failed with
+        ``usageLimitExceeded``) the old account is first cooled down until its
+        window resets. ``from_account`` names the account the caller saw
+        failing (default: the key's account when called); if the key has
+        moved off it meanwhile (another rotation), the current handle is
+        returned and nothing else changes. The successor is chosen before
+        anything is stopped: if it would be the same account (nothing better
+        can run), the running handle is returned unchanged; if no account can
+        run at all, :class:`~codex_supervisor.errors.QuotaUnavailable` is
+        raised and the old server keeps running. A key shut down meanwhile
+        raises :class:`~codex_supervisor.errors.ConfigError` and is not
+        respawned.
+        """
+        return await self._rotate(
+            key, exhausted=exhausted, reason=reason, from_account=from_account, idle_since=None
+        )
+
+    async def _settled(self, key: str) -> _Entry:
+        """``key``'s running entry, after any spawn or stop in flight; ConfigError if none."""
+        while True:
+            entry = self._entries.get(key)
+            if entry is None:
+                raise ConfigError(f"no app-server for {key!r} to rotate")
+            task: asyncio.Task[Any] | None = entry.spawn_task
+            if entry.state is EntryState.STOPPING:
+                task = entry.stop_task
+            elif entry.state is EntryState.RUNNING:
+                return entry
+            assert task is not None
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+
+    async def _rotate(
+        self,
+        key: str,
+        *,
+        exhausted: bool,
+        reason: str,
+        from_account: str | None,
+        idle_since: float | None,
+    ) -> AppServerHandle:
+        if self.accounts is None:
+            raise ConfigError("rotate needs an account pool")
+        called_on = self._entries.get(key)
+        old = from_account if from_account is not None else getattr(called_on, "account", None)
+        cooled = False
+        while True:
+            entry = await self._settled(key)
+            assert entry.handle is not None
+            if old is None:
+                old = entry.account
+            if old is None:  # a pool entry without an account cannot move
+                return entry.handle
+            if exhausted and not cooled:
+                await self._cool_down(old, reason)
+                cooled = True
+                continue  # the key may have changed while cooling down
+            if entry.account != old:
+                return entry.handle  # already moved off that account
+            successor = await self._choose(old)
+            if self._entries.get(key) is not entry or entry.state is not EntryState.RUNNING:
+                continue  # stopped, crashed or replaced while choosing: look again
+            if idle_since is not None and entry.last_active != idle_since:
+                return entry.handle  # activity resumed: not idle any more
+            if successor == old and entry.handle.is_alive():
+                self.log.info("%r stays on %s: no other account can take it (%s)", key, old, reason)
+                return entry.handle
+            # Checked and stopped in one step: nothing can slip in between.
+            self._begin_stop(entry, reason)
+            break
+        assert entry.stop_task is not None
+        await asyncio.shield(entry.stop_task)
+        self._avoid[key] = old
+        handle = await self.ensure(key, entry.build)
+        self.log.info("rotated %r from %s to %s (%s)", key, old, handle.account, reason)
+        return handle
+
+    async def _cool_down(self, account: str, reason: str) -> None:
+        assert self.accounts is not None
+        await self._probe(account)
+        last = next((a.last_snapshot for a in self.accounts.accounts() if a.name == account), None)
+        snapshot = self._snapshot(account, last)
+        kind, until = self.policy.cooldown_for(snapshot, self.clock.now())
+        self.accounts.set_cooldown(
+            account, window=kind or WindowKind.OTHER, blocked_until=until, reason=reason
+        )
+
+    async def rebalance(
+        self, activity_probe: Callable[[str], bool | Awaitable[bool]] | None = None
+    ) -> list[str]:
+        """Rotate keys whose account the policy says to leave, if idle; returns them.
+
+        For each running key, asks the rotation policy about its account (with
+        fresh quota where stale); on rotate-now or rotate-at-boundary, and
+        when ``activity_probe`` does not report a turn in flight, rotates it.
+        """
+        if self.accounts is None:
+            return []
+        rotated: list[str] = []
+        candidates: list[Candidate] | None = None
+        for entry in list(self._entries.values()):
+            if entry.state is not EntryState.RUNNING or entry.account is None:
+                continue
+            if candidates is None:  # read once, and again after each rotation
+                candidates = await self._candidates()
+            current = next((c for c in candidates if c.name == entry.account), None)
+            if current is None:
+                continue
+            others = [c for c in candidates if c.name != entry.account]
+            decision = self.policy.decide(current, others, self.clock.now())
+            if not isinstance(decision, (RotateNow, RotateAtBoundary)):
+                continue
+            seen = entry.last_active
+            if await _is_active(activity_probe, entry.key, self.log):
+                continue
+            if self._entries.get(entry.key) is not entry or entry.state is not EntryState.RUNNING:
+                continue
+            handle = await self._rotate(
+                entry.key,
+                exhausted=isinstance(decision, RotateNow),
+                reason=f"policy: {decision.reason}",
+                from_account=entry.account,
+                idle_since=seen,
+            )
+            if handle is not entry.handle:
+                rotated.append(entry.key)
+                candidates = None
+        return rotated
+
+
+async def _is_active(
+    probe: Callable[[str], bool | Awaitable[bool]] | None, key: str, logger: logging.Logger
+) -> bool:
+    if probe is None:
+        return False
+    try:
+        answer = probe(key)
+        return bool(await answer if inspect.isawaitable(answer) else answer)
+    except Exception:
+        # An unanswerable probe must not lose someone's turn.
+        logger.exception("activity probe failed for %r; treating it as active", key)
+        return True
+
+
+@final
+class IdleReaper:
+    """Shuts down entries of a pool idle for longer than ``idle_after`` seconds.
+
+    ``activity_probe(key)`` (sync or async) is asked before reaping: a broker
+    with a turn in flight answers True, and the entry is kept and touched. A
+    probe that raises counts as active. Run :meth:`run` as a task (cancel it
+    to stop) or call :meth:`sweep` yourself.
+    """
+
+    def __init__(
+        self,
+        pool: AppServerPool,
+        interval: float,
+        idle_after: float,
+        activity_probe: Callable[[str], bool | Awaitable[bool]] | None = None,
+    ) -> None:
+        if not interval > 0 or not idle_after >= 0:
+            raise ConfigError("interval must be positive and idle_after >= 0")
+        self.pool = pool
+        self.interval = interval
+        self.idle_after = idle_after
+        self.activity_probe = activity_probe
+
+    async def sweep(self) -> list[str]:
+        """One pass: reap every idle entry the probe does not vouch for; returns them."""
+        reaped: list[str] = []
+        gate = asyncio.Semaphore(self.pool.config.shutdown_parallelism)
+
+        async def one(key: str) -> None:
+            if await _is_active(self.activity_probe, key, self.pool.log):
+                self.pool.touch(key)
+                return
+            async with gate:
+                if await self.pool.shutdown_if_idle(key, self.idle_after):
+                    reaped.append(key)
+
+        keys = self.pool.idle_keys(self.idle_after)
+        outcomes = await asyncio.gather(*(one(key) for key in keys), return_exceptions=True)
+        for key, outcome in zip(keys, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self.pool.log.error("reaping %r failed: %s", key, outcome)
+        return reaped
+
+    async def run(self) -> None:
+        """Sweep every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                reaped = await self.sweep()
+            except Exception:
+                self.pool.log.exception("idle sweep failed")
+                continue
+            if reaped:
+                self.pool.log.info("reaped idle app-servers: %s", ", ".join(reaped))
+
+
+# -- the default launcher -----------------------------------------------------------------------
+
+
+async def launch_app_server(request: LaunchRequest) -> Launched:
+    """Start ``codex app-server --listen ws://127.0.0.1:0`` and wait until it is ready.
+
+    The child leads its own process group; its port is read from its stderr
+    ("listening on: ws://127.0.0.1:PORT"), then ``GET /readyz`` is polled
+    until it answers 200. Everything must happen within
+    ``request.ready_timeout``; otherwise the group is killed and
+    :class:`SpawnError` raised with the exit code and stderr tail.
+    """
+    child = await launch(
+        request.argv,
+        env=request.env,
+        cwd=request.cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        process_group=True,
+    )
+    starting = _Starting(request, child)
+    try:
+        return await starting.wait_ready()
+    except BaseException:
+        await starting.kill()
+        raise
+
+
+def relocate_threads(home: Path, logger: logging.Logger = log) -> int:
+    """Point the thread index of a restored home at the rollouts in ``home``.
+
+    Codex keeps an index of threads (``state_<n>.sqlite``, table ``threads``)
+    with each rollout's absolute path, and ``thread/resume`` trusts it: after
+    a restore into a new folder every path names the old, deleted home and
+    resume fails with "no rollout found". Rows whose rollout now lies in
+    ``home`` (same ``sessions/…`` or ``archived_sessions/…`` tail) get that
+    path; nothing else is touched. A database this cannot read or update is
+    left as it is (logged); Codex then reports the thread missing rather
+    than reading a wrong file. Returns the rows updated.
+    """
+    updated = 0
+    for database in sorted(home.glob("state_*.sqlite")):
+        try:
+            with contextlib.closing(sqlite3.connect(database, timeout=5.0)) as db, db:
+                rows = db.execute("SELECT id, rollout_path FROM threads").fetchall()
+                for thread_id, path in rows:
+                    found = _ROLLOUT_TAIL.search(path) if isinstance(path, str) else None
+                    if found is None:
+                        continue
+                    moved = home / found.group(1)
+                    if str(moved) == path or not moved.is_file():
+                        continue
+                    db.execute(
+                        "UPDATE threads SET rollout_path = ? WHERE id = ?", (str(moved), thread_id)
+                    )
+                    updated += 1
+        except sqlite3.Error as exc:
+            logger.warning("could not relocate the thread index %s: %s", database, exc)
+    if updated:
+        logger.debug("relocated %d thread(s) into %s", updated, home)
+    return updated
+
+
+class _Starting:
+    """One app-server between launch and readiness."""
+
+    def __init__(self, request: LaunchRequest, child: Child) -> None:
+        self.request = request
+        self.child = child
+        self.tail: deque[bytes] = deque()
+        self.size = 0
+        self.drain: asyncio.Task[None] | None = None
+        self.deadline = asyncio.get_running_loop().time() + request.ready_timeout
+
+    def tail_text(self) -> str:
+        return b"".join(self.tail).decode("utf-8", "replace")[-_STDERR_TAIL:]
+
+    def keep(self, line: bytes) -> None:
+        self.tail.append(line)
+        self.size += len(line)
+        while self.size > _STDERR_TAIL and len(self.tail) > 1:
+            self.size -= len(self.tail.popleft())
+
+    async def kill(self) -> None:
+        if self.child.running:
+            await self.child.stop(
+                StopPolicy(interrupt_grace=0.0, terminate_grace=0.0), first_signal=signal.SIGKILL
+            )
+        if self.drain is not None:
+            self.drain.cancel()
+            await asyncio.gather(self.drain, return_exceptions=True)
+
+    async def failed(self, message: str) -> SpawnError:
+        await self.kill()
+        return SpawnError(self.request.key, message, self.child.returncode, self.tail_text())
+
+    async def read_port(self) -> str:
+        stderr = self.child.stderr
+        assert stderr is not None
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                while line := await stderr.readline():
+                    self.keep(line)
+                    found = _LISTENING.search(line)
+                    if found:
+                        return found.group(1).decode()
+                await self.child.wait()
+        except TimeoutError:
+            pass
+        else:
+            raise await self.failed("exited before it announced its port")
+        raise await self.failed(f"did not announce its port within {self.request.ready_timeout:g}s")
+
+    async def drain_rest(self) -> None:
+        stderr = self.child.stderr
+        assert stderr is not None
+        while line := await stderr.readline():
+            self.keep(line)
+
+    async def poll_ready(self, http: httpx.AsyncClient, http_url: str) -> None:
+        loop = asyncio.get_running_loop()
+        while self.child.running:
+            left = self.deadline - loop.time()
+            if left <= 0:
+                raise await self.failed(f"was not ready within {self.request.ready_timeout:g}s")
+            with contextlib.suppress(httpx.HTTPError):
+                response = await http.get(f"{http_url}/readyz", timeout=min(left, 2.0))
+                if response.status_code == 200:
+                    return
+            await asyncio.sleep(min(self.request.ready_interval, left))
+        raise await self.failed("exited before it was ready")
+
+    async def wait_ready(self) -> Launched:
+        ws_url = await self.read_port()
+        self.drain = asyncio.create_task(
+            self.drain_rest(), name=f"app-server-pool:stderr:{self.child.pid}"
+        )
+        http_url = "http://" + ws_url.removeprefix("ws://")
+        async with httpx.AsyncClient(trust_env=False) as http:
+            await self.poll_ready(http, http_url)
+        return Launched(
+            process=self.child,
+            ws_url=ws_url,
+            http_url=http_url,
+            stderr_tail=self.tail_text,
+            background=(self.drain,),
+        )

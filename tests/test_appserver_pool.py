@@ -1,0 +1,882 @@
+"""AppServerPool bookkeeping with a fake launcher: single flight, stopping state, tokens, reaper.
+
+The real app-server runs in tests/e2e/test_appserver_pool_real.py; here the
+launcher is a fake whose processes are asyncio futures, so races can be driven
+step by step and counted exactly. Homes and archives are real folders and
+tar.gz files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import time
+import tomllib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codex_supervisor import errors
+from codex_supervisor.accounts import AccountPool
+from codex_supervisor.appserver.homestore import LocalDirHomeStore
+from codex_supervisor.appserver.pool import (
+    AppServerPool,
+    EntryState,
+    IdleReaper,
+    Launched,
+    LaunchRequest,
+    PoolConfig,
+    SpawnConfig,
+    SpawnContext,
+)
+from codex_supervisor.testing import FakeAppServerLauncher, FakeCodexBackend
+
+pytestmark = pytest.mark.anyio
+
+
+FakeLauncher = FakeAppServerLauncher
+
+
+class FakeClock:
+    """Real time plus an offset that tests move forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.offset)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+def plain_build(context: SpawnContext) -> SpawnConfig:
+    return SpawnConfig(config={"model": "m", "marker": {"key": context.key}})
+
+
+@pytest.fixture
+def launcher() -> FakeLauncher:
+    return FakeLauncher()
+
+
+@pytest.fixture
+def pool_root(tmp_path: Path) -> Path:
+    return tmp_path / "pool"
+
+
+def make_pool(root: Path, launcher: FakeLauncher, **kwargs: Any) -> AppServerPool:
+    config = PoolConfig(root=root, codex="codex", **kwargs.pop("config", {}))
+    return AppServerPool(config, launcher=launcher, environ={"PATH": "/usr/bin"}, **kwargs)
+
+
+async def test_fifty_concurrent_ensures_share_one_spawn(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    """50 ensures of one cold key → one launch, one handle, every caller gets it."""
+    launcher.delay = 0.05
+    async with make_pool(pool_root, launcher) as pool:
+        handles = await asyncio.gather(*(pool.ensure("ws-1", plain_build) for _ in range(50)))
+        assert len(launcher.requests) == 1
+        assert len({id(h) for h in handles}) == 1
+        assert handles[0].is_alive()
+        assert pool.state("ws-1") is EntryState.RUNNING
+        again = await pool.ensure("ws-1", plain_build)
+        assert again is handles[0]
+        assert len(launcher.requests) == 1
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_spawn(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    launcher.gate = asyncio.Event()
+    async with make_pool(pool_root, launcher) as pool:
+        first = asyncio.create_task(pool.ensure("k", plain_build))
+        second = asyncio.create_task(pool.ensure("k", plain_build))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        launcher.gate.set()
+        handle = await second
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert handle.is_alive()
+        assert len(launcher.requests) == 1
+
+
+async def test_a_failed_spawn_reaches_every_waiter_and_leaves_nothing(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    launcher.fail = errors.SpawnError("k", "boom", 1, "tail")
+    launcher.delay = 0.02
+    async with make_pool(pool_root, launcher) as pool:
+        results = await asyncio.gather(
+            *(pool.ensure("k", plain_build) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, errors.SpawnError) for r in results)
+        assert len(launcher.requests) == 1
+        assert pool.state("k") is None
+        assert list((pool_root / "homes").iterdir()) == []
+        launcher.fail = None
+        handle = await pool.ensure("k", plain_build)
+        assert handle.is_alive()
+        assert len(launcher.requests) == 2
+
+
+async def test_each_spawn_gets_its_own_home_with_the_config_written(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    async with make_pool(pool_root, launcher) as pool:
+        first = await pool.ensure("k", plain_build)
+        config = tomllib.loads((first.home / "config.toml").read_text())
+        assert config == {"model": "m", "marker": {"key": "k"}}
+        assert first.home.parent == pool_root / "homes"
+        assert first.home.stat().st_mode & 0o777 == 0o700
+        await pool.shutdown("k")
+        assert not first.home.exists()
+        second = await pool.ensure("k", plain_build)
+        assert second.home != first.home
+        assert second.generation > first.generation
+
+
+async def test_crashed_child_is_evicted_archived_and_respawned_with_its_files(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    """A dead process is evicted (archived first); the next ensure restores its files."""
+    async with make_pool(pool_root, launcher) as pool:
+        handle = await pool.ensure("k", plain_build)
+        (handle.home / "sessions").mkdir()
+        (handle.home / "sessions" / "marker.jsonl").write_text("kept\n")
+        launcher.processes[0].crash(-9)
+        assert not handle.is_alive()
+        assert await handle.done() == -9
+        fresh = await pool.ensure("k", plain_build)
+        assert fresh is not handle
+        assert (fresh.home / "sessions" / "marker.jsonl").read_text() == "kept\n"
+        assert not handle.home.exists()
+        assert await pool.store.version("k") == 1
+
+
+async def test_ensure_racing_shutdown_never_shares_a_home_or_regresses_an_archive(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    """Randomised ensure/shutdown storms on one key: homes unique, archive versions rise."""
+    rng = random.Random(7)
+    launcher.delay = 0.002
+    async with make_pool(pool_root, launcher) as pool:
+        versions: list[int] = []
+
+        async def ensure_and_write() -> None:
+            handle = await pool.ensure("k", plain_build)
+            marker = handle.home / "generation"
+            if handle.is_alive() and handle.home.exists():
+                marker.write_text(str(handle.generation))
+
+        async def stop() -> None:
+            await asyncio.sleep(rng.random() * 0.01)
+            await pool.shutdown("k")
+            version = await pool.store.version("k")
+            if version is not None:
+                versions.append(version)
+
+        for _ in range(15):
+            jobs: list[Awaitable[None]] = [
+                ensure_and_write() if rng.random() < 0.6 else stop() for _ in range(8)
+            ]
+            await asyncio.gather(*jobs)
+        await pool.shutdown("k")
+        final = await pool.store.version("k")
+    assert not launcher.shared_home
+    homes = [r.home for r in launcher.requests]
+    assert len(set(homes)) == len(homes)
+    assert versions == sorted(versions)
+    # Every spawn archived exactly once, each one version above the last.
+    assert final == len(launcher.requests)
+
+
+async def test_ensure_during_stopping_waits_for_the_archive(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    store = SlowStore(pool_root / "archives")
+    async with make_pool(pool_root, launcher, config={"store": store}) as pool:
+        first = await pool.ensure("k", plain_build)
+        (first.home / "note").write_text("one")
+        stopping = asyncio.create_task(pool.shutdown("k"))
+        await asyncio.sleep(0.005)
+        assert pool.state("k") is EntryState.STOPPING
+        second = await pool.ensure("k", plain_build)
+        # The respawn saw the archive the stop wrote, so it happened after it.
+        assert store.events == ["get", "put-start", "put-end", "get"]
+        assert (second.home / "note").read_text() == "one"
+        await stopping
+
+
+async def test_crash_eviction_archives_before_any_respawn_restores(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    """An ensure right after a crash waits for the dead home's archive, then restores it."""
+    store = SlowStore(pool_root / "archives")
+    async with make_pool(pool_root, launcher, config={"store": store}) as pool:
+        first = await pool.ensure("k", plain_build)
+        (first.home / "last-words").write_text("archived")
+        launcher.processes[0].crash(-9)
+        second, third = await asyncio.gather(
+            pool.ensure("k", plain_build), pool.ensure("k", plain_build)
+        )
+        assert second is third
+        assert store.events == ["get", "put-start", "put-end", "get"]
+        assert (second.home / "last-words").read_text() == "archived"
+        assert len(launcher.requests) == 2
+
+
+async def test_a_failing_stop_is_logged_and_the_next_ensure_spawns_afresh(
+    pool_root: Path, launcher: FakeLauncher, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with make_pool(pool_root, launcher) as pool:
+        first = await pool.ensure("k", plain_build)
+        process = launcher.processes[0]
+
+        async def broken_stop(*_: object, **__: object) -> int:
+            raise errors.ProcessError("cannot signal")
+
+        process.stop = broken_stop  # type: ignore[method-assign]
+        with pytest.raises(errors.ProcessError):
+            await pool.shutdown("k")
+        assert "stopping the app-server for 'k' failed" in caplog.text
+        assert pool.state("k") is None
+        process.crash(-15)
+        second = await pool.ensure("k", plain_build)
+        assert second is not first
+
+
+class SlowStore(LocalDirHomeStore):
+    """A local store whose puts take a while, recording the order of operations."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.events: list[str] = []
+
+    async def put(self, key: str, source: Path, *, version: int) -> None:
+        self.events.append("put-start")
+        await asyncio.sleep(0.05)
+        await super().put(key, source, version=version)
+        self.events.append("put-end")
+
+    async def get(self, key: str, dest: Path) -> int:
+        self.events.append("get")
+        return await super().get(key, dest)
+
+
+async def test_tokens_are_per_spawn_looked_up_in_constant_time_and_revoked(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    seen: dict[str, str] = {}
+
+    def build(context: SpawnContext) -> SpawnConfig:
+        seen[context.key] = context.loopback_token
+        assert pool.lookup_key_for_token(context.loopback_token) == context.key
+        return SpawnConfig()
+
+    async with make_pool(pool_root, launcher) as pool:
+        await pool.ensure("a", build)
+        await pool.ensure("b", build)
+        assert len(seen["a"]) == 64
+        assert int(seen["a"], 16) >= 0
+        assert seen["a"] != seen["b"]
+        assert pool.lookup_key_for_token(seen["a"]) == "a"
+        assert pool.lookup_key_for_token(seen["b"]) == "b"
+        assert pool.lookup_key_for_token("") is None
+        assert pool.lookup_key_for_token("0" * 64) is None
+        assert pool.lookup_key_for_token(seen["a"][:-1]) is None
+        assert pool.lookup_key_for_token("é" * 10) is None
+        [first, _] = launcher.requests
+        assert first.env["CODEX_LOOPBACK_TOKEN"] == seen["a"]
+        assert all(seen["a"] not in arg for arg in first.argv)
+        await pool.shutdown("a")
+        assert pool.lookup_key_for_token(seen["a"]) is None
+        await pool.ensure("a", build)
+        assert pool.lookup_key_for_token(seen["a"]) == "a"  # the new spawn's token
+
+
+async def test_token_is_revoked_as_soon_as_the_entry_stops(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    tokens: list[str] = []
+
+    def build(context: SpawnContext) -> SpawnConfig:
+        tokens.append(context.loopback_token)
+        return SpawnConfig()
+
+    store = SlowStore(pool_root / "archives")
+    async with make_pool(pool_root, launcher, config={"store": store}) as pool:
+        await pool.ensure("k", build)
+        stopping = asyncio.create_task(pool.shutdown("k"))
+        await asyncio.sleep(0)
+        assert pool.state("k") is EntryState.STOPPING
+        assert pool.lookup_key_for_token(tokens[0]) is None
+        await stopping
+
+
+async def test_environment_is_the_pools_plus_the_builders(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    def build(_: SpawnContext) -> SpawnConfig:
+        return SpawnConfig(env={"WORKSPACE_KEY": "w"}, args=("--disable", "apps"))
+
+    config = {"extra_env": {"GATEWAY": "g"}, "codex": "/opt/codex"}
+    environ = {"PATH": "/bin", "CODEX_SUPERVISOR_HOME": "/secret", "CODEX_HOME": "/base"}
+    pool = AppServerPool(PoolConfig(root=pool_root, **config), launcher=launcher, environ=environ)
+    async with pool:
+        handle = await pool.ensure("k", build)
+        [request] = launcher.requests
+        assert request.env["CODEX_HOME"] == str(handle.home)
+        assert request.env["GATEWAY"] == "g"
+        assert request.env["WORKSPACE_KEY"] == "w"
+        assert "CODEX_SUPERVISOR_HOME" not in request.env
+        assert request.argv[:4] == ("/opt/codex", "app-server", "--listen", "ws://127.0.0.1:0")
+        assert request.argv[-2:] == ("--disable", "apps")
+        assert request.cwd == handle.home
+
+
+@pytest.mark.parametrize(
+    ("build", "error"),
+    [
+        (lambda _: {"not": "a SpawnConfig"}, errors.ConfigError),
+        (lambda _: SpawnConfig(env={"CODEX_HOME": "/x"}), errors.ConfigError),
+        (lambda _: SpawnConfig(env={"CODEX_LOOPBACK_TOKEN": "x"}), errors.ConfigError),
+        (lambda _: SpawnConfig(config="not = [toml"), errors.ConfigError),
+        (lambda _: SpawnConfig(config={"x": object()}), errors.ConfigError),
+    ],
+)
+async def test_bad_builder_output_is_a_clear_error_and_leaves_nothing(
+    pool_root: Path, launcher: FakeLauncher, build: Callable[[SpawnContext], Any], error: type
+) -> None:
+    async with make_pool(pool_root, launcher) as pool:
+        with pytest.raises(error):
+            await pool.ensure("k", build)
+        assert pool.state("k") is None
+        assert launcher.requests == []
+        assert list((pool_root / "homes").iterdir()) == []
+
+
+async def test_async_builder_and_restored_config_kept_when_builder_gives_none(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    async def first(_: SpawnContext) -> SpawnConfig:
+        await asyncio.sleep(0)
+        return SpawnConfig(config='model = "restored"\n')
+
+    async with make_pool(pool_root, launcher) as pool:
+        handle = await pool.ensure("k", first)
+        await pool.shutdown("k")
+        handle = await pool.ensure("k", lambda _: SpawnConfig())
+        assert tomllib.loads((handle.home / "config.toml").read_text()) == {"model": "restored"}
+
+
+async def test_pool_config_refuses_extra_env_that_would_override_the_pool() -> None:
+    with pytest.raises(errors.ConfigError):
+        AppServerPool(PoolConfig(root="/tmp/x", extra_env={"CODEX_HOME": "/y"}))
+    with pytest.raises(errors.ConfigError):
+        PoolConfig(root="/tmp/x", ready_timeout=0)
+
+
+async def test_closed_pool_refuses_new_spawns(pool_root: Path, launcher: FakeLauncher) -> None:
+    pool = make_pool(pool_root, launcher)
+    await pool.ensure("k", plain_build)
+    await pool.aclose()
+    assert pool.keys() == []
+    assert launcher.processes[0].signals == [signal.SIGTERM]
+    with pytest.raises(errors.SpawnError, match="closed"):
+        await pool.ensure("k", plain_build)
+
+
+async def test_shutdown_all_is_bounded_in_parallel(pool_root: Path, launcher: FakeLauncher) -> None:
+    running = 0
+    peak = 0
+
+    class CountingStore(LocalDirHomeStore):
+        async def put(self, key: str, source: Path, *, version: int) -> None:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.01)
+            running -= 1
+            await super().put(key, source, version=version)
+
+    config = {"store": CountingStore(pool_root / "a"), "shutdown_parallelism": 3}
+    pool = make_pool(pool_root, launcher, config=config)
+    await asyncio.gather(*(pool.ensure(f"k{i}", plain_build) for i in range(12)))
+    await pool.shutdown_all()
+    assert pool.keys() == []
+    assert peak == 3
+    assert all(p.returncode is not None for p in launcher.processes)
+
+
+async def test_shutdown_of_a_missing_key_is_a_no_op(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    async with make_pool(pool_root, launcher) as pool:
+        await pool.shutdown("nothing")
+        assert launcher.requests == []
+
+
+async def test_shutdown_waits_for_a_spawn_in_flight(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    launcher.delay = 0.03
+    async with make_pool(pool_root, launcher) as pool:
+        ensuring = asyncio.create_task(pool.ensure("k", plain_build))
+        await asyncio.sleep(0.005)
+        await pool.shutdown("k")
+        handle = await ensuring
+        assert not handle.is_alive()
+        assert pool.state("k") is None
+
+
+async def test_archive_failure_keeps_the_home(pool_root: Path, launcher: FakeLauncher) -> None:
+    class BrokenStore(LocalDirHomeStore):
+        async def put(self, key: str, source: Path, *, version: int) -> None:
+            raise errors.HomeStoreError("disk full")
+
+    async with make_pool(
+        pool_root, launcher, config={"store": BrokenStore(pool_root / "a")}
+    ) as pool:
+        handle = await pool.ensure("k", plain_build)
+        await pool.shutdown("k")
+        assert handle.home.exists(), "a home that could not be archived must not be deleted"
+
+
+async def test_an_unsafe_archive_fails_the_spawn_clearly(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    import io
+    import tarfile
+
+    store = LocalDirHomeStore(pool_root / "archives")
+    async with make_pool(pool_root, launcher, config={"store": store}) as pool:
+        await pool.ensure("k", plain_build)
+        await pool.shutdown("k")
+        [archive] = list((pool_root / "archives").rglob("*.tar.gz"))
+        with tarfile.open(archive, "w:gz") as tar:
+            info = tarfile.TarInfo("../escape")
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        with pytest.raises(errors.UnsafeArchive):
+            await pool.ensure("k", plain_build)
+        assert not (pool_root / "homes" / "escape").exists()
+        assert list((pool_root / "homes").iterdir()) == []
+
+
+# -- the idle reaper ------------------------------------------------------------------------------
+
+
+async def test_reaper_shuts_idle_entries_keeps_touched_and_probed_ones(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    clock = FakeClock()
+    active = {"probed"}
+    probe_calls: list[str] = []
+
+    async def probe(key: str) -> bool:
+        probe_calls.append(key)
+        return key in active
+
+    async with make_pool(pool_root, launcher, clock=clock) as pool:
+        for key in ("idle", "touched", "probed"):
+            await pool.ensure(key, plain_build)
+        clock.advance(50)
+        pool.touch("touched")
+        clock.advance(20)
+        reaper = IdleReaper(pool, interval=1, idle_after=60, activity_probe=probe)
+        assert sorted(await reaper.sweep()) == ["idle"]
+        assert sorted(probe_calls) == ["idle", "probed"]
+        assert pool.state("idle") is None
+        assert pool.state("touched") is EntryState.RUNNING
+        assert pool.state("probed") is EntryState.RUNNING
+        # The probe's "active" counted as activity: not idle again until 60 s later.
+        clock.advance(45)
+        assert await reaper.sweep() == ["touched"]
+        active.clear()
+        clock.advance(30)
+        assert await reaper.sweep() == ["probed"]
+
+
+async def test_reaper_keeps_an_entry_whose_probe_fails(
+    pool_root: Path, launcher: FakeLauncher, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+
+    def probe(key: str) -> bool:
+        raise RuntimeError(f"broker for {key} unreachable")
+
+    async with make_pool(pool_root, launcher, clock=clock) as pool:
+        await pool.ensure("k", plain_build)
+        clock.advance(100)
+        assert await IdleReaper(pool, 1, 60, probe).sweep() == []
+        assert pool.state("k") is EntryState.RUNNING
+        assert "treating it as active" in caplog.text
+
+
+async def test_reaper_run_loop_reaps_and_stops_on_cancel(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    async with make_pool(pool_root, launcher) as pool:
+        await pool.ensure("k", plain_build)
+        task = asyncio.create_task(IdleReaper(pool, interval=0.01, idle_after=0.0).run())
+        for _ in range(200):
+            if pool.state("k") is None:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pool.state("k") is None
+
+
+async def test_an_ensure_between_idle_check_and_stop_keeps_the_entry(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    clock = FakeClock()
+    async with make_pool(pool_root, launcher, clock=clock) as pool:
+        await pool.ensure("k", plain_build)
+        clock.advance(100)
+        assert pool.idle_keys(60) == ["k"]
+        await pool.ensure("k", plain_build)  # a hit counts as activity
+        assert await pool.shutdown_if_idle("k", 60) is False
+        assert pool.state("k") is EntryState.RUNNING
+
+
+# -- accounts --------------------------------------------------------------------------------------
+
+
+class Accounts:
+    def __init__(self, root: Path, backend: FakeCodexBackend) -> None:
+        self.root = root
+        self.backend = backend
+        base = root / "base"
+        backend.write_codex_home(base)
+        self.pool = AccountPool(root=root / "accounts", base_codex_home=base)
+
+    def add(self, name: str, **quota: Any) -> None:
+        self.backend.add_account(f"id-{name}", **quota)
+        src = self.backend.write_auth(self.root / f"login-{name}", f"id-{name}")
+        self.pool.import_auth(name, src)
+
+
+@pytest.fixture
+def accounts(tmp_path: Path, backend: FakeCodexBackend) -> Accounts:
+    return Accounts(tmp_path, backend)
+
+
+async def test_spawn_runs_on_the_policys_account_under_an_occupancy_lease(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts
+) -> None:
+    accounts.add("alpha", five_hour_used=80)
+    accounts.add("beta", five_hour_used=10)
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
+        handle = await pool.ensure("k", plain_build)
+        assert handle.account == "beta"
+        [occupant] = await accounts.pool.occupants("beta")
+        assert occupant.purpose == "app-server k"
+        link = handle.home / "auth.json"
+        assert link.is_symlink()
+        assert link.resolve() == (accounts.pool.account_home("beta") / "auth.json").resolve()
+        assert (handle.home / "auth.lock").is_symlink()
+        [request] = launcher.requests
+        assert "cli_resume_account_check" in request.argv
+        token = json.loads(link.read_text())["tokens"]["access_token"]
+        assert all(token not in v for v in request.env.values())
+        assert all(token not in a for a in request.argv)
+        await pool.shutdown("k")
+        assert await accounts.pool.occupants("beta") == []
+        [archive] = list((pool_root / "archives").rglob("*.tar.gz"))
+        assert token.encode() not in archive.read_bytes()
+
+
+async def test_rotate_moves_the_key_to_another_account_with_its_files(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts
+) -> None:
+    accounts.add("alpha", five_hour_used=10)
+    accounts.add("beta", five_hour_used=30)
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
+        first = await pool.ensure("k", plain_build)
+        assert first.account == "alpha"
+        (first.home / "thread.jsonl").write_text("history")
+        second = await pool.rotate("k", exhausted=True, reason="usageLimitExceeded")
+        assert second.account == "beta"
+        assert (second.home / "thread.jsonl").read_text() == "history"
+        assert not first.is_alive()
+        [alpha] = [a for a in accounts.pool.accounts() if a.name == "alpha"]
+        assert alpha.cooldowns, "an exhausted account is cooled down"
+        assert await accounts.pool.occupants("alpha") == []
+        # Nowhere better to go (alpha is cooled down): the running server stays.
+        third = await pool.rotate("k")
+        assert third is second
+        assert third.is_alive()
+
+
+async def test_rotate_with_one_account_keeps_the_server_or_fails_without_stopping_it(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts
+) -> None:
+    accounts.add("solo")
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
+        handle = await pool.ensure("k", plain_build)
+        assert await pool.rotate("k") is handle
+        with pytest.raises(errors.QuotaUnavailable):
+            await pool.rotate("k", exhausted=True)
+        assert handle.is_alive(), "no successor: the old server keeps running"
+        assert len(launcher.requests) == 1
+        with pytest.raises(errors.ConfigError):
+            await pool.rotate("missing")
+
+
+async def test_rebalance_rotates_an_idle_key_under_pressure_but_not_a_busy_one(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts
+) -> None:
+    accounts.add("alpha", five_hour_used=10)
+    accounts.add("beta", five_hour_used=20)
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
+        idle = await pool.ensure("idle", plain_build)
+        busy = await pool.ensure("busy", plain_build)
+        assert idle.account == busy.account == "alpha"
+        accounts.backend.set_quota("id-alpha", five_hour=97)
+        assert pool.quota is not None
+        await pool.quota.get("alpha", max_age=0)
+        rotated = await pool.rebalance(lambda key: key == "busy")
+        assert rotated == ["idle"]
+        idle_handle = pool.handle("idle")
+        busy_handle = pool.handle("busy")
+        assert idle_handle is not None
+        assert idle_handle.account == "beta"
+        assert busy_handle is busy
+
+
+async def test_a_spawn_with_every_account_blocked_fails_with_quota_unavailable(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts
+) -> None:
+    accounts.add("alpha", five_hour_used=100)
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
+        with pytest.raises(errors.QuotaUnavailable):
+            await pool.ensure("k", plain_build)
+        assert launcher.requests == []
+        assert await accounts.pool.occupants("alpha") == []
+
+
+@pytest.mark.parametrize(("refreshed", "taken"), [("2099-01-01", True), ("2001-01-01", False)])
+async def test_an_auth_json_codex_wrote_as_a_file_is_taken_back_only_if_newer(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts, refreshed: str, taken: bool
+) -> None:
+    """A link Codex replaced by a file: a newer login comes back, an older never overwrites."""
+    accounts.add("alpha")
+    auth_path = accounts.pool.account_home("alpha") / "auth.json"
+    before = auth_path.read_bytes()
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
+        handle = await pool.ensure("k", plain_build)
+        link = handle.home / "auth.json"
+        data = json.loads(link.read_text())
+        data["last_refresh"] = f"{refreshed}T00:00:00Z"
+        data["tokens"]["refresh_token"] = "rt-written-by-codex"
+        link.unlink()
+        link.write_text(json.dumps(data))
+        link.chmod(0o600)
+        await pool.shutdown("k")
+    after = json.loads(auth_path.read_text())["tokens"]["refresh_token"]
+    if taken:
+        assert after == "rt-written-by-codex"
+    else:
+        assert auth_path.read_bytes() == before
+
+
+# -- relocating the thread index ---------------------------------------------------------------
+
+
+def _thread_index(home: Path, rows: list[tuple[str, str]]) -> Path:
+    import sqlite3
+
+    database = home / "state_5.sqlite"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE threads (id TEXT PRIMARY KEY, rollout_path TEXT NOT NULL)")
+        db.executemany("INSERT INTO threads VALUES (?, ?)", rows)
+    return database
+
+
+def _paths(database: Path) -> dict[str, str]:
+    import sqlite3
+
+    with sqlite3.connect(database) as db:
+        return dict(db.execute("SELECT id, rollout_path FROM threads"))
+
+
+def test_relocate_threads_points_moved_rollouts_at_the_new_home(tmp_path: Path) -> None:
+    from codex_supervisor.appserver.pool import relocate_threads
+
+    home = tmp_path / "new-home"
+    day = home / "sessions" / "2026" / "11" / "22"
+    day.mkdir(parents=True)
+    (day / "rollout-2026-11-22T01-02-03-t1.jsonl").write_text("{}\n")
+    (home / "archived_sessions").mkdir()
+    (home / "archived_sessions" / "rollout-2026-11-20T01-02-03-t3.jsonl").write_text("{}\n")
+    old = "/old/home"
+    database = _thread_index(
+        home,
+        [
+            ("t1", f"{old}/sessions/2026/11/22/rollout-2026-11-22T01-02-03-t1.jsonl"),
+            ("t2", f"{old}/sessions/2026/11/22/rollout-2026-11-22T09-09-09-t2.jsonl"),
+            ("t3", f"{old}/archived_sessions/rollout-2026-11-20T01-02-03-t3.jsonl"),
+            ("t4", "/somewhere/else/notes.txt"),
+        ],
+    )
+    assert relocate_threads(home) == 2
+    paths = _paths(database)
+    assert paths["t1"] == str(day / "rollout-2026-11-22T01-02-03-t1.jsonl")
+    assert paths["t2"].startswith(old), "a rollout that is not in the new home stays as it was"
+    assert paths["t3"] == str(home / "archived_sessions" / "rollout-2026-11-20T01-02-03-t3.jsonl")
+    assert paths["t4"] == "/somewhere/else/notes.txt"
+    assert relocate_threads(home) == 0  # idempotent
+
+
+def test_relocate_threads_leaves_an_unreadable_index_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from codex_supervisor.appserver.pool import relocate_threads
+
+    (tmp_path / "state_5.sqlite").write_bytes(b"not a database at all" * 100)
+    assert relocate_threads(tmp_path) == 0
+    assert "could not relocate" in caplog.text
+    assert relocate_threads(tmp_path / "missing") == 0
+
+
+# -- races found in review ----------------------------------------------------------------------
+
+
+def _hold_choose(pool: AppServerPool, during: Callable[[], Awaitable[None]]) -> None:
+    """Make rotate's successor lookup (quota I/O in real life) run ``during`` first."""
+    original = pool._choose
+
+    async def choose(avoid: str | None) -> str:
+        if avoid is not None:
+            await during()
+        return await original(avoid)
+
+    pool._choose = choose  # type: ignore[method-assign]
+
+
+async def test_rotate_does_not_respawn_a_key_shut_down_meanwhile(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts
+) -> None:
+    accounts.add("alpha", five_hour_used=10)
+    accounts.add("beta", five_hour_used=30)
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
+        await pool.ensure("k", plain_build)
+
+        async def gateway_closes_the_workspace() -> None:
+            await pool.shutdown("k")
+
+        _hold_choose(pool, gateway_closes_the_workspace)
+        with pytest.raises(errors.ConfigError, match="no app-server"):
+            await pool.rotate("k")
+        assert pool.state("k") is None
+        assert len(launcher.requests) == 1
+
+
+async def test_two_exhausted_rotations_of_one_account_move_the_key_once(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts
+) -> None:
+    """Two turns fail on alpha at once: one move to beta; beta is never cooled down."""
+    accounts.add("alpha", five_hour_used=10)
+    accounts.add("beta", five_hour_used=30)
+    accounts.add("gamma", five_hour_used=50)
+    store = SlowStore(pool_root / "archives")
+    async with make_pool(
+        pool_root, launcher, accounts=accounts.pool, config={"store": store}
+    ) as pool:
+        first = await pool.ensure("k", plain_build)
+        assert first.account == "alpha"
+        a = asyncio.create_task(pool.rotate("k", exhausted=True, reason="turn 1"))
+        for _ in range(400):
+            if pool.state("k") is EntryState.STOPPING:
+                break
+            await asyncio.sleep(0.005)
+        b = asyncio.create_task(pool.rotate("k", exhausted=True, reason="turn 2"))
+        moved_a, moved_b = await asyncio.gather(a, b)
+        assert moved_a is moved_b
+        assert moved_a.account == "beta"
+        [beta] = [x for x in accounts.pool.accounts() if x.name == "beta"]
+        assert not beta.cooldowns
+        assert len(launcher.requests) == 2
+        # A caller that saw alpha fail after the move changes nothing either.
+        assert await pool.rotate("k", exhausted=True, from_account="alpha") is moved_a
+
+
+async def test_a_failed_spawn_keeps_a_login_codex_refreshed_meanwhile(
+    pool_root: Path, accounts: Accounts
+) -> None:
+    accounts.add("alpha")
+
+    class RefreshThenFail(FakeAppServerLauncher):
+        async def __call__(self, request: LaunchRequest) -> Launched:
+            link = request.home / "auth.json"
+            data = json.loads(link.read_text())
+            data["last_refresh"] = "2099-01-01T00:00:00Z"
+            data["tokens"]["refresh_token"] = "rt-newer"
+            link.unlink()
+            link.write_text(json.dumps(data))
+            link.chmod(0o600)
+            raise errors.SpawnError(request.key, "was not ready within 30s", -9, "")
+
+    async with make_pool(pool_root, RefreshThenFail(), accounts=accounts.pool) as pool:
+        with pytest.raises(errors.SpawnError):
+            await pool.ensure("k", plain_build)
+    auth = json.loads((accounts.pool.account_home("alpha") / "auth.json").read_text())
+    assert auth["tokens"]["refresh_token"] == "rt-newer"
+
+
+async def test_a_cancelled_aclose_leaves_no_server_running(
+    pool_root: Path, launcher: FakeLauncher
+) -> None:
+    launcher.gate = asyncio.Event()
+    pool = make_pool(pool_root, launcher)
+    ensuring = asyncio.create_task(pool.ensure("k", plain_build))
+    await asyncio.sleep(0.01)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await pool.aclose()
+    launcher.gate.set()
+    [outcome] = await asyncio.gather(ensuring, return_exceptions=True)
+    assert isinstance(outcome, errors.SpawnError)
+    assert launcher.processes
+    assert all(not p.running for p in launcher.processes)
+    assert pool.keys() == []
+
+
+async def test_rebalance_does_not_stop_a_key_that_became_active(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts
+) -> None:
+    accounts.add("alpha", five_hour_used=10)
+    accounts.add("beta", five_hour_used=20)
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
+        handle = await pool.ensure("k", plain_build)
+        accounts.backend.set_quota("id-alpha", five_hour=97)
+        assert pool.quota is not None
+        await pool.quota.get("alpha", max_age=0)
+        busy = False
+
+        async def a_turn_starts() -> None:
+            nonlocal busy
+            await asyncio.sleep(0.01)
+            busy = True
+            pool.touch("k")
+
+        _hold_choose(pool, a_turn_starts)
+        assert await pool.rebalance(lambda _: busy) == []
+        assert handle.is_alive()
+        assert pool.handle("k") is handle

@@ -65,8 +65,13 @@ class Gateway:
             accounts = [handle.account or "-"]
             result = await self._run(handle.ws_url, workspace, prompt)
             if result.usage_limit_exceeded:
+                # Naming the account that failed keeps two turns that failed
+                # together from moving the workspace twice.
                 handle = await self.pool.rotate(
-                    workspace, exhausted=True, reason="usageLimitExceeded"
+                    workspace,
+                    exhausted=True,
+                    reason="usageLimitExceeded",
+                    from_account=handle.account,
                 )
                 accounts.append(handle.account or "-")
                 result = await self._run(handle.ws_url, workspace, DEFAULT_CONTINUATION_PROMPT)

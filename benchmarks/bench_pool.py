@@ -28,7 +28,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from codex_supervisor.appserver.homestore import HomeStore, LocalDirHomeStore
@@ -46,6 +45,7 @@ from codex_supervisor.errors import HomeNotFound
 from codex_supervisor.testing import (
     FakeAppServerLauncher,
     FakeCodexBackend,
+    OffsetClock,
     codex_config,
     hermetic_env,
 )
@@ -146,20 +146,6 @@ async def real_figures(codex: Path, args: argparse.Namespace) -> None:
             )
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def monotonic(self) -> float:
-        return time.monotonic() + self.offset
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + timedelta(seconds=self.offset)
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
 class _NullStore:
     """Archives nothing: isolates the pool's own cost from the store's."""
 
@@ -180,7 +166,7 @@ class _NullStore:
 
 async def _sweeps(entries: int, root: Path, store: HomeStore) -> tuple[float, float, int]:
     """(ms of a sweep reaping nothing, ms of one reaping half, entries reaped)."""
-    clock = _Clock()
+    clock = OffsetClock()
     config = PoolConfig(root=root, store=store, shutdown_parallelism=16)
     pool = AppServerPool(config, launcher=FakeAppServerLauncher(), clock=clock, environ={})
     build = lambda _: SpawnConfig()  # noqa: E731

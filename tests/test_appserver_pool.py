@@ -12,10 +12,8 @@ import asyncio
 import json
 import random
 import signal
-import time
 import tomllib
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ from codex_supervisor.appserver.pool import (
     SpawnConfig,
     SpawnContext,
 )
-from codex_supervisor.testing import FakeAppServerLauncher, FakeCodexBackend
+from codex_supervisor.testing import FakeAppServerLauncher, FakeCodexBackend, OffsetClock
 
 pytestmark = pytest.mark.anyio
 
@@ -42,23 +40,7 @@ pytestmark = pytest.mark.anyio
 FakeLauncher = FakeAppServerLauncher
 
 
-class FakeClock:
-    """Real time plus an offset that tests move forward."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def monotonic(self) -> float:
-        return time.monotonic() + self.offset
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + timedelta(seconds=self.offset)
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
+FakeClock = OffsetClock
 
 
 def plain_build(context: SpawnContext) -> SpawnConfig:

@@ -34,7 +34,7 @@ from ._config import (
     write_config_toml,
 )
 from ._install import install_simulator
-from ._pool import FakeAppServerLauncher, FakeServerProcess
+from ._pool import FakeAppServerLauncher, FakeServerProcess, OffsetClock
 from ._pty import PtyProcess
 from ._tokens import decode_jwt_claims, make_jwt, write_apikey_auth_json, write_auth_json
 
@@ -49,6 +49,7 @@ __all__ = [
     "FakeCodexBackend",
     "FakeServerProcess",
     "FakeWindow",
+    "OffsetClock",
     "PtyProcess",
     "RequestRecord",
     "codex_config",

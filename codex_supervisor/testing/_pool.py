@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
 from ..appserver.pool import Launched, LaunchRequest
 from ..process import StopPolicy
 
-__all__ = ["FakeAppServerLauncher", "FakeServerProcess"]
+__all__ = ["FakeAppServerLauncher", "FakeServerProcess", "OffsetClock"]
 
 _DEFAULT_STOP: Final = StopPolicy()
 _PIDS = itertools.count(4_000_000)  # beyond any real pid, never signalled
@@ -100,3 +102,30 @@ class FakeAppServerLauncher:
         return Launched(
             process=process, ws_url=f"ws://127.0.0.1:{port}", http_url=f"http://127.0.0.1:{port}"
         )
+
+
+class OffsetClock:
+    """A :class:`~codex_supervisor.clock.Clock` in real time plus an offset tests move.
+
+    ``advance(seconds)`` makes idle entries look idle (or leases look old)
+    without waiting; sleeping still sleeps for real, so background tasks run.
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def monotonic(self) -> float:
+        """Monotonic seconds, shifted by the offset."""
+        return time.monotonic() + self.offset
+
+    def now(self) -> datetime:
+        """The aware UTC time, shifted by the offset."""
+        return datetime.now(UTC) + timedelta(seconds=self.offset)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep for real."""
+        await asyncio.sleep(seconds)
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds``."""
+        self.offset += seconds

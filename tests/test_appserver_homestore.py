@@ -525,7 +525,17 @@ def _garbage_header_after_a_member() -> bytes:
     return gzip.compress(tar[: 2 * 512] + b"X" * 512 + tar[3 * 512 :])
 
 
+def _sparse_header_with_missing_extension() -> bytes:
+    # An old GNU sparse header that says an extension block follows, then the end.
+    block = bytearray(member("s", tarfile.GNUTYPE_SPARSE)[0].tobuf(format=tarfile.GNU_FORMAT))
+    block[482] = 1  # isextended
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block[:512])
+    return gzip.compress(bytes(block[:512]), mtime=0)
+
+
 CORRUPT_CASES: dict[str, Callable[[], bytes]] = {
+    "sparse-header-cut-short": _sparse_header_with_missing_extension,
     "empty": lambda: b"",
     "not-gzip": lambda: b"this is not an archive at all",
     "noise": lambda: bytes((i * 7919) % 251 for i in range(4096)),
@@ -828,3 +838,42 @@ async def test_bad_keys_and_versions_are_config_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "store").exists()
     await store.put("k", source, version=0)
     assert await store.version("k") == 0
+
+
+def _metadata_bomb(kind: bytes, size: int) -> bytes:
+    """A metadata header of ``size`` bytes of digits: tiny once compressed."""
+    info = tarfile.TarInfo(
+        "././@PaxHeader" if kind != tarfile.GNUTYPE_LONGNAME else "././@LongLink"
+    )
+    info.type = kind
+    info.size = size
+    body = info.tobuf(format=tarfile.USTAR_FORMAT) + b"0" * size + b"\0" * (-size % 512 + 1024)
+    return gzip.compress(body, mtime=0)
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME])
+def test_oversized_metadata_headers_are_refused_before_they_are_read(
+    jail: Jail, kind: bytes, traced: None
+) -> None:
+    """A 4 MiB pax/long-name header (a few KiB of gzip) is refused unread: no hang, no memory."""
+    archive = _metadata_bomb(kind, 4 * 2**20)
+    assert len(archive) < 16 * 1024
+    tracemalloc.reset_peak()
+    with pytest.raises(errors.UnsafeArchive, match="metadata header"):
+        unpack_home(io.BytesIO(archive), jail.dest)
+    _, peak = tracemalloc.get_traced_memory()
+    assert peak < 2 * 2**20
+    jail.check()
+
+
+def test_long_paths_fit_the_metadata_bound(tmp_path: Path) -> None:
+    """The deepest paths a home can hold (4 KiB) pack with pax headers that unpack fine."""
+    deep = "/".join(["d" * 200] * 19) + "/" + "f" * 100 + "-é.jsonl"
+    source = make_tree(tmp_path / "home", {deep: b"rollout"})
+    archive, _ = pack_bytes(source)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    unpack_home(io.BytesIO(archive), dest)
+    assert (dest / deep).read_bytes() == b"rollout"
+    assert len(deep.encode()) > 3800
+    assert homestore.MAX_METADATA_HEADER == 8192

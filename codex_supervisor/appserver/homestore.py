@@ -431,7 +431,7 @@ def unpack_home(
     try:
         with gzip.GzipFile(fileobj=fileobj, mode="rb") as unzipped:
             tail = _TailReader(unzipped)
-            with tarfile.open(fileobj=tail, mode="r|") as tar:
+            with tarfile.open(fileobj=tail, mode="r|", tarinfo=_BoundedTarInfo) as tar:
                 while (member := tar.next()) is not None:
                     # A stream TarFile still keeps every member it read; we
                     # never look back, so a million members cost nothing.
@@ -441,10 +441,11 @@ def unpack_home(
             tail.check_end(end)
     except errors.HomeStoreError:
         raise
-    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
-        # OSError includes gzip.BadGzipFile; ValueError covers header fields
-        # tarfile fails to parse. Write failures were translated already.
-        raise errors.HomeStoreError(f"corrupt home archive: {exc}") from exc
+    except Exception as exc:
+        # tarfile, gzip and zlib raise TarError, EOFError, zlib.error, OSError
+        # (gzip.BadGzipFile), ValueError and, on some malformed headers,
+        # IndexError. Write failures were translated already.
+        raise errors.HomeStoreError(f"corrupt home archive: {type(exc).__name__}: {exc}") from exc
     stats = restorer.counts.stats()
     log.debug(
         "homestore.unpacked dest=%s files=%d folders=%d bytes=%d skipped=%d",
@@ -455,6 +456,30 @@ def unpack_home(
         stats.skipped,
     )
     return stats
+
+
+#: The largest pax or GNU long-name header accepted. tarfile reads such a
+#: header whole before returning its member, and CPython before 3.11.10 /
+#: 3.12.6 parses pax headers in quadratic time (CVE-2024-6232): unbounded, a
+#: few hundred bytes of gzip could hold the restore for minutes or fill
+#: memory. A Codex home's longest path fits many times over.
+MAX_METADATA_HEADER = 8192
+
+_METADATA_TYPES = frozenset(
+    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses oversized metadata headers before reading them."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _METADATA_TYPES and self.size > MAX_METADATA_HEADER:
+            raise errors.UnsafeArchive(
+                self.name, f"a {self.size}-byte metadata header (at most {MAX_METADATA_HEADER})"
+            )
+        member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return member
 
 
 class _TailReader:

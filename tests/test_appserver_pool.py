@@ -9,9 +9,12 @@ tar.gz files.
 from __future__ import annotations
 
 import asyncio
+import gzip
+import hmac
 import json
 import random
 import signal
+import tarfile
 import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +24,7 @@ import pytest
 
 from codex_supervisor import errors
 from codex_supervisor.accounts import AccountPool
-from codex_supervisor.appserver.homestore import LocalDirHomeStore
+from codex_supervisor.appserver.homestore import PRIVATE_ENTRIES, LocalDirHomeStore
 from codex_supervisor.appserver.pool import (
     AppServerPool,
     EntryState,
@@ -157,11 +160,16 @@ async def test_ensure_racing_shutdown_never_shares_a_home_or_regresses_an_archiv
     async with make_pool(pool_root, launcher) as pool:
         versions: list[int] = []
 
+        written: list[int] = []
+
         async def ensure_and_write() -> None:
             handle = await pool.ensure("k", plain_build)
-            marker = handle.home / "generation"
-            if handle.is_alive() and handle.home.exists():
-                marker.write_text(str(handle.generation))
+            # Each live server appends its generation to a file its home carries
+            # forward: a lost or regressed archive would drop an entry.
+            if pool.handle("k") is handle and handle.is_alive():
+                with (handle.home / "generations").open("a") as log_file:
+                    log_file.write(f"{handle.generation}\n")
+                written.append(handle.generation)
 
         async def stop() -> None:
             await asyncio.sleep(rng.random() * 0.01)
@@ -177,6 +185,13 @@ async def test_ensure_racing_shutdown_never_shares_a_home_or_regresses_an_archiv
             await asyncio.gather(*jobs)
         await pool.shutdown("k")
         final = await pool.store.version("k")
+        restored = pool_root / "restored"
+        restored.mkdir()
+        await pool.store.get("k", restored)
+    lines = (restored / "generations").read_text().split()
+    # Every write survived, in spawn order (a server writes once per hit).
+    assert list(dict.fromkeys(int(g) for g in lines)) == sorted(set(written))
+    assert len(lines) == len(written)
     assert not launcher.shared_home
     homes = [r.home for r in launcher.requests]
     assert len(set(homes)) == len(homes)
@@ -258,7 +273,7 @@ class SlowStore(LocalDirHomeStore):
         return await super().get(key, dest)
 
 
-async def test_tokens_are_per_spawn_looked_up_in_constant_time_and_revoked(
+async def test_tokens_are_per_spawn_found_by_key_and_revoked(
     pool_root: Path, launcher: FakeLauncher
 ) -> None:
     seen: dict[str, str] = {}
@@ -287,6 +302,35 @@ async def test_tokens_are_per_spawn_looked_up_in_constant_time_and_revoked(
         assert pool.lookup_key_for_token(seen["a"]) is None
         await pool.ensure("a", build)
         assert pool.lookup_key_for_token(seen["a"]) == "a"  # the new spawn's token
+
+
+async def test_token_lookup_compares_every_live_entry_without_stopping_early(
+    pool_root: Path, launcher: FakeLauncher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens: dict[str, str] = {}
+
+    def build(context: SpawnContext) -> SpawnConfig:
+        tokens[context.key] = context.loopback_token
+        return SpawnConfig()
+
+    calls: list[bytes] = []
+    real_compare = hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        calls.append(b)
+        return real_compare(a, b)
+
+    async with make_pool(pool_root, launcher) as pool:
+        for key in ("a", "b", "c"):
+            await pool.ensure(key, build)
+        monkeypatch.setattr(hmac, "compare_digest", counting)
+        for key in ("a", "c"):
+            calls.clear()
+            assert pool.lookup_key_for_token(tokens[key]) == key
+            assert sorted(calls) == sorted(t.encode() for t in tokens.values())
+        calls.clear()
+        assert pool.lookup_key_for_token("0" * 64) is None
+        assert len(calls) == 3
 
 
 async def test_token_is_revoked_as_soon_as_the_entry_stops(
@@ -581,7 +625,10 @@ async def test_spawn_runs_on_the_policys_account_under_an_occupancy_lease(
         await pool.shutdown("k")
         assert await accounts.pool.occupants("beta") == []
         [archive] = list((pool_root / "archives").rglob("*.tar.gz"))
-        assert token.encode() not in archive.read_bytes()
+        with tarfile.open(archive, "r:gz") as tar:
+            assert tar.getnames()
+            assert not PRIVATE_ENTRIES & set(tar.getnames())
+        assert token.encode() not in gzip.decompress(archive.read_bytes())
 
 
 async def test_rotate_moves_the_key_to_another_account_with_its_files(

@@ -7,9 +7,12 @@ home of its own; the model is the fake backend on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import os
 import random
 import signal
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 
 from codex_supervisor.accounts import AccountPool
 from codex_supervisor.appserver import AppServerClient, run_turn
+from codex_supervisor.appserver.homestore import PRIVATE_ENTRIES
 from codex_supervisor.appserver.pool import (
     AppServerPool,
     EntryState,
@@ -76,22 +80,34 @@ def real(tmp_path: Path, backend: FakeCodexBackend, codex_bin: Path) -> RealPool
     return RealPool(tmp_path, backend, codex_bin)
 
 
-def app_servers_under(root: Path) -> list[int]:
-    """Pids of live processes whose CODEX_HOME lies under ``root`` (our app-servers)."""
-    found = []
+def live_app_servers(root: Path) -> dict[int, str]:
+    """Live ``codex app-server`` processes whose CODEX_HOME lies under ``root``: pid → home.
+
+    Only the servers themselves: the shells and tools they start inherit
+    CODEX_HOME but are not app-servers.
+    """
+    found = {}
+    prefix = b"CODEX_HOME=" + bytes(root)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
             environ = (entry / "environ").read_bytes().split(b"\0")
             status = (entry / "status").read_text()
         except OSError:
             continue
-        if "State:\tZ" in status:
+        if "State:\tZ" in status or argv[1:2] != [b"app-server"]:
             continue
-        if any(i.startswith(b"CODEX_HOME=" + bytes(root)) for i in environ):
-            found.append(int(entry.name))
+        for item in environ:
+            if item.startswith(prefix):
+                found[int(entry.name)] = item.removeprefix(b"CODEX_HOME=").decode()
     return found
+
+
+def app_servers_under(root: Path) -> list[int]:
+    """Pids of the live app-servers whose CODEX_HOME lies under ``root``."""
+    return sorted(live_app_servers(root))
 
 
 async def complete_turn(handle_url: str, work: Path, prompt: str) -> tuple[str, str]:
@@ -142,10 +158,11 @@ async def test_ensure_racing_shutdown_never_shares_a_home_nor_regresses_the_arch
     async with real.pool() as pool:
 
         async def ensure() -> None:
-            handle = await pool.ensure("k", real.build)
-            # Every process lives alone in its home.
-            if handle.is_alive():
-                assert len(app_servers_under(handle.home)) <= 1
+            await pool.ensure("k", real.build)
+            # No two live servers ever share a home.
+            homes = list(live_app_servers(real.root / "pool").values())
+            assert len(homes) == len(set(homes))
+            assert len(homes) <= 1, "one key, at most one live server"
 
         async def shutdown() -> None:
             await asyncio.sleep(rng.random() * 0.3)
@@ -283,5 +300,13 @@ async def test_a_refresh_by_a_pooled_server_lands_in_the_accounts_auth_json(
     [request] = real.backend.responses_requests()
     assert request.account_id == "id-alpha"
     # The archive never carries the account's tokens.
-    for archive in (real.root / "pool" / "archives").rglob("*.tar.gz"):
-        assert b"refresh_token" not in archive.read_bytes()
+    [archive] = list((real.root / "pool" / "archives").rglob("*.tar.gz"))
+    with tarfile.open(archive, "r:gz") as tar:
+        names = tar.getnames()
+    assert "sessions" in names
+    assert not PRIVATE_ENTRIES & set(names)
+    content = gzip.decompress(archive.read_bytes())
+    assert b"refresh_token" not in content
+    for token in json.loads(account_auth.read_text())["tokens"].values():
+        if isinstance(token, str) and len(token) > 16:
+            assert token.encode() not in content

@@ -7,6 +7,9 @@
   every caller holds the ready handle (median/max, ms).
 - ``pool_cold_keys``: ``--keys`` cold keys at once: spawns and time until all
   are ready.
+- ``pool_archive_cycle``: a workspace after one turn: its shutdown (SIGTERM,
+  archive, remove) and the next ``ensure`` (restore, spawn, ready), in ms, and
+  the archive's size; the thread then resumes on the new server.
 - ``pool_reaper_sweep``: an idle sweep over ``--entries`` running entries
   (fake processes, no I/O but the archives of the reaped ones), half of them
   idle: sweep time of a pass that reaps nothing and of one that reaps half,
@@ -30,9 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from codex_supervisor.appserver import AppServerClient, run_turn
 from codex_supervisor.appserver.homestore import HomeStore, LocalDirHomeStore
 from codex_supervisor.appserver.pool import (
     AppServerPool,
+    ConfigBuilder,
     IdleReaper,
     Launched,
     LaunchRequest,
@@ -106,6 +111,7 @@ async def real_figures(codex: Path, args: argparse.Namespace) -> None:
                 }
             )
             await pool.shutdown("hot")
+            await _archive_cycle(pool, build, root)
 
             ready_ms: list[float] = []
             spawns: list[int] = []
@@ -144,6 +150,37 @@ async def real_figures(codex: Path, args: argparse.Namespace) -> None:
                     "all_ready_ms": round(elapsed, 1),
                 }
             )
+
+
+async def _archive_cycle(pool: AppServerPool, build: ConfigBuilder, root: Path) -> None:
+    """A workspace with one finished turn: shut down (stop + archive), then restore + spawn."""
+    handle = await pool.ensure("cycle", build)
+    client = await AppServerClient.connect_ws(handle.ws_url)
+    async with client:
+        thread = await client.thread_start({"cwd": str(root)})
+        result = await run_turn(client, thread.id, "hello", stall_timeout=30)
+    assert result.ok, result
+    before = set((root / "pool" / "archives").rglob("*.tar.gz"))
+    started = time.perf_counter()
+    await pool.shutdown("cycle")
+    shutdown_ms = (time.perf_counter() - started) * 1e3
+    [archive] = set((root / "pool" / "archives").rglob("*.tar.gz")) - before
+    archive_bytes = archive.stat().st_size
+    started = time.perf_counter()
+    restored = await pool.ensure("cycle", build)
+    ensure_ms = (time.perf_counter() - started) * 1e3
+    client = await AppServerClient.connect_ws(restored.ws_url)
+    async with client:
+        await client.thread_resume(thread.id)
+    await pool.shutdown("cycle")
+    _emit(
+        {
+            "benchmark": "pool_archive_cycle",
+            "archive_bytes": archive_bytes,
+            "shutdown_with_archive_ms": round(shutdown_ms, 1),
+            "ensure_with_restore_ms": round(ensure_ms, 1),
+        }
+    )
 
 
 class _NullStore:

@@ -44,3 +44,4 @@ def test_bench_pool_prints_its_figures(codex_bin: Path) -> None:
     assert figures["pool_cold_concurrent"]["spawns_per_run"] == [1]
     assert figures["pool_cold_keys"]["spawns"] == 2
     assert figures["pool_reaper_sweep"]["reaped"] == 100
+    assert figures["pool_archive_cycle"]["archive_bytes"] > 0

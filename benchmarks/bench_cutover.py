@@ -172,9 +172,10 @@ async def _one_cutover(
     config = SupervisorConfig(
         codex=str(codex), poll_interval=poll, quota_stale_after=3600.0 if prewarm else 0.0
     )
-    code = await Supervisor(world.pool, config=config, sink=sink, environ=world.env).run(
+    result = await Supervisor(world.pool, config=config, sink=sink, environ=world.env).run(
         _exec("do the work"), cwd=world.work
     )
+    code = result.exit_code
     if code != 0:
         raise RuntimeError(f"supervised exec exited {code}; events: {sink.names}")
     exited = next(e for e in sink.of(ChildExited) if e.account == "alpha")  # type: ignore[attr-defined]

@@ -82,7 +82,7 @@ def _driver(cfg: dict[str, Any]) -> int:
             quota_stale_after=cfg["quota_stale_after"],
         )
         supervisor = Supervisor(pool, config=config, sink=sink, environ=cfg["env"])
-        code = supervisor.run_sync(cfg["argv"], cwd=cfg["cwd"])
+        code = supervisor.run_sync(cfg["argv"], cwd=cfg["cwd"]).exit_code
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result = {"exit": code, "cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_kib": usage.ru_maxrss}
     Path(cfg["result"]).write_text(json.dumps(result), encoding="utf-8")

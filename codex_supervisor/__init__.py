@@ -1,226 +1,157 @@
 """Keep OpenAI Codex CLI work running across several ChatGPT accounts.
 
-The public surface is re-exported here; modules are named after their concern.
+The names an embedder needs are re-exported here: the supervisor, its
+config and its run result, the account pool and the account selector, the
+rotation policy, its decisions and turn costs, quota snapshots and the quota
+service, events, the app-server client, pool, broker and turn runner, and the
+root errors. Everything else stays importable from
+the module named after its concern:
+
+    errors      the exception tree (drawn in its docstring)
+    clock       Clock protocol, SystemClock
+    config      config helpers, the environment overlay, child environments
+    accounts    AccountPool, Account, account homes, import/login, occupancy
+    lease       FileLock, leases and their heartbeat, LeaseBackend
+    snapshots   QuotaSnapshot, QuotaWindow, WindowKind and their parsers (pure)
+    quota       the usage endpoint source, QuotaService (cache, single flight)
+    policy      Pressure, Decision, RotationPolicy (pure, open for subclassing)
+    selection   choosing an account: candidates, probing, cooldowns, waits
+    sessions    rollout reader, SessionBinder, TurnState
+    codex_cli   Codex argv grammar, resume argv, version/feature table
+    process     child launch/stop, terminal guard, signal escalation
+    events      typed event records, EventSink
+    supervisor  Supervisor, the run loop
+    appserver   client, turns, broker, pool, home store, quota source
+    testing     FakeCodexBackend, the Codex simulator, helpers
+
+The re-exports are imported lazily, on first access: importing one module
+(say :mod:`codex_supervisor.policy`) loads only what that module needs, not
+the HTTP stack or the process machinery behind the rest of the surface.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .accounts import (
-    Account,
-    AccountPool,
-    AccountStatus,
-    AuthMode,
-    Cooldown,
-    Identity,
-)
-from .appserver import (
-    AppServerBroker,
-    AppServerClient,
-    AppServerPool,
-    AppServerRateLimitsSource,
-    IdleReaper,
-    LocalDirHomeStore,
-    PoolConfig,
-    SpawnConfig,
-    TurnResult,
-    run_turn,
-)
-from .clock import Clock, SystemClock
-from .errors import (
-    AppServerError,
-    AuthError,
-    CodexCLIError,
-    CodexNotFoundError,
-    ConfigError,
-    HomeNotFound,
-    HomeStoreError,
-    LeaseError,
-    LeaseLost,
-    LeaseTimeout,
-    ProcessError,
-    QuotaAuthExpired,
-    QuotaError,
-    QuotaParseError,
-    QuotaUnavailable,
-    RequestFailed,
-    SessionError,
-    SpawnError,
-    StaleArchive,
-    StateError,
-    SupervisorError,
-    TransportClosed,
-    UnsafeArchive,
-    UnsupportedCodexVersion,
-)
-from .events import (
-    AccountSelected,
-    ChildExited,
-    ChildLaunched,
-    CollectingSink,
-    Event,
-    EventSink,
-    PrewarmReady,
-    PrewarmStarted,
-    QuotaUpdated,
-    Resumed,
-    Rotating,
-    SessionBound,
-    WaitingForReset,
-)
-from .lease import (
-    FileLeaseBackend,
-    FileLock,
-    Lease,
-    LeaseBackend,
-    LeaseMode,
-    LeaseRecord,
-    RenewOutcome,
-    acquire_lease,
-)
-from .policy import (
-    Candidate,
-    Continue,
-    Decision,
-    Pressure,
-    Prewarm,
-    RotateAtBoundary,
-    RotateNow,
-    RotationPolicy,
-    Strategy,
-    WaitUntil,
-    WindowPressure,
-    urgency,
-)
-from .process import StopPolicy
-from .quota import (
-    CachedSnapshot,
-    Credits,
-    QuotaService,
-    QuotaSnapshot,
-    QuotaWindow,
-    SnapshotProvider,
-    SnapshotSource,
-    UsageCredentials,
-    UsageEndpointSource,
-    WindowKind,
-    classify_window,
-)
-from .sessions import (
-    Binding,
-    RolloutReader,
-    SessionBinder,
-    SessionMeta,
-    TurnPhase,
-    TurnState,
-    writer_lock,
-)
-from .supervisor import Supervisor, SupervisorConfig
+if TYPE_CHECKING:
+    from .accounts import Account, AccountPool, Cooldown
+    from .appserver.broker import AppServerBroker
+    from .appserver.client import AppServerClient
+    from .appserver.pool import AppServerPool, PoolConfig, SpawnConfig
+    from .appserver.turns import TurnResult, run_turn
+    from .clock import Clock
+    from .errors import ConfigError, QuotaUnavailable, SupervisorError
+    from .events import Event, EventSink
+    from .policy import (
+        Candidate,
+        Continue,
+        Decision,
+        PauseAtBoundary,
+        Prewarm,
+        RotateAtBoundary,
+        RotateNow,
+        RotationPolicy,
+        Strategy,
+        TurnCosts,
+        WaitUntil,
+    )
+    from .process import StopPolicy
+    from .quota import QuotaService
+    from .selection import AccountSelector
+    from .snapshots import QuotaSnapshot, QuotaWindow, WindowKind
+    from .supervisor import RunResult, Supervisor, SupervisorConfig
 
 __all__ = [
     "Account",
     "AccountPool",
-    "AccountSelected",
-    "AccountStatus",
+    "AccountSelector",
     "AppServerBroker",
     "AppServerClient",
-    "AppServerError",
     "AppServerPool",
-    "AppServerRateLimitsSource",
-    "AuthError",
-    "AuthMode",
-    "Binding",
-    "CachedSnapshot",
     "Candidate",
-    "ChildExited",
-    "ChildLaunched",
     "Clock",
-    "CodexCLIError",
-    "CodexNotFoundError",
-    "CollectingSink",
     "ConfigError",
     "Continue",
     "Cooldown",
-    "Credits",
     "Decision",
     "Event",
     "EventSink",
-    "FileLeaseBackend",
-    "FileLock",
-    "HomeNotFound",
-    "HomeStoreError",
-    "Identity",
-    "IdleReaper",
-    "Lease",
-    "LeaseBackend",
-    "LeaseError",
-    "LeaseLost",
-    "LeaseMode",
-    "LeaseRecord",
-    "LeaseTimeout",
-    "LocalDirHomeStore",
+    "PauseAtBoundary",
     "PoolConfig",
-    "Pressure",
     "Prewarm",
-    "PrewarmReady",
-    "PrewarmStarted",
-    "ProcessError",
-    "QuotaAuthExpired",
-    "QuotaError",
-    "QuotaParseError",
     "QuotaService",
     "QuotaSnapshot",
     "QuotaUnavailable",
-    "QuotaUpdated",
     "QuotaWindow",
-    "RenewOutcome",
-    "RequestFailed",
-    "Resumed",
-    "RolloutReader",
     "RotateAtBoundary",
     "RotateNow",
-    "Rotating",
     "RotationPolicy",
-    "SessionBinder",
-    "SessionBound",
-    "SessionError",
-    "SessionMeta",
-    "SnapshotProvider",
-    "SnapshotSource",
+    "RunResult",
     "SpawnConfig",
-    "SpawnError",
-    "StaleArchive",
-    "StateError",
     "StopPolicy",
     "Strategy",
     "Supervisor",
     "SupervisorConfig",
     "SupervisorError",
-    "SystemClock",
-    "TransportClosed",
-    "TurnPhase",
+    "TurnCosts",
     "TurnResult",
-    "TurnState",
-    "UnsafeArchive",
-    "UnsupportedCodexVersion",
-    "UsageCredentials",
-    "UsageEndpointSource",
     "WaitUntil",
-    "WaitingForReset",
     "WindowKind",
-    "WindowPressure",
-    "acquire_lease",
-    "classify_window",
     "run_turn",
-    "urgency",
-    "writer_lock",
 ]
+
+# Where each public name is defined. Keep it in step with __all__ and with the
+# TYPE_CHECKING imports above (tests/test_package.py checks all three agree).
+_EXPORTS: dict[str, str] = {
+    "Account": ".accounts",
+    "AccountPool": ".accounts",
+    "AccountSelector": ".selection",
+    "AppServerBroker": ".appserver.broker",
+    "AppServerClient": ".appserver.client",
+    "AppServerPool": ".appserver.pool",
+    "Candidate": ".policy",
+    "Clock": ".clock",
+    "ConfigError": ".errors",
+    "Continue": ".policy",
+    "Cooldown": ".accounts",
+    "Decision": ".policy",
+    "Event": ".events",
+    "EventSink": ".events",
+    "PauseAtBoundary": ".policy",
+    "PoolConfig": ".appserver.pool",
+    "Prewarm": ".policy",
+    "QuotaService": ".quota",
+    "QuotaSnapshot": ".snapshots",
+    "QuotaUnavailable": ".errors",
+    "QuotaWindow": ".snapshots",
+    "RotateAtBoundary": ".policy",
+    "RotateNow": ".policy",
+    "RotationPolicy": ".policy",
+    "RunResult": ".supervisor",
+    "SpawnConfig": ".appserver.pool",
+    "StopPolicy": ".process",
+    "Strategy": ".policy",
+    "Supervisor": ".supervisor",
+    "SupervisorConfig": ".supervisor",
+    "SupervisorError": ".errors",
+    "TurnCosts": ".policy",
+    "TurnResult": ".appserver.turns",
+    "WaitUntil": ".policy",
+    "WindowKind": ".snapshots",
+    "run_turn": ".appserver.turns",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # __version__ is looked up lazily so importing the package never pays for
-    # reading distribution metadata.
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module, __name__), name)
+        # Cached as a real attribute, so __getattr__ runs once per name.
+        globals()[name] = value
+        return value
+    # __version__ is looked up lazily too, so importing the package never pays
+    # for reading distribution metadata.
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
 
@@ -229,3 +160,7 @@ def __getattr__(name: str) -> Any:
         except PackageNotFoundError:  # running from a source tree that is not installed
             return "0+unknown"
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -36,7 +36,7 @@ import stat
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, final
 
@@ -87,6 +87,7 @@ _PRIVATE_ENTRIES = frozenset({"auth.json", "auth.json.lock", "auth.lock", ".cred
 # writing one thread must hold across accounts.
 _SHARED_DIRS = ("sessions", "archived_sessions", "thread-writer-locks")
 _MAX_AUTH_BYTES = 1024 * 1024
+_JITTER = timedelta(seconds=60)
 
 
 class AuthMode(enum.Enum):
@@ -363,18 +364,48 @@ class AccountPool:
             raise ConfigError(f"no account named {name!r} in {self.root}")
         return account
 
+    def state_token(self) -> tuple[int, int, int] | None:
+        """A cheap fingerprint of the state file (inode, size, mtime), ``None`` if absent.
+
+        It changes whenever another process rewrites the state (writes are
+        whole-file renames), so a waiter can poll it instead of re-reading.
+        """
+        try:
+            info = self.state_path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read {self.state_path}: {exc}") from exc
+        return (info.st_ino, info.st_size, info.st_mtime_ns)
+
     def record_snapshot(self, snapshot: QuotaSnapshot) -> bool:
-        """Keep ``snapshot`` as the account's last one unless a newer one is stored."""
+        """Keep ``snapshot`` as the account's last one unless a newer one is stored.
+
+        A cooldown recorded before ``snapshot`` was observed is lifted when the
+        snapshot shows that its window has room again (the window reset, or a
+        guessed block turned out wrong): a block must not outlive the evidence.
+        """
         kept = False
 
         def change(state: _PoolState) -> _PoolState:
             nonlocal kept
             account = _existing(state, snapshot.account)
+            cooldowns = tuple(c for c in account.cooldowns if not _lifted_by(c, snapshot))
+            if len(cooldowns) != len(account.cooldowns):
+                log.info(
+                    "%s: quota observed at %s shows room again; cooldown lifted",
+                    account.name,
+                    snapshot.observed_at.isoformat(),
+                )
             old = account.last_snapshot
             if old is not None and old.observed_at > snapshot.observed_at:
-                return state
+                if cooldowns == account.cooldowns:
+                    return state
+                return _with_account(state, attrs.evolve(account, cooldowns=cooldowns))
             kept = True
-            return _with_account(state, attrs.evolve(account, last_snapshot=snapshot))
+            return _with_account(
+                state, attrs.evolve(account, last_snapshot=snapshot, cooldowns=cooldowns)
+            )
 
         self._update(change)
         return kept
@@ -384,8 +415,14 @@ class AccountPool:
     ) -> Cooldown:
         """Block ``name`` until ``blocked_until`` for ``window``; never shortens a block.
 
-        Returns the cooldown in force for that window afterwards (the later of
-        the existing and the new one). Cooldowns already over are dropped.
+        At most one cooldown per window is kept: the later of the existing and
+        the new one (concurrent writers merge under the pool lock). A block
+        for a known window replaces any block of kind ``OTHER``: that one was
+        only a backoff guessed while the reset time was unknown, and the
+        known reset is the truth it stood in for. Cooldowns already over are
+        dropped. ``reason`` should state absolute times: it is shown long
+        after it was written. Returns the cooldown in force for ``window``
+        afterwards.
         """
         now = self.clock.now()
         result: Cooldown | None = None
@@ -396,6 +433,10 @@ class AccountPool:
             live = [c for c in account.cooldowns if c.blocked_until > now]
             same = [c for c in live if c.window is window]
             others = [c for c in live if c.window is not window]
+            if window is not WindowKind.OTHER:
+                others = [
+                    c for c in others if not (c.window is WindowKind.OTHER and c.recorded_at <= now)
+                ]
             new = Cooldown(
                 window=window, blocked_until=blocked_until, reason=reason, recorded_at=now
             )
@@ -407,11 +448,23 @@ class AccountPool:
         assert result is not None
         return result
 
-    def clear_cooldowns(self, name: str) -> None:
-        """Lift every cooldown of ``name`` (an explicit user decision)."""
-        self._update(
-            lambda state: _with_account(state, attrs.evolve(_existing(state, name), cooldowns=()))
-        )
+    def clear_cooldowns(self, name: str, *, window: WindowKind | None = None) -> list[Cooldown]:
+        """Lift the cooldowns of ``name`` (all, or ``window``'s); an explicit user decision.
+
+        Returns the cooldowns that were lifted (still in force or not).
+        """
+        lifted: list[Cooldown] = []
+
+        def change(state: _PoolState) -> _PoolState:
+            account = _existing(state, name)
+            keep = tuple(
+                c for c in account.cooldowns if window is not None and c.window is not window
+            )
+            lifted.extend(c for c in account.cooldowns if c not in keep)
+            return _with_account(state, attrs.evolve(account, cooldowns=keep))
+
+        self._update(change)
+        return lifted
 
     # -- account homes -----------------------------------------------------------
 
@@ -741,6 +794,36 @@ def _check_new(state: _PoolState, name: str, identity: Identity) -> None:
     for other in state.accounts.values():
         if other.identity.account_id == identity.account_id:
             raise AuthError(f"that login is already in the pool as {other.name!r}")
+
+
+def _lifted_by(cooldown: Cooldown, snapshot: QuotaSnapshot) -> bool:
+    """Whether ``snapshot`` shows that ``cooldown``'s window has started afresh.
+
+    Only an observation made after the block was recorded counts, and only a
+    window that has rolled over since: the same period showing room is
+    lagging data, not a reset (the usage endpoint can trail a 429). A block
+    of a known window lifts when that window now resets after the block ends
+    and has room. A guessed block (kind ``OTHER``: the reset was unknown)
+    lifts when every window has room and one of them started its current
+    period after the block was recorded — a mere probe showing room is
+    exactly what failed to explain the 429, so it lifts nothing.
+    """
+    if snapshot.observed_at <= cooldown.recorded_at or snapshot.limit_reached:
+        return False
+    if cooldown.window is WindowKind.OTHER:
+        if not snapshot.windows or any(w.used_percent >= 100.0 for w in snapshot.windows):
+            return False
+        return any(
+            w.resets_at is not None
+            and w.window_minutes is not None
+            and w.resets_at - timedelta(minutes=w.window_minutes) > cooldown.recorded_at + _JITTER
+            for w in snapshot.windows
+        )
+    window = snapshot.window(cooldown.window)
+    if window is None or window.used_percent >= 100.0:
+        return False
+    # Reset times derived from "seconds until reset" jitter by a second or two.
+    return window.resets_at is not None and window.resets_at > cooldown.blocked_until + _JITTER
 
 
 def _with_account(state: _PoolState, account: Account) -> _PoolState:

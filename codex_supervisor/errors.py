@@ -14,7 +14,7 @@ builtin fits, the error also inherits it, so ``except TimeoutError`` works::
     ├── StateError                         a malformed or unreadable state file
     ├── LeaseError
     │   ├── LeaseTimeout (TimeoutError)    could not acquire in time
-    │   └── LeaseLost                      a held lease was taken or expired
+    │   └── LeaseLost                      a held lease was taken or expired (ensure_held)
     ├── QuotaError
     │   ├── QuotaUnavailable               no source could produce a snapshot
     │   ├── QuotaParseError (ValueError)   a usage payload / rate-limit object we cannot read
@@ -24,7 +24,8 @@ builtin fits, the error also inherits it, so ``except TimeoutError`` works::
     ├── AppServerError                     the app-server protocol layer
     │   ├── TransportClosed (ConnectionError)  EOF / exit; carries exit code and stderr tail
     │   ├── RequestFailed                      a JSON-RPC error response
-    │   └── SpawnError                     a pooled app-server did not start or get ready
+    │   ├── SpawnError                         a pooled app-server did not start or get ready
+    │   └── BrokerAlreadyRunning (FileExistsError)  a live broker owns the socket path
     └── HomeStoreError                     archiving or restoring a Codex home
         ├── HomeNotFound (LookupError)     no archive for that key
         ├── UnsafeArchive (ValueError)     a member that escapes or is no plain file/folder
@@ -39,6 +40,7 @@ from __future__ import annotations
 __all__ = [
     "AppServerError",
     "AuthError",
+    "BrokerAlreadyRunning",
     "CodexCLIError",
     "CodexNotFoundError",
     "ConfigError",
@@ -119,7 +121,21 @@ class LeaseTimeout(LeaseError, TimeoutError):
 
 
 class LeaseLost(LeaseError):
-    """A lease this process held was taken over, removed or expired."""
+    """A lease this process held was taken over, removed or expired.
+
+    Raised only in the foreground, by :meth:`~codex_supervisor.lease.Lease.ensure_held`
+    when the caller asks before acting on its claim; the heartbeat reports a
+    loss through ``on_lost`` and never raises.
+    """
+
+    def __init__(self, name: str, owner: str, reason: str) -> None:
+        super().__init__(name, owner, reason)
+        self.name = name
+        self.owner = owner
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"lease {self.name!r} of {self.owner} was lost: {self.reason}"
 
 
 class QuotaError(SupervisorError):
@@ -205,6 +221,19 @@ class SpawnError(AppServerError):
     def __str__(self) -> str:
         code = "" if self.returncode is None else f" (exit code {self.returncode})"
         return f"app-server for {self.key!r}: {self.message}{code}"
+
+
+class BrokerAlreadyRunning(AppServerError, FileExistsError):
+    """A live broker already answers on the socket path, so another may not take it."""
+
+    def __init__(self, socket_path: str) -> None:
+        # One argument, so OSError leaves errno/strerror unset and args holds
+        # exactly what __init__ takes: the error pickles like the others.
+        super().__init__(socket_path)
+        self.socket_path = socket_path
+
+    def __str__(self) -> str:
+        return f"a live broker already listens on {self.socket_path}"
 
 
 class HomeStoreError(SupervisorError):

@@ -15,7 +15,10 @@ Two mechanisms, for two kinds of claim (ARCHITECTURE.md, D6):
   renewing, so its claim lapses within one TTL and the next waiter takes it
   over. A lease that is lost (taken over after it expired, removed, or not
   renewable before its expiry) is reported once through ``on_lost`` and the
-  :attr:`Lease.lost` property; it is never raised from the background task.
+  :attr:`Lease.lost` property; it is never raised from the background task,
+  nor on leaving the ``async with`` block. A caller about to act on its claim
+  asks :meth:`Lease.ensure_held`, which raises
+  :class:`~codex_supervisor.errors.LeaseLost` in the caller's own task.
 
 Storage sits behind the small :class:`LeaseBackend` protocol. The
 :class:`FileLeaseBackend` keeps one JSON record per holder under a root folder
@@ -680,6 +683,35 @@ class Lease:
         """Whether the lease was given back."""
         return self._released
 
+    def ensure_held(self) -> None:
+        """Raise :class:`~codex_supervisor.errors.LeaseLost` unless the lease is surely held.
+
+        The fencing check for the caller's own task: call it right before a
+        step that is only safe under the claim (committing a write, starting
+        work others must not duplicate), or as the last statement of the
+        ``async with`` block to fail the block when the claim lapsed during it.
+
+        It reads local state only, no backend call. Besides a loss the
+        heartbeat already reported, it raises once the lease's local deadline
+        has passed without a confirmed renewal (a renewal stuck behind a slow
+        backend, or an event loop blocked for longer than the TTL): others may
+        hold the lease by then, so holding it can no longer be proven. That
+        case does not mark the lease :attr:`lost`, since a renewal still in
+        flight may yet succeed. A released lease raises
+        :class:`~codex_supervisor.errors.LeaseError`.
+        """
+        if self._released:
+            raise errors.LeaseError(f"lease {self.name!r} of {self.owner} was released")
+        if self._lost_reason is not None:
+            raise errors.LeaseLost(self.name, self.owner, self._lost_reason)
+        if self._now() >= self._local_deadline:
+            raise errors.LeaseLost(
+                self.name,
+                self.owner,
+                "no renewal confirmed before it may have expired at "
+                f"{self._record.expires_at.isoformat()}",
+            )
+
     async def release(self) -> None:
         """Stop the heartbeat and give the lease back now; idempotent.
 
@@ -815,7 +847,10 @@ async def acquire_lease(
     a backend failure while waiting raises its
     :class:`~codex_supervisor.errors.LeaseError`.
     A lease lost while held is reported once through ``on_lost(lease)`` and
-    :attr:`Lease.lost`; it is never raised. Leaving the block stops the
+    :attr:`Lease.lost`; it is not raised from the heartbeat, nor on leaving
+    the block, whose own result or exception always wins. Call
+    :meth:`Lease.ensure_held` where the claim matters (it raises
+    :class:`~codex_supervisor.errors.LeaseLost`). Leaving the block stops the
     heartbeat and releases the lease (a failed release is logged, not raised).
     """
     _check_ttl(ttl)

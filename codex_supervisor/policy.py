@@ -34,6 +34,18 @@ Window thresholds apply to five-hour and weekly windows by default; windows of
 kind :attr:`~codex_supervisor.quota.WindowKind.OTHER` count only when
 ``rotate_at`` names them. A full window of any kind still exhausts the
 account, since Codex refuses turns once any limit is hit.
+
+Predictive rotation: a fixed threshold is not enough when one turn can cost
+more than it. The supervisor sees quota only after each model response, and
+the Codex TUI spends quota on side requests (a thread title) that never reach
+the rollout, so an account that *looks* 10 % away from its threshold can run
+out in the middle of the next turn. Each :class:`Candidate` therefore carries
+the expected cost of its next turn (``turn_cost``, percentage points per
+window kind), which :class:`TurnCosts` learns from consecutive snapshots
+(:func:`spent_between`). A window is at its rotation floor when the remaining
+quota is at or below ``max(threshold, cost x cost_margin)``
+(:meth:`RotationPolicy.rotation_floor`); pre-warm and successor floors move up
+with it. With no cost known, everything is as the thresholds alone say.
 """
 
 from __future__ import annotations
@@ -48,21 +60,24 @@ from typing import Any, TypeAlias, final
 import attrs
 
 from .errors import ConfigError
-from .quota import QuotaSnapshot, QuotaWindow, WindowKind
+from .snapshots import QuotaSnapshot, QuotaWindow, WindowKind
 
 __all__ = [
     "USAGE_LIMIT_ERRORS",
     "Candidate",
     "Continue",
     "Decision",
+    "PauseAtBoundary",
     "Pressure",
     "Prewarm",
     "RotateAtBoundary",
     "RotateNow",
     "RotationPolicy",
     "Strategy",
+    "TurnCosts",
     "WaitUntil",
     "WindowPressure",
+    "spent_between",
     "urgency",
 ]
 
@@ -126,6 +141,37 @@ def _when(moment: datetime, now: datetime) -> str:
 
 def _label(kind: WindowKind) -> str:
     return _KIND_LABEL[kind]
+
+
+def _costs(candidate: Candidate) -> str:
+    ordered = sorted(candidate.turn_cost.items(), key=lambda kv: _DISPLAY_ORDER[kv[0]])
+    return ", ".join(f"{_pct(cost)}% of {_label(kind)}" for kind, cost in ordered)
+
+
+def _kind(key: object) -> WindowKind:
+    try:
+        return key if isinstance(key, WindowKind) else WindowKind(key)
+    except ValueError:
+        raise ConfigError(f"not a window kind: {key!r}") from None
+
+
+def _parse_percents(value: object, what: str) -> dict[WindowKind, float]:
+    """A mapping of window kind (or its name) to a percentage 0..100, checked."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"expected a mapping of window kind to percent, got {value!r}")
+    parsed = {}
+    for key, number in value.items():
+        try:
+            kind = _kind(key)
+            percent = float(number)
+        except (ConfigError, TypeError, ValueError):
+            raise ConfigError(f"invalid window {what} {key!r}: {number!r}") from None
+        if not (math.isfinite(percent) and 0.0 <= percent <= 100.0):
+            raise ConfigError(f"the {kind.value} {what} must be 0..100, got {number!r}")
+        parsed[kind] = percent
+    return parsed
 
 
 # -- pressure ------------------------------------------------------------------------
@@ -227,21 +273,35 @@ def _occupants(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
         raise ConfigError(f"{attribute.name} must not be negative, got {value!r}")
 
 
+def _turn_cost(
+    value: Mapping[WindowKind, float] | Mapping[str, float] | None,
+) -> Mapping[WindowKind, float]:
+    # Read-only: a candidate is a value, and the policy must not see it change.
+    return MappingProxyType(_parse_percents(value, "turn cost"))
+
+
 @final
 @attrs.frozen(kw_only=True)
 class Candidate:
-    """An account the policy may run on: its latest snapshot, block and load.
+    """An account the policy may run on: its latest snapshot, block, load and turn cost.
 
     ``snapshot`` is the account's main Codex quota (limit id ``"codex"``), or
     ``None`` when nothing is known yet; its ``account`` must be ``name``.
     ``blocked_until`` is the account's cooldown (``Account.blocked_until``),
-    ``occupants`` how many children run on it now.
+    ``occupants`` how many children run on it now. ``turn_cost`` is what the
+    next turn is expected to cost on this account, in percentage points per
+    window kind (:meth:`TurnCosts.expected`; kinds or their names, each
+    0..100); empty when unknown. It is a read-only mapping and takes no part
+    in the hash (equal candidates still hash equal).
     """
 
     name: str
     snapshot: QuotaSnapshot | None = None
     blocked_until: datetime | None = attrs.field(default=None, converter=_utc_or_none)
     occupants: int = attrs.field(default=0, validator=_occupants)
+    turn_cost: Mapping[WindowKind, float] = attrs.field(
+        default=None, converter=_turn_cost, hash=False
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.snapshot is not None and self.snapshot.account != self.name:
@@ -294,17 +354,43 @@ class WaitUntil:
     reason: str
 
 
-Decision: TypeAlias = Continue | Prewarm | RotateAtBoundary | RotateNow | WaitUntil
+@final
+@attrs.frozen(kw_only=True)
+class PauseAtBoundary:
+    """No account is expected to finish another turn: stop at the boundary, wait until ``until``.
+
+    The current account still runs (nothing failed yet), but its remaining
+    quota is below the expected cost of the next turn, and so is every other
+    account's. Starting the turn would most likely end in ``usage_limit``
+    midway; waiting (no Codex runs) until ``until``, the earliest moment an
+    account can take a turn, loses nothing.
+    """
+
+    until: datetime = attrs.field(converter=_until)
+    reason: str
+
+
+Decision: TypeAlias = (
+    Continue | Prewarm | RotateAtBoundary | PauseAtBoundary | RotateNow | WaitUntil
+)
 
 _URGENCY: Mapping[type, int] = MappingProxyType(
-    {Continue: 0, Prewarm: 1, RotateAtBoundary: 2, RotateNow: 3, WaitUntil: 4}
+    {
+        Continue: 0,
+        Prewarm: 1,
+        RotateAtBoundary: 2,
+        PauseAtBoundary: 3,
+        RotateNow: 4,
+        WaitUntil: 5,
+    }
 )
 
 
 def urgency(decision: Decision) -> int:
-    """How pressing a decision is, 0 (Continue) to 4 (WaitUntil).
+    """How pressing a decision is, 0 (Continue) to 5 (WaitUntil).
 
-    Continue 0 < Prewarm 1 < RotateAtBoundary 2 < RotateNow 3 < WaitUntil 4.
+    Continue 0 < Prewarm 1 < RotateAtBoundary 2 < PauseAtBoundary 3 <
+    RotateNow 4 < WaitUntil 5.
     """
     try:
         return _URGENCY[type(decision)]
@@ -333,19 +419,7 @@ def _merge_percents(
     defaults: Mapping[WindowKind, float], value: object
 ) -> Mapping[WindowKind, float]:
     merged = dict(defaults)
-    if value is None:
-        return MappingProxyType(merged)
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"expected a mapping of window kind to percent, got {value!r}")
-    for key, number in value.items():
-        try:
-            kind = key if isinstance(key, WindowKind) else WindowKind(key)
-            percent = float(number)
-        except (TypeError, ValueError):
-            raise ConfigError(f"invalid window setting {key!r}: {number!r}") from None
-        if not (math.isfinite(percent) and 0.0 <= percent <= 100.0):
-            raise ConfigError(f"the {kind.value} setting must be 0..100, got {number!r}")
-        merged[kind] = percent
+    merged.update(_parse_percents(value, "setting"))
     # Read-only, so a policy's thresholds cannot change under a running supervisor.
     return MappingProxyType(merged)
 
@@ -418,6 +492,195 @@ def _unique(candidates: Sequence[Candidate]) -> None:
         seen.add(candidate.name)
 
 
+# -- turn costs ------------------------------------------------------------------------
+
+# How far two reports of one reset time may differ and still name the same
+# window: a reset time derived from "seconds until reset" moves by the delay
+# between the answer and its parsing, while a real reset moves it by at least
+# the window's length.
+_RESET_JITTER = timedelta(minutes=1)
+
+
+def spent_between(before: QuotaSnapshot, after: QuotaSnapshot) -> dict[WindowKind, float]:
+    """Percentage points spent per window kind from ``before`` to ``after`` (one account).
+
+    A window counts only when both snapshots report it and it cannot have
+    reset in between: it is skipped when ``before``'s reset time has passed by
+    ``after.observed_at``, when the two reset times differ by more than a
+    minute, or when its use went down. ``after`` observed before ``before``
+    gives ``{}``. Snapshots of two accounts, or of two different limit ids,
+    raise :class:`~codex_supervisor.errors.ConfigError`.
+
+    Take both snapshots from one source: the usage endpoint reports whole
+    percents and the rollout fractions, so a mixed pair is off by up to a
+    point; and only the usage endpoint sees what the TUI's side requests
+    spend, so it is the source that measures what a turn really costs.
+    """
+    if before.account != after.account:
+        raise ConfigError(
+            f"cannot compare the quota of {before.account!r} with that of {after.account!r}"
+        )
+    if None not in (before.limit_id, after.limit_id) and before.limit_id != after.limit_id:
+        raise ConfigError(f"cannot compare limit {before.limit_id!r} with limit {after.limit_id!r}")
+    if after.observed_at < before.observed_at:
+        return {}
+    spent: dict[WindowKind, float] = {}
+    for kind in WindowKind:
+        old, new = before.window(kind), after.window(kind)
+        if old is None or new is None:
+            continue
+        if old.resets_at is not None:
+            if old.resets_at <= after.observed_at:
+                continue
+            if new.resets_at is not None and abs(new.resets_at - old.resets_at) > _RESET_JITTER:
+                continue
+        delta = new.used_percent - old.used_percent
+        if delta >= 0.0:
+            spent[kind] = delta + 0.0  # no negative zero
+    return spent
+
+
+@final
+@attrs.frozen(kw_only=True)
+class _Learned:
+    """What one account's turns cost in one window kind so far."""
+
+    mean: float
+    recent: tuple[float, ...]
+
+    @property
+    def expected(self) -> float:
+        return max(self.mean, *self.recent)
+
+
+def _spend(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not math.isfinite(number) or number < 0.0:
+        return None
+    # No turn spends more than a whole window; 0.0 also turns -0.0 into 0.0.
+    return min(100.0, number) + 0.0
+
+
+def _history(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise ConfigError(f"{attribute.name} must be an integer 1..1000, got {value!r}")
+
+
+def _smoothing(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise ConfigError(f"{attribute.name} must be in (0, 1], got {value!r}")
+
+
+_Ledger: TypeAlias = Mapping[str, Mapping[WindowKind, _Learned]]
+_EMPTY_LEDGER: _Ledger = MappingProxyType({})
+
+
+@final
+@attrs.frozen(kw_only=True)
+class TurnCosts:
+    """What a turn costs on each account, per window kind, learned from observed turns.
+
+    An immutable value: :meth:`observe` returns a new instance with one
+    turn's spend (:func:`spent_between` of the snapshots around it) folded
+    in; :meth:`expected` is what to put in :attr:`Candidate.turn_cost`.
+
+    The estimate of a window kind is the larger of
+
+    - the maximum of the last ``history`` observations (default 16), and
+    - an exponentially weighted mean of all of them (weight ``smoothing``,
+      default 0.25, for the newest).
+
+    Why: turn costs are skewed (most turns are cheap, a few that read many
+    files or write much code cost several times more) and the harm is
+    asymmetric (an under-estimate lets a turn start that the account cannot
+    finish; an over-estimate rotates a turn early and leaves a few percent
+    unused). A mean alone is exceeded by about half of all turns. The
+    maximum of a short recent history reacts to a costly turn at once and is
+    exceeded by the next turn with probability about 1/(history + 1) when
+    costs are steady (1 in 17 for 16 observations; the policy's
+    ``cost_margin`` covers that remainder). 16 rather than 8: in
+    ``benchmarks/bench_predictive.py`` a history of 8 forgot a costly turn
+    just before a costly stretch began and let a turn start that failed; 16
+    did not, and still follows a conversation whose cost per turn grows. With
+    so few observations any higher quantile *is* the maximum or next to it,
+    so a quantile would add arithmetic, not safety. The mean keeps a memory
+    of a costly stretch beyond the history, so a few cheap turns do not make
+    the estimate forget it at once.
+
+    Guarantees (tested): the estimate is never below any of the last
+    ``history`` observations, never above the largest observation ever
+    folded in, and always in 0..100. Memory is bounded: ``history`` numbers
+    and one mean per account and window kind.
+
+    :meth:`observe` ignores spends that are negative (a window reset between
+    the two snapshots), NaN, infinite or not readable as numbers, and an empty
+    mapping; spends above 100 count as 100. A window kind that is neither a
+    :class:`~codex_supervisor.quota.WindowKind` nor its name raises
+    :class:`~codex_supervisor.errors.ConfigError`.
+    """
+
+    history: int = attrs.field(default=16, validator=_history)
+    smoothing: float = attrs.field(default=0.25, converter=_float, validator=_smoothing)
+    # account -> kind -> what was learned; read-only, and out of the hash.
+    _learned: _Ledger = attrs.field(default=_EMPTY_LEDGER, alias="_learned", hash=False)
+
+    def observe(self, account: str, spent: Mapping[WindowKind, float]) -> TurnCosts:
+        """A new estimate with one turn of ``account`` folded in (see the class docstring)."""
+        if not isinstance(account, str):
+            raise ConfigError(f"account must be a name, got {account!r}")
+        if not isinstance(spent, Mapping):
+            raise ConfigError(f"spent must be a mapping of window kind to percent, got {spent!r}")
+        learned = dict(self._learned.get(account, {}))
+        changed = False
+        for key, value in spent.items():
+            kind = _kind(key)
+            cost = _spend(value)
+            if cost is None:
+                continue
+            learned[kind] = self._fold(learned.get(kind), cost)
+            changed = True
+        if not changed:
+            return self
+        ledger = dict(self._learned)
+        ledger[account] = MappingProxyType(learned)
+        return attrs.evolve(self, _learned=MappingProxyType(ledger))
+
+    def _fold(self, known: _Learned | None, cost: float) -> _Learned:
+        if known is None:
+            return _Learned(mean=cost, recent=(cost,))
+        mean = known.mean + self.smoothing * (cost - known.mean)
+        return _Learned(mean=mean, recent=(*known.recent, cost)[-self.history :])
+
+    def expected(self, account: str) -> Mapping[WindowKind, float]:
+        """Percentage points the next turn of ``account`` is expected to cost, per kind.
+
+        Empty when nothing has been learned about ``account``.
+        """
+        learned = self._learned.get(account, {})
+        return MappingProxyType({kind: known.expected for kind, known in learned.items()})
+
+    def prior(self) -> Mapping[WindowKind, float]:
+        """The dearest expected turn over every account, per kind (empty if none learnt).
+
+        What to expect of an account that has no history yet: the cost of a
+        turn follows the conversation more than the account, and guessing
+        high only rotates a little early.
+        """
+        dearest: dict[WindowKind, float] = {}
+        for learned in self._learned.values():
+            for kind, known in learned.items():
+                dearest[kind] = max(dearest.get(kind, 0.0), known.expected)
+        return MappingProxyType(dearest)
+
+    def recent(self, account: str) -> Mapping[WindowKind, tuple[float, ...]]:
+        """The last ``history`` observations of ``account`` per kind, oldest first."""
+        learned = self._learned.get(account, {})
+        return MappingProxyType({kind: known.recent for kind, known in learned.items()})
+
+
 # Levels of a window's pressure on the running account.
 _CALM, _PREWARM, _ROTATE = 0, 1, 2
 
@@ -435,11 +698,16 @@ class RotationPolicy:
 
     - :meth:`pressure` — how a snapshot is read at ``now`` (reset and
       staleness rules);
+    - :meth:`rotation_floor` — the remaining percent at or below which a
+      window of an account makes us rotate (its threshold, raised to the
+      expected next turn's cost x ``cost_margin``); the pre-warm mark and the
+      successor floor (:meth:`successor_floor`) follow it;
     - :meth:`launchable` — whether an account may be launched at all (not
       blocked, not limit-reached). Override it to forbid accounts outright:
       every selection, including the fallbacks, goes through it;
     - :meth:`eligible` — whether an account is a good successor
-      (launchable and above threshold + margin + hysteresis in every window);
+      (launchable and above rotation floor + margin + hysteresis in every
+      window);
     - :meth:`headroom` — the one-number score HEADROOM ranks by;
     - :meth:`rank` — the eligible accounts, best first;
     - :meth:`choose` — the account to launch on (start, after a cutover);
@@ -456,9 +724,29 @@ class RotationPolicy:
     ``prewarm_margin`` (default five-hour 5, weekly 3)
         Pre-warm a successor once a window is at or below threshold + margin.
     ``hysteresis`` (default 5)
-        A successor needs threshold + margin + hysteresis remaining in every
-        window, so an account that just recovered a few percent is not picked
-        back and forth.
+        A successor needs rotation floor + margin + hysteresis remaining in
+        every window, so an account that just recovered a few percent is not
+        picked back and forth.
+    ``cost_margin`` (default 2)
+        How many expected turns must fit: a window's rotation floor is
+        ``max(threshold, turn_cost x cost_margin)``, where ``turn_cost`` is
+        the candidate's own expected cost of its next turn in that window
+        kind (:attr:`Candidate.turn_cost`). The margin covers a turn dearer
+        than the estimate and the quota Codex spends where the supervisor
+        cannot see it (the TUI's side requests). Measured in
+        ``benchmarks/bench_predictive.py`` (1000 sessions of 20 turns): 1.5
+        let 1 turn in 20,000 start that failed, 2 none; the price is about 5
+        points more left on an account when it is rotated away from (still
+        usable later).
+    ``last_resort_margin`` (default 1.25)
+        When no account is a comfortable successor, an account can still
+        take a turn (:meth:`can_take_turn`) if every window has more than
+        ``turn_cost x last_resort_margin`` left.
+    ``pause_when_drained`` (default True)
+        When the running account cannot take another turn and no account
+        can, :meth:`decide` says :class:`PauseAtBoundary` (and :meth:`choose`
+        waits) instead of letting a turn start that would fail midway. False
+        keeps using an account until it runs out.
     ``strategy`` (default :attr:`Strategy.HEADROOM`)
         How eligible successors are ranked; ties go to fewer occupants, then
         the name. Accounts without a snapshot rank after all known ones.
@@ -480,7 +768,20 @@ class RotationPolicy:
 
     Choosing (:meth:`choose`): the best eligible account; if none is eligible,
     the launchable account with the most remaining (running low beats not
-    running); :class:`WaitUntil` only when no account is launchable.
+    running) that can still take a turn; :class:`WaitUntil` only when no
+    account is launchable (or, with ``pause_when_drained``, none can take a
+    turn).
+
+    Predictive rotation: with a ``turn_cost`` on the running account, a
+    window whose remaining quota will not cover the next turn (times
+    ``cost_margin``) rotates at the next turn boundary even above its
+    threshold, and pre-warms ``prewarm_margin`` before that; the decision's
+    reason then names the expected turn (``five-hour 7% left …, at or below
+    the expected next turn (5% x 2 = 10%)``). Adding a cost never makes a
+    decision less urgent, except that a successor must now also fit its own
+    expected turn: :class:`Continue` can replace a rotation when no account
+    does. A successor is eligible only when it is calm on its own terms, so
+    the account just rotated to does not itself ask for a pre-warm.
     """
 
     rotate_at: Mapping[WindowKind, float] = attrs.field(
@@ -490,6 +791,11 @@ class RotationPolicy:
         default=None, converter=_prewarm_margin, hash=False
     )
     hysteresis: float = attrs.field(default=5.0, converter=_float, validator=_percent)
+    cost_margin: float = attrs.field(default=2.0, converter=_float, validator=_positive)
+    last_resort_margin: float = attrs.field(default=1.25, converter=_float, validator=_positive)
+    pause_when_drained: bool = attrs.field(
+        default=True, validator=attrs.validators.instance_of(bool)
+    )
     strategy: Strategy = attrs.field(default=Strategy.HEADROOM, converter=_strategy)
     drain_order: tuple[str, ...] = attrs.field(default=(), converter=_names)
     stale_after: timedelta = attrs.field(
@@ -577,12 +883,33 @@ class RotationPolicy:
         five = 100.0 if five is None else five
         return (self.weekly_weight * weekly + five) / (self.weekly_weight + 1.0)
 
-    def successor_floor(self, kind: WindowKind) -> float | None:
-        """Remaining percent a successor needs in a ``kind`` window (None: no limit)."""
+    def rotation_floor(self, kind: WindowKind, candidate: Candidate | None = None) -> float | None:
+        """Remaining percent at or below which a ``kind`` window of ``candidate`` rotates.
+
+        ``max(threshold, turn_cost x cost_margin)``, the candidate's own
+        expected turn cost in that window kind; the bare threshold without a
+        candidate or a cost; ``None`` for a kind without a threshold. The
+        pre-warm mark is this floor + ``prewarm_margin`` and the successor
+        floor this floor + margin + ``hysteresis``. Override it to weigh turn
+        costs differently; keep it pure and never below the threshold.
+        """
         threshold = self.rotate_at.get(kind)
         if threshold is None:
             return None
-        return threshold + self.prewarm_margin.get(kind, 0.0) + self.hysteresis
+        cost = 0.0 if candidate is None else candidate.turn_cost.get(kind, 0.0)
+        return max(threshold, cost * self.cost_margin)
+
+    def successor_floor(self, kind: WindowKind, candidate: Candidate | None = None) -> float | None:
+        """Remaining percent a successor needs in a ``kind`` window (None: no limit).
+
+        :meth:`rotation_floor` + ``prewarm_margin`` + ``hysteresis``, so that
+        the account rotated to is not itself at its pre-warm mark; without a
+        candidate, the floor of an account whose turn cost is unknown.
+        """
+        floor = self.rotation_floor(kind, candidate)
+        if floor is None:
+            return None
+        return floor + self.prewarm_margin.get(kind, 0.0) + self.hysteresis
 
     # -- selecting ----------------------------------------------------------------
 
@@ -593,18 +920,41 @@ class RotationPolicy:
             return False
         return not self.pressure(candidate.name, candidate.snapshot, now).limit_reached
 
+    def can_take_turn(self, candidate: Candidate, now: datetime) -> bool:
+        """Whether ``candidate`` is launchable and expected to finish one more turn.
+
+        Every window with a learned :attr:`Candidate.turn_cost` must have more
+        remaining than that cost x ``last_resort_margin`` (no threshold,
+        pre-warm margin or hysteresis: this is the last-resort test, not the
+        comfortable one), or be untouched (100 % left). Without learned
+        costs, launchable is enough.
+        """
+        if not self.launchable(candidate, now):
+            return False
+        if not candidate.turn_cost:
+            return True
+        pressure = self.pressure(candidate.name, candidate.snapshot, now)
+        # A window with nothing used takes any turn: an estimate inflated by
+        # spend from elsewhere must not lock an account out for good.
+        return all(
+            w.remaining_percent >= 100.0
+            or w.remaining_percent > candidate.turn_cost.get(w.kind, 0.0) * self.last_resort_margin
+            for w in pressure.windows
+        )
+
     def eligible(self, candidate: Candidate, now: datetime) -> bool:
         """Whether ``candidate`` is a good successor: launchable, with headroom everywhere.
 
-        Headroom means threshold + margin + hysteresis remaining in every
-        window that has a threshold. An account without a snapshot is
-        eligible (:meth:`rank` puts it after the known ones).
+        Headroom means :meth:`successor_floor` (rotation floor, with the
+        candidate's own expected turn cost, + margin + hysteresis) remaining
+        in every window that has a threshold. An account without a snapshot
+        is eligible (:meth:`rank` puts it after the known ones).
         """
         if not self.launchable(candidate, now):
             return False
         pressure = self.pressure(candidate.name, candidate.snapshot, now)
         for window in pressure.windows:
-            floor = self.successor_floor(window.kind)
+            floor = self.successor_floor(window.kind, candidate)
             if floor is not None and window.remaining_percent < floor:
                 return False
         return True
@@ -678,6 +1028,9 @@ class RotationPolicy:
         if ranked:
             return ranked[0]
         usable = [c for c in pool if self.launchable(c, now)]
+        if self.pause_when_drained:
+            # A low account beats none, but not one that cannot finish a turn.
+            usable = [c for c in usable if self.can_take_turn(c, now)]
         if not usable:
             return None
 
@@ -698,7 +1051,9 @@ class RotationPolicy:
         """When ``candidate`` can next be launched as far as blocks and quota go.
 
         The later of its block and the end of its exhausted window (as
-        :meth:`cooldown_for` computes it); ``now`` when neither holds. A
+        :meth:`cooldown_for` computes it) — and, with ``pause_when_drained``,
+        the reset of any window with less left than the expected turn cost;
+        ``now`` when none holds. A
         subclass that forbids accounts in :meth:`launchable` should extend
         this to say when its rule lifts; otherwise a :class:`WaitUntil` that
         depends on such an account rechecks after ``unknown_reset_backoff``.
@@ -707,8 +1062,16 @@ class RotationPolicy:
         until = now
         if candidate.blocked_until is not None and candidate.blocked_until > now:
             until = candidate.blocked_until
-        if self.pressure(candidate.name, candidate.snapshot, now).limit_reached:
+        pressure = self.pressure(candidate.name, candidate.snapshot, now)
+        if pressure.limit_reached:
             until = max(until, self.cooldown_for(candidate.snapshot, now)[1])
+        elif self.pause_when_drained and candidate.turn_cost:
+            # Too little left for a turn: usable again when the short window resets.
+            for window in pressure.windows:
+                cost = candidate.turn_cost.get(window.kind, 0.0) * self.last_resort_margin
+                short = 0.0 < window.remaining_percent < 100.0 and window.remaining_percent <= cost
+                if short and window.resets_at is not None:
+                    until = max(until, window.resets_at)
         return until
 
     def _earliest(
@@ -733,13 +1096,18 @@ class RotationPolicy:
                 )
             elif pressure.limit_reached:
                 parts.append(f"{candidate.name!r} exhausted ({pressure.describe()})")
+            elif self.pause_when_drained and not self.can_take_turn(candidate, now):
+                parts.append(
+                    f"{candidate.name!r} has too little left for its next turn "
+                    f"({pressure.describe()}; a turn costs about {_costs(candidate)})"
+                )
             else:
                 parts.append(f"{candidate.name!r} not launchable")
         return "; ".join(parts)
 
     # -- the running account ----------------------------------------------------------
 
-    def decide(
+    def decide(  # noqa: PLR0911 - one return per kind of decision reads best
         self,
         current: Candidate,
         others: Sequence[Candidate],
@@ -753,10 +1121,16 @@ class RotationPolicy:
           account limit-reached, or blocked): :class:`RotateNow` to the account
           :meth:`choose` would pick among ``others``, else :class:`WaitUntil`
           the earliest moment any account, the current one included, can run.
-        - A window at or below its threshold: :class:`RotateAtBoundary` to the
-          best eligible successor; at or below threshold + margin:
-          :class:`Prewarm` it. With no eligible successor: :class:`Continue`
-          (keep using the account until it runs out).
+        - A window at or below its :meth:`rotation_floor` (the threshold, or
+          the expected next turn x ``cost_margin`` when that is more):
+          :class:`RotateAtBoundary` to the best eligible successor; at or
+          below floor + margin: :class:`Prewarm` it. With no eligible
+          successor: :class:`Continue` (keep using the account until it runs
+          out) — unless, with ``pause_when_drained``, the account has less
+          left than the next turn's expected cost: then
+          :class:`RotateAtBoundary` to an account that can still take a turn
+          (:meth:`can_take_turn`), or :class:`PauseAtBoundary` until the
+          earliest moment one can.
         - Otherwise :class:`Continue`.
 
         ``others`` may include ``current`` (it is skipped).
@@ -770,29 +1144,27 @@ class RotationPolicy:
             return self._exhausted(current, rest, now, cause)
         if not pressure.known:
             return Continue(reason=f"no quota data for account {current.name!r} yet; continuing")
-        level, window = self._tightest(pressure)
+        level, window, floor = self._tightest(pressure, current)
         if level == _CALM:
             room = pressure.describe()
             return Continue(
                 reason=f"account {current.name!r} has room ({room}); no rotation needed"
             )
         assert window is not None
-        threshold = self.rotate_at[window.kind]
-        if level == _ROTATE:
-            why = (
-                f"account {current.name!r} has {window.describe()}, "
-                f"at or below the rotation threshold of {_pct(threshold)}%"
-            )
-        else:
-            mark = threshold + self.prewarm_margin.get(window.kind, 0.0)
-            why = (
-                f"account {current.name!r} has {window.describe()}, "
-                f"at or below the pre-warm mark of {_pct(mark)}%"
-            )
+        why = (
+            f"account {current.name!r} has {window.describe()}, "
+            f"{self._mark(level, window.kind, current, floor)}"
+        )
         ranked = self.rank(rest, now)
         if not ranked:
+            if (
+                level == _ROTATE
+                and self.pause_when_drained
+                and not self.can_take_turn(current, now)
+            ):
+                return self._drained(current, rest, now, why)
             return Continue(
-                reason=f"{why}, but no other account is eligible ({self._floors()}); "
+                reason=f"{why}, but no other account is eligible ({self._floors(rest)}); "
                 f"staying on {current.name!r} until it runs out"
             )
         successor = ranked[0]
@@ -805,6 +1177,28 @@ class RotationPolicy:
         return Prewarm(
             successor=successor.name,
             reason=f"{why}; pre-warming {successor.name!r} ({about})",
+        )
+
+    def _drained(
+        self, current: Candidate, rest: Sequence[Candidate], now: datetime, why: str
+    ) -> Decision:
+        # The current account cannot finish the next turn and no account is
+        # a comfortable successor: one that can still take a turn will do;
+        # else nobody can, so pause rather than start a turn that will fail.
+        fallback = self._pick(rest, now)
+        if fallback is not None:
+            about = self.pressure(fallback.name, fallback.snapshot, now).summary()
+            return RotateAtBoundary(
+                successor=fallback.name,
+                reason=f"{why}, less than the next turn needs; no account is a comfortable "
+                f"successor, rotating to {fallback.name!r} ({about}), which can still take a turn",
+            )
+        until, first = self._earliest([current, *rest], now)
+        return PauseAtBoundary(
+            until=until,
+            reason=f"{why}, less than the next turn needs, and no other account can take a "
+            f"turn either; pausing at the turn boundary until {_when(until, now)}, when "
+            f"{first!r} can",
         )
 
     def _exhaustion_cause(
@@ -845,33 +1239,61 @@ class RotationPolicy:
             f"waiting until {_when(until, now)}, when {first!r} becomes available",
         )
 
-    def _tightest(self, pressure: Pressure) -> tuple[int, WindowPressure | None]:
-        best: tuple[tuple[Any, ...], int, WindowPressure] | None = None
+    def _tightest(
+        self, pressure: Pressure, current: Candidate
+    ) -> tuple[int, WindowPressure | None, float]:
+        best: tuple[tuple[Any, ...], int, WindowPressure, float] | None = None
         for window in pressure.windows:
-            threshold = self.rotate_at.get(window.kind)
-            if threshold is None:
+            floor = self.rotation_floor(window.kind, current)
+            if floor is None:
                 continue
             margin = self.prewarm_margin.get(window.kind, 0.0)
-            if window.remaining_percent <= threshold:
+            if window.remaining_percent <= floor:
                 level = _ROTATE
-            elif window.remaining_percent <= threshold + margin:
+            elif window.remaining_percent <= floor + margin:
                 level = _PREWARM
             else:
                 level = _CALM
-            key = (-level, window.remaining_percent - threshold, _KIND_ORDER[window.kind])
+            key = (-level, window.remaining_percent - floor, _KIND_ORDER[window.kind])
             if best is None or key < best[0]:
-                best = (key, level, window)
+                best = (key, level, window, floor)
         if best is None:
-            return _CALM, None
-        return best[1], best[2]
+            return _CALM, None, 0.0
+        return best[1], best[2], best[3]
 
-    def _floors(self) -> str:
+    def _mark(self, level: int, kind: WindowKind, current: Candidate, floor: float) -> str:
+        """Which line a window crossed, and why that line lies where it does."""
+        threshold = self.rotate_at[kind]
+        margin = self.prewarm_margin.get(kind, 0.0)
+        if floor <= threshold:
+            if level == _ROTATE:
+                return f"at or below the rotation threshold of {_pct(threshold)}%"
+            return f"at or below the pre-warm mark of {_pct(floor + margin)}%"
+        cost = current.turn_cost.get(kind, 0.0)
+        if cost > 0.0 and floor == cost * self.cost_margin:
+            product = f"{_pct(cost)}% x {self.cost_margin:g} = {_pct(floor)}%"
+            if level == _ROTATE:
+                return f"at or below the expected next turn ({product})"
+            line = f"the expected next turn, {product}"
+        else:  # a subclass's rotation_floor: say where it lies, not why
+            if level == _ROTATE:
+                return f"at or below the rotation floor of {_pct(floor)}%"
+            line = f"the rotation floor, {_pct(floor)}%"
+        return (
+            f"at or below the pre-warm mark of {_pct(floor + margin)}% "
+            f"({line}, plus a {_pct(margin)}% margin)"
+        )
+
+    def _floors(self, rest: Sequence[Candidate] = ()) -> str:
         parts = []
         for kind in sorted(self.rotate_at, key=lambda k: _DISPLAY_ORDER[k]):
             floor = self.successor_floor(kind)
             assert floor is not None
             parts.append(f"{_label(kind)} >= {_pct(floor)}%")
-        return "a successor needs " + ", ".join(parts)
+        text = "a successor needs " + ", ".join(parts)
+        if any(c.turn_cost for c in rest):
+            text += ", more where its expected turn cost asks for it"
+        return text
 
     # -- cooldowns ---------------------------------------------------------------------
 

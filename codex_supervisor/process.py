@@ -32,13 +32,14 @@ pid ...") instead of the real one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shlex
 import signal
 import termios
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType, TracebackType
 from typing import Any, Final, Self, final
 
@@ -463,6 +464,14 @@ class SignalWatcher:
     which handles it. Without it, SIGINT is watched like SIGTERM (for headless
     children in their own process group, which the terminal does not reach).
 
+    :meth:`ignoring_sigint` switches SIGINT handling for a stretch (the
+    supervisor ignores it only while the TUI owns the terminal; during a wait
+    no Codex runs and Ctrl-C must end the run).
+
+    ``install=False`` makes a passive watcher that never touches signal
+    dispositions (for worker threads, where signals are the caller's
+    business); :meth:`trigger` still wakes it, so an embedder can stop a run.
+
     It uses ``loop.add_signal_handler``: a Python-level handler, not
     ``SIG_IGN``, so children launched meanwhile still get SIGINT's default
     disposition (an ignored disposition would survive their ``exec``). On exit
@@ -471,10 +480,11 @@ class SignalWatcher:
     that callback could not be restored afterwards.
     """
 
-    __slots__ = ("_event", "_ignore_sigint", "_loop", "_previous", "_received")
+    __slots__ = ("_event", "_ignore_sigint", "_install", "_loop", "_previous", "_received")
 
-    def __init__(self, *, ignore_sigint: bool = True) -> None:
+    def __init__(self, *, ignore_sigint: bool = True, install: bool = True) -> None:
         self._ignore_sigint = ignore_sigint
+        self._install = install
         self._event = asyncio.Event()
         self._received: signal.Signals | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -496,6 +506,34 @@ class SignalWatcher:
         assert self._received is not None
         return self._received
 
+    def trigger(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Act as if ``sig`` had been received (an embedder's way to stop a run)."""
+        self._on_signal(sig)
+
+    @property
+    def sigint_ignored(self) -> bool:
+        """Whether SIGINT is ignored right now."""
+        return self._ignore_sigint
+
+    @contextlib.contextmanager
+    def ignoring_sigint(self, ignore: bool = True) -> Iterator[None]:  # noqa: FBT001, FBT002 - reads as a switch
+        """Ignore (or watch) SIGINT for the duration of the block, then restore."""
+        previous = self._ignore_sigint
+        self._set_sigint(ignore)
+        try:
+            yield
+        finally:
+            self._set_sigint(previous)
+
+    def _set_sigint(self, ignore: bool) -> None:  # noqa: FBT001
+        self._ignore_sigint = ignore
+        if self._loop is not None and not self._loop.is_closed():
+            handler = self._on_ignored if ignore else self._on_signal
+            try:
+                self._loop.add_signal_handler(signal.SIGINT, handler, signal.SIGINT)
+            except (RuntimeError, ValueError, OSError) as exc:
+                raise ProcessError(f"cannot change the SIGINT handler: {exc}") from exc
+
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._received is None:
             self._received = sig
@@ -508,6 +546,8 @@ class SignalWatcher:
         _log.debug("ignoring %s: the terminal delivered it to the child too", sig.name)
 
     async def __aenter__(self) -> Self:
+        if not self._install:
+            return self
         if threading.current_thread() is not threading.main_thread():
             raise ProcessError("SignalWatcher only works in the main thread")
         if self._loop is not None:

@@ -43,7 +43,7 @@ import attrs
 
 from .clock import Clock, SystemClock
 from .errors import QuotaParseError, SessionError
-from .quota import QuotaSnapshot
+from .snapshots import QuotaSnapshot
 
 __all__ = [
     "BindAttempt",

@@ -7,12 +7,12 @@ the turn to end, stops Codex, and resumes **the same session** with ``codex
 resume <id>`` on the successor. A turn that already failed on the usage limit
 (interactive, or a headless ``exec`` that exited on it) is cut over at once
 and resumed with a continuation prompt, so the caller of ``exec`` sees one
-successful run. The return value is Codex's exit code (128+signal when the
-supervisor itself was stopped by SIGTERM or SIGHUP).
+successful run.
 
 The steps (ARCHITECTURE.md, "The interactive run"): select → occupy → launch
 → bind → follow → decide → pre-warm → rotate at the boundary → resume. Every
-step emits an event (:mod:`.events`).
+choice of account goes through one :class:`~codex_supervisor.selection.AccountSelector`;
+every step emits an event (:mod:`.events`).
 """
 
 from __future__ import annotations
@@ -20,16 +20,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import final
+from typing import Any, Protocol, TypeAlias, TypeVar, final
 
 import attrs
 
-from .accounts import Account, AccountPool
+from .accounts import AccountPool
 from .clock import Clock, SystemClock
 from .codex_cli import (
     Invocation,
@@ -41,7 +44,7 @@ from .codex_cli import (
     resume_argv,
 )
 from .config import child_environment
-from .errors import ConfigError, QuotaError, QuotaUnavailable
+from .errors import ConfigError
 from .events import (
     AccountSelected,
     ChildExited,
@@ -50,26 +53,37 @@ from .events import (
     EventSink,
     PrewarmReady,
     PrewarmStarted,
-    QuotaUpdated,
     Resumed,
     Rotating,
     SessionBound,
     WaitingForReset,
 )
 from .policy import (
+    USAGE_LIMIT_ERRORS,
     Candidate,
     Continue,
+    PauseAtBoundary,
     Prewarm,
     RotateAtBoundary,
     RotateNow,
     RotationPolicy,
-    WaitUntil,
+    spent_between,
 )
 from .process import Child, SignalWatcher, StopPolicy, TerminalGuard, launch
-from .quota import QuotaService, QuotaSnapshot, UsageEndpointSource, WindowKind
-from .sessions import Binding, RateLimitsObserved, RolloutReader, SessionBinder, is_session_id
+from .quota import QuotaService
+from .selection import AccountSelector, summarize
+from .sessions import (
+    Binding,
+    RateLimitsObserved,
+    RolloutReader,
+    SessionBinder,
+    TurnCompleted,
+    TurnStarted,
+    is_session_id,
+)
+from .snapshots import QuotaSnapshot
 
-__all__ = ["Supervisor", "SupervisorConfig"]
+__all__ = ["ChildLauncher", "RunResult", "Supervisor", "SupervisorConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +92,54 @@ DEFAULT_CONTINUATION_PROMPT = (
     "Continue exactly where you left off."
 )
 
+_T = TypeVar("_T")
+#: Turn starts further apart than this are not one turn's cost.
+_MAX_TURN_GAP = timedelta(minutes=30)
 
+
+class ChildLauncher(Protocol):
+    """Starts a Codex child: :func:`codex_supervisor.process.launch`'s signature."""
+
+    def __call__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: str | os.PathLike[str] | None = None,
+        stdin: int | None = None,
+    ) -> Awaitable[Child]: ...
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not (isinstance(value, int | float) and math.isfinite(value)):
+        raise ConfigError(f"{attribute.name} must be a finite number, got {value!r}")
+    if value <= 0:
+        raise ConfigError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not (isinstance(value, int | float) and math.isfinite(value)):
+        raise ConfigError(f"{attribute.name} must be a finite number, got {value!r}")
+    if value < 0:
+        raise ConfigError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _optional_positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value is not None:
+        _non_negative(instance, attribute, value)
+
+
+def _count(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{attribute.name} must be an integer >= 0, got {value!r}")
+
+
+def _text(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{attribute.name} must be a non-empty string, got {value!r}")
+
+
+@final
 @attrs.frozen(kw_only=True)
 class SupervisorConfig:
     """How a :class:`Supervisor` behaves; every field has a documented default.
@@ -87,58 +148,189 @@ class SupervisorConfig:
     ``continuation_prompt``: sent when a turn that failed on the usage limit
     is resumed on the successor.
     ``poll_interval``: seconds between looks at the rollout (0.25).
-    ``quota_stale_after``: passive quota older than this (seconds) is
-    refreshed from the usage endpoint, which spends no quota (120).
+    ``quota_stale_after``: quota older than this (seconds) is refreshed from
+    the usage endpoint, which spends no quota (120).
     ``bind_timeout``: how long to look for the child's session (30).
     ``restart_budget``: rotations and crash restarts allowed in one run (8).
     ``crash_window`` / ``crash_backoff``: a resumed child failing within
     ``crash_window`` seconds counts as a crash; restarts back off from
     ``crash_backoff`` seconds, doubling.
-    ``wait_for_reset``: when every account is blocked, wait for the earliest
-    reset (True) or fail with QuotaUnavailable (False); ``max_wait`` caps it.
-    ``countdown_interval``: seconds between WaitingForReset events.
+    ``wait_for_reset``: when every account is blocked, wait until one can run
+    (True) or fail with QuotaUnavailable (False); ``max_wait`` caps it.
+    ``countdown_interval``: seconds between WaitingForReset events (1).
     ``lease_ttl``: occupancy lease TTL (seconds; renewed at a third).
     ``stop``: the SIGINT → SIGTERM → SIGKILL graces.
+
+    Invalid values raise :class:`~codex_supervisor.errors.ConfigError`.
     """
 
-    codex: str = "codex"
-    continuation_prompt: str = DEFAULT_CONTINUATION_PROMPT
-    poll_interval: float = 0.25
-    quota_stale_after: float = 120.0
-    bind_timeout: float = 30.0
-    restart_budget: int = 8
-    crash_window: float = 10.0
-    crash_backoff: float = 1.0
+    codex: str = attrs.field(default="codex", validator=_text)
+    continuation_prompt: str = attrs.field(default=DEFAULT_CONTINUATION_PROMPT, validator=_text)
+    poll_interval: float = attrs.field(default=0.25, validator=_positive)
+    quota_stale_after: float = attrs.field(default=120.0, validator=_non_negative)
+    bind_timeout: float = attrs.field(default=30.0, validator=_positive)
+    restart_budget: int = attrs.field(default=8, validator=_count)
+    crash_window: float = attrs.field(default=10.0, validator=_non_negative)
+    crash_backoff: float = attrs.field(default=1.0, validator=_non_negative)
     wait_for_reset: bool = True
-    max_wait: float | None = None
-    countdown_interval: float = 1.0
-    lease_ttl: float = 30.0
+    max_wait: float | None = attrs.field(default=None, validator=_optional_positive)
+    countdown_interval: float = attrs.field(default=1.0, validator=_positive)
+    lease_ttl: float = attrs.field(default=30.0, validator=_positive)
     stop: StopPolicy = attrs.field(factory=StopPolicy)
 
 
+@final
 @attrs.frozen(kw_only=True)
-class _Outcome:
-    """How one child's run ended, and what the supervisor should do next."""
+class RunResult:
+    """How a supervised run ended.
+
+    ``exit_code`` is Codex's exit code, or ``128 + signal`` when the
+    supervisor was stopped by a signal (``signal`` then names it).
+    ``session_id`` is the conversation the run followed (``None`` when it was
+    never identified); ``accounts`` every account a child ran on, in order
+    (an account appears again when the run came back to it); ``rotations``
+    how many times the session moved to a successor.
+    """
+
+    exit_code: int
+    session_id: str | None
+    accounts: tuple[str, ...]
+    rotations: int
+    signal: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when Codex finished with exit code 0."""
+        return self.exit_code == 0
+
+
+# -- what one child's run came to (a small sum type) ------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class _Exited:
+    """The child exited on its own: its exit code is the answer (or a crash)."""
 
     returncode: int
     session_id: str | None
-    rotate: bool = False
-    immediate: bool = False
-    successor: str | None = None
-    reason: str = ""
-    exhausted: bool = False
-    signal: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class _Rotate:
+    """The session must move: at a boundary, or at once after a failed turn."""
+
+    returncode: int
+    session_id: str | None
+    reason: str
+    successor: str | None
+    immediate: bool
+    exhausted: bool
     snapshot: QuotaSnapshot | None = None
-    stopped: bool = False  # the supervisor stopped the child (it did not exit on its own)
+
+
+@attrs.frozen(kw_only=True)
+class _Interrupted:
+    """The supervisor was told to stop (a signal); the child has been stopped."""
+
+    returncode: int
+    session_id: str | None
+    signal: signal.Signals
+
+
+_Outcome: TypeAlias = _Exited | _Rotate | _Interrupted
+
+
+@attrs.define
+class _ChildRun:
+    """The state of one running child, kept in one place."""
+
+    inv: Invocation
+    child: Child
+    account: str
+    home: Path
+    workdir: Path
+    launched_at: datetime
+    binder: SessionBinder
+    binding: Binding | None
+    known_session: str | None
+    bind_deadline: float
+    last_passive: float
+    reader: RolloutReader | None = None
+    turns_at_launch: int = 0
+    prewarm: asyncio.Task[str | None] | None = None
+    # The last rate limits this child's rollout reported: the evidence of a
+    # failed turn (what the 429 said), which a later probe must not replace.
+    rollout_quota: QuotaSnapshot | None = None
+
+    @property
+    def session_id(self) -> str | None:
+        return None if self.binding is None else self.binding.session_id
+
+    def last_error(self) -> str | None:
+        # Only a turn that ended under this child counts: a resumed session's
+        # last turn may have failed under the previous account.
+        if self.reader is None:
+            return None
+        state = self.reader.state
+        if state.turns_completed > self.turns_at_launch and state.last_error is not None:
+            return state.last_error.codex_error_info
+        return None
+
+    def successor(self) -> str | None:
+        task = self.prewarm
+        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+            return None
+        return task.result()
 
 
 @final
 class Supervisor:
     """Runs Codex under the best account of a pool and rotates it before quota runs out.
 
-    Everything it touches is injectable: the pool, the policy, the quota
-    service (by default the usage endpoint through the pool's credentials),
-    the event sink, the clock and the environment children inherit.
+    **What it does.** :meth:`run` chooses an account (through its
+    :class:`~codex_supervisor.selection.AccountSelector`), holds a shared
+    occupancy lease on it, starts Codex there and follows the session's
+    rollout. Under pressure it pre-warms a successor, rotates at the next turn
+    boundary and resumes the same session on it; a turn that failed on the
+    usage limit is resumed at once with ``config.continuation_prompt``.
+
+    **When it blocks.** When no account can run — at the start or after an
+    account ran out — it waits (``config.wait_for_reset``) until one can: the
+    current account included, whichever comes first. The wait re-evaluates
+    every ``config.countdown_interval`` seconds and as soon as the pool state
+    or the occupancy changes (another session ended, ``status --refresh``
+    stored fresher quota, a cooldown was lifted), and a reset time passing is
+    noticed within that interval. It emits
+    :class:`~codex_supervisor.events.WaitingForReset` at once and then every
+    interval; with no ``sink`` it logs the wait on this module's logger (a
+    WARNING, which Python prints even without logging configured).
+    ``config.max_wait`` bounds it; ``wait_for_reset=False`` raises
+    :class:`~codex_supervisor.errors.QuotaUnavailable` instead.
+
+    **Signals.** Called from the main thread, a run handles SIGTERM and SIGHUP
+    (stop the child gracefully, release the leases, return ``128 + signal``)
+    and SIGINT: ignored only while an interactive TUI child owns the terminal
+    (the terminal delivers Ctrl-C to it); during a wait, a backoff or a
+    headless ``exec`` child it ends the run (130). No Codex runs during a wait,
+    so nothing is lost. From any other thread no signal handler is installed:
+    signals are then the caller's business — cancel the task running
+    :meth:`run`, or call :meth:`request_stop`.
+
+    **What it raises.** :class:`~codex_supervisor.errors.ConfigError` (empty
+    pool, bad arguments), :class:`~codex_supervisor.errors.QuotaUnavailable`
+    (no account and no wait allowed, or ``max_wait`` passed),
+    :class:`~codex_supervisor.errors.CodexNotFoundError` /
+    :class:`~codex_supervisor.errors.UnsupportedCodexVersion` (the binary), and
+    :class:`~codex_supervisor.errors.ProcessError`. On every path the child is
+    reaped, leases are released and the terminal is restored before it
+    returns or raises.
+
+    **Injectable.** The pool, the policy, the quota service (default: the
+    usage endpoint with the pool's credentials), the event sink, the clock,
+    the launcher (default :func:`~codex_supervisor.process.launch`) and
+    ``environ`` — the environment children start from, default
+    ``os.environ`` read when the Supervisor is built; the library's own
+    variables are removed and ``CODEX_HOME`` set per account on every launch.
     """
 
     def __init__(
@@ -151,225 +343,165 @@ class Supervisor:
         sink: EventSink | None = None,
         clock: Clock | None = None,
         environ: Mapping[str, str] | None = None,
+        launcher: ChildLauncher | None = None,
+        selector: AccountSelector | None = None,
     ) -> None:
         self.pool = pool
         self.config = config or SupervisorConfig()
-        self.policy = policy or RotationPolicy()
         self.clock = clock or SystemClock()
-        self._injected_quota = quota
-        self.quota = quota or self._new_quota()
         self.sink = sink
         self.environ = dict(os.environ if environ is None else environ)
-        self._accounts_cache: tuple[float, list[Account]] | None = None
-        self._occupancy: dict[str, int] | None = None
-        self._probes: set[asyncio.Task[None]] = set()
+        self._launch: ChildLauncher = launcher or launch
+        self.selector = selector or AccountSelector(
+            pool,
+            policy=policy,
+            quota=quota,
+            clock=self.clock,
+            sink=self._emit,
+            stale_after=self.config.quota_stale_after,
+            tick=self.config.countdown_interval,
+        )
+        if selector is not None and selector.sink is None:
+            selector.sink = self._emit
+        self.policy = self.selector.policy
+        self._signals: SignalWatcher | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Turn-cost learning: the newest snapshot when the last turn started,
+        # for the account the session runs on (dropped when it moves, so
+        # time spent elsewhere never counts as a turn).
+        self._turn_base: dict[str, QuotaSnapshot] = {}
+        self._stop_requested: signal.Signals | None = None
+        self._waiting_logged = False
+
+    @property
+    def quota(self) -> QuotaService:
+        """The quota service the selector reads through."""
+        return self.selector.quota
 
     # -- public entry points ---------------------------------------------------------
 
-    def run_sync(self, argv: Sequence[str], cwd: Path | str | None = None) -> int:
-        """:meth:`run` for scripts: runs its own event loop."""
+    def run_sync(self, argv: Sequence[str], cwd: Path | str | None = None) -> RunResult:
+        """:meth:`run` for scripts: runs its own event loop (any thread)."""
         return asyncio.run(self.run(argv, cwd=cwd))
 
-    async def run(self, argv: Sequence[str], cwd: Path | str | None = None) -> int:
-        """Run ``codex <argv>`` supervised; return Codex's exit code."""
+    async def run(self, argv: Sequence[str], cwd: Path | str | None = None) -> RunResult:
+        """Run ``codex <argv>`` supervised; see the class documentation."""
         inv = parse_argv(list(argv))
         workdir = Path(inv.cwd or cwd or Path.cwd()).resolve()  # noqa: ASYNC240 - once, at start
-        source: UsageEndpointSource | None = None
-        if self._injected_quota is None:
-            # One HTTP client per run, closed with it: a Supervisor may run
-            # many times, each on its own event loop.
-            source = UsageEndpointSource(self.pool.usage_credentials)
-            self.quota = QuotaService(source, ttl=self.config.quota_stale_after)
+        in_main = threading.current_thread() is threading.main_thread()
         try:
-            if inv.mode is Mode.PASSTHROUGH:
-                return await self._passthrough(inv, workdir)
-            return await self._supervise(inv, workdir)
+            async with SignalWatcher(ignore_sigint=False, install=in_main) as signals:
+                self._loop = asyncio.get_running_loop()
+                self._signals = signals
+                if self._stop_requested is not None:  # asked before the watcher existed
+                    signals.trigger(self._stop_requested)
+                if inv.mode is Mode.PASSTHROUGH:
+                    return await self._passthrough(inv, workdir, signals)
+                result = await self._supervise(inv, workdir, signals)
+                # Let the after-turn usage probe land (it teaches the next
+                # run what this turn really cost), but never wait long.
+                await self.selector.settle(1.0)
+                return result
         finally:
-            for task in list(self._probes):
-                task.cancel()
-            if source is not None:
-                await self.quota.aclose()
-                await source.aclose()
+            self._signals = None
+            self._loop = None
+            self._stop_requested = None
+            await self.selector.aclose()
 
-    def _new_quota(self) -> QuotaService:
-        return QuotaService(
-            UsageEndpointSource(self.pool.usage_credentials), ttl=self.config.quota_stale_after
-        )
+    def request_stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop the current run as if ``sig`` had arrived; safe from any thread.
 
-    # -- events and candidates ------------------------------------------------------------
+        A stop requested while :meth:`run` is starting takes effect as soon
+        as it can; one requested between runs is kept for the next run.
+        """
+        self._stop_requested = sig
+        loop, signals = self._loop, self._signals
+        if loop is not None and signals is not None and not loop.is_closed():
+            # Wake the run's own loop: an Event set from another thread
+            # would not be noticed until something else woke it.
+            loop.call_soon_threadsafe(signals.trigger, sig)
+
+    # -- events ---------------------------------------------------------------------------
 
     def _emit(self, event: Event) -> None:
         log.debug("event %s: %s", event.name, event.message)
+        if isinstance(event, WaitingForReset) and self.sink is None and not self._waiting_logged:
+            # Nobody listens: say once, loudly, why the run is not doing anything.
+            self._waiting_logged = True
+            log.warning("%s", event.message)
         if self.sink is not None:
             try:
                 self.sink(event)
             except Exception:
                 log.exception("event sink failed on %s", event.name)
 
-    def _accounts(self, *, fresh: bool = False) -> list[Account]:
-        # The pool state changes rarely (cooldowns, other supervisors): read
-        # it at most every few seconds, not on every poll.
-        now = self.clock.monotonic()
-        if fresh or self._accounts_cache is None or now - self._accounts_cache[0] > 3.0:
-            self._accounts_cache = (now, self.pool.accounts())
-            self._occupancy = None
-        return self._accounts_cache[1]
-
-    async def _occupants(self, accounts: Sequence[Account]) -> dict[str, int]:
-        if self._occupancy is None:
-            counts: dict[str, int] = {}
-            for account in accounts:
-                try:
-                    counts[account.name] = len(await self.pool.occupants(account.name))
-                except Exception:
-                    log.debug("occupants of %s unknown", account.name, exc_info=True)
-            self._occupancy = counts
-        return self._occupancy
-
-    def _snapshot(self, account: Account) -> QuotaSnapshot | None:
-        cached = self.quota.peek(account.name)
-        if cached is not None:
-            return cached.snapshot
-        return account.last_snapshot
-
-    async def _candidates(self, *, probe: bool) -> list[Candidate]:
-        accounts = self._accounts(fresh=probe)
-        if not accounts:
-            raise ConfigError(f"the pool at {self.pool.root} has no accounts; add one first")
-        if probe:
-            await self._probe_stale([a for a in accounts if self._is_stale(a)])
-        now = self.clock.now()
-        occupancy = await self._occupants(accounts)
-        return [
-            Candidate(
-                name=a.name,
-                snapshot=self._snapshot(a),
-                blocked_until=a.blocked_until(now),
-                occupants=occupancy.get(a.name, 0),
-            )
-            for a in accounts
-        ]
-
-    def _is_stale(self, account: Account) -> bool:
-        snapshot = self._snapshot(account)
-        if snapshot is None:
-            return True
-        now = self.clock.now()
-        if snapshot.age(now) > timedelta(seconds=self.config.quota_stale_after):
-            return True
-        # A window has reset since this was observed: what the endpoint says
-        # now (limit flag included) is worth a free request.
-        return any(
-            w.resets_at is not None and snapshot.observed_at < w.resets_at <= now
-            for w in snapshot.windows
-        )
-
-    async def _probe(self, name: str) -> None:
+    async def _or_signal(
+        self, work: Coroutine[Any, Any, _T], signals: SignalWatcher
+    ) -> _T | signal.Signals:
+        """Run ``work`` until it finishes or a watched signal arrives (then cancel it)."""
+        task: asyncio.Task[_T] = asyncio.ensure_future(work)
+        stopper = asyncio.ensure_future(signals.wait())
         try:
-            # Only stale accounts are probed: the cache is what made them stale.
-            snapshot = await self.quota.get(name, max_age=0)
-        except QuotaError as exc:
-            # An API-key account or a token Codex will refresh on next use:
-            # the account stays "unknown" to the policy, never blocked by it.
-            log.debug("no quota for %s: %s", name, exc)
-            return
-        self._store(snapshot)
-
-    async def _probe_stale(self, accounts: Sequence[Account]) -> None:
-        if accounts:
-            await asyncio.gather(*(self._probe(a.name) for a in accounts))
-
-    def _probe_in_background(self, name: str) -> None:
-        if any(t.get_name() == f"probe:{name}" for t in self._probes):
-            return
-        task = asyncio.create_task(self._probe(name), name=f"probe:{name}")
-        self._probes.add(task)
-        task.add_done_callback(self._probes.discard)
-
-    def _store(self, snapshot: QuotaSnapshot) -> None:
-        self.quota.put(snapshot)
-        try:
-            self.pool.record_snapshot(snapshot)
-        except (ConfigError, OSError) as exc:  # the account was removed meanwhile
-            log.debug("snapshot of %s not stored: %s", snapshot.account, exc)
-        self._emit(
-            QuotaUpdated(
-                at=self.clock.now(),
-                account=snapshot.account,
-                source=snapshot.source.value,
-                summary=_summary(snapshot),
-            )
-        )
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if task.done() and not task.cancelled():
+            if signals.received is not None and task.exception() is None:
+                return signals.received  # both at once: the signal wins
+            return task.result()
+        assert signals.received is not None
+        return signals.received
 
     # -- selection ---------------------------------------------------------------------------
 
-    async def _select(self, signals: SignalWatcher, *, exclude: Sequence[str] = ()) -> str | int:
-        """The account to launch on; waits for a reset if all are blocked.
-
-        Returns 128+signal instead when the supervisor is told to stop while
-        waiting.
-        """
-        started = self.clock.monotonic()
-        while True:
-            candidates = await self._candidates(probe=True)
-            names = {c.name for c in candidates}
-            skip = [n for n in exclude if n in names and len(names - set(exclude)) > 0]
-            now = self.clock.now()
-            choice = self.policy.choose(candidates, now, exclude=skip)
-            if isinstance(choice, str):
-                self._emit(AccountSelected(at=now, account=choice, reason=_why(choice, candidates)))
-                return choice
-            if not self.config.wait_for_reset:
-                raise QuotaUnavailable(f"every account is blocked: {choice.reason}")
-            waited = self.clock.monotonic() - started
-            if self.config.max_wait is not None and waited >= self.config.max_wait:
-                raise QuotaUnavailable(
-                    f"every account is still blocked after {waited:.0f}s: {choice.reason}"
-                )
-            stopped = await self._countdown(choice, signals)
-            if stopped is not None:
-                return stopped
-
-    async def _countdown(self, wait: WaitUntil, signals: SignalWatcher) -> int | None:
-        while True:
-            left = (wait.until - self.clock.now()).total_seconds()
-            if left <= 0:
-                return None
-            self._emit(
-                WaitingForReset(
-                    at=self.clock.now(), until=wait.until, seconds_left=left, reason=wait.reason
-                )
-            )
-            step = min(left, self.config.countdown_interval)
-            if self.config.max_wait is not None:
-                step = min(step, self.config.max_wait)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(step):
-                    await signals.wait()
-            if signals.received is not None:
-                return 128 + int(signals.received)
-            if self.config.max_wait is not None and step >= self.config.max_wait:
-                return None
+    async def _select(self, signals: SignalWatcher, *, avoid: str | None = None) -> str | int:
+        """The account to launch on (waiting if none can run), or 128+signal."""
+        self._waiting_logged = False
+        chosen = await self._or_signal(
+            self.selector.select(
+                avoid=avoid, wait=self.config.wait_for_reset, max_wait=self.config.max_wait
+            ),
+            signals,
+        )
+        if isinstance(chosen, signal.Signals):
+            return 128 + int(chosen)
+        candidates = await self.selector.candidates()
+        self._emit(
+            AccountSelected(at=self.clock.now(), account=chosen, reason=_why(chosen, candidates))
+        )
+        return chosen
 
     # -- the run ---------------------------------------------------------------------------------
 
-    async def _passthrough(self, inv: Invocation, workdir: Path) -> int:
-        """Run a command we do not supervise (login, --help, ...) once, as it is."""
-        accounts = self._accounts(fresh=True)
-        env = dict(self.environ)
-        if accounts:
-            choice = self.policy.choose(
-                [
-                    Candidate(name=a.name, blocked_until=a.blocked_until(self.clock.now()))
-                    for a in accounts
-                ],
-                self.clock.now(),
+    async def _passthrough(
+        self, inv: Invocation, workdir: Path, signals: SignalWatcher
+    ) -> RunResult:
+        """Run a command we do not supervise (login, --help, ...) once, as it is.
+
+        It runs with the caller's own environment and CODEX_HOME, never in a
+        pooled account's home: ``codex logout`` there would delete a pooled
+        login.
+        """
+        env = child_environment(self.pool.base_codex_home, self.environ)
+        if signals.received is not None:  # stopped before anything started
+            sig = int(signals.received)
+            return RunResult(
+                exit_code=128 + sig, session_id=None, accounts=(), rotations=0, signal=sig
             )
-            name = choice if isinstance(choice, str) else accounts[0].name
-            env = child_environment(self.pool.prepare_home(name), self.environ)
-        async with SignalWatcher(ignore_sigint=True) as signals:
-            child = await launch([self.config.codex, *inv.argv], env=env, cwd=workdir)
-            return await self._wait_or_signal(child, signals)
+        with signals.ignoring_sigint():
+            child = await self._launch([self.config.codex, *inv.argv], env=env, cwd=workdir)
+            code = await self._wait_or_signal(child, signals)
+        return RunResult(
+            exit_code=code,
+            session_id=None,
+            accounts=(),
+            rotations=0,
+            signal=None if signals.received is None else int(signals.received),
+        )
 
     async def _wait_or_signal(self, child: Child, signals: SignalWatcher) -> int:
         waiter = asyncio.ensure_future(child.wait())
@@ -378,14 +510,19 @@ class Supervisor:
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopper.cancel()
+            if not waiter.done() and signals.received is None:
+                waiter.cancel()
+                await child.stop(self.config.stop)
         if signals.received is not None and child.returncode is None:
             waiter.cancel()
             await child.stop(self.config.stop, first_signal=signals.received)
             return 128 + int(signals.received)
         return await waiter
 
-    async def _supervise(self, inv: Invocation, workdir: Path) -> int:  # noqa: PLR0911
-        if not self._accounts(fresh=True):
+    async def _supervise(  # noqa: PLR0911, PLR0912 - the rotation loop, in one readable place
+        self, inv: Invocation, workdir: Path, signals: SignalWatcher
+    ) -> RunResult:
+        if not await self.selector.accounts(fresh=True):
             raise ConfigError(f"the pool at {self.pool.root} has no accounts; add one first")
         features = features_for(await detect_version(self.config.codex, env=self.environ))
         session_id = self._initial_session(inv, workdir)
@@ -393,67 +530,87 @@ class Supervisor:
         budget = self.config.restart_budget
         resumed = False
         crashes = 0
+        rotations = 0
+        used: list[str] = []
         failures: dict[str, int] = {}
-        async with SignalWatcher(ignore_sigint=inv.is_interactive) as signals:
-            selected = await self._select(signals)
-            if isinstance(selected, int):
-                return selected
-            account = selected
-            while True:
-                started = self.clock.monotonic()
-                outcome = await self._run_child(
-                    inv, argv, account, workdir, session_id, resumed=resumed, signals=signals
+
+        def result(code: int, sig: int | None = None) -> RunResult:
+            return RunResult(
+                exit_code=code,
+                session_id=session_id,
+                accounts=tuple(used),
+                rotations=rotations,
+                signal=sig,
+            )
+
+        selected = await self._select(signals)
+        if isinstance(selected, int):
+            return result(selected, selected - 128)
+        account = selected
+        while True:
+            if signals.received is not None:  # arrived while stopping or choosing
+                return result(128 + int(signals.received), int(signals.received))
+            started = self.clock.monotonic()
+            used.append(account)
+            outcome = await self._run_child(
+                inv, argv, account, workdir, session_id, resumed=resumed, signals=signals
+            )
+            session_id = outcome.session_id or session_id
+            if isinstance(outcome, _Interrupted):
+                return result(128 + int(outcome.signal), int(outcome.signal))
+            if isinstance(outcome, _Exited):
+                ran = self.clock.monotonic() - started
+                if not (resumed and outcome.returncode != 0 and ran < self.config.crash_window):
+                    return result(outcome.returncode)
+                # A resumed child that fails at once is a crash, not an
+                # answer: retry with backoff while the budget lasts.
+                crashes += 1
+                if crashes > budget:
+                    log.error("codex keeps failing right after resume; giving up")
+                    return result(outcome.returncode)
+                delay = self.config.crash_backoff * 2 ** (crashes - 1)
+                log.warning(
+                    "codex exited %d right after resume; retrying in %.1fs",
+                    outcome.returncode,
+                    delay,
                 )
-                session_id = outcome.session_id or session_id
-                if outcome.signal is not None:
-                    return 128 + outcome.signal
-                if outcome.exhausted:
-                    failures[account] = failures.get(account, 0) + 1
-                    self._cool_down(account, outcome, failures[account] - 1)
-                if not outcome.rotate:
-                    ran = self.clock.monotonic() - started
-                    if not (resumed and outcome.returncode != 0 and ran < self.config.crash_window):
-                        return outcome.returncode
-                    # A resumed child that fails at once is a crash, not an
-                    # answer: retry with backoff while the budget lasts.
-                    crashes += 1
-                    if crashes > budget:
-                        log.error("codex keeps failing right after resume; giving up")
-                        return outcome.returncode
-                    delay = self.config.crash_backoff * 2 ** (crashes - 1)
-                    log.warning(
-                        "codex exited %d right after resume; retrying in %.1fs",
-                        outcome.returncode,
-                        delay,
-                    )
-                    await self.clock.sleep(delay)
-                    continue
-                if session_id is None:
-                    log.error("cannot rotate: the session of this run was never identified")
-                    return outcome.returncode if outcome.returncode else 1
-                budget -= 1
-                if budget < 0:
-                    log.error("restart budget used up; not rotating again")
-                    return outcome.returncode if outcome.returncode else 1
-                successor = await self._successor(outcome, account, signals)
-                if isinstance(successor, int):
-                    return successor
-                self._emit(
-                    Rotating(
-                        at=self.clock.now(),
-                        from_account=account,
-                        to_account=successor,
-                        session_id=session_id,
-                        reason=outcome.reason,
-                        immediate=outcome.immediate,
-                    )
+                slept = await self._or_signal(self.clock.sleep(delay), signals)
+                if isinstance(slept, signal.Signals):
+                    return result(128 + int(slept), int(slept))
+                continue
+            if outcome.exhausted:
+                failures[account] = failures.get(account, 0) + 1
+                await self.selector.cool_down(
+                    account,
+                    snapshot=outcome.snapshot,
+                    failures=failures[account] - 1,
+                    cause=f"{account} ran out of quota",
                 )
-                prompt = self.config.continuation_prompt if outcome.immediate else None
-                if inv.is_exec and prompt is None:
-                    prompt = self.config.continuation_prompt
-                argv = resume_argv(inv, session_id, features, prompt=prompt)
-                account = successor
-                resumed = True
+            if session_id is None:
+                log.error("cannot rotate: the session of this run was never identified")
+                return result(outcome.returncode or 1)
+            budget -= 1
+            if budget < 0:
+                log.error("restart budget used up; not rotating again")
+                return result(outcome.returncode or 1)
+            successor = await self._successor(outcome, account, signals)
+            if isinstance(successor, int):
+                return result(successor, successor - 128)
+            self._emit(
+                Rotating(
+                    at=self.clock.now(),
+                    from_account=account,
+                    to_account=successor,
+                    session_id=session_id,
+                    reason=outcome.reason,
+                    immediate=outcome.immediate,
+                )
+            )
+            prompt = self.config.continuation_prompt if outcome.immediate or inv.is_exec else None
+            argv = resume_argv(inv, session_id, features, prompt=prompt)
+            account = successor
+            resumed = True
+            rotations += 1
 
     def _initial_session(self, inv: Invocation, workdir: Path) -> str | None:
         """The session a resume names, when it can be known before launch."""
@@ -468,36 +625,16 @@ class Supervisor:
             return ref
         return None  # a session name: bound from the child's open files after launch
 
-    async def _successor(
-        self, outcome: _Outcome, account: str, signals: SignalWatcher
-    ) -> str | int:
-        # Re-validate the pre-warmed successor against the latest data (under
-        # the pool lock the state is re-read); otherwise choose afresh.
-        candidates = await self._candidates(probe=False)
-        now = self.clock.now()
-        if outcome.successor is not None:
+    async def _successor(self, outcome: _Rotate, account: str, signals: SignalWatcher) -> str | int:
+        # Re-validate the pre-warmed successor against the latest data;
+        # otherwise choose afresh, over every account (the one just left
+        # included: its own reset may come first).
+        if outcome.successor is not None and outcome.successor != account:
+            candidates = await self.selector.candidates()
             chosen = next((c for c in candidates if c.name == outcome.successor), None)
-            if chosen is not None and self.policy.launchable(chosen, now):
+            if chosen is not None and self.policy.launchable(chosen, self.clock.now()):
                 return outcome.successor
-        return await self._select(signals, exclude=[account])
-
-    def _cool_down(self, account: str, outcome: _Outcome, failures: int) -> None:
-        now = self.clock.now()
-        snapshot = outcome.snapshot
-        cached = self.quota.peek(account)
-        if snapshot is None and cached is not None:
-            snapshot = cached.snapshot
-        kind, until = self.policy.cooldown_for(snapshot, now, failures=failures)
-        cooldown = self.pool.set_cooldown(
-            account,
-            window=kind or WindowKind.OTHER,
-            blocked_until=until,
-            reason=outcome.reason or "usage limit reached",
-        )
-        self._accounts_cache = None
-        log.info(
-            "%s blocked until %s (%s)", account, cooldown.blocked_until.isoformat(), cooldown.reason
-        )
+        return await self._select(signals, avoid=account)
 
     async def _run_child(
         self,
@@ -510,7 +647,7 @@ class Supervisor:
         resumed: bool,
         signals: SignalWatcher,
     ) -> _Outcome:
-        home = self.pool.prepare_home(account)
+        home = await asyncio.to_thread(self.pool.prepare_home, account)
         env = child_environment(home, self.environ)
         guard = TerminalGuard() if inv.is_interactive else None
         # A resumed exec gets its prompt in argv: it must not wait on stdin.
@@ -521,122 +658,113 @@ class Supervisor:
             if guard is not None:
                 guard.save()
             try:
-                launched_at = self.clock.now()
-                child = await launch([self.config.codex, *argv], env=env, cwd=workdir, stdin=stdin)
-                self._emit(
-                    ChildLaunched(at=launched_at, account=account, pid=child.pid, argv=tuple(argv))
-                )
-                if resumed and session_id is not None:
-                    self._emit(
-                        Resumed(
-                            at=self.clock.now(),
-                            account=account,
-                            session_id=session_id,
-                            pid=child.pid,
-                        )
-                    )
-                try:
-                    outcome = await self._monitor(
-                        inv, child, account, home, workdir, session_id, launched_at, signals
-                    )
-                finally:
-                    if child.returncode is None:
-                        await child.stop(self.config.stop)
-                self._emit(
-                    ChildExited(
-                        at=self.clock.now(),
+                # The TUI owns the terminal: Ctrl-C is its keystroke, not ours.
+                with signals.ignoring_sigint(inv.is_interactive):
+                    return await self._launch_and_follow(
+                        inv,
+                        argv,
                         account=account,
-                        returncode=outcome.returncode,
-                        stopped=outcome.stopped,
+                        home=home,
+                        workdir=workdir,
+                        session_id=session_id,
+                        env=env,
+                        stdin=stdin,
+                        resumed=resumed,
+                        signals=signals,
                     )
-                )
-                return outcome
             finally:
                 if guard is not None:
                     guard.restore()
 
-    async def _monitor(  # noqa: PLR0912, PLR0915, PLR0917 - the one loop, kept readable in one place
+    async def _launch_and_follow(
         self,
         inv: Invocation,
-        child: Child,
+        argv: list[str],
+        *,
         account: str,
         home: Path,
         workdir: Path,
         session_id: str | None,
-        launched_at: datetime,
+        env: Mapping[str, str],
+        stdin: int | None,
+        resumed: bool,
         signals: SignalWatcher,
     ) -> _Outcome:
-        binder = SessionBinder(home)
-        binding: Binding | None = binder.find_by_id(session_id) if session_id else None
-        reader: RolloutReader | None = None
-        turns_at_launch = 0
-        bind_deadline = self.clock.monotonic() + self.config.bind_timeout
-        prewarm: asyncio.Task[str | None] | None = None
-        last_passive = self.clock.monotonic()
-        waiter = asyncio.ensure_future(child.wait())
+        launched_at = self.clock.now()
+        child = await self._launch([self.config.codex, *argv], env=env, cwd=workdir, stdin=stdin)
+        run: _ChildRun | None = None
+        try:
+            # From here on the child is stopped and reaped whatever happens.
+            self._emit(
+                ChildLaunched(at=launched_at, account=account, pid=child.pid, argv=tuple(argv))
+            )
+            if resumed and session_id is not None:
+                self._emit(
+                    Resumed(
+                        at=self.clock.now(), account=account, session_id=session_id, pid=child.pid
+                    )
+                )
+            self._turn_base = {k: v for k, v in self._turn_base.items() if k == account}
+            binder = SessionBinder(home)
+            run = _ChildRun(
+                inv=inv,
+                child=child,
+                account=account,
+                home=home,
+                workdir=workdir,
+                launched_at=launched_at,
+                binder=binder,
+                binding=binder.find_by_id(session_id) if session_id else None,
+                known_session=session_id,
+                bind_deadline=self.clock.monotonic() + self.config.bind_timeout,
+                last_passive=self.clock.monotonic(),
+            )
+            outcome = await self._monitor(run, signals)
+        finally:
+            if run is not None and run.prewarm is not None and not run.prewarm.done():
+                run.prewarm.cancel()
+            if child.returncode is None:
+                await child.stop(self.config.stop)
+        self._emit(
+            ChildExited(
+                at=self.clock.now(),
+                account=account,
+                returncode=outcome.returncode,
+                stopped=not isinstance(outcome, _Exited),
+            )
+        )
+        return outcome
+
+    async def _newest(self, account: str) -> QuotaSnapshot | None:
+        found = next((a for a in await self.selector.accounts() if a.name == account), None)
+        return None if found is None else self.selector.snapshot(found)
+
+    async def _monitor(self, run: _ChildRun, signals: SignalWatcher) -> _Outcome:
+        waiter = asyncio.ensure_future(run.child.wait())
         stopper = asyncio.ensure_future(signals.wait())
         try:
             while True:
-                if binding is None:
-                    binding = self._try_bind(binder, child.pid, workdir, launched_at)
-                    if binding is not None:
-                        self._bound(account, binding, f"written by pid {child.pid}")
-                    elif self.clock.monotonic() > bind_deadline and child.returncode is None:
-                        log.warning(
-                            "no session found for pid %d; rotation is off for this run", child.pid
-                        )
-                        bind_deadline = float("inf")
-                if binding is not None and reader is None:
-                    reader = RolloutReader(binding.path, account=account)
-                    if session_id is not None:
-                        # An existing session: catch up without attributing
-                        # its old rate limits (written under earlier accounts)
-                        # or its old failed turns to this one.
-                        reader.read()
-                        turns_at_launch = reader.state.turns_completed
-                if reader is not None:
-                    for record in reader.read():
-                        if isinstance(record, RateLimitsObserved):
-                            last_passive = self.clock.monotonic()
-                            self._store(record.snapshot)
-                exited = child.returncode is not None or waiter.done()
-                if exited and binding is None:
-                    # A quick child may exit between two looks: its writer
-                    # evidence is gone, so only a lone finished session binds.
-                    binding = binder.bind_new(
-                        cwd=workdir, launched_at=launched_at, finished_only=True
-                    ).binding
-                    if binding is not None:
-                        self._bound(account, binding, "the only session finished in this folder")
-                        reader = RolloutReader(binding.path, account=account)
-                if exited:
+                self._bind(run)
+                await self._follow(run)
+                if run.child.returncode is not None or waiter.done():
                     code = await waiter
-                    if reader is not None:
-                        for record in reader.read():
-                            if isinstance(record, RateLimitsObserved):
-                                self._store(record.snapshot)
-                    return self._after_exit(
-                        inv, code, account, binding, reader, turns_at_launch, prewarm
-                    )
+                    self._bind_finished(run)
+                    await self._follow(run)
+                    return await self._after_exit(run, code)
                 if signals.received is not None:
-                    await child.stop(self.config.stop, first_signal=signals.received)
-                    return _Outcome(
-                        returncode=child.returncode or 0,
-                        session_id=binding.session_id if binding else None,
-                        signal=int(signals.received),
-                        stopped=True,
+                    await run.child.stop(self.config.stop, first_signal=signals.received)
+                    return _Interrupted(
+                        returncode=run.child.returncode or 0,
+                        session_id=run.session_id,
+                        signal=signals.received,
                     )
-                if self.clock.monotonic() - last_passive > self.config.quota_stale_after:
-                    last_passive = self.clock.monotonic()
-                    self._probe_in_background(account)
-                if binding is not None and reader is not None:
-                    outcome = await self._decide(
-                        child, account, binding, reader, turns_at_launch, prewarm
-                    )
-                    if isinstance(outcome, _Outcome):
+                if self.clock.monotonic() - run.last_passive > self.config.quota_stale_after:
+                    run.last_passive = self.clock.monotonic()
+                    self.selector.probe_in_background(run.account)
+                if run.reader is not None:
+                    outcome = await self._decide(run)
+                    if outcome is not None:
                         return outcome
-                    if outcome == "prewarm" and prewarm is None:
-                        prewarm = asyncio.create_task(self._prewarm(account), name="prewarm")
                 await asyncio.wait(
                     {waiter, stopper},
                     timeout=self.config.poll_interval,
@@ -644,10 +772,87 @@ class Supervisor:
                 )
         finally:
             stopper.cancel()
-            if prewarm is not None and not prewarm.done():
-                prewarm.cancel()
             if not waiter.done():
                 waiter.cancel()
+
+    def _bind(self, run: _ChildRun) -> None:
+        if run.binding is None:
+            found = run.binder.find_open_by(run.child.pid)
+            if found is None:
+                found = run.binder.bind_new(
+                    cwd=run.workdir, launched_at=run.launched_at, pid=run.child.pid
+                ).binding
+            if found is not None:
+                run.binding = found
+                self._bound(run.account, found, f"written by pid {run.child.pid}")
+            elif self.clock.monotonic() > run.bind_deadline and run.child.returncode is None:
+                log.warning(
+                    "no session found for pid %d; rotation is off for this run", run.child.pid
+                )
+                run.bind_deadline = float("inf")
+        if run.binding is not None and run.reader is None:
+            run.reader = RolloutReader(run.binding.path, account=run.account)
+            if run.known_session is not None:
+                # An existing session: catch up without attributing its old
+                # rate limits (written under earlier accounts) or its old
+                # failed turns to this one.
+                run.reader.read()
+                run.turns_at_launch = run.reader.state.turns_completed
+
+    def _bind_finished(self, run: _ChildRun) -> None:
+        if run.binding is not None:
+            return
+        # A quick child may exit between two looks: its writer evidence is
+        # gone, so only a lone finished session binds.
+        found = run.binder.bind_new(
+            cwd=run.workdir, launched_at=run.launched_at, finished_only=True
+        ).binding
+        if found is not None:
+            run.binding = found
+            self._bound(run.account, found, "the only session finished in this folder")
+            run.reader = RolloutReader(found.path, account=run.account)
+
+    async def _follow(self, run: _ChildRun) -> None:
+        """Read what the rollout gained: quota lines, and turn starts and ends (cost learning)."""
+        if run.reader is None:
+            return
+        for record in run.reader.read():
+            if isinstance(record, RateLimitsObserved):
+                if record.snapshot.limit_id not in (None, "codex"):
+                    continue  # another metered limit, not the account's main quota
+                run.last_passive = self.clock.monotonic()
+                run.rollout_quota = record.snapshot
+                await self.selector.record(record.snapshot)
+            elif isinstance(record, TurnStarted):
+                await self._learn_turn_cost(run)
+            elif isinstance(record, TurnCompleted) and record.error is None:
+                # The usage endpoint also sees what the rollout cannot (the
+                # TUI's side requests): read it, free, before the next turn.
+                # (After a failed turn the rollout's own evidence decides.)
+                self.selector.probe_in_background(run.account)
+
+    async def _learn_turn_cost(self, run: _ChildRun) -> None:
+        # From one turn start to the next on the same account (in this child
+        # or the next run's): the turn, its side requests and whatever the
+        # usage endpoint saw in between (it is probed after every turn).
+        newest = await self._newest(run.account)
+        base = self._turn_base.get(run.account)
+        if (
+            base is not None
+            and newest is not None
+            # A long gap (a pause, a wait, a coffee) may hold other sessions'
+            # spend on the account: not this conversation's turn.
+            and newest.observed_at - base.observed_at <= _MAX_TURN_GAP
+        ):
+            try:
+                spent = spent_between(base, newest)
+            except ConfigError as exc:  # e.g. two different limit ids
+                log.debug("turn cost of %s not learnt: %s", run.account, exc)
+                spent = {}
+            if spent:
+                self.selector.costs = self.selector.costs.observe(run.account, spent)
+        if newest is not None:
+            self._turn_base[run.account] = newest
 
     def _bound(self, account: str, binding: Binding, reason: str) -> None:
         self._emit(
@@ -660,148 +865,108 @@ class Supervisor:
             )
         )
 
-    def _try_bind(
-        self, binder: SessionBinder, pid: int, workdir: Path, launched_at: datetime
-    ) -> Binding | None:
-        found = binder.find_open_by(pid)
-        if found is not None:
-            return found
-        attempt = binder.bind_new(cwd=workdir, launched_at=launched_at, pid=pid)
-        return attempt.binding
-
-    def _last_error(self, reader: RolloutReader, turns_at_launch: int) -> str | None:
-        # Only a turn that ended under this child counts: a resumed session's
-        # last turn may have failed under the previous account.
-        state = reader.state
-        if state.turns_completed > turns_at_launch and state.last_error is not None:
-            return state.last_error.codex_error_info
-        return None
-
-    async def _decide(  # noqa: PLR0917
-        self,
-        child: Child,
-        account: str,
-        binding: Binding,
-        reader: RolloutReader,
-        turns_at_launch: int,
-        prewarm: asyncio.Task[str | None] | None,
-    ) -> _Outcome | str | None:
-        candidates = await self._candidates(probe=False)
-        current = next((c for c in candidates if c.name == account), None)
+    async def _decide(self, run: _ChildRun) -> _Outcome | None:  # noqa: PLR0911 - one per decision
+        assert run.reader is not None
+        if run.inv.is_exec and run.reader.state.turns_completed > run.turns_at_launch:
+            # An exec's one turn has ended: it is about to exit with its
+            # answer. Stopping it now would turn a success into a resume with
+            # a continuation prompt (an extra paid turn); the next run chooses.
+            return None
+        candidates = await self.selector.candidates()
+        current = next((c for c in candidates if c.name == run.account), None)
         if current is None:
             return None  # removed from the pool meanwhile: leave the child alone
-        others = [c for c in candidates if c.name != account]
+        others = [c for c in candidates if c.name != run.account]
         now = self.clock.now()
-        last_error = self._last_error(reader, turns_at_launch)
+        last_error = run.last_error()
         decision = self.policy.decide(current, others, now, last_turn_error=last_error)
         if isinstance(decision, Continue):
             return None
-        if isinstance(decision, Prewarm):
-            if prewarm is None:
-                self._emit(PrewarmStarted(at=now, account=account, reason=decision.reason))
-            return "prewarm"
-        successor = _ready(prewarm)
-        if isinstance(decision, RotateAtBoundary):
-            if not reader.state.at_boundary:
-                if prewarm is None:
-                    self._emit(PrewarmStarted(at=now, account=account, reason=decision.reason))
-                return "prewarm"
-            await child.stop(self.config.stop)
-            return _Outcome(
-                returncode=child.returncode or 0,
-                session_id=binding.session_id,
-                rotate=True,
-                successor=successor or decision.successor,
+        if isinstance(decision, Prewarm) or (
+            isinstance(decision, RotateAtBoundary) and not run.reader.state.at_boundary
+        ):
+            if run.prewarm is None:
+                self._emit(PrewarmStarted(at=now, account=run.account, reason=decision.reason))
+                run.prewarm = asyncio.create_task(self._prewarm(run.account), name="prewarm")
+            return None
+        if isinstance(decision, PauseAtBoundary):
+            if not run.reader.state.at_boundary:
+                return None  # let the turn finish; decide again at the boundary
+            # No account can take another turn: stop here and wait (the
+            # successor choice below waits for the first account that can).
+            await run.child.stop(self.config.stop)
+            return _Rotate(
+                returncode=run.child.returncode or 0,
+                session_id=run.session_id,
                 reason=decision.reason,
-                stopped=True,
+                successor=None,
+                immediate=False,
+                exhausted=False,
+            )
+        if isinstance(decision, RotateAtBoundary):
+            await run.child.stop(self.config.stop)
+            return _Rotate(
+                returncode=run.child.returncode or 0,
+                session_id=run.session_id,
+                reason=decision.reason,
+                successor=run.successor() or decision.successor,
+                immediate=False,
+                exhausted=False,
             )
         # RotateNow or WaitUntil: the turn already failed (or the account is
         # gone), so nothing is lost by stopping now.
-        await child.stop(self.config.stop)
-        return _Outcome(
-            returncode=child.returncode or 0,
-            session_id=binding.session_id,
-            rotate=True,
+        await run.child.stop(self.config.stop)
+        return _Rotate(
+            returncode=run.child.returncode or 0,
+            session_id=run.session_id,
+            reason=decision.reason,
             # "Now" when the failed turn is on record or the turn has not
             # ended yet (its request already failed): the resume then carries
             # the continuation prompt. An idle, exhausted account just moves.
-            immediate=last_error is not None or not reader.state.at_boundary,
-            successor=(decision.successor if isinstance(decision, RotateNow) else None),
-            reason=decision.reason,
+            immediate=last_error is not None or not run.reader.state.at_boundary,
+            successor=decision.successor if isinstance(decision, RotateNow) else None,
             exhausted=True,
-            snapshot=current.snapshot,
-            stopped=True,
+            # The failed turn's own rate limits: a probe that landed since
+            # may lag behind the 429 that ended it.
+            snapshot=run.rollout_quota if last_error is not None else current.snapshot,
         )
 
-    def _after_exit(  # noqa: PLR0917
-        self,
-        inv: Invocation,
-        code: int,
-        account: str,
-        binding: Binding | None,
-        reader: RolloutReader | None,
-        turns_at_launch: int,
-        prewarm: asyncio.Task[str | None] | None,
-    ) -> _Outcome:
-        session = binding.session_id if binding else None
-        last_error = self._last_error(reader, turns_at_launch) if reader is not None else None
-        if inv.is_exec and code != 0 and last_error in _LIMIT_ERRORS:
-            cached = self.quota.peek(account)
-            return _Outcome(
+    async def _after_exit(self, run: _ChildRun, code: int) -> _Outcome:
+        last_error = run.last_error()
+        if run.inv.is_exec and code != 0 and last_error in USAGE_LIMIT_ERRORS:
+            return _Rotate(
                 returncode=code,
-                session_id=session,
-                rotate=True,
+                session_id=run.session_id,
+                reason=f"{run.account} hit its usage limit during the turn",
+                successor=run.successor(),
                 immediate=True,
-                successor=_ready(prewarm),
-                reason=f"{account} hit its usage limit during the turn",
                 exhausted=True,
-                snapshot=cached.snapshot if cached else None,
+                snapshot=run.rollout_quota or await self._newest(run.account),
             )
-        return _Outcome(returncode=code, session_id=session)
+        return _Exited(returncode=code, session_id=run.session_id)
 
     async def _prewarm(self, account: str) -> str | None:
         """Choose and check a successor in the background, before it is needed."""
-        candidates = await self._candidates(probe=False)
+        candidates = await self.selector.candidates()
         others = [c for c in candidates if c.name != account]
         if not others:
             return None
         # Fresh quota for the likely successors only, so the cutover itself
         # needs no request on its critical path.
         ranked = self.policy.rank(others, self.clock.now()) or others
-        await self._probe_stale(
-            [
-                a
-                for a in self._accounts()
-                if a.name in {c.name for c in ranked[:3]} and self._is_stale(a)
-            ]
-        )
-        candidates = await self._candidates(probe=False)
-        choice = self.policy.choose(candidates, self.clock.now(), exclude=[account])
-        if not isinstance(choice, str):
+        stale = [c.name for c in ranked[:3] if self.selector.is_stale(c.snapshot)]
+        if stale:
+            await self.selector.refresh(stale)
+        choice = await self.selector.choose(avoid=account, probe=False)
+        if not isinstance(choice, str) or choice == account:
             return None
-        self.pool.prepare_home(choice)
+        await asyncio.to_thread(self.pool.prepare_home, choice)
         self._emit(PrewarmReady(at=self.clock.now(), account=account, successor=choice))
         return choice
 
 
-_LIMIT_ERRORS = frozenset({"usage_limit_exceeded", "usageLimitExceeded", "usage_limit_reached"})
-
-
-def _ready(task: asyncio.Task[str | None] | None) -> str | None:
-    if task is None or not task.done() or task.cancelled() or task.exception() is not None:
-        return None
-    return task.result()
-
-
-def _summary(snapshot: QuotaSnapshot) -> str:
-    parts = [f"{w.kind.value} {w.used_percent:.0f}% used" for w in snapshot.windows]
-    if snapshot.limit_reached:
-        parts.append("limit reached")
-    return ", ".join(parts) or "no windows"
-
-
 def _why(choice: str, candidates: Sequence[Candidate]) -> str:
-    candidate = next(c for c in candidates if c.name == choice)
-    if candidate.snapshot is None:
+    candidate = next((c for c in candidates if c.name == choice), None)
+    if candidate is None or candidate.snapshot is None:
         return "no quota data yet"
-    return _summary(candidate.snapshot)
+    return summarize(candidate.snapshot)

@@ -37,10 +37,7 @@ from weekday_policy import WeekdayPolicy  # the sibling example file
 
 from codex_supervisor import (
     AccountPool,
-    ChildLaunched,
-    CollectingSink,
     RotationPolicy,
-    SessionBound,
     Supervisor,
     SupervisorConfig,
     SupervisorError,
@@ -87,18 +84,14 @@ async def run_batch(
     config = SupervisorConfig(codex=codex)
     results: list[BatchResult] = []
     session_id: str | None = None
+    supervisor = Supervisor(pool, config=config, policy=policy, environ=environ)
     for prompt in prompts:
-        events = CollectingSink()
-        supervisor = Supervisor(pool, config=config, policy=policy, sink=events, environ=environ)
-        code = await supervisor.run(exec_argv(prompt, session_id), cwd=cwd)
-        # Only a new session is "bound"; a resumed one keeps the id we gave it.
-        bound = [e.session_id for e in events.events if isinstance(e, SessionBound)]
-        session_id = bound[0] if bound else session_id
-        accounts = tuple(e.account for e in events.events if isinstance(e, ChildLaunched))
-        results.append(BatchResult(prompt, accounts, session_id, code))
+        run = await supervisor.run(exec_argv(prompt, session_id), cwd=cwd)
+        session_id = run.session_id or session_id
+        results.append(BatchResult(prompt, run.accounts, session_id, run.exit_code))
         if on_result is not None:
             on_result(results[-1])
-        if code >= 128:  # the supervisor was stopped by a signal: so is the batch
+        if run.signal is not None:  # the supervisor was stopped by a signal: so is the batch
             break
     return results
 

@@ -8,6 +8,7 @@ code and ``--json`` shape):
     accounts import NAME    adopt an existing auth.json (it is moved, not copied)
     accounts list           the accounts of the pool
     accounts remove NAME    take an account out of the pool (its folder is kept)
+    accounts unblock NAME   lift an account's cooldowns (``--window W`` for one)
     status                  quota, cooldowns and occupancy of every account
     run [--] ARGS           a supervised Codex session (exit code = Codex's)
     demo                    a self-contained supervised session against the
@@ -28,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,34 +36,34 @@ from typing import Any
 from codex_supervisor import (
     Account,
     AccountPool,
-    AccountSelected,
-    AccountStatus,
-    AuthMode,
-    ChildExited,
     ConfigError,
     Cooldown,
     Event,
     EventSink,
-    LeaseRecord,
-    PrewarmReady,
-    PrewarmStarted,
-    QuotaAuthExpired,
-    QuotaService,
     QuotaSnapshot,
     QuotaWindow,
-    Resumed,
-    Rotating,
     RotationPolicy,
-    SessionBound,
     Strategy,
     Supervisor,
     SupervisorConfig,
     SupervisorError,
-    UsageEndpointSource,
-    WaitingForReset,
     WindowKind,
 )
+from codex_supervisor.accounts import AccountStatus, AuthMode
 from codex_supervisor.config import default_base_codex_home, default_pool_root
+from codex_supervisor.errors import QuotaAuthExpired
+from codex_supervisor.events import (
+    AccountSelected,
+    ChildExited,
+    PrewarmReady,
+    PrewarmStarted,
+    Resumed,
+    Rotating,
+    WaitingForReset,
+)
+from codex_supervisor.lease import LeaseRecord
+from codex_supervisor.policy import WaitUntil
+from codex_supervisor.selection import AccountSelector
 from codex_supervisor.testing import (
     Behaviour,
     FakeCodexBackend,
@@ -360,43 +360,64 @@ def cmd_accounts_remove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_accounts_unblock(args: argparse.Namespace) -> int:
+    """``accounts unblock NAME [--window W]``: lift cooldowns (the user knows better)."""
+    window = None if args.window is None else WindowKind(args.window)
+    lifted = _pool(args).clear_cooldowns(args.name, window=window)
+    now = datetime.now(UTC)
+    live = [c for c in lifted if c.blocked_until > now]
+    which = "" if window is None else f" {_WINDOW_LABELS.get(window, window.value)}"
+    if not live:
+        _say(f"{args.name} had no{which} cooldown in force; nothing to lift")
+    for cooldown in live:
+        _say(f"{args.name}: lifted the cooldown {_cooldown_text(cooldown, now)}")
+    snapshot = _pool(args).get(args.name).last_snapshot
+    full = [] if snapshot is None else [w for w in snapshot.windows if w.used_percent >= 100]
+    for window in full:
+        if window.resets_at is None or window.resets_at > now:
+            resets = (
+                "reset time unknown"
+                if window.resets_at is None
+                else f"resets {_relative(window.resets_at, now)}"
+            )
+            _say(
+                f"note: its last known quota shows the {_window_label(window)} window full "
+                f"({resets}); runs keep passing it over until fresher data says otherwise "
+                "(`status --refresh` asks, free)"
+            )
+    return EXIT_OK
+
+
 # -- status -------------------------------------------------------------------------
 
 _Outcome = QuotaSnapshot | SupervisorError
 
 
-async def _probe(pool: AccountPool, names: Sequence[str]) -> dict[str, _Outcome]:
-    """Fetch every account's usage concurrently; a failure is that account's result."""
-    async with UsageEndpointSource(pool.usage_credentials) as source:
-        service = QuotaService(source)
-
-        async def one(name: str) -> _Outcome:
-            try:
-                return await service.get(name, max_age=0)
-            except SupervisorError as exc:
-                return exc
-
-        results = await asyncio.gather(*(one(name) for name in names))
-    return dict(zip(names, results, strict=True))
-
-
 async def _gather_status(
-    pool: AccountPool, *, refresh: bool
-) -> tuple[list[AccountStatus], dict[str, _Outcome]]:
+    pool: AccountPool, *, refresh: bool, strategy: str
+) -> tuple[list[AccountStatus], dict[str, _Outcome], str | WaitUntil | None]:
+    """The pool as the supervisor sees it, through the same selector it chooses with."""
+    selector = AccountSelector(pool, policy=RotationPolicy(strategy=strategy), probe_budget=60.0)
     outcomes: dict[str, _Outcome] = {}
-    if refresh:
-        names = [a.name for a in pool.accounts() if a.identity.auth_mode is AuthMode.CHATGPT]
-        probed = await _probe(pool, names) if names else {}
-        for name, outcome in probed.items():
-            if isinstance(outcome, QuotaSnapshot):
-                try:
-                    pool.record_snapshot(outcome)
-                except SupervisorError as exc:  # e.g. removed meanwhile
-                    outcomes[name] = exc
-                    continue
-            outcomes[name] = outcome
+    try:
+        if refresh:
+            names = [a.name for a in pool.accounts() if a.identity.auth_mode is AuthMode.CHATGPT]
+            probed = await selector.refresh(names) if names else {}
+            for name in names:
+                error = selector.probe_errors.get(name)
+                found = probed.get(name)
+                if error is not None:
+                    outcomes[name] = error
+                elif found is not None:
+                    outcomes[name] = found
+        # What a run would do now (no further probes: status stays free and fast).
+        choice: str | WaitUntil | None = None
+        if pool.accounts():
+            choice = await selector.choose(probe=False)
+    finally:
+        await selector.aclose()
     # Read after recording, so what is shown is what the pool now holds.
-    return await pool.status(), outcomes
+    return await pool.status(), outcomes, choice
 
 
 def _refresh_hint(error: SupervisorError) -> str:
@@ -444,7 +465,9 @@ def _print_status_account(entry: AccountStatus, outcome: _Outcome | None, now: d
 def cmd_status(args: argparse.Namespace) -> int:
     """``status``: usage windows, cooldowns and occupancy of every account."""
     pool = _pool(args)
-    entries, outcomes = asyncio.run(_gather_status(pool, refresh=args.refresh))
+    entries, outcomes, choice = asyncio.run(
+        _gather_status(pool, refresh=args.refresh, strategy=args.strategy)
+    )
     now = datetime.now(UTC)
     if args.json:
         accounts = []
@@ -465,6 +488,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "generated_at": _iso(now),
                 "refreshed": bool(args.refresh),
                 "accounts": accounts,
+                "next": _choice_json(choice),
             }
         )
         return EXIT_OK
@@ -478,31 +502,78 @@ def cmd_status(args: argparse.Namespace) -> int:
         if index:
             _say()
         _print_status_account(entry, outcomes.get(entry.account.name), now)
+    _say()
+    if isinstance(choice, str):
+        _say(f"next run: {choice}")
+    elif choice is not None:
+        _say(f"next run: waits until {_clock_time(choice.until, now)} ({choice.reason})")
     return EXIT_OK
+
+
+def _choice_json(choice: str | WaitUntil | None) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    if isinstance(choice, str):
+        return {"account": choice, "wait_until": None, "reason": None}
+    return {"account": None, "wait_until": _iso(choice.until), "reason": choice.reason}
 
 
 # -- run ---------------------------------------------------------------------------------
 
 
-def _notices(verbosity: int, stream: Any = None) -> EventSink:
-    """Rotations as one line on stderr; with -v every event."""
-    out = stream or sys.stderr
+class _Notices:
+    """Rotations as one line on stderr; waits as a live countdown; with -v every event.
 
-    def sink(event: Event) -> None:
+    On a terminal the wait is one line rewritten every second; elsewhere
+    (logs, pipes) its first line comes at once, then one every 30 seconds or
+    when what it waits for changes.
+    """
+
+    def __init__(self, verbosity: int, stream: Any = None) -> None:
+        self.out = stream or sys.stderr
+        self.verbosity = verbosity
+        self.live = bool(getattr(self.out, "isatty", lambda: False)()) and not verbosity
+        self._until: datetime | None = None
+        self._printed: float | None = None
+        self._open = False
+
+    def close(self) -> None:
+        """End a countdown line still open (the run is over)."""
+        if self._open:
+            print(file=self.out, flush=True)
+        self._until, self._printed, self._open = None, None, False
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, WaitingForReset):
+            self._waiting(event)
+            return
+        self.close()
         if isinstance(event, Rotating):
             print(
                 f"{PROG}: rotating {event.from_account} -> {event.to_account}"
                 f" ({event.reason}); session {event.session_id}",
-                file=out,
+                file=self.out,
                 flush=True,
             )
-        elif isinstance(event, WaitingForReset):
-            if verbosity or int(event.seconds_left) % 30 == 0:
-                print(f"{PROG}: {event.message}", file=out, flush=True)
-        elif verbosity:
-            print(f"{PROG}: {event.name}: {event.message}", file=out, flush=True)
+        elif self.verbosity:
+            print(f"{PROG}: {event.name}: {event.message}", file=self.out, flush=True)
 
-    return sink
+    def _waiting(self, event: WaitingForReset) -> None:
+        left = _duration(timedelta(seconds=event.seconds_left))
+        until = f"{event.until:%H:%M:%S} UTC"
+        if self.live:
+            text = (
+                f"{PROG}: every account is blocked; waiting {left}, until {until} (Ctrl-C to stop)"
+            )
+            print(f"\r\033[K{text}", end="", file=self.out, flush=True)
+            self._open = True
+            return
+        now = time.monotonic()
+        due = self._printed is None or now - self._printed >= 30
+        moved = self._until is None or abs((event.until - self._until).total_seconds()) > 60
+        if self.verbosity or due or moved:
+            print(f"{PROG}: waiting {left}: {event.message}", file=self.out, flush=True)
+            self._until, self._printed = event.until, now
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -511,13 +582,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if argv[:1] == ["--"]:
         argv = argv[1:]
     config = SupervisorConfig(codex=args.codex, wait_for_reset=not args.no_wait)
+    notices = _Notices(args.verbose)
     supervisor = Supervisor(
         _pool(args),
         config=config,
         policy=RotationPolicy(strategy=args.strategy),
-        sink=_notices(args.verbose),
+        sink=notices,
     )
-    return supervisor.run_sync(argv)
+    try:
+        return supervisor.run_sync(argv).exit_code
+    finally:
+        notices.close()
 
 
 # -- demo ----------------------------------------------------------------------------------
@@ -597,7 +672,7 @@ def _interactive_demo(
             sink=sink,
             environ=environ,
         )
-        return supervisor.run_sync([], cwd=work)
+        return supervisor.run_sync([], cwd=work).exit_code
     finally:
         thread.join(5)
         os.dup2(saved_stdin, 0)
@@ -611,7 +686,6 @@ def _exec_demo(
     work: Path,
     environ: dict[str, str],
     sink: EventSink,
-    events: list[Event],
 ) -> int:
     """Headless turns with the real binary: exec, then exec resume on one session."""
     supervisor = Supervisor(
@@ -625,13 +699,12 @@ def _exec_demo(
     for prompt in _DEMO_PROMPTS:
         _say(f"> {prompt}")
         rest = ["resume", session, prompt] if session else [prompt]
-        code = supervisor.run_sync(
+        result = supervisor.run_sync(
             ["exec", "--skip-git-repo-check", *offline_flags(), *rest], cwd=work
         )
-        if code != 0:
-            return code
-        bound = [e for e in events if isinstance(e, SessionBound)]
-        session = session or (bound[0].session_id if bound else None)
+        if result.exit_code != 0:
+            return result.exit_code
+        session = session or result.session_id
         if session is None:
             _say("the session was never identified")
             return 1
@@ -684,9 +757,7 @@ def demo(codex: str | None) -> int:
                 pool, backend, codex=sim, work=work, environ=environ, sink=sink, resumed=resumed
             )
         else:
-            code = _exec_demo(
-                pool, codex=binary, work=work, environ=environ, sink=sink, events=events
-            )
+            code = _exec_demo(pool, codex=binary, work=work, environ=environ, sink=sink)
         _demo_summary(backend, events)
         backend.assert_no_replay()
     return code
@@ -782,12 +853,28 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("name", metavar="NAME")
     rm.set_defaults(handler=cmd_accounts_remove)
 
+    unblock = accounts_sub.add_parser("unblock", help="lift an account's cooldowns")
+    unblock.add_argument("name", metavar="NAME")
+    unblock.add_argument(
+        "--window",
+        choices=[k.value for k in WindowKind],
+        default=None,
+        help="only this window's cooldown (default: every cooldown)",
+    )
+    unblock.set_defaults(handler=cmd_accounts_unblock)
+
     status = sub.add_parser("status", help="quota, cooldowns and occupancy of every account")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(
         "--refresh",
         action="store_true",
         help="probe the usage endpoint for every ChatGPT account first (spends no quota)",
+    )
+    status.add_argument(
+        "--strategy",
+        choices=[s.value for s in Strategy],
+        default=Strategy.HEADROOM.value,
+        help="the strategy `next run` is judged by, as `run --strategy` (default: %(default)s)",
     )
     status.set_defaults(handler=cmd_status)
 

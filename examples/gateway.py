@@ -33,8 +33,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from codex_supervisor import AccountPool, AppServerPool, IdleReaper, PoolConfig, SpawnConfig
-from codex_supervisor.appserver import AppServerClient, SpawnContext, TurnResult, run_turn
+from codex_supervisor import AccountPool, AppServerPool, PoolConfig, SpawnConfig
+from codex_supervisor.appserver import (
+    AppServerClient,
+    IdleReaper,
+    SpawnContext,
+    TurnResult,
+    run_turn,
+)
 from codex_supervisor.errors import SupervisorError
 from codex_supervisor.supervisor import DEFAULT_CONTINUATION_PROMPT
 

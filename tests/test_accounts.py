@@ -23,6 +23,7 @@ from codex_supervisor.accounts import (
 from codex_supervisor.config import child_environment, default_base_codex_home, default_pool_root
 from codex_supervisor.quota import QuotaSnapshot, SnapshotSource, WindowKind
 from codex_supervisor.testing import (
+    FakeClock,
     FakeCodexBackend,
     make_jwt,
     write_apikey_auth_json,
@@ -30,20 +31,6 @@ from codex_supervisor.testing import (
 )
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-
-
-class _FixedClock:
-    def __init__(self, now: datetime = T0) -> None:
-        self.current = now
-
-    def monotonic(self) -> float:
-        return (self.current - T0).total_seconds()
-
-    def now(self) -> datetime:
-        return self.current
-
-    async def sleep(self, seconds: float) -> None:
-        self.current += timedelta(seconds=seconds)
 
 
 def _auth_file(folder: Path, account_id: str, *, email: str | None = None) -> Path:
@@ -78,7 +65,7 @@ def base_home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def pool(tmp_path: Path, base_home: Path) -> AccountPool:
-    return AccountPool(root=tmp_path / "pool", base_codex_home=base_home, clock=_FixedClock())
+    return AccountPool(root=tmp_path / "pool", base_codex_home=base_home, clock=FakeClock(T0))
 
 
 def _snapshot(account: str, at: datetime, used: float = 10.0) -> QuotaSnapshot:
@@ -379,8 +366,8 @@ def test_expired_cooldowns_are_dropped(pool: AccountPool, tmp_path: Path) -> Non
     pool.set_cooldown(
         "work", window=WindowKind.FIVE_HOUR, blocked_until=T0 + timedelta(seconds=5), reason="x"
     )
-    assert isinstance(pool.clock, _FixedClock)
-    pool.clock.current = T0 + timedelta(minutes=1)
+    assert isinstance(pool.clock, FakeClock)
+    pool.clock.advance(timedelta(minutes=1).total_seconds())
     pool.set_cooldown(
         "work", window=WindowKind.WEEKLY, blocked_until=T0 + timedelta(days=1), reason="y"
     )

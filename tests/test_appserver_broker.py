@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from codex_supervisor import errors
+from codex_supervisor.appserver import BrokerAlreadyRunning as ReExported
 from codex_supervisor.appserver.broker import (
     BUSY_ERROR_CODE,
     AppServerBroker,
@@ -453,6 +455,11 @@ async def test_stale_socket_file_is_replaced(
     assert not path.exists()
 
 
+def test_broker_already_running_is_one_class_in_the_error_tree() -> None:
+    """BrokerAlreadyRunning is errors.BrokerAlreadyRunning, wherever it is imported from."""
+    assert BrokerAlreadyRunning is errors.BrokerAlreadyRunning is ReExported
+
+
 async def test_live_broker_on_the_path_is_refused(
     running: tuple[AppServerBroker, asyncio.Task[int]],
     make_broker: Callable[..., AppServerBroker],
@@ -461,8 +468,11 @@ async def test_live_broker_on_the_path_is_refused(
     """A second broker on a live broker's socket refuses to start and spawns nothing."""
     first, _task = running
     second = make_broker(pid_file=short_dir / "second.pid")
-    with pytest.raises(BrokerAlreadyRunning):
+    with pytest.raises(errors.AppServerError) as info:
         await second.serve()
+    assert isinstance(info.value, BrokerAlreadyRunning)
+    assert isinstance(info.value, FileExistsError)
+    assert info.value.socket_path == str(first.socket_path)
     assert second.upstream_pid is None
     conn = await Conn.open(first.socket_path)
     assert (await conn.request("broker/ping"))["result"]["upstreamPid"] == first.upstream_pid

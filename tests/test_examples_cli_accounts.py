@@ -254,7 +254,8 @@ def test_status_refresh_json_then_human(cli: Cli, backend: FakeCodexBackend) -> 
 
     data = cli.json("status", "--json", "--refresh")
 
-    assert set(data) == {"pool", "generated_at", "refreshed", "accounts"}
+    assert set(data) == {"pool", "generated_at", "refreshed", "accounts", "next"}
+    assert data["next"] == {"account": "alpha", "wait_until": None, "reason": None}
     assert data["refreshed"] is True
     assert ISO_UTC.fullmatch(data["generated_at"])
     alpha, beta = data["accounts"]
@@ -286,6 +287,7 @@ def test_status_refresh_json_then_human(cli: Cli, backend: FakeCodexBackend) -> 
     assert re.search(r"data: usage_endpoint, \d+s ago \(\d{4}-", out), out
     assert "beta (" in out
     assert "quota: no data yet" in out
+    assert "next run: alpha" in out
     assert not any(
         token in text for token in _tokens(backend, "acct-a", "acct-b") for text in cli.outputs
     )
@@ -362,3 +364,30 @@ def test_run_with_an_empty_pool_says_so(cli: Cli) -> None:
     assert result.stderr.startswith("codex-supervisor: error: ")
     assert "no accounts" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_accounts_unblock_lifts_one_window_or_all(cli: Cli, backend: FakeCodexBackend) -> None:
+    """`accounts unblock NAME --window W` lifts that cooldown only; without it, every one."""
+    backend.add_account("acct-a")
+    source = _login_file(backend, cli.root, "acct-a")
+    assert cli("accounts", "import", "alpha", "--auth-json", str(source)).returncode == 0
+    pool = AccountPool(root=cli.pool, base_codex_home=cli.codex_home)
+    later = datetime.now(UTC) + timedelta(hours=2)
+    pool.set_cooldown("alpha", window=WindowKind.FIVE_HOUR, blocked_until=later, reason="r1")
+    pool.set_cooldown("alpha", window=WindowKind.WEEKLY, blocked_until=later, reason="r2")
+
+    one = cli("accounts", "unblock", "alpha", "--window", "weekly")
+
+    assert one.returncode == 0, one.stderr
+    assert "lifted the cooldown" in one.stdout
+    assert [c.window for c in pool.get("alpha").cooldowns] == [WindowKind.FIVE_HOUR]
+    everything = cli("accounts", "unblock", "alpha")
+    assert everything.returncode == 0, everything.stderr
+    assert pool.get("alpha").cooldowns == ()
+    again = cli("accounts", "unblock", "alpha")
+    assert "nothing to lift" in again.stdout
+    missing = cli("accounts", "unblock", "nobody")
+    assert missing.returncode == 2
+    assert "no account named 'nobody'" in missing.stderr
+    wrong = cli("accounts", "unblock", "alpha", "--window", "monthly")
+    assert wrong.returncode == 2

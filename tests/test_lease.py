@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 
 from codex_supervisor import errors
 from codex_supervisor._convert import structure, unstructure
-from codex_supervisor.clock import SystemClock
 from codex_supervisor.lease import (
     FileLeaseBackend,
     FileLock,
@@ -37,47 +36,14 @@ from codex_supervisor.lease import (
     RenewOutcome,
     acquire_lease,
 )
+from codex_supervisor.testing import FakeClock
 
 EXCLUSIVE, SHARED = LeaseMode.EXCLUSIVE, LeaseMode.SHARED
 
 
-class FakeClock:
-    """A clock the test moves: ``sleep`` advances time and yields to the loop once."""
-
-    def __init__(self) -> None:
-        self.start = datetime.now(UTC)
-        self.elapsed = 0.0
-
-    def monotonic(self) -> float:
-        return self.elapsed
-
-    def now(self) -> datetime:
-        return self.start + timedelta(seconds=self.elapsed)
-
-    async def sleep(self, seconds: float) -> None:
-        self.elapsed += max(0.0, seconds)
-        await asyncio.sleep(0)
-
-    def advance(self, seconds: float) -> None:
-        self.elapsed += seconds
-
-
-class CountingClock:
-    """The real clock, counting sleeps so a test can wait until a poller has been refused."""
-
-    def __init__(self) -> None:
-        self.real = SystemClock()
-        self.sleeps = 0
-
-    def monotonic(self) -> float:
-        return self.real.monotonic()
-
-    def now(self) -> datetime:
-        return self.real.now()
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps += 1
-        await self.real.sleep(seconds)
+def _fake_clock() -> FakeClock:
+    """Virtual time from 0 s and the real date (file mtimes are real); sleeps autojump."""
+    return FakeClock(datetime.now(UTC), monotonic_start=0.0, autojump=True)
 
 
 @attrs.define
@@ -150,7 +116,7 @@ def _until_sync(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 @pytest.fixture
 def clock() -> FakeClock:
     """A fake clock starting at the real current time."""
-    return FakeClock()
+    return _fake_clock()
 
 
 @pytest.fixture
@@ -279,14 +245,17 @@ async def test_filelock_async_timeout_and_cancel(tmp_path: Path) -> None:
     with FileLock(path):
         with pytest.raises(errors.LeaseTimeout):
             await FileLock(path, timeout=0.05, poll=0.01).aacquire()
-        polls = CountingClock()
+        polls = FakeClock()
         waiter = FileLock(path, timeout=30, poll=0.01, clock=polls)
         task = asyncio.create_task(waiter.aacquire())
-        await _until(lambda: polls.sleeps >= 2)
+        await polls.wait_for_sleepers()
+        polls.advance(0.01)  # refused again: it keeps polling
+        await polls.wait_for_sleepers()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert not waiter.held
+        assert polls.sleepers == ()
     async with FileLock(path, timeout=0):
         pass
 
@@ -347,7 +316,7 @@ async def _acquire(
 def test_file_backend_is_a_lease_backend(backend: FileLeaseBackend) -> None:
     """FileLeaseBackend satisfies the runtime-checkable LeaseBackend protocol."""
     assert isinstance(backend, LeaseBackend)
-    assert isinstance(ScriptedBackend(FakeClock()), LeaseBackend)
+    assert isinstance(ScriptedBackend(_fake_clock()), LeaseBackend)
 
 
 @pytest.mark.anyio
@@ -752,7 +721,7 @@ _ops = st.one_of(
 
 
 async def _run_ops(ops: list[tuple[object, ...]]) -> None:
-    clock = FakeClock()
+    clock = _fake_clock()
     with tempfile.TemporaryDirectory() as tmp:
         backend = FileLeaseBackend(tmp, clock=clock)
         held: dict[str, LeaseRecord] = {}
@@ -899,7 +868,7 @@ async def test_waiter_gets_the_lease_when_released(tmp_path: Path) -> None:
         async with acquire_lease(backend, "acct", mode=SHARED):
             await release.wait()
 
-    polls = CountingClock()
+    polls = FakeClock()
 
     async def exclusive_waiter() -> None:
         async with acquire_lease(backend, "acct", timeout=30, poll=0.01, clock=polls):
@@ -908,11 +877,15 @@ async def test_waiter_gets_the_lease_when_released(tmp_path: Path) -> None:
     holders = [asyncio.create_task(shared_holder()) for _ in range(2)]
     await _until(lambda: len(list((tmp_path / "acct").glob("*.json"))) == 2)
     waiter = asyncio.create_task(exclusive_waiter())
-    await _until(lambda: polls.sleeps >= 3)
+    for _ in range(3):  # refused poll after poll while the shared holders stay
+        await polls.wait_for_sleepers()
+        polls.advance(0.01)
+    await polls.wait_for_sleepers()
     assert not got_exclusive.is_set()
     release.set()
-    await asyncio.wait_for(waiter, 10)
     await asyncio.gather(*holders)
+    polls.advance(0.01)  # the next poll after they left
+    await asyncio.wait_for(waiter, 10)
     assert got_exclusive.is_set()
 
 
@@ -921,14 +894,16 @@ async def test_cancelled_wait_leaves_no_record(tmp_path: Path) -> None:
     """Cancelling acquire_lease while it waits leaves only the holder's record."""
     backend = FileLeaseBackend(tmp_path)
     async with acquire_lease(backend, "acct") as held:
-        polls = CountingClock()
+        polls = FakeClock()
 
         async def wait_for_it() -> None:
             async with acquire_lease(backend, "acct", timeout=30, poll=0.01, clock=polls):
                 pytest.fail("acquired a held lease")
 
         task = asyncio.create_task(wait_for_it())
-        await _until(lambda: polls.sleeps >= 2)
+        await polls.wait_for_sleepers()
+        polls.advance(0.01)  # refused again: it keeps polling
+        await polls.wait_for_sleepers()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -1023,6 +998,90 @@ async def test_backend_raising_on_renew_is_not_raised(
         async with acquire_lease(backend, "acct", ttl=3.0, clock=clock) as lease:
             await _until(lambda: lease.lost)
     assert "lease.renew_error" in caplog.text
+
+
+@attrs.define
+class GatedBackend(ScriptedBackend):
+    """A ScriptedBackend whose renewals wait until the test opens the gate."""
+
+    gate: asyncio.Event = attrs.field(factory=asyncio.Event)
+    entered: int = 0
+
+    async def renew(self, record: LeaseRecord, ttl: float) -> tuple[RenewOutcome, LeaseRecord]:
+        self.entered += 1
+        await self.gate.wait()
+        return await super().renew(record, ttl)
+
+
+@pytest.mark.anyio
+async def test_ensure_held_passes_while_renewals_succeed(clock: FakeClock) -> None:
+    """A lease that keeps renewing passes the foreground check, again and again."""
+    backend = ScriptedBackend(clock)
+    async with acquire_lease(backend, "acct", ttl=3.0, clock=clock) as lease:
+        await _until(lambda: backend.renew_calls >= 3)
+        lease.ensure_held()
+        assert not lease.lost
+
+
+@pytest.mark.anyio
+async def test_ensure_held_raises_lease_lost_and_leaving_the_block_does_not(
+    clock: FakeClock,
+) -> None:
+    """After a reported loss ensure_held raises LeaseLost; the block itself still ends normally."""
+    backend = ScriptedBackend(clock, outcomes=[RenewOutcome.LOST])
+    async with acquire_lease(backend, "acct", ttl=3.0, clock=clock) as lease:
+        await _until(lambda: lease.lost)
+        with pytest.raises(errors.LeaseLost) as info:
+            lease.ensure_held()
+        body_finished = True
+    assert body_finished
+    assert info.value.name == "acct"
+    assert info.value.owner == lease.owner
+    assert info.value.reason == lease.lost_reason
+    assert isinstance(info.value, errors.LeaseError)
+    assert backend.released == [lease.record]
+
+
+@pytest.mark.anyio
+async def test_ensure_held_raises_past_the_local_deadline_while_a_renewal_hangs(
+    clock: FakeClock,
+) -> None:
+    """A renewal stuck past the lease's local deadline fails the check before any loss is known."""
+    backend = GatedBackend(clock)
+    async with acquire_lease(backend, "acct", ttl=3.0, clock=clock) as lease:
+        await _until(lambda: backend.entered == 1)
+        lease.ensure_held()  # one second in: the old record surely still holds
+        clock.advance(2.5)
+        with pytest.raises(errors.LeaseLost, match="no renewal confirmed"):
+            lease.ensure_held()
+        assert not lease.lost  # the renewal in flight may still succeed...
+        backend.gate.set()
+        await _until(lambda: backend.renew_calls >= 3)
+        lease.ensure_held()  # ...and once it and the next ones have, the check passes again
+        assert not lease.lost
+
+
+@pytest.mark.anyio
+async def test_ensure_held_on_a_released_lease_is_a_lease_error(clock: FakeClock) -> None:
+    """A lease given back is not held: ensure_held says so with a LeaseError, not LeaseLost."""
+    backend = ScriptedBackend(clock)
+    async with acquire_lease(backend, "acct", ttl=3.0, clock=clock) as lease:
+        pass
+    with pytest.raises(errors.LeaseError, match="released") as info:
+        lease.ensure_held()
+    assert not isinstance(info.value, errors.LeaseLost)
+
+
+@pytest.mark.anyio
+async def test_ensure_held_sees_a_removed_record(tmp_path: Path, clock: FakeClock) -> None:
+    """On the file backend, a record deleted under a holder makes ensure_held raise LeaseLost."""
+    backend = FileLeaseBackend(tmp_path, clock=clock)
+    async with acquire_lease(backend, "acct", ttl=3.0, clock=clock) as lease:
+        lease.ensure_held()
+        (tmp_path / "acct" / f"{lease.owner}.json").unlink()
+        await _until(lambda: lease.lost)
+        with pytest.raises(errors.LeaseLost, match="acct"):
+            lease.ensure_held()
 
 
 _TRY_FOR = """

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import importlib
 import pickle
+import pkgutil
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
 
 import attrs
 import pytest
@@ -26,12 +31,73 @@ def test_all_is_sorted_and_complete() -> None:
         assert hasattr(codex_supervisor, name), name
 
 
-def test_errors_all_is_sorted_and_exported() -> None:
-    """Every error class is in errors.__all__ and re-exported at the top."""
+def test_top_level_surface_stays_small() -> None:
+    """The top level holds what an embedder needs (25-40 names); the rest lives in its module."""
+    assert 25 <= len(codex_supervisor.__all__) <= 40
+
+
+def test_lazy_exports_agree_with_all_and_the_type_checking_imports() -> None:
+    """Each top-level name is the object its module defines, named alike in all three lists."""
+    exports: dict[str, str] = codex_supervisor._EXPORTS
+    assert set(exports) == set(codex_supervisor.__all__)
+    tree = ast.parse(Path(codex_supervisor.__file__).read_text(encoding="utf-8"))
+    guarded = next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    )
+    typed = {
+        alias.name: "." * node.level + (node.module or "")
+        for node in guarded.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert typed == exports
+    for name, module in exports.items():
+        defined = getattr(importlib.import_module(module, "codex_supervisor"), name)
+        assert getattr(codex_supervisor, name) is defined, name
+
+
+def _modules() -> list[ModuleType]:
+    return [codex_supervisor] + [
+        importlib.import_module(info.name)
+        for info in pkgutil.walk_packages(codex_supervisor.__path__, "codex_supervisor.")
+    ]
+
+
+def test_every_modules_all_resolves() -> None:
+    """Every module's own __all__ is unique and names only things the module has."""
+    for module in _modules():
+        names = getattr(module, "__all__", None)
+        if names is None:
+            continue
+        assert len(set(names)) == len(names), module.__name__
+        for name in names:
+            assert hasattr(module, name), f"{module.__name__}.{name}"
+
+
+def test_errors_all_is_sorted_and_re_exported_unchanged() -> None:
+    """errors.__all__ is sorted and complete; re-exports elsewhere are the same classes."""
     names = errors.__all__
     assert names == sorted(names)
-    for name in names:
-        assert getattr(codex_supervisor, name) is getattr(errors, name)
+    defined = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, BaseException)
+    }
+    assert defined == set(names)
+    for module in _modules():
+        for name in getattr(module, "__all__", ()):
+            if name in names:
+                assert getattr(module, name) is getattr(errors, name), f"{module.__name__}.{name}"
+
+
+def test_every_library_error_lives_in_errors() -> None:
+    """No module defines a public SupervisorError of its own: the tree is in one place."""
+    for module in _modules():
+        for name, value in vars(module).items():
+            if isinstance(value, type) and issubclass(value, errors.SupervisorError):
+                assert value.__module__ == "codex_supervisor.errors", f"{module.__name__}.{name}"
 
 
 def test_version_is_a_string() -> None:
@@ -50,6 +116,9 @@ def test_every_error_derives_from_the_root() -> None:
     assert issubclass(errors.LeaseTimeout, TimeoutError)
     assert issubclass(errors.TransportClosed, ConnectionError)
     assert issubclass(errors.CodexNotFoundError, FileNotFoundError)
+    assert issubclass(errors.BrokerAlreadyRunning, errors.AppServerError)
+    assert issubclass(errors.BrokerAlreadyRunning, FileExistsError)
+    assert issubclass(errors.LeaseLost, errors.LeaseError)
 
 
 @pytest.mark.parametrize(
@@ -59,9 +128,11 @@ def test_every_error_derives_from_the_root() -> None:
         errors.ConfigError("bad"),
         errors.UnsupportedCodexVersion("0.100.0", "0.169.0"),
         errors.LeaseTimeout("pool", 2.5, holder="pid 12"),
+        errors.LeaseLost("account.a", "host-1-ab12", "record is gone"),
         errors.TransportClosed("app-server exited", returncode=3, stderr_tail="boom"),
         errors.RequestFailed("turn/start", -32600, "invalid", {"x": 1}),
         errors.SpawnError("ws-1", "was not ready within 30s", -9, "tail"),
+        errors.BrokerAlreadyRunning("/run/codex/broker.sock"),
         errors.HomeNotFound("ws-1"),
         errors.UnsafeArchive("../x", "escapes the destination"),
         errors.StaleArchive("ws-1", 3, 5),
@@ -82,6 +153,8 @@ def test_error_messages_carry_their_details() -> None:
     assert "0.100.0" in str(errors.UnsupportedCodexVersion("0.100.0", "0.169.0"))
     assert "exit code -9" in str(errors.SpawnError("k", "not ready", -9))
     assert "version 3" in str(errors.StaleArchive("k", 3, 5))
+    assert "record is gone" in str(errors.LeaseLost("acct", "me", "record is gone"))
+    assert "/s.sock" in str(errors.BrokerAlreadyRunning("/s.sock"))
     assert issubclass(errors.HomeNotFound, LookupError)
     assert issubclass(errors.UnsafeArchive, ValueError)
 

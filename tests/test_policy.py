@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -17,12 +18,15 @@ from codex_supervisor.policy import (
     Candidate,
     Continue,
     Decision,
+    PauseAtBoundary,
     Prewarm,
     RotateAtBoundary,
     RotateNow,
     RotationPolicy,
     Strategy,
+    TurnCosts,
     WaitUntil,
+    spent_between,
     urgency,
 )
 from codex_supervisor.quota import QuotaSnapshot, QuotaWindow, SnapshotSource, WindowKind
@@ -32,6 +36,7 @@ FIVE_RESET = NOW + timedelta(hours=2)
 WEEK_RESET = NOW + timedelta(days=3)
 OTHER_MINUTES = 60
 _UNSET: Any = object()
+_MINUTE = timedelta(minutes=1)
 
 
 def win(minutes: int | None, used: float, resets_at: datetime | None = _UNSET) -> QuotaWindow:
@@ -75,19 +80,23 @@ def cand(
     *,
     blocked_until: datetime | None = None,
     occupants: int = 0,
+    turn_cost: Mapping[WindowKind, float] | None = None,
     **kw: Any,
 ) -> Candidate:
-    """A candidate with a snapshot (``five``/``weekly`` used percent)."""
+    """A candidate with a snapshot (``five``/``weekly`` used percent) and a turn cost."""
     return Candidate(
         name=name,
         snapshot=snap(name, five, weekly, **kw),
         blocked_until=blocked_until,
         occupants=occupants,
+        turn_cost=turn_cost,
     )
 
 
 HEALTHY = cand("spare", 10, 10)
 POLICY = RotationPolicy()
+#: The policy the turn-cost tests were written for (a margin of 1.5 gives round numbers).
+COSTED = RotationPolicy(cost_margin=1.5)
 
 
 # -- defaults and configuration -----------------------------------------------------------
@@ -218,15 +227,16 @@ def test_duplicate_and_excluded_candidates() -> None:
 
 
 def test_urgency_orders_decisions() -> None:
-    """urgency ranks Continue < Prewarm < RotateAtBoundary < RotateNow < WaitUntil."""
+    """urgency ranks Continue, Prewarm, RotateAtBoundary, PauseAtBoundary, RotateNow, WaitUntil."""
     decisions: list[Decision] = [
         Continue(reason="r"),
         Prewarm(successor="b", reason="r"),
         RotateAtBoundary(successor="b", reason="r"),
+        PauseAtBoundary(until=NOW, reason="r"),
         RotateNow(successor="b", reason="r"),
         WaitUntil(until=NOW, reason="r"),
     ]
-    assert [urgency(d) for d in decisions] == [0, 1, 2, 3, 4]
+    assert [urgency(d) for d in decisions] == [0, 1, 2, 3, 4, 5]
     with pytest.raises(TypeError):
         urgency("continue")  # type: ignore[arg-type]
 
@@ -706,6 +716,285 @@ def test_choose_waits_only_when_nothing_is_launchable() -> None:
     assert decision.until > NOW
 
 
+# -- predictive rotation: turn costs ---------------------------------------------------------
+
+FIVE = WindowKind.FIVE_HOUR
+WEEKLY = WindowKind.WEEKLY
+
+
+def usage_snap(
+    name: str,
+    five: float | None,
+    weekly: float | None = None,
+    *,
+    at: datetime = NOW,
+    five_reset: datetime | None = FIVE_RESET,
+    weekly_reset: datetime | None = WEEK_RESET,
+    limit_id: str | None = "codex",
+) -> QuotaSnapshot:
+    """A usage-endpoint snapshot observed ``at``."""
+    windows = []
+    if five is not None:
+        windows.append(win(300, five, five_reset))
+    if weekly is not None:
+        windows.append(win(10080, weekly, weekly_reset))
+    return QuotaSnapshot(
+        account=name,
+        windows=tuple(windows),
+        source=SnapshotSource.USAGE_ENDPOINT,
+        observed_at=at,
+        limit_id=limit_id,
+    )
+
+
+def test_cost_margin_default_and_validation() -> None:
+    """cost_margin defaults to 2, takes numbers as text and must be a finite number > 0."""
+    assert POLICY.cost_margin == 2.0
+    assert RotationPolicy(cost_margin="2").cost_margin == 2.0
+    for bad in (0, -1, float("nan"), float("inf"), "x"):
+        with pytest.raises(ConfigError):
+            RotationPolicy(cost_margin=bad)
+
+
+def test_candidate_turn_cost_is_a_checked_read_only_mapping() -> None:
+    """turn_cost takes kinds or their names, defaults to empty and refuses values out of 0..100."""
+    assert dict(Candidate(name="a").turn_cost) == {}
+    c = Candidate(name="a", turn_cost={"five_hour": 4, WEEKLY: 0.5})  # type: ignore[arg-type]
+    assert dict(c.turn_cost) == {FIVE: 4.0, WEEKLY: 0.5}
+    with pytest.raises(TypeError):
+        c.turn_cost[FIVE] = 1.0  # type: ignore[index]
+    twin = Candidate(name="a", turn_cost={FIVE: 4, WEEKLY: 0.5})
+    assert c == twin
+    assert hash(c) == hash(twin)
+    assert c != Candidate(name="a")
+    for bad in ({FIVE: -1}, {FIVE: 101}, {FIVE: float("nan")}, {"monthly": 1}, [("weekly", 1)]):
+        with pytest.raises(ConfigError):
+            Candidate(name="a", turn_cost=bad)  # type: ignore[arg-type]
+
+
+def test_rotation_and_successor_floors_follow_the_turn_cost() -> None:
+    """rotation_floor is max(threshold, cost x margin); successors need margin + hysteresis more."""
+    cheap = Candidate(name="a", turn_cost={FIVE: 2})
+    dear = Candidate(name="a", turn_cost={FIVE: 8, WEEKLY: 1})
+    assert COSTED.rotation_floor(FIVE) == 5.0
+    assert COSTED.rotation_floor(FIVE, cheap) == 5.0  # 2 x 1.5 = 3 < 5
+    assert COSTED.rotation_floor(FIVE, dear) == 12.0
+    assert COSTED.rotation_floor(WEEKLY, dear) == 5.0
+    assert COSTED.rotation_floor(WindowKind.OTHER, dear) is None
+    assert COSTED.successor_floor(FIVE, dear) == 22.0  # 12 + 5 + 5
+    assert COSTED.successor_floor(WEEKLY, dear) == 13.0
+    assert RotationPolicy(cost_margin=2).rotation_floor(FIVE, dear) == 16.0
+
+
+@pytest.mark.parametrize(
+    ("five", "expected"),
+    [
+        (87.4, Continue),  # 12.6 % left
+        (87.5, Prewarm),  # 12.5 % = 5 x 1.5 + margin 5
+        (92.4, Prewarm),
+        (92.5, RotateAtBoundary),  # 7.5 % = 5 x 1.5
+        (100, RotateNow),
+    ],
+)
+def test_expected_turn_cost_moves_the_marks(five: float, expected: type) -> None:
+    """With a 5 % turn the rotation floor is 7.5 % and the pre-warm mark 12.5 %."""
+    current = cand("a", five, 0, turn_cost={FIVE: 5})
+    assert type(COSTED.decide(current, [HEALTHY], NOW)) is expected
+
+
+def test_a_cheap_turn_changes_nothing() -> None:
+    """A turn cost whose margin stays under the threshold leaves today's decisions alone."""
+    for five in (80, 89.9, 90, 94.9, 95, 99):
+        plain = COSTED.decide(cand("a", five, 0), [HEALTHY], NOW)
+        cheap = COSTED.decide(cand("a", five, 0, turn_cost={FIVE: 3, WEEKLY: 1}), [HEALTHY], NOW)
+        assert plain == cheap
+
+
+def test_weekly_turn_cost_counts_in_its_own_window() -> None:
+    """A weekly cost raises only the weekly floor: 9 % weekly left with a 6 % turn rotates."""
+    current = cand("a", 50, 91, turn_cost={WEEKLY: 6, FIVE: 1})
+    decision = COSTED.decide(current, [HEALTHY], NOW)
+    assert isinstance(decision, RotateAtBoundary)
+    assert "weekly 9% left" in decision.reason
+    assert "(6% x 1.5 = 9%)" in decision.reason
+
+
+def test_reasons_say_when_the_expected_turn_decided() -> None:
+    """Reasons name the expected next turn and the margin when the cost set the mark."""
+    rotate = COSTED.decide(cand("work", 93, 10, turn_cost={FIVE: 5}), [cand("home", 10, 20)], NOW)
+    assert isinstance(rotate, RotateAtBoundary)
+    assert "five-hour 7% left" in rotate.reason
+    assert "at or below the expected next turn (5% x 1.5 = 7.5%)" in rotate.reason
+    assert "rotating to 'home'" in rotate.reason
+    prewarm = COSTED.decide(cand("work", 88, 10, turn_cost={FIVE: 5}), [HEALTHY], NOW)
+    assert isinstance(prewarm, Prewarm)
+    assert (
+        "at or below the pre-warm mark of 12.5% "
+        "(the expected next turn, 5% x 1.5 = 7.5%, plus a 5% margin)"
+    ) in prewarm.reason
+    threshold = COSTED.decide(cand("work", 96, 10, turn_cost={FIVE: 2}), [HEALTHY], NOW)
+    assert "at or below the rotation threshold of 5%" in threshold.reason
+    assert "expected" not in threshold.reason
+
+
+def test_successor_must_fit_its_own_expected_turn() -> None:
+    """A successor needs rotation floor (with its own cost) + margin + hysteresis everywhere."""
+    assert COSTED.eligible(cand("b", 80, 0, turn_cost={FIVE: 5}), NOW)  # 20 >= 17.5
+    assert not COSTED.eligible(cand("b", 80, 0, turn_cost={FIVE: 8}), NOW)  # 20 < 22
+    # The current account's cost does not make a successor ineligible, only its own does.
+    current = cand("a", 93, 0, turn_cost={FIVE: 8})
+    cheap_successor = cand("b", 80, 0, turn_cost={FIVE: 1})
+    assert isinstance(COSTED.decide(current, [cheap_successor], NOW), RotateAtBoundary)
+    dear_successor = cand("b", 80, 0, turn_cost={FIVE: 8})
+    # 7 % left cannot take an 8 % turn: the dear account, which can, takes over.
+    last_resort = COSTED.decide(current, [dear_successor], NOW)
+    assert isinstance(last_resort, RotateAtBoundary)
+    assert "which can still take a turn" in last_resort.reason
+    keep_going = RotationPolicy(cost_margin=1.5, pause_when_drained=False)
+    stay = keep_going.decide(current, [dear_successor], NOW)
+    assert isinstance(stay, Continue)
+    assert "no other account is eligible" in stay.reason
+    assert "expected turn cost" in stay.reason
+    assert COSTED.choose([dear_successor, cand("c", 70, 0, turn_cost={FIVE: 8})], NOW) == "c"
+
+
+def test_the_measured_side_request_case_rotates_before_the_refused_turn() -> None:
+    """5 % requests plus an unseen 5 % title request: the learned cost rotates at 90 % seen.
+
+    The rollout showed 90 % used while the account was at 95 %; the usage
+    endpoint, which sees the title request, measured the first turn at 10 %.
+    """
+    before = usage_snap("a", 0, 0, at=NOW - timedelta(minutes=10))
+    after = usage_snap("a", 10, 10, at=NOW - timedelta(minutes=9))
+    costs = TurnCosts().observe("a", spent_between(before, after))
+    costs = costs.observe("a", spent_between(after, usage_snap("a", 15, 15, at=NOW)))
+    seen_in_rollout = cand("a", 90, 90, turn_cost=costs.expected("a"))
+    today = COSTED.decide(cand("a", 90, 90), [HEALTHY], NOW)
+    predicted = COSTED.decide(seen_in_rollout, [HEALTHY], NOW)
+    assert isinstance(today, Prewarm)  # the next turn would start, and hit 100 %
+    assert isinstance(predicted, RotateAtBoundary)
+    assert "(10% x 1.5 = 15%)" in predicted.reason
+
+
+def test_a_subclass_can_move_the_rotation_floor() -> None:
+    """Overriding rotation_floor moves rotation, pre-warm and successor floors together."""
+
+    @attrs.frozen(kw_only=True)
+    class Cautious(RotationPolicy):
+        extra: float = 3.0
+
+        def rotation_floor(
+            self, kind: WindowKind, candidate: Candidate | None = None
+        ) -> float | None:
+            floor = super().rotation_floor(kind, candidate)
+            return None if floor is None else floor + self.extra
+
+    policy = Cautious()
+    decision = policy.decide(cand("a", 92, 0), [HEALTHY], NOW)
+    assert isinstance(decision, RotateAtBoundary)
+    assert "at or below the rotation floor of 8%" in decision.reason
+    prewarm = policy.decide(cand("a", 88, 0), [HEALTHY], NOW)
+    assert "(the rotation floor, 8%, plus a 5% margin)" in prewarm.reason
+    assert policy.successor_floor(FIVE) == 18.0
+    assert not policy.eligible(cand("b", 83, 0), NOW)
+
+
+# -- spent_between and TurnCosts ------------------------------------------------------------
+
+
+def test_spent_between_reports_each_window() -> None:
+    """The points spent per window between two snapshots of one account."""
+    before = usage_snap("a", 10, 40, at=NOW - timedelta(minutes=5))
+    after = usage_snap("a", 17, 41, at=NOW)
+    assert spent_between(before, after) == {FIVE: 7.0, WEEKLY: 1.0}
+    assert spent_between(after, after) == {FIVE: 0.0, WEEKLY: 0.0}
+
+
+def test_spent_between_skips_windows_that_reset() -> None:
+    """A window that reset in between (its reset passed, moved, or use went down) is skipped."""
+    earlier = NOW - timedelta(minutes=30)
+    passed = usage_snap("a", 90, 40, at=earlier, five_reset=NOW - timedelta(minutes=1))
+    assert spent_between(passed, usage_snap("a", 95, 43)) == {WEEKLY: 3.0}
+    moved = usage_snap("a", 2, 41, five_reset=FIVE_RESET + timedelta(hours=5))
+    assert spent_between(usage_snap("a", 1, 40, at=earlier), moved) == {WEEKLY: 1.0}
+    jitter = usage_snap("a", 3, 41, five_reset=FIVE_RESET + timedelta(seconds=2))
+    assert spent_between(usage_snap("a", 1, 40, at=earlier), jitter) == {FIVE: 2.0, WEEKLY: 1.0}
+    went_down = usage_snap("a", 4, 41, five_reset=None)
+    assert spent_between(usage_snap("a", 60, 40, at=earlier, five_reset=None), went_down) == {
+        WEEKLY: 1.0
+    }
+
+
+def test_spent_between_needs_both_windows_and_the_right_order() -> None:
+    """A window only one snapshot reports is skipped; snapshots out of order give nothing."""
+    weekly_only = usage_snap("a", None, 50)
+    assert spent_between(usage_snap("a", 10, 40, at=NOW - timedelta(minutes=1)), weekly_only) == {
+        WEEKLY: 10.0
+    }
+    assert spent_between(usage_snap("a", 10, 50), usage_snap("a", 5, 40, at=NOW - _MINUTE)) == {}
+
+
+def test_spent_between_refuses_two_accounts_or_limits() -> None:
+    """Snapshots of two accounts or two limit ids are a ConfigError; a missing limit id is not."""
+    with pytest.raises(ConfigError, match=r"'a'.*'b'"):
+        spent_between(usage_snap("a", 1), usage_snap("b", 2))
+    with pytest.raises(ConfigError, match="limit"):
+        spent_between(usage_snap("a", 1), usage_snap("a", 2, limit_id="codex_other"))
+    assert spent_between(usage_snap("a", 1), usage_snap("a", 2, limit_id=None)) == {FIVE: 1.0}
+
+
+def test_turn_costs_learn_per_account_and_kind() -> None:
+    """expected is empty until an account is observed, then per kind and per account."""
+    costs = TurnCosts()
+    assert dict(costs.expected("a")) == {}
+    learned = costs.observe("a", {FIVE: 4.0, WEEKLY: 0.5}).observe("b", {"five_hour": 2.0})  # type: ignore[dict-item]
+    assert dict(learned.expected("a")) == {FIVE: 4.0, WEEKLY: 0.5}
+    assert dict(learned.expected("b")) == {FIVE: 2.0}
+    assert dict(costs.expected("a")) == {}  # the original is unchanged
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        learned.history = 3  # type: ignore[misc]
+
+
+def test_turn_costs_estimate_is_the_larger_of_recent_max_and_mean() -> None:
+    """One dear turn sets the estimate at once; the mean remembers it past the history."""
+    costs = TurnCosts(history=3, smoothing=0.5)
+    for spent in (2.0, 10.0, 2.0):
+        costs = costs.observe("a", {FIVE: spent})
+    assert costs.expected("a")[FIVE] == 10.0
+    assert costs.recent("a")[FIVE] == (2.0, 10.0, 2.0)
+    for _ in range(3):
+        costs = costs.observe("a", {FIVE: 2.0})
+    assert costs.recent("a")[FIVE] == (2.0, 2.0, 2.0)
+    # mean: 2 -> 6 -> 4 -> 3 -> 2.5 -> 2.25
+    assert costs.expected("a")[FIVE] == pytest.approx(2.25)
+
+
+def test_turn_costs_ignore_what_is_not_a_spend() -> None:
+    """Negative, NaN, infinite and non-numeric spends and empty input change nothing."""
+    costs = TurnCosts().observe("a", {FIVE: 3.0})
+    for junk in ({}, {FIVE: -1.0}, {FIVE: math.nan}, {FIVE: math.inf}, {FIVE: "x"}):
+        assert costs.observe("a", junk) == costs  # type: ignore[arg-type]
+    assert costs.observe("a", {FIVE: 250.0}).expected("a")[FIVE] == 100.0
+    with pytest.raises(ConfigError):
+        costs.observe("a", {"monthly": 1.0})  # type: ignore[dict-item]
+    with pytest.raises(ConfigError):
+        costs.observe(7, {FIVE: 1.0})  # type: ignore[arg-type]
+
+
+def test_turn_costs_configuration() -> None:
+    """history is an integer 1..1000 and smoothing lies in (0, 1]; equal values hash equal."""
+    for kwargs in ({"history": 0}, {"history": True}, {"history": 2.5}, {"smoothing": 0}):
+        with pytest.raises(ConfigError):
+            TurnCosts(**kwargs)
+    with pytest.raises(ConfigError):
+        TurnCosts(smoothing=1.5)
+    a = TurnCosts().observe("a", {FIVE: 1.0})
+    b = TurnCosts().observe("a", {FIVE: 1.0})
+    assert a == b
+    assert hash(a) == hash(b)
+    assert a != TurnCosts()
+
+
 # -- properties --------------------------------------------------------------------------------
 
 NAMES = ("a", "b", "c", "d", "e")
@@ -871,3 +1160,279 @@ def test_rotate_now_and_wait_only_when_exhausted(
     """Without a usage-limit error, only a blocked or exhausted account gets RotateNow/WaitUntil."""
     decision = policy.decide(current, others, NOW)
     assert isinstance(decision, RotateNow | WaitUntil) == _unusable(policy, current)
+
+
+# -- properties of predictive rotation -----------------------------------------------------------
+
+_costs = st.dictionaries(
+    st.sampled_from(WindowKind), st.floats(min_value=0, max_value=100), max_size=3
+)
+
+
+_small_costs = st.dictionaries(
+    st.sampled_from([WindowKind.FIVE_HOUR, WindowKind.WEEKLY]),
+    st.floats(min_value=0, max_value=8) | st.floats(min_value=0, max_value=30),
+    max_size=2,
+)
+
+
+@st.composite
+def _live_candidates(draw: st.DrawFn, name: str) -> Candidate:
+    """A launchable account with fresh five-hour/weekly data, where costs matter most."""
+    used = st.floats(min_value=85, max_value=100) | st.floats(min_value=0, max_value=100)
+    return cand(
+        name,
+        draw(used),
+        draw(st.none() | used),
+        age=timedelta(minutes=draw(st.integers(0, 30))),
+        occupants=draw(st.integers(0, 2)),
+    )
+
+
+@st.composite
+def _costed_candidates(draw: st.DrawFn, name: str) -> Candidate:
+    base = draw(_live_candidates(name) | _candidates(name))
+    return attrs.evolve(base, turn_cost=draw(_small_costs | _costs))
+
+
+@st.composite
+def _costed_pools(draw: st.DrawFn, min_size: int = 0) -> list[Candidate]:
+    names = draw(st.lists(st.sampled_from(NAMES), unique=True, min_size=min_size))
+    return [draw(_costed_candidates(name)) for name in names]
+
+
+@st.composite
+def _costed_pools_with_a_spare(draw: st.DrawFn) -> list[Candidate]:
+    """A pool that mostly holds a fresh account too, so that rotations have somewhere to go."""
+    pool = draw(_costed_pools())
+    if draw(st.integers(0, 3)):
+        used = draw(st.floats(min_value=0, max_value=90))
+        pool.append(cand("spare", used, used, turn_cost=draw(_small_costs)))
+    return pool
+
+
+def _costless(candidate: Candidate) -> Candidate:
+    return attrs.evolve(candidate, turn_cost={})
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    policy=_policies,
+    current=_costed_candidates("cur"),
+    others=_costed_pools_with_a_spare(),
+    error=_errors,
+)
+def test_turn_costs_never_rotate_later_than_the_thresholds(
+    policy: RotationPolicy, current: Candidate, others: list[Candidate], error: str | None
+) -> None:
+    """Costs never lower urgency, except to Continue when no successor fits its own turn.
+
+    With the same successors, the current account's cost never lowers the
+    urgency of the cost-free decision. With costs on every account, it only
+    drops to Continue, and only when no successor is eligible under costs.
+    """
+    plain_others = [_costless(c) for c in others]
+    today = policy.decide(_costless(current), plain_others, NOW, last_turn_error=error)
+    same_successors = policy.decide(current, plain_others, NOW, last_turn_error=error)
+    assert urgency(same_successors) >= urgency(today), (today, same_successors)
+    costed = policy.decide(current, others, NOW, last_turn_error=error)
+    if urgency(costed) < urgency(today):
+        assert isinstance(costed, Continue), (today, costed)
+        assert "no other account is eligible" in costed.reason
+        assert policy.rank(others, NOW) == []
+    # Exhaustion does not depend on costs: the same branch is taken either way.
+    assert isinstance(costed, RotateNow | WaitUntil) == isinstance(today, RotateNow | WaitUntil)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    policy=_policies,
+    current=_costed_candidates("cur"),
+    others=_costed_pools_with_a_spare(),
+    error=_errors,
+    data=st.data(),
+)
+def test_less_remaining_never_lowers_urgency_with_turn_costs(
+    policy: RotationPolicy,
+    current: Candidate,
+    others: list[Candidate],
+    error: str | None,
+    data: st.DataObject,
+) -> None:
+    """With turn costs, raising the current account's used percent never lowers urgency."""
+    snapshot = current.snapshot or snap("cur")
+    if not snapshot.windows:
+        snapshot = attrs.evolve(snapshot, windows=(win(300, 0),))
+    index = data.draw(st.integers(0, len(snapshot.windows) - 1))
+    raise_by = data.draw(st.floats(min_value=0, max_value=100))
+    windows = list(snapshot.windows)
+    windows[index] = attrs.evolve(
+        windows[index], used_percent=windows[index].used_percent + raise_by
+    )
+    before = policy.decide(
+        attrs.evolve(current, snapshot=snapshot), others, NOW, last_turn_error=error
+    )
+    busier = attrs.evolve(current, snapshot=attrs.evolve(snapshot, windows=tuple(windows)))
+    after = policy.decide(busier, others, NOW, last_turn_error=error)
+    assert urgency(after) >= urgency(before), (before, after)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    policy=_policies,
+    current=_costed_candidates("cur"),
+    others=_costed_pools_with_a_spare(),
+    error=_errors,
+    data=st.data(),
+)
+def test_dearer_turns_never_lower_urgency(
+    policy: RotationPolicy,
+    current: Candidate,
+    others: list[Candidate],
+    error: str | None,
+    data: st.DataObject,
+) -> None:
+    """Raising the current account's expected cost in any window never lowers urgency."""
+    policy = attrs.evolve(policy, cost_margin=data.draw(st.sampled_from([0.5, 1.0, 1.5, 3.0])))
+    kind = data.draw(st.sampled_from(WindowKind))
+    dearer = dict(current.turn_cost)
+    raised = dearer.get(kind, 0.0) + data.draw(st.floats(min_value=0, max_value=100))
+    dearer[kind] = min(100.0, raised)
+    before = policy.decide(current, others, NOW, last_turn_error=error)
+    pricier = attrs.evolve(current, turn_cost=dearer)
+    after = policy.decide(pricier, others, NOW, last_turn_error=error)
+    assert urgency(after) >= urgency(before), (before, after)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    policy=_policies,
+    current=_costed_candidates("cur"),
+    others=_costed_pools_with_a_spare(),
+    margin=st.sampled_from([1.0, 1.5, 2.5]),
+    hysteresis=st.sampled_from([0.5, 2.0, 5.0]),
+)
+def test_a_successor_is_calm_on_its_own_terms(
+    policy: RotationPolicy,
+    current: Candidate,
+    others: list[Candidate],
+    margin: float,
+    hysteresis: float,
+) -> None:
+    """Every eligible account, and so every successor named, would itself just Continue."""
+    policy = attrs.evolve(policy, cost_margin=margin, hysteresis=hysteresis)
+    for candidate in others:
+        if policy.eligible(candidate, NOW):
+            own = policy.decide(candidate, [current], NOW)
+            assert isinstance(own, Continue), own
+            assert "no other account is eligible" not in own.reason
+    decision = policy.decide(current, others, NOW)
+    if isinstance(decision, Prewarm | RotateAtBoundary):
+        [successor] = [c for c in others if c.name == decision.successor]
+        if not policy.eligible(successor, NOW):
+            # The last resort of a drained pool: no account is eligible, the
+            # current one cannot take a turn, the successor still can.
+            assert isinstance(decision, RotateAtBoundary)
+            assert policy.rank(others, NOW) == []
+            assert not policy.can_take_turn(current, NOW)
+            assert policy.can_take_turn(successor, NOW)
+
+
+_spends = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(10**30), max_value=10**30),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    history=st.integers(1, 10),
+    smoothing=st.floats(min_value=0.01, max_value=1.0),
+    turns=st.lists(st.dictionaries(st.sampled_from(WindowKind), _spends, max_size=3), max_size=30),
+)
+def test_turn_cost_estimate_is_conservative_and_bounded(
+    history: int, smoothing: float, turns: list[dict[WindowKind, float]]
+) -> None:
+    """observe never raises on any number; the estimate covers the recent turns, within 0..100.
+
+    Per kind: never below any of the last ``history`` usable spends, never
+    above the largest usable spend ever seen, and only ``history`` kept.
+    """
+    costs = TurnCosts(history=history, smoothing=smoothing)
+    seen: dict[WindowKind, list[float]] = {}
+    for turn in turns:
+        costs = costs.observe("a", turn)
+        for kind, value in turn.items():
+            number = float(value)
+            if math.isfinite(number) and number >= 0:
+                seen.setdefault(kind, []).append(min(100.0, number))
+    expected = costs.expected("a")
+    assert set(expected) == set(seen)
+    for kind, spends in seen.items():
+        assert math.isfinite(expected[kind])
+        assert 0.0 <= expected[kind] <= 100.0
+        assert expected[kind] >= max(spends[-history:])
+        assert expected[kind] <= max(spends) + 1e-9
+        assert costs.recent("a")[kind] == tuple(spends[-history:])
+    assert dict(costs.expected("other account")) == {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=_snapshots("a"), after=_snapshots("a"))
+def test_spent_between_never_raises_and_never_goes_negative(
+    before: QuotaSnapshot, after: QuotaSnapshot
+) -> None:
+    """For any two snapshots of one account, spends are finite, 0..100, of reported kinds."""
+    spent = spent_between(before, after)
+    reported = {w.kind for w in before.windows} & {w.kind for w in after.windows}
+    assert set(spent) <= reported
+    assert all(math.isfinite(v) and 0.0 <= v <= 100.0 for v in spent.values())
+    if after.observed_at < before.observed_at:
+        assert spent == {}
+    # Every spend folds into an estimate without complaint.
+    TurnCosts().observe("a", spent)
+
+
+# -- a drained pool: pause at the boundary rather than start a failing turn ----------------
+
+
+def test_a_drained_pool_pauses_at_the_boundary_until_the_earliest_reset() -> None:
+    """Nobody can take an 8 % turn: PauseAtBoundary until the current account's own reset."""
+    current = cand("a", 93, 10, turn_cost={FIVE: 8})
+    other = cand("b", 95, 10, turn_cost={FIVE: 8}, five_reset=FIVE_RESET + timedelta(hours=1))
+    decision = POLICY.decide(current, [other], NOW)
+    assert isinstance(decision, PauseAtBoundary)
+    assert decision.until == FIVE_RESET
+    assert "pausing at the turn boundary" in decision.reason
+    assert "'a' can" in decision.reason
+
+
+def test_a_drained_pool_keeps_going_when_told_to() -> None:
+    """pause_when_drained=False keeps today's behaviour: use the account until it runs out."""
+    policy = RotationPolicy(pause_when_drained=False)
+    current = cand("a", 93, 10, turn_cost={FIVE: 8})
+    other = cand("b", 95, 10, turn_cost={FIVE: 8})
+    assert isinstance(policy.decide(current, [other], NOW), Continue)
+    assert policy.choose([current, other], NOW) == "a"
+
+
+def test_choose_waits_rather_than_launch_where_no_turn_fits() -> None:
+    """choose() says WaitUntil the first reset when no launchable account can take a turn."""
+    short = cand("a", 93, 10, turn_cost={FIVE: 8})
+    shorter = cand("b", 95, 10, turn_cost={FIVE: 8}, five_reset=FIVE_RESET + timedelta(hours=1))
+    choice = POLICY.choose([short, shorter], NOW)
+    assert isinstance(choice, WaitUntil)
+    assert choice.until == FIVE_RESET
+    assert POLICY.available_at(short, NOW) == FIVE_RESET
+    # Without a learned cost the same account is launchable at once.
+    assert POLICY.choose([cand("a", 93, 10)], NOW) == "a"
+
+
+def test_can_take_turn_uses_the_last_resort_margin() -> None:
+    """can_take_turn needs more than cost x last_resort_margin left in every costed window."""
+    assert POLICY.can_take_turn(cand("a", 89, 10, turn_cost={FIVE: 8}), NOW)  # 11 > 10
+    assert not POLICY.can_take_turn(cand("a", 90, 10, turn_cost={FIVE: 8}), NOW)  # 10
+    assert POLICY.can_take_turn(cand("a", 99, 10), NOW)  # no cost learned
+    assert not POLICY.can_take_turn(cand("a", 100, 10), NOW)  # not launchable
+    loose = RotationPolicy(last_resort_margin=1.0)
+    assert loose.can_take_turn(cand("a", 91, 10, turn_cost={FIVE: 8}), NOW)

@@ -1,11 +1,9 @@
-"""quota: window classification, tolerant parsers, the usage source and the single-flight cache."""
+"""quota: where the usage endpoint lives, the usage source and the single-flight cache."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -14,28 +12,20 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from codex_supervisor import errors
-from codex_supervisor._convert import structure, unstructure
+from codex_supervisor import errors, quota, snapshots
 from codex_supervisor.quota import (
     DEFAULT_CHATGPT_BASE_URL,
     CachedSnapshot,
-    Credits,
     QuotaService,
-    QuotaSnapshot,
-    QuotaWindow,
     SnapshotProvider,
-    SnapshotSource,
     UsageCredentials,
     UsageEndpointSource,
-    WindowKind,
-    classify_window,
     read_chatgpt_base_url,
     usage_url,
 )
-from codex_supervisor.testing import FakeCodexBackend, write_config_toml
+from codex_supervisor.snapshots import QuotaSnapshot, QuotaWindow, SnapshotSource
+from codex_supervisor.testing import FakeClock, FakeCodexBackend, write_config_toml
 
 OBSERVED = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 RESET_5H = 1795339672
@@ -63,549 +53,24 @@ USAGE_PAYLOAD: dict[str, Any] = {
     "credits": {"has_credits": False, "unlimited": False, "balance": "0"},
 }
 
-ROLLOUT_RATE_LIMITS: dict[str, Any] = {
-    "limit_id": "codex",
-    "limit_name": None,
-    "primary": {"used_percent": 10.0, "window_minutes": 300, "resets_at": RESET_5H},
-    "secondary": {"used_percent": 10.0, "window_minutes": 10080, "resets_at": RESET_WEEK},
-    "credits": {"has_credits": False, "unlimited": False, "balance": None},
-    "plan_type": "plus",
-}
-
-APP_SERVER_SNAPSHOT: dict[str, Any] = {
-    "limitId": "codex",
-    "limitName": None,
-    "primary": {"usedPercent": 40, "windowDurationMins": 10080, "resetsAt": RESET_WEEK},
-    "secondary": None,
-    "credits": {"hasCredits": False, "unlimited": False, "balance": "0"},
-    "planType": "plus",
-    "rateLimitReachedType": None,
-}
-
-Parser = Callable[..., QuotaSnapshot]
-PARSERS: dict[str, Parser] = {
-    "usage": QuotaSnapshot.from_usage_payload,
-    "rollout": QuotaSnapshot.from_rollout_rate_limits,
-    "app_server": QuotaSnapshot.from_app_server,
-}
-
 
 def _epoch(seconds: int) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-class FakeClock:
-    """A clock that moves only when told to; sleeping advances it instantly."""
+def _clock() -> FakeClock:
+    """A fake clock at OBSERVED whose sleeps jump ahead as soon as the loop is idle."""
+    return FakeClock(OBSERVED, autojump=True)
 
-    def __init__(self) -> None:
-        self.mono = 1000.0
-        self.wall = OBSERVED
-        self.sleeps: list[float] = []
 
-    def monotonic(self) -> float:
-        return self.mono
+# -- compatibility --------------------------------------------------------------------------------
 
-    def now(self) -> datetime:
-        return self.wall
 
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.advance(seconds)
-        await asyncio.sleep(0)
-
-    def advance(self, seconds: float) -> None:
-        self.mono += seconds
-        self.wall += timedelta(seconds=seconds)
-
-
-# -- classification -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("minutes", "kind"),
-    [
-        (300, WindowKind.FIVE_HOUR),
-        (299, WindowKind.FIVE_HOUR),
-        (301, WindowKind.FIVE_HOUR),
-        (330, WindowKind.FIVE_HOUR),
-        (10080, WindowKind.WEEKLY),
-        (10079, WindowKind.WEEKLY),
-        (10081, WindowKind.WEEKLY),
-        (None, WindowKind.OTHER),
-        (0, WindowKind.OTHER),
-        (60, WindowKind.OTHER),
-        (1440, WindowKind.OTHER),
-        (43200, WindowKind.OTHER),
-    ],
-)
-def test_classify_window_by_duration(minutes: int | None, kind: WindowKind) -> None:
-    """Windows are classified by their length in minutes, with a small tolerance."""
-    assert classify_window(minutes) is kind
-
-
-def test_weekly_only_primary_window_is_weekly_from_every_source() -> None:
-    """A weekly-only plan's single 10080-minute *primary* window is the weekly window."""
-    rollout = {"primary": {"used_percent": 55.0, "window_minutes": 10080, "resets_at": RESET_WEEK}}
-    usage = {"rate_limit": {"primary_window": {"used_percent": 55, "limit_window_seconds": 604800}}}
-    for snap in (
-        QuotaSnapshot.from_rollout_rate_limits(rollout, account="a", observed_at=OBSERVED),
-        QuotaSnapshot.from_usage_payload(usage, account="a", observed_at=OBSERVED),
-        QuotaSnapshot.from_app_server(APP_SERVER_SNAPSHOT, account="a", observed_at=OBSERVED),
-    ):
-        assert snap.five_hour is None
-        assert snap.weekly is not None
-        assert snap.weekly.window_minutes == 10080
-
-
-def test_window_lookup_ignores_position() -> None:
-    """A weekly window reported as primary and a five-hour one as secondary land right."""
-    obj = {
-        "primary": {"used_percent": 70.0, "window_minutes": 10080},
-        "secondary": {"used_percent": 20.0, "window_minutes": 300},
-    }
-    snap = QuotaSnapshot.from_rollout_rate_limits(obj, account="a", observed_at=OBSERVED)
-    assert snap.weekly is not None
-    assert snap.weekly.used_percent == 70.0
-    assert snap.five_hour is not None
-    assert snap.five_hour.used_percent == 20.0
-
-
-# -- constructors on real-shaped payloads ---------------------------------------------------------
-
-
-def test_usage_payload_is_read() -> None:
-    """The wham/usage payload becomes windows, plan, credits and the codex limit id."""
-    snap = QuotaSnapshot.from_usage_payload(USAGE_PAYLOAD, account="alice", observed_at=OBSERVED)
-    assert snap.account == "alice"
-    assert snap.source is SnapshotSource.USAGE_ENDPOINT
-    assert snap.observed_at == OBSERVED
-    assert snap.plan_type == "plus"
-    assert snap.limit_id == "codex"
-    assert snap.credits == Credits(has_credits=False, unlimited=False, balance="0")
-    assert snap.limit_reached is False
-    assert snap.five_hour == QuotaWindow(
-        used_percent=37.0, window_minutes=300, resets_at=_epoch(RESET_5H)
-    )
-    assert snap.weekly == QuotaWindow(
-        used_percent=41.0, window_minutes=10080, resets_at=_epoch(RESET_WEEK)
-    )
-    assert snap.five_hour.remaining_percent == 63.0
-
-
-def test_usage_payload_falls_back_to_reset_after_seconds() -> None:
-    """Without reset_at, the reset time is reset_after_seconds after the observation."""
-    payload = {"rate_limit": {"primary_window": {"used_percent": 5, "reset_after_seconds": 90}}}
-    snap = QuotaSnapshot.from_usage_payload(payload, account="a", observed_at=OBSERVED)
-    assert snap.windows[0].resets_at == OBSERVED + timedelta(seconds=90)
-    assert snap.windows[0].window_minutes is None
-    assert snap.windows[0].kind is WindowKind.OTHER
-
-
-def test_usage_payload_additional_rate_limits_are_ignored() -> None:
-    """Per-model additional_rate_limits never become windows of the account."""
-    payload = {
-        **USAGE_PAYLOAD,
-        "additional_rate_limits": [
-            {
-                "limit_name": "gpt-x",
-                "metered_feature": "codex_x",
-                "rate_limit": {
-                    "primary_window": {"used_percent": 100, "limit_window_seconds": 604800}
-                },
-            }
-        ],
-    }
-    snap = QuotaSnapshot.from_usage_payload(payload, account="a", observed_at=OBSERVED)
-    assert len(snap.windows) == 2
-    assert snap.limit_reached is False
-    assert snap.weekly is not None
-    assert snap.weekly.used_percent == 41.0
-
-
-@pytest.mark.parametrize(
-    "rate_limit_patch",
-    [{"limit_reached": True}, {"allowed": False}],
-)
-def test_usage_payload_flags_mark_limit_reached(rate_limit_patch: dict[str, Any]) -> None:
-    """limit_reached or allowed=false in the payload marks the snapshot as limited."""
-    payload = {**USAGE_PAYLOAD, "rate_limit": {**USAGE_PAYLOAD["rate_limit"], **rate_limit_patch}}
-    snap = QuotaSnapshot.from_usage_payload(payload, account="a", observed_at=OBSERVED)
-    assert snap.limit_reached is True
-
-
-def test_usage_payload_rate_limit_reached_type_marks_limit_reached() -> None:
-    """A rate_limit_reached_type (e.g. credits depleted) marks the snapshot as limited."""
-    payload = {**USAGE_PAYLOAD, "rate_limit_reached_type": {"type": "credits_depleted"}}
-    snap = QuotaSnapshot.from_usage_payload(payload, account="a", observed_at=OBSERVED)
-    assert snap.limit_reached is True
-
-
-def test_rollout_rate_limits_are_read() -> None:
-    """A rollout token_count.rate_limits object becomes a rollout snapshot."""
-    snap = QuotaSnapshot.from_rollout_rate_limits(
-        ROLLOUT_RATE_LIMITS, account="bob", observed_at=OBSERVED
-    )
-    assert snap.source is SnapshotSource.ROLLOUT
-    assert snap.limit_id == "codex"
-    assert snap.plan_type == "plus"
-    assert snap.credits == Credits(has_credits=False, unlimited=False, balance=None)
-    assert snap.five_hour == QuotaWindow(
-        used_percent=10.0, window_minutes=300, resets_at=_epoch(RESET_5H)
-    )
-    assert snap.weekly == QuotaWindow(
-        used_percent=10.0, window_minutes=10080, resets_at=_epoch(RESET_WEEK)
-    )
-    assert snap.limit_reached is False
-
-
-def test_rollout_resets_in_seconds_fallback() -> None:
-    """Older rollouts' resets_in_seconds count from the observation time."""
-    obj = {
-        "primary": {"used_percent": 12.5, "window_minutes": 300, "resets_in_seconds": 600},
-        "secondary": {"used_percent": 3.0, "window_minutes": 10080, "resets_in_seconds": 86400},
-    }
-    snap = QuotaSnapshot.from_rollout_rate_limits(obj, account="a", observed_at=OBSERVED)
-    assert snap.five_hour is not None
-    assert snap.five_hour.resets_at == OBSERVED + timedelta(seconds=600)
-    assert snap.weekly is not None
-    assert snap.weekly.resets_at == OBSERVED + timedelta(days=1)
-
-
-def test_rollout_epoch_wins_over_relative_reset() -> None:
-    """When both are present, the absolute resets_at is used."""
-    obj = {"primary": {"used_percent": 1, "resets_at": RESET_5H, "resets_in_seconds": 5}}
-    snap = QuotaSnapshot.from_rollout_rate_limits(obj, account="a", observed_at=OBSERVED)
-    assert snap.windows[0].resets_at == _epoch(RESET_5H)
-
-
-def test_app_server_snapshot_is_read() -> None:
-    """The app-server's camelCase RateLimitSnapshot becomes an app-server snapshot."""
-    obj = {
-        **APP_SERVER_SNAPSHOT,
-        "primary": {"usedPercent": 20, "windowDurationMins": 300, "resetsAt": RESET_5H},
-        "secondary": {"usedPercent": 60, "windowDurationMins": 10080, "resetsAt": RESET_WEEK},
-        "credits": {"hasCredits": True, "unlimited": False, "balance": "12.50"},
-    }
-    snap = QuotaSnapshot.from_app_server(obj, account="carol", observed_at=OBSERVED)
-    assert snap.source is SnapshotSource.APP_SERVER
-    assert snap.limit_id == "codex"
-    assert snap.plan_type == "plus"
-    assert snap.credits == Credits(has_credits=True, unlimited=False, balance="12.50")
-    assert snap.five_hour is not None
-    assert snap.five_hour.used_percent == 20.0
-    assert snap.weekly is not None
-    assert snap.weekly.resets_at == _epoch(RESET_WEEK)
-
-
-def test_app_server_reached_type_marks_limit_reached() -> None:
-    """A non-null rateLimitReachedType marks the snapshot as limited."""
-    obj = {**APP_SERVER_SNAPSHOT, "rateLimitReachedType": "rate_limit_reached"}
-    snap = QuotaSnapshot.from_app_server(obj, account="a", observed_at=OBSERVED)
-    assert snap.limit_reached is True
-
-
-@pytest.mark.parametrize("name", sorted(PARSERS))
-def test_full_window_marks_limit_reached(name: str) -> None:
-    """Any window at 100 % marks the snapshot as limited, whatever the flags say."""
-    payloads = {
-        "usage": {
-            "rate_limit": {"limit_reached": False, "secondary_window": {"used_percent": 100}}
-        },
-        "rollout": {"secondary": {"used_percent": 100.0, "window_minutes": 10080}},
-        "app_server": {"primary": {"usedPercent": 100, "windowDurationMins": 300}},
-    }
-    snap = PARSERS[name](payloads[name], account="a", observed_at=OBSERVED)
-    assert snap.limit_reached is True
-
-
-@pytest.mark.parametrize("name", sorted(PARSERS))
-def test_missing_optional_fields_are_none(name: str) -> None:
-    """An empty object is a valid snapshot with no windows and no optional data."""
-    snap = PARSERS[name]({}, account="a", observed_at=OBSERVED)
-    assert snap.windows == ()
-    assert snap.plan_type is None
-    assert snap.credits is None
-    assert snap.limit_reached is False
-    assert snap.five_hour is None
-    assert snap.weekly is None
-
-
-def test_null_windows_are_absent_and_unknown_fields_ignored() -> None:
-    """A null window is just absent; unknown keys anywhere are skipped."""
-    obj = {
-        "primary": None,
-        "secondary": {"used_percent": 5.0, "window_minutes": 10080, "future_field": [1, 2]},
-        "brand_new": {"x": 1},
-    }
-    snap = QuotaSnapshot.from_rollout_rate_limits(obj, account="a", observed_at=OBSERVED)
-    assert [w.kind for w in snap.windows] == [WindowKind.WEEKLY]
-
-
-def test_used_percent_is_clamped() -> None:
-    """Percentages outside 0..100 are clamped on construction; non-finite ones rejected."""
-    obj = {
-        "primary": {"used_percent": 150.0, "window_minutes": 300},
-        "secondary": {"used_percent": -5, "window_minutes": 10080},
-    }
-    snap = QuotaSnapshot.from_rollout_rate_limits(obj, account="a", observed_at=OBSERVED)
-    assert snap.five_hour is not None
-    assert snap.five_hour.used_percent == 100.0
-    assert snap.weekly is not None
-    assert snap.weekly.used_percent == 0.0
-    assert snap.limit_reached is True
-    with pytest.raises(ValueError, match="finite"):
-        QuotaWindow(used_percent=math.nan)
-
-
-def test_numeric_credit_balance_is_kept_as_text() -> None:
-    """A balance sent as a JSON number is kept as its text."""
-    for balance, text in ((5.39, "5.39"), (12, "12")):
-        payload = {"credits": {"has_credits": True, "unlimited": False, "balance": balance}}
-        snap = QuotaSnapshot.from_usage_payload(payload, account="a", observed_at=OBSERVED)
-        assert snap.credits == Credits(has_credits=True, unlimited=False, balance=text)
-
-
-def test_zero_epoch_means_no_reset_time() -> None:
-    """reset_at 0 is 'not stated' and falls back to the relative field."""
-    payload = {"rate_limit": {"primary_window": {"used_percent": 1, "reset_at": 0}}}
-    snap = QuotaSnapshot.from_usage_payload(payload, account="a", observed_at=OBSERVED)
-    assert snap.windows[0].resets_at is None
-
-
-def test_naive_observed_at_is_rejected() -> None:
-    """Snapshots carry aware UTC times only; a naive observation time is a caller bug."""
-    naive = datetime(2026, 1, 1)  # noqa: DTZ001 - the point of the test
-    with pytest.raises(ValueError, match="aware"):
-        QuotaSnapshot.from_rollout_rate_limits({}, account="a", observed_at=naive)
-
-
-def test_observed_at_is_normalised_to_utc() -> None:
-    """An aware non-UTC observation time is stored as UTC."""
-    from datetime import timezone
-
-    local = OBSERVED.astimezone(timezone(timedelta(hours=2)))
-    snap = QuotaSnapshot.from_rollout_rate_limits({}, account="a", observed_at=local)
-    assert snap.observed_at == OBSERVED
-    assert snap.observed_at.utcoffset() == timedelta(0)
-
-
-BAD_INPUTS: list[tuple[str, object]] = [
-    ("usage", None),
-    ("usage", []),
-    ("usage", "x"),
-    ("usage", {"rate_limit": []}),
-    ("usage", {"rate_limit": {"primary_window": {"used_percent": "37"}}}),
-    ("usage", {"rate_limit": {"primary_window": {"used_percent": True}}}),
-    ("usage", {"rate_limit": {"primary_window": {}}}),
-    ("usage", {"rate_limit": {"primary_window": {"used_percent": 1, "reset_at": 10**20}}}),
-    ("usage", {"rate_limit": {"primary_window": {"used_percent": 1, "limit_window_seconds": 1.5}}}),
-    ("usage", {"rate_limit": {"limit_reached": "yes"}}),
-    ("usage", {"plan_type": 3}),
-    ("usage", {"credits": "none"}),
-    ("usage", {"credits": {"has_credits": 1}}),
-    ("usage", {"credits": {"balance": [1]}}),
-    ("usage", {"credits": {"balance": 10**5000}}),
-    ("usage", {"credits": {"balance": math.inf}}),
-    ("rollout", None),
-    ("rollout", 17),
-    ("rollout", {"primary": "full"}),
-    ("rollout", {"primary": {"used_percent": math.nan}}),
-    ("rollout", {"primary": {"used_percent": math.inf}}),
-    ("rollout", {"primary": {"used_percent": -math.inf}}),
-    ("rollout", {"primary": {"used_percent": 10**400}}),
-    ("rollout", {"primary": {"used_percent": 1, "window_minutes": 2**70}}),
-    ("rollout", {"primary": {"used_percent": 1, "window_minutes": False}}),
-    ("rollout", {"primary": {"used_percent": 1, "resets_in_seconds": 1e300}}),
-    ("rollout", {"primary": {"used_percent": 1, "resets_at": "soon"}}),
-    ("rollout", {"limit_id": 5}),
-    ("app_server", ["rateLimits"]),
-    ("app_server", {"primary": {"usedPercent": None}}),
-    ("app_server", {"secondary": {"usedPercent": 1, "resetsAt": [1]}}),
-    ("app_server", {"primary": {"usedPercent": 1, "resetsAt": 1e30}}),
-    ("app_server", {"credits": {"hasCredits": "true"}}),
-    ("app_server", {"planType": {"name": "plus"}}),
-]
-
-
-@pytest.mark.parametrize(("name", "payload"), BAD_INPUTS)
-def test_malformed_inputs_raise_quota_parse_error(name: str, payload: object) -> None:
-    """Wrong types, non-finite or huge numbers and non-objects raise QuotaParseError only."""
-    with pytest.raises(errors.QuotaParseError):
-        PARSERS[name](payload, account="a", observed_at=OBSERVED)
-
-
-# -- hypothesis: arbitrary JSON and round trips ---------------------------------------------------
-
-_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.sampled_from([10**400, -(10**400), 2**63, 1e308, -0.0])
-    | st.floats()
-    | st.text(max_size=6)
-)
-json_values = st.recursive(
-    _scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
-
-
-def _shaped(**keys: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    # The right keys with arbitrary values reach far deeper than random dicts.
-    return st.fixed_dictionaries({}, optional={k: v | json_values for k, v in keys.items()})
-
-
-_usage_window = _shaped(
-    used_percent=json_values,
-    limit_window_seconds=json_values,
-    reset_after_seconds=json_values,
-    reset_at=json_values,
-)
-_rollout_window = _shaped(
-    used_percent=json_values,
-    window_minutes=json_values,
-    resets_at=json_values,
-    resets_in_seconds=json_values,
-)
-_app_window = _shaped(usedPercent=json_values, windowDurationMins=json_values, resetsAt=json_values)
-SHAPED = {
-    "usage": _shaped(
-        plan_type=json_values,
-        rate_limit=_shaped(
-            allowed=json_values,
-            limit_reached=json_values,
-            primary_window=_usage_window,
-            secondary_window=_usage_window,
-        ),
-        credits=_shaped(has_credits=json_values, unlimited=json_values, balance=json_values),
-        rate_limit_reached_type=json_values,
-        additional_rate_limits=json_values,
-    ),
-    "rollout": _shaped(
-        limit_id=json_values,
-        primary=_rollout_window,
-        secondary=_rollout_window,
-        credits=_shaped(has_credits=json_values, unlimited=json_values, balance=json_values),
-        plan_type=json_values,
-        rate_limit_reached_type=json_values,
-    ),
-    "app_server": _shaped(
-        limitId=json_values,
-        primary=_app_window,
-        secondary=_app_window,
-        credits=_shaped(hasCredits=json_values, unlimited=json_values, balance=json_values),
-        planType=json_values,
-        rateLimitReachedType=json_values,
-    ),
-}
-
-
-def _round_trips(snap: QuotaSnapshot) -> None:
-    data = json.loads(json.dumps(unstructure(snap)))
-    assert structure(data, QuotaSnapshot, what="snapshot") == snap
-
-
-@pytest.mark.parametrize("name", sorted(PARSERS))
-@settings(max_examples=300, deadline=None)
-@given(data=st.data())
-def test_arbitrary_json_raises_only_quota_parse_error(name: str, data: st.DataObject) -> None:
-    """Whatever JSON arrives, a parser returns a snapshot or raises QuotaParseError."""
-    payload = data.draw(json_values | SHAPED[name])
-    try:
-        snap = PARSERS[name](payload, account="a", observed_at=OBSERVED)
-    except errors.QuotaParseError:
-        return
-    assert isinstance(snap, QuotaSnapshot)
-    assert all(0.0 <= w.used_percent <= 100.0 for w in snap.windows)
-    _round_trips(snap)
-
-
-_percents = st.integers(-20, 150) | st.floats(-20, 150)
-_minutes = st.none() | st.sampled_from([300, 10080, 1440]) | st.integers(1, 10**6)
-_epochs = st.none() | st.integers(1, 4_000_000_000)
-_plans = st.none() | st.sampled_from(["plus", "pro", "team", "free"])
-_balances = st.none() | st.text(max_size=5) | st.floats(0, 1e6) | st.integers(0, 10**9)
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    windows=st.lists(
-        st.fixed_dictionaries(
-            {"used_percent": _percents},
-            optional={"window_minutes": _minutes, "resets_at": _epochs},
-        ),
-        max_size=2,
-    ),
-    plan=_plans,
-    credit_obj=st.none()
-    | st.fixed_dictionaries(
-        {"has_credits": st.booleans(), "unlimited": st.booleans(), "balance": _balances}
-    ),
-)
-def test_valid_rollout_snapshots_round_trip(
-    windows: list[dict[str, Any]], plan: str | None, credit_obj: dict[str, Any] | None
-) -> None:
-    """Valid rollout objects parse, and the snapshot survives unstructure → JSON → structure."""
-    obj: dict[str, Any] = {"limit_id": "codex", "plan_type": plan, "credits": credit_obj}
-    obj.update(zip(("primary", "secondary"), windows, strict=False))
-    snap = QuotaSnapshot.from_rollout_rate_limits(obj, account="a", observed_at=OBSERVED)
-    assert len(snap.windows) == len(windows)
-    _round_trips(snap)
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    windows=st.lists(
-        st.fixed_dictionaries(
-            {"used_percent": _percents},
-            optional={
-                "limit_window_seconds": st.none() | st.integers(1, 10**8),
-                "reset_at": _epochs,
-                "reset_after_seconds": st.none() | st.integers(0, 10**7),
-            },
-        ),
-        max_size=2,
-    ),
-    plan=_plans,
-    reached=st.none() | st.booleans(),
-)
-def test_valid_usage_payloads_round_trip(
-    windows: list[dict[str, Any]], plan: str | None, reached: bool | None
-) -> None:
-    """Valid usage payloads parse, and the snapshot survives the converter round trip."""
-    rate_limit: dict[str, Any] = {"limit_reached": reached}
-    rate_limit.update(zip(("primary_window", "secondary_window"), windows, strict=False))
-    payload = {"plan_type": plan, "rate_limit": rate_limit}
-    snap = QuotaSnapshot.from_usage_payload(payload, account="a", observed_at=OBSERVED)
-    assert snap.limit_reached == (bool(reached) or any(w.used_percent >= 100 for w in snap.windows))
-    _round_trips(snap)
-
-
-@settings(max_examples=100, deadline=None)
-@given(
-    windows=st.lists(
-        st.builds(
-            QuotaWindow,
-            used_percent=_percents,
-            window_minutes=_minutes,
-            resets_at=st.none() | st.datetimes(timezones=st.just(UTC)),
-        ),
-        max_size=3,
-    ),
-    source=st.sampled_from(SnapshotSource),
-    observed=st.datetimes(timezones=st.just(UTC)),
-)
-def test_built_snapshots_round_trip(
-    windows: list[QuotaWindow], source: SnapshotSource, observed: datetime
-) -> None:
-    """Directly built snapshots, with any source, survive the converter round trip."""
-    snap = QuotaSnapshot(
-        account="x", windows=tuple(windows), source=source, observed_at=observed, limit_id=None
-    )
-    _round_trips(snap)
+def test_snapshot_names_are_still_importable_from_quota() -> None:
+    """quota re-exports the value objects that moved to snapshots, as the same objects."""
+    for name in snapshots.__all__:
+        assert name in quota.__all__, name
+        assert getattr(quota, name) is getattr(snapshots, name), name
 
 
 # -- usage_url and config.toml --------------------------------------------------------------------
@@ -800,7 +265,7 @@ def _scripted(*answers: int | Exception) -> tuple[Handler, list[httpx.Request]]:
 async def test_server_errors_are_retried_with_backoff() -> None:
     """5xx answers are retried with growing, jittered, capped waits on the clock."""
     handler, seen = _scripted(503, 502, 200)
-    clock = FakeClock()
+    clock = _clock()
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         source = UsageEndpointSource(
             _static_credentials(), client=client, clock=clock, backoff=0.25, max_backoff=4.0
@@ -821,7 +286,7 @@ async def test_server_errors_are_retried_with_backoff() -> None:
 async def test_exhausted_retries_raise_quota_unavailable() -> None:
     """A backend that keeps failing gets retries + 1 requests, then QuotaUnavailable."""
     handler, seen = _scripted(500)
-    clock = FakeClock()
+    clock = _clock()
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         source = UsageEndpointSource(
             _static_credentials(), client=client, clock=clock, retries=2, max_backoff=1.0
@@ -838,7 +303,7 @@ async def test_transport_errors_are_retried_then_translated() -> None:
     """Connection errors are retried; the last one becomes QuotaUnavailable's cause."""
     handler, seen = _scripted(httpx.ConnectError("refused"))
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        source = UsageEndpointSource(_static_credentials(), client=client, clock=FakeClock())
+        source = UsageEndpointSource(_static_credentials(), client=client, clock=_clock())
         with pytest.raises(errors.QuotaUnavailable) as info:
             await source.fetch("a")
     assert len(seen) == 4
@@ -850,7 +315,7 @@ async def test_transient_timeout_then_success() -> None:
     """A read timeout followed by an answer yields the snapshot."""
     handler, seen = _scripted(httpx.ReadTimeout("slow"), 200)
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        source = UsageEndpointSource(_static_credentials(), client=client, clock=FakeClock())
+        source = UsageEndpointSource(_static_credentials(), client=client, clock=_clock())
         snap = await source.fetch("a")
     assert len(seen) == 2
     assert snap.weekly is not None
@@ -862,7 +327,7 @@ async def test_auth_statuses_are_not_retried(status: int) -> None:
     """401 and 403 raise QuotaAuthExpired after one request."""
     handler, seen = _scripted(status)
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        source = UsageEndpointSource(_static_credentials(), client=client, clock=FakeClock())
+        source = UsageEndpointSource(_static_credentials(), client=client, clock=_clock())
         with pytest.raises(errors.QuotaAuthExpired) as info:
             await source.fetch("a")
     assert info.value.status == status
@@ -875,7 +340,7 @@ async def test_other_statuses_are_unavailable_without_retry(status: int) -> None
     """Any other non-2xx answer raises QuotaUnavailable after one request."""
     handler, seen = _scripted(status)
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        source = UsageEndpointSource(_static_credentials(), client=client, clock=FakeClock())
+        source = UsageEndpointSource(_static_credentials(), client=client, clock=_clock())
         with pytest.raises(errors.QuotaUnavailable, match=str(status)):
             await source.fetch("a")
     assert len(seen) == 1
@@ -892,7 +357,7 @@ async def test_unreadable_answers_are_parse_errors(body: bytes) -> None:
         return httpx.Response(200, content=body)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        source = UsageEndpointSource(_static_credentials(), client=client, clock=FakeClock())
+        source = UsageEndpointSource(_static_credentials(), client=client, clock=_clock())
         with pytest.raises(errors.QuotaParseError):
             await source.fetch("a")
     assert len(seen) == 1
@@ -904,11 +369,11 @@ async def test_request_headers_and_codex_api_path() -> None:
     handler, seen = _scripted(200)
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         source = UsageEndpointSource(
-            _static_credentials(base_url="http://127.0.0.1:9/"), client=client, clock=FakeClock()
+            _static_credentials(base_url="http://127.0.0.1:9/"), client=client, clock=_clock()
         )
         await source.fetch("a")
         no_id = UsageEndpointSource(
-            _static_credentials(account_id=None), client=client, clock=FakeClock()
+            _static_credentials(account_id=None), client=client, clock=_clock()
         )
         await no_id.fetch("a")
     first, second = seen
@@ -943,7 +408,7 @@ async def test_non_ascii_token_is_refused_without_leaking_it() -> None:
 
     handler, seen = _scripted(200)
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        source = UsageEndpointSource(credentials, client=client, clock=FakeClock())
+        source = UsageEndpointSource(credentials, client=client, clock=_clock())
         with pytest.raises(errors.QuotaUnavailable) as info:
             await source.fetch("a")
     assert not seen
@@ -972,9 +437,7 @@ async def test_token_never_in_repr_or_logs(
 
     handler, _ = _scripted(httpx.ConnectError("refused"), 500, 200)
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        await UsageEndpointSource(_static_credentials(), client=client, clock=FakeClock()).fetch(
-            "m"
-        )
+        await UsageEndpointSource(_static_credentials(), client=client, clock=_clock()).fetch("m")
 
     assert any(r.name == "codex_supervisor.quota" for r in caplog.records)
     for record in caplog.records:
@@ -1032,7 +495,7 @@ async def test_providers_satisfy_the_protocol() -> None:
     source = UsageEndpointSource(_static_credentials())
     try:
         assert isinstance(source, SnapshotProvider)
-        assert isinstance(ScriptedProvider(FakeClock()), SnapshotProvider)
+        assert isinstance(ScriptedProvider(_clock()), SnapshotProvider)
     finally:
         await source.aclose()
 
@@ -1040,7 +503,7 @@ async def test_providers_satisfy_the_protocol() -> None:
 @pytest.mark.anyio
 async def test_ttl_caching_on_the_monotonic_clock() -> None:
     """A snapshot is served from cache until it is ttl (or max_age) seconds old."""
-    clock = FakeClock()
+    clock = _clock()
     provider = ScriptedProvider(clock)
     service = QuotaService(provider, ttl=60.0, clock=clock)
 
@@ -1062,7 +525,7 @@ async def test_ttl_caching_on_the_monotonic_clock() -> None:
 @pytest.mark.anyio
 async def test_hundred_concurrent_gets_share_one_fetch() -> None:
     """100 concurrent gets for one account call the provider once and share its result."""
-    clock = FakeClock()
+    clock = _clock()
     provider = ScriptedProvider(clock, gated=True)
     service = QuotaService(provider, clock=clock)
 
@@ -1080,7 +543,7 @@ async def test_hundred_concurrent_gets_share_one_fetch() -> None:
 @pytest.mark.anyio
 async def test_accounts_fetch_independently() -> None:
     """Concurrent gets for different accounts each get their own single fetch."""
-    clock = FakeClock()
+    clock = _clock()
     provider = ScriptedProvider(clock)
     service = QuotaService(provider, clock=clock)
     names = [f"acct-{i % 5}" for i in range(50)]
@@ -1092,7 +555,7 @@ async def test_accounts_fetch_independently() -> None:
 @pytest.mark.anyio
 async def test_cancelled_waiter_does_not_cancel_the_fetch_for_others() -> None:
     """Cancelling one waiter leaves the shared fetch running for the remaining ones."""
-    clock = FakeClock()
+    clock = _clock()
     provider = ScriptedProvider(clock, gated=True)
     service = QuotaService(provider, clock=clock)
 
@@ -1114,7 +577,7 @@ async def test_cancelled_waiter_does_not_cancel_the_fetch_for_others() -> None:
 @pytest.mark.anyio
 async def test_waiter_timing_out_does_not_disturb_others() -> None:
     """A caller's own timeout raises TimeoutError for it alone."""
-    clock = FakeClock()
+    clock = _clock()
     provider = ScriptedProvider(clock, gated=True)
     service = QuotaService(provider, clock=clock)
 
@@ -1134,7 +597,7 @@ async def test_waiter_timing_out_does_not_disturb_others() -> None:
 @pytest.mark.anyio
 async def test_cancelling_every_waiter_cancels_the_fetch() -> None:
     """When the last waiter is cancelled, the fetch itself is cancelled and unlinked."""
-    clock = FakeClock()
+    clock = _clock()
     provider = ScriptedProvider(clock, gated=True)
     service = QuotaService(provider, clock=clock)
 
@@ -1153,7 +616,7 @@ async def test_cancelling_every_waiter_cancels_the_fetch() -> None:
 @pytest.mark.anyio
 async def test_caller_after_abandoned_fetch_starts_a_fresh_one() -> None:
     """A get arriving while an abandoned fetch unwinds gets a new fetch, not its cancel."""
-    clock = FakeClock()
+    clock = _clock()
     provider = ScriptedProvider(clock, gated=True)
     service = QuotaService(provider, clock=clock)
 
@@ -1173,7 +636,7 @@ async def test_caller_after_abandoned_fetch_starts_a_fresh_one() -> None:
 @pytest.mark.anyio
 async def test_errors_reach_every_waiter_and_are_not_cached() -> None:
     """A failed fetch raises the same error in all its waiters; the next get fetches again."""
-    clock = FakeClock()
+    clock = _clock()
     provider = ScriptedProvider(clock, gated=True)
     boom = errors.QuotaUnavailable("backend down")
     provider.failures.append(boom)
@@ -1196,7 +659,7 @@ async def test_errors_reach_every_waiter_and_are_not_cached() -> None:
 @pytest.mark.anyio
 async def test_put_keeps_the_newest_observation() -> None:
     """put() replaces the cached snapshot only with one observed no earlier."""
-    clock = FakeClock()
+    clock = _clock()
     provider = ScriptedProvider(clock)
     service = QuotaService(provider, clock=clock)
 
@@ -1217,7 +680,7 @@ async def test_put_keeps_the_newest_observation() -> None:
 @pytest.mark.anyio
 async def test_fetch_does_not_override_a_newer_passive_snapshot() -> None:
     """A passive snapshot observed after the fetched one wins, in the cache and for waiters."""
-    clock = FakeClock()
+    clock = _clock()
     provider = ScriptedProvider(clock, gated=True)
     service = QuotaService(provider, clock=clock)
 
@@ -1235,7 +698,7 @@ async def test_fetch_does_not_override_a_newer_passive_snapshot() -> None:
 @pytest.mark.anyio
 async def test_lru_bound_evicts_least_recently_used() -> None:
     """At most max_entries accounts stay cached; the least recently used goes first."""
-    clock = FakeClock()
+    clock = _clock()
     provider = ScriptedProvider(clock)
     service = QuotaService(provider, clock=clock, max_entries=2)
 
@@ -1254,7 +717,7 @@ async def test_lru_bound_evicts_least_recently_used() -> None:
 @pytest.mark.anyio
 async def test_peek_reports_age_freshness_and_source() -> None:
     """peek shows a snapshot's age on the monotonic clock, freshness and source."""
-    clock = FakeClock()
+    clock = _clock()
     service = QuotaService(ScriptedProvider(clock), clock=clock, ttl=30.0)
     assert service.peek("a") is None
 
@@ -1272,7 +735,7 @@ async def test_peek_reports_age_freshness_and_source() -> None:
 @pytest.mark.anyio
 async def test_invalidate_forces_a_fetch() -> None:
     """After invalidate, the next get fetches even within the TTL."""
-    clock = FakeClock()
+    clock = _clock()
     provider = ScriptedProvider(clock)
     service = QuotaService(provider, clock=clock)
     await service.get("a")
@@ -1286,7 +749,7 @@ async def test_invalidate_forces_a_fetch() -> None:
 @pytest.mark.anyio
 async def test_aclose_cancels_fetches_and_waiters_get_an_error() -> None:
     """aclose cancels fetches in flight; their waiters get QuotaUnavailable, not a cancel."""
-    clock = FakeClock()
+    clock = _clock()
     provider = ScriptedProvider(clock, gated=True)
     service = QuotaService(provider, clock=clock)
 
@@ -1302,7 +765,7 @@ async def test_aclose_cancels_fetches_and_waiters_get_an_error() -> None:
 @pytest.mark.anyio
 async def test_invalid_settings_are_config_errors() -> None:
     """Negative TTL or max_age and a zero LRU bound are ConfigErrors."""
-    provider = ScriptedProvider(FakeClock())
+    provider = ScriptedProvider(_clock())
     with pytest.raises(errors.ConfigError):
         QuotaService(provider, ttl=-1)
     with pytest.raises(errors.ConfigError):

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
+import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +25,10 @@ from codex_supervisor.events import (
     SessionBound,
     WaitingForReset,
 )
+from codex_supervisor.policy import TurnCosts
+from codex_supervisor.process import Child, SignalWatcher, launch
 from codex_supervisor.quota import WindowKind
-from codex_supervisor.supervisor import Supervisor, SupervisorConfig
+from codex_supervisor.supervisor import Supervisor, SupervisorConfig, _Rotate
 from codex_supervisor.testing import Behaviour, FakeCodexBackend, install_simulator
 
 pytestmark = pytest.mark.anyio
@@ -70,7 +77,7 @@ async def test_exec_runs_on_the_account_with_most_headroom(sim_world: World) -> 
     code = await sim_world.supervisor().run(
         ["exec", "--skip-git-repo-check", "hello"], cwd=sim_world.work
     )
-    assert code == 0
+    assert code.exit_code == 0
     [selected] = sim_world.sink.of(AccountSelected)
     assert selected.account == "beta"  # type: ignore[attr-defined]
     [request] = sim_world.backend.responses_requests()
@@ -95,7 +102,7 @@ async def test_exec_usage_limit_resumes_the_same_session_on_another_account(
     code = await sim_world.supervisor().run(
         ["exec", "--skip-git-repo-check", "do the work"], cwd=sim_world.work
     )
-    assert code == 0
+    assert code.exit_code == 0
     requests = sim_world.backend.responses_requests()
     assert [(r.account_id, r.status) for r in requests] == [("id-alpha", 429), ("id-beta", 200)]
     assert requests[0].session_id == requests[1].session_id
@@ -135,7 +142,7 @@ async def test_waits_for_the_earliest_reset_then_runs(sim_world: World) -> None:
     code = await sim_world.supervisor(countdown_interval=0.5, quota_stale_after=0.5).run(
         ["exec", "--skip-git-repo-check", "after the wait"], cwd=sim_world.work
     )
-    assert code == 0
+    assert code.exit_code == 0
     assert time.monotonic() - started >= 2
     waits = sim_world.sink.of(WaitingForReset)
     assert waits
@@ -147,7 +154,7 @@ async def test_waits_for_the_earliest_reset_then_runs(sim_world: World) -> None:
 async def test_passthrough_runs_once_unsupervised(sim_world: World) -> None:
     """--version and other unsupervised commands run once and return their code."""
     sim_world.add("alpha")
-    assert await sim_world.supervisor().run(["--version"], cwd=sim_world.work) == 0
+    assert (await sim_world.supervisor().run(["--version"], cwd=sim_world.work)).exit_code == 0
     assert sim_world.sink.of(ChildExited) == []
 
 
@@ -166,8 +173,288 @@ async def test_no_secret_reaches_logs_events_argv_or_child_env(
         code = await sim_world.supervisor().run(
             ["exec", "--skip-git-repo-check", "x"], cwd=sim_world.work
         )
-    assert code == 0
+    assert code.exit_code == 0
     text = caplog.text + repr(sim_world.sink.events)
     for secret in secrets:
         assert secret not in text
         assert secret[:24] not in text
+
+
+def _exec(*rest: str) -> list[str]:
+    return ["exec", "--skip-git-repo-check", *rest]
+
+
+async def _until_waiting(world: World) -> None:
+    deadline = time.monotonic() + 60
+    while not world.sink.of(WaitingForReset):
+        assert time.monotonic() < deadline, "the run never started waiting"
+        await asyncio.sleep(0.01)
+
+
+async def test_exec_waits_for_its_own_reset_when_it_comes_first(sim_world: World) -> None:
+    """alpha fails with its reset seconds away, beta is blocked for 10 min: resumed on alpha."""
+    sim_world.add("alpha", five_hour_used=99)
+    sim_world.add("beta", five_hour_used=100)
+    soon = int(time.time()) + 3
+    sim_world.backend.set_quota("id-alpha", five_hour_resets_at=soon)
+    later = int(time.time()) + 600
+    sim_world.backend.set_quota("id-beta", five_hour_resets_at=later)
+    sim_world.pool.set_cooldown(
+        "beta",
+        window=WindowKind.FIVE_HOUR,
+        blocked_until=datetime.fromtimestamp(later, UTC),
+        reason="test",
+    )
+    sim_world.backend.script(Behaviour.usage_limit(), account_id="id-alpha")
+    result = await sim_world.supervisor(quota_stale_after=0.5).run(_exec("go"), cwd=sim_world.work)
+    assert result.exit_code == 0
+    assert result.accounts == ("alpha", "alpha")
+    assert result.rotations == 1
+    requests = sim_world.backend.responses_requests()
+    assert [(r.account_id, r.status) for r in requests] == [("id-alpha", 429), ("id-alpha", 200)]
+    assert result.session_id == requests[0].session_id == requests[1].session_id
+    waits = sim_world.sink.of(WaitingForReset)
+    assert waits
+    assert all(abs(w.until.timestamp() - soon) < 3 for w in waits)  # type: ignore[attr-defined]
+    assert [c.window for c in sim_world.pool.get("alpha").cooldowns] in ([], [WindowKind.FIVE_HOUR])
+
+
+@pytest.mark.parametrize(
+    ("sig", "argv"),
+    [
+        (signal.SIGINT, ["a prompt for the TUI"]),
+        (signal.SIGINT, _exec("headless")),
+        (signal.SIGTERM, ["a prompt for the TUI"]),
+    ],
+)
+async def test_a_signal_ends_a_wait_at_once(
+    sim_world: World, sig: signal.Signals, argv: list[str]
+) -> None:
+    """Ctrl-C (even in interactive mode) and SIGTERM end a wait with 128+signal; no Codex ran."""
+    sim_world.add("alpha", five_hour_used=100)
+    sim_world.add("beta", weekly_used=100)
+    run = asyncio.create_task(sim_world.supervisor().run(argv, cwd=sim_world.work))
+    await _until_waiting(sim_world)
+    os.kill(os.getpid(), sig)
+    result = await asyncio.wait_for(run, 60)
+    assert result.exit_code == 128 + sig
+    assert result.signal == sig
+    assert result.accounts == ()
+    assert sim_world.backend.responses_requests() == []
+    assert sim_world.sink.of(ChildExited) == []
+
+
+async def test_waiting_without_a_sink_says_so_in_the_log(
+    sim_world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No sink: the wait is logged once as a WARNING instead of blocking silently."""
+    sim_world.add("alpha", five_hour_used=100)
+    sup = Supervisor(
+        sim_world.pool,
+        config=SupervisorConfig(codex=str(sim_world.codex), wait_for_reset=True, max_wait=0.3),
+        environ=sim_world.env,
+    )
+    with caplog.at_level(logging.WARNING), pytest.raises(errors.QuotaUnavailable):
+        await sup.run(_exec("x"), cwd=sim_world.work)
+    warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "waiting" in r.message
+    ]
+    assert len(warnings) == 1
+
+
+def test_run_sync_from_a_worker_thread_and_request_stop(sim_world: World) -> None:
+    """From a worker thread run_sync works, and request_stop ends a wait with 143."""
+    sim_world.add("alpha")
+    results: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: results.append(
+            sim_world.supervisor().run_sync(_exec("hello"), cwd=sim_world.work)
+        )
+    )
+    worker.start()
+    worker.join(60)
+    assert results[0].exit_code == 0
+    assert results[0].accounts == ("alpha",)
+    sim_world.pool.set_cooldown(
+        "alpha",
+        window=WindowKind.FIVE_HOUR,
+        blocked_until=datetime.now(UTC) + timedelta(minutes=10),
+        reason="test",
+    )
+    sup = sim_world.supervisor()
+    worker = threading.Thread(
+        target=lambda: results.append(sup.run_sync(_exec("again"), cwd=sim_world.work))
+    )
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not sim_world.sink.of(WaitingForReset):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    sup.request_stop()
+    worker.join(60)
+    assert results[1].exit_code == 143
+    assert results[1].signal == signal.SIGTERM
+
+
+async def test_the_launcher_is_a_seam(sim_world: World) -> None:
+    """An injected launcher starts every child, with CODEX_HOME set and no token in argv."""
+    sim_world.add("alpha")
+    seen: list[tuple[list[str], dict[str, str]]] = []
+
+    async def recording(argv: Any, *, env: Any, cwd: Any = None, stdin: Any = None) -> Child:
+        seen.append((list(argv), dict(env)))
+        return await launch(argv, env=env, cwd=cwd, stdin=stdin)
+
+    sup = Supervisor(
+        sim_world.pool,
+        config=SupervisorConfig(codex=str(sim_world.codex), poll_interval=0.05),
+        environ=sim_world.env,
+        launcher=recording,
+    )
+    result = await sup.run(_exec("hi"), cwd=sim_world.work)
+    assert result.exit_code == 0
+    [(argv, env)] = seen
+    assert argv[0] == str(sim_world.codex)
+    assert env["CODEX_HOME"] == str(sim_world.pool.account_home("alpha"))
+    token = sim_world.backend.account("id-alpha").access_token
+    assert all(token not in part for part in argv)
+    assert token not in repr(env)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"poll_interval": 0},
+        {"restart_budget": -1},
+        {"max_wait": -5},
+        {"codex": ""},
+        {"countdown_interval": float("nan")},
+        {"crash_backoff": True},
+    ],
+)
+def test_supervisor_config_validates_its_fields(bad: dict[str, Any]) -> None:
+    """Nonsense settings are a ConfigError at construction, not a spin or a hang later."""
+    with pytest.raises(errors.ConfigError):
+        SupervisorConfig(**bad)
+
+
+async def test_restart_budget_zero_never_rotates(sim_world: World) -> None:
+    """With no restart budget, a usage-limit failure ends the run with Codex's code."""
+    sim_world.add("alpha")
+    sim_world.add("beta")
+    sim_world.backend.script(Behaviour.usage_limit(), account_id="id-alpha")
+    result = await sim_world.supervisor(restart_budget=0).run(_exec("x"), cwd=sim_world.work)
+    assert result.exit_code != 0
+    assert result.rotations == 0
+    assert [r.account_id for r in sim_world.backend.responses_requests()] == ["id-alpha"]
+
+
+async def test_a_resume_that_keeps_crashing_backs_off_then_gives_up(sim_world: World) -> None:
+    """A resumed child failing at once is retried with backoff until the budget runs out."""
+    sim_world.add("alpha")
+    sim_world.add("beta", five_hour_used=50)
+    sim_world.backend.script(Behaviour.usage_limit(), account_id="id-alpha")
+    sim_world.backend.script(*[Behaviour.server_error() for _ in range(3)], account_id="id-beta")
+    result = await sim_world.supervisor(restart_budget=2, crash_backoff=0.01).run(
+        _exec("x"), cwd=sim_world.work
+    )
+    assert result.exit_code != 0
+    # Two restarts in all: the rotation to beta, then one retry of the crash.
+    assert result.accounts == ("alpha", "beta", "beta")
+    assert result.rotations == 1
+
+
+async def test_a_prewarmed_successor_is_revalidated_before_the_cutover(
+    sim_world: World,
+) -> None:
+    """A pre-warmed successor blocked meanwhile is passed over for a fresh choice."""
+    sim_world.add("alpha")
+    sim_world.add("beta")
+    sim_world.add("gamma", five_hour_used=30)
+    sup = sim_world.supervisor()
+    outcome = _Rotate(
+        returncode=0,
+        session_id="s",
+        reason="test",
+        successor="beta",
+        immediate=False,
+        exhausted=False,
+    )
+    async with SignalWatcher(install=False) as signals:
+        assert await sup._successor(outcome, "alpha", signals) == "beta"
+        tomorrow = int(time.time()) + 86400
+        sim_world.backend.set_quota("id-beta", weekly=100, weekly_resets_at=tomorrow)
+        sim_world.pool.set_cooldown(
+            "beta",
+            window=WindowKind.WEEKLY,
+            blocked_until=datetime.fromtimestamp(tomorrow, UTC),
+            reason="test",
+        )
+        assert await sup._successor(outcome, "alpha", signals) == "gamma"
+    await sup.selector.aclose()
+
+
+async def test_passthrough_runs_in_the_users_own_home(sim_world: World) -> None:
+    """`logout` and other pass-through commands never run in a pooled account's home."""
+    sim_world.add("alpha")
+    homes: list[str] = []
+
+    async def recording(argv: Any, *, env: Any, cwd: Any = None, stdin: Any = None) -> Child:
+        homes.append(env["CODEX_HOME"])
+        return await launch([str(sim_world.codex), "--version"], env=env, cwd=cwd, stdin=stdin)
+
+    sup = Supervisor(
+        sim_world.pool,
+        config=SupervisorConfig(codex=str(sim_world.codex)),
+        environ=sim_world.env,
+        launcher=recording,
+    )
+    result = await sup.run(["logout"], cwd=sim_world.work)
+    assert result.exit_code == 0
+    assert homes == [str(sim_world.base)]
+    assert (sim_world.pool.account_home("alpha") / "auth.json").is_file()
+
+
+async def test_an_exec_whose_turn_succeeded_is_never_stopped(sim_world: World) -> None:
+    """Even when the policy would pause or rotate at the boundary, a finished exec exits 0."""
+    sim_world.add("alpha", five_hour_used=80, per_request_percent=10)
+    sup = sim_world.supervisor(poll_interval=0.01, wait_for_reset=False)
+    # A learnt 10 % turn: after this one (90 % used) no account can take another.
+    sup.selector.costs = TurnCosts().observe("alpha", {WindowKind.FIVE_HOUR: 10})
+    result = await sup.run(_exec("one turn"), cwd=sim_world.work)
+    assert result.exit_code == 0
+    assert result.rotations == 0
+    [exited] = sim_world.sink.of(ChildExited)
+    assert not exited.stopped  # type: ignore[attr-defined]
+    assert len(sim_world.backend.responses_requests()) == 1
+
+
+def test_request_stop_from_another_thread_wakes_the_run(sim_world: World) -> None:
+    """request_stop ends a run in a worker thread at once, even one asked before it started."""
+    sim_world.add("alpha")
+
+    async def sleeper(argv: Any, *, env: Any, cwd: Any = None, stdin: Any = None) -> Child:
+        return await launch(["sleep", "60"], env=env, cwd=cwd, stdin=stdin)
+
+    sup = Supervisor(
+        sim_world.pool,
+        config=SupervisorConfig(codex=str(sim_world.codex)),
+        environ=sim_world.env,
+        launcher=sleeper,
+    )
+    results: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: results.append(sup.run_sync(["--version"], cwd=sim_world.work))
+    )
+    worker.start()
+    deadline = time.monotonic() + 30
+    while sup._loop is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    sup.request_stop()
+    worker.join(30)
+    assert not worker.is_alive()
+    assert results[0].exit_code == 143
+    sup.request_stop()  # between runs: kept for the next one, which stops at once
+    again = sup.run_sync(["--version"], cwd=sim_world.work)
+    assert again.signal == signal.SIGTERM

@@ -304,6 +304,45 @@ def test_concurrent_requests_are_counted_exactly(backend: FakeCodexBackend) -> N
     assert len(backend.responses_requests("acct-a")) == 64
 
 
+def test_request_costs_are_consumed_one_per_served_request(backend: FakeCodexBackend) -> None:
+    """Scripted costs apply in order, only to served requests, then per_request_percent again."""
+    acct = backend.add_account("acct-a", five_hour_used=90, weekly_used=10, per_request_percent=1)
+    backend.set_request_costs("acct-a", [2, 7.5, 4])
+    backend.script(Behaviour.server_error(503), account_id="acct-a")
+
+    assert _respond(backend, acct.access_token).status_code == 503  # consumes no cost
+    first = _respond(backend, acct.access_token)
+    second = _respond(backend, acct.access_token)  # 99.5 %
+    assert float(first.headers["x-codex-primary-used-percent"]) == pytest.approx(92)
+    assert float(first.headers["x-codex-secondary-used-percent"]) == pytest.approx(12)
+    assert float(second.headers["x-codex-primary-used-percent"]) == pytest.approx(99.5)
+    assert _respond(backend, acct.access_token).status_code == 200  # 4 % -> 100 %
+    assert _respond(backend, acct.access_token).status_code == 429  # refused: consumes no cost
+    backend.set_quota("acct-a", five_hour=0, weekly=0)
+    backend.set_request_costs("acct-a", [3])
+    assert float(_respond(backend, acct.access_token).headers["x-codex-primary-used-percent"]) == 3
+    assert float(_respond(backend, acct.access_token).headers["x-codex-primary-used-percent"]) == 4
+    with pytest.raises(ValueError, match="finite"):
+        backend.set_request_costs("acct-a", [1, float("nan")])
+    with pytest.raises(ValueError, match=">= 0"):
+        backend.set_request_costs("acct-a", [-1])
+    with pytest.raises(KeyError):
+        backend.set_request_costs("acct-missing", [1])
+
+
+def test_request_costs_are_consumed_exactly_under_concurrency(backend: FakeCodexBackend) -> None:
+    """Parallel requests each take exactly one scripted cost: the total is the sum of the queue."""
+    acct = backend.add_account("acct-a", per_request_percent=50)
+    costs = [0.25 * (i % 4) for i in range(48)]
+    backend.set_request_costs("acct-a", costs)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(
+            pool.map(lambda _: _respond(backend, acct.access_token).status_code, range(48))
+        )
+    assert statuses == [200] * 48
+    assert backend.account("acct-a").windows[0].used_percent == pytest.approx(sum(costs))
+
+
 def test_set_quota_and_window_reset(backend: FakeCodexBackend) -> None:
     """set_quota changes state; a window whose reset time passed starts fresh."""
     acct = backend.add_account("acct-a")

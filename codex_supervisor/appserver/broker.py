@@ -68,7 +68,7 @@ import attrs
 
 from .._fs import write_atomic
 from ..config import child_environment
-from ..errors import AppServerError, ConfigError, TransportClosed
+from ..errors import AppServerError, BrokerAlreadyRunning, ConfigError, TransportClosed
 from ..process import Child, SignalWatcher, StopPolicy, launch
 
 __all__ = ["BUSY_ERROR_CODE", "AppServerBroker", "BrokerAlreadyRunning", "main"]
@@ -93,17 +93,6 @@ _STDERR_TAIL_LINES: Final = 50
 _ORPHAN_GRACE: Final = 10.0
 
 _Message = dict[str, Any]
-
-
-class BrokerAlreadyRunning(AppServerError, FileExistsError):
-    """A live broker already answers on the socket path."""
-
-    def __init__(self, socket_path: str) -> None:
-        super().__init__(socket_path)
-        self.socket_path = socket_path
-
-    def __str__(self) -> str:
-        return f"a live broker already listens on {self.socket_path}"
 
 
 @attrs.define(eq=False)

@@ -71,14 +71,14 @@ from ..errors import (
     AuthError,
     ConfigError,
     HomeNotFound,
-    QuotaError,
     QuotaUnavailable,
     SpawnError,
     StaleArchive,
 )
 from ..policy import Candidate, RotateAtBoundary, RotateNow, RotationPolicy
 from ..process import Child, StopPolicy, launch
-from ..quota import QuotaService, QuotaSnapshot, UsageEndpointSource, WindowKind
+from ..quota import QuotaService
+from ..selection import AccountSelector
 from .homestore import HomeStore, LocalDirHomeStore
 
 __all__ = [
@@ -381,11 +381,18 @@ class AppServerPool:
         self.store: HomeStore = config.store or LocalDirHomeStore(config.root / "archives")
         self.environ = dict(os.environ if environ is None else environ)
         self.log = logger or log
-        self._own_source: UsageEndpointSource | None = None
-        if quota is None and accounts is not None:
-            self._own_source = UsageEndpointSource(accounts.usage_credentials)
-            quota = QuotaService(self._own_source, ttl=config.quota_stale_after)
-        self.quota = quota
+        #: The one place accounts are chosen (shared with the Supervisor); ``None``
+        #: without an account pool.
+        self.selector: AccountSelector | None = None
+        if accounts is not None:
+            self.selector = AccountSelector(
+                accounts,
+                policy=self.policy,
+                quota=quota,
+                clock=self.clock,
+                stale_after=config.quota_stale_after,
+            )
+        self._failures: dict[str, tuple[int, float]] = {}
         self._launcher: Launcher = launcher or launch_app_server
         self._entries: dict[str, _Entry] = {}
         self._generations = itertools.count(1)
@@ -410,9 +417,8 @@ class AppServerPool:
             while self._entries:  # entries still starting stop once started
                 await self.shutdown_all()
         finally:
-            if self._own_source is not None and self.quota is not None:
-                await self.quota.aclose()
-                await self._own_source.aclose()
+            if self.selector is not None:
+                await self.selector.aclose()
 
     # -- queries ------------------------------------------------------------------------
 
@@ -646,56 +652,19 @@ class AppServerPool:
 
     # -- accounts --------------------------------------------------------------------------
 
-    def _snapshot(self, name: str, last: QuotaSnapshot | None) -> QuotaSnapshot | None:
-        cached = None if self.quota is None else self.quota.peek(name)
-        return cached.snapshot if cached is not None else last
+    @property
+    def quota(self) -> QuotaService | None:
+        """The quota service the pool's selector reads through (``None`` without accounts)."""
+        return None if self.selector is None else self.selector.quota
 
     async def _candidates(self) -> list[Candidate]:
-        assert self.accounts is not None
-        accounts = await asyncio.to_thread(self.accounts.accounts)
-        if not accounts:
-            raise ConfigError(f"the account pool at {self.accounts.root} has no accounts")
-        now = self.clock.now()
-        stale = [
-            a.name
-            for a in accounts
-            if (snap := self._snapshot(a.name, a.last_snapshot)) is None
-            or snap.age(now).total_seconds() > self.config.quota_stale_after
-        ]
-        if stale and self.quota is not None:
-            await asyncio.gather(*(self._probe(name) for name in stale))
-        candidates = []
-        for a in accounts:
-            occupants = len(await self.accounts.occupants(a.name))
-            candidates.append(
-                Candidate(
-                    name=a.name,
-                    snapshot=self._snapshot(a.name, a.last_snapshot),
-                    blocked_until=a.blocked_until(now),
-                    occupants=occupants,
-                )
-            )
-        return candidates
-
-    async def _probe(self, name: str) -> None:
-        assert self.quota is not None
-        assert self.accounts is not None
-        try:
-            snapshot = await self.quota.get(name, max_age=0)
-        except QuotaError as exc:
-            self.log.debug("no quota for %s: %s", name, exc)
-            return
-        with contextlib.suppress(ConfigError, OSError):
-            self.accounts.record_snapshot(snapshot)
+        assert self.selector is not None
+        return await self.selector.candidates(probe=True)
 
     async def _choose(self, avoid: str | None) -> str:
-        candidates = await self._candidates()
-        names = {c.name for c in candidates}
-        exclude = [avoid] if avoid is not None and len(names - {avoid}) > 0 else []
-        choice = self.policy.choose(candidates, self.clock.now(), exclude=exclude)
-        if not isinstance(choice, str) and exclude:
-            # Nothing else can run: the account we meant to leave beats none.
-            choice = self.policy.choose(candidates, self.clock.now())
+        assert self.selector is not None
+        # The account being left is taken back only when nothing else can run.
+        choice = await self.selector.choose(avoid=avoid)
         if not isinstance(choice, str):
             raise QuotaUnavailable(f"no account can run an app-server now: {choice.reason}")
         return choice
@@ -968,14 +937,15 @@ class AppServerPool:
         return handle
 
     async def _cool_down(self, account: str, reason: str) -> None:
-        assert self.accounts is not None
-        await self._probe(account)
-        last = next((a.last_snapshot for a in self.accounts.accounts() if a.name == account), None)
-        snapshot = self._snapshot(account, last)
-        kind, until = self.policy.cooldown_for(snapshot, self.clock.now())
-        self.accounts.set_cooldown(
-            account, window=kind or WindowKind.OTHER, blocked_until=until, reason=reason
-        )
+        assert self.selector is not None
+        # Repeated exhaustion without a known reset backs off (doubling); a
+        # streak is forgotten once the longest backoff has passed quietly.
+        count, last = self._failures.get(account, (0, float("-inf")))
+        now = self.clock.monotonic()
+        if now - last > self.policy.max_unknown_reset_backoff.total_seconds():
+            count = 0
+        self._failures[account] = (count + 1, now)
+        await self.selector.cool_down(account, failures=count, cause=reason)
 
     async def rebalance(
         self, activity_probe: Callable[[str], bool | Awaitable[bool]] | None = None

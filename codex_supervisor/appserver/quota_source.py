@@ -19,7 +19,7 @@ import attrs
 from ..accounts import AccountPool
 from ..clock import Clock, SystemClock
 from ..errors import AppServerError, LeaseTimeout, QuotaParseError, QuotaUnavailable
-from ..quota import QuotaSnapshot
+from ..snapshots import QuotaSnapshot
 from .client import AppServerClient
 
 __all__ = ["AppServerRateLimitsSource"]

@@ -46,7 +46,7 @@ from typing import Any, Final, Literal, final
 import attrs
 
 from ..errors import QuotaParseError, RequestFailed, TransportClosed
-from ..quota import QuotaSnapshot
+from ..snapshots import QuotaSnapshot
 from .client import AppServerClient, Notification, Subscription, Turn
 
 __all__ = ["TurnError", "TurnResult", "TurnStatus", "capture_turn", "run_turn"]

@@ -5,6 +5,10 @@
   single-use refresh tokens, and a request log.
 - :func:`codex_config`, :func:`write_config_toml`, :func:`make_jwt`, :func:`write_auth_json` — a
   CODEX_HOME that talks only to that backend.
+- :class:`FakeClock` — virtual time for code that takes a
+  :class:`~codex_supervisor.clock.Clock`: advanced by hand, or jumping ahead by
+  itself whenever every task sleeps (``autojump=True``); never sleeps for real.
+  :class:`OffsetClock` is real time plus an offset, for code that needs real timers.
 - :class:`FakeAppServerLauncher` — an ``AppServerPool`` launch step whose servers
   are futures, for exercising pool bookkeeping without processes.
 - :func:`install_simulator` — a ``codex`` executable (a small Python program)
@@ -26,6 +30,7 @@ from ._backend import (
     FakeWindow,
     RequestRecord,
 )
+from ._clock import FakeClock
 from ._config import (
     OFFLINE_DISABLE_FEATURES,
     codex_config,
@@ -46,6 +51,7 @@ __all__ = [
     "BehaviourKind",
     "FakeAccount",
     "FakeAppServerLauncher",
+    "FakeClock",
     "FakeCodexBackend",
     "FakeServerProcess",
     "FakeWindow",

@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -250,6 +250,7 @@ class FakeCodexBackend:
         self._lock = threading.Lock()
         self._accounts: dict[str, FakeAccount] = {}
         self._scripts: dict[str | None, deque[Behaviour]] = {}
+        self._request_costs: dict[str, deque[float]] = {}
         self._log: list[RequestRecord] = []
         self._replays: list[_Replay] = []
         self._used_refresh_tokens: dict[str, str] = {}
@@ -471,6 +472,24 @@ class FakeCodexBackend:
                     window.resets_at = int(resets)
             if per_request_percent is not None:
                 acct.per_request_percent = per_request_percent
+
+    def set_request_costs(self, account_id: str, costs: Sequence[float]) -> None:
+        """Script what the account's next served ``/v1/responses`` requests cost.
+
+        Each served request (one that is not refused with 429 or answered
+        with a scripted server error) takes the next cost off this queue and
+        adds it, in percentage points, to every window of the account, as
+        ``per_request_percent`` does; once the queue is empty,
+        ``per_request_percent`` applies again. Replaces any costs still
+        queued; an empty ``costs`` clears them. Costs must be finite and >= 0.
+        """
+        queued = [float(cost) for cost in costs]
+        if any(not math.isfinite(cost) or cost < 0.0 for cost in queued):
+            raise ValueError(f"request costs must be finite and >= 0, got {queued!r}")
+        with self._lock:
+            if account_id not in self._accounts:
+                raise KeyError(account_id)
+            self._request_costs[account_id] = deque(queued)
 
     def expire_access_token(self, account_id: str) -> None:
         """Make the account's current access token expired (usage gets 401)."""
@@ -819,8 +838,10 @@ class _Handler(BaseHTTPRequestHandler):
             )
             if acct is not None and not limited and kind is not BehaviourKind.SERVER_ERROR:
                 acct.responses_served += 1
+                queued = backend._request_costs.get(acct.account_id)
+                cost = queued.popleft() if queued else acct.per_request_percent
                 for window in acct.windows:
-                    window.used_percent = min(100.0, window.used_percent + acct.per_request_percent)
+                    window.used_percent = min(100.0, window.used_percent + cost)
             headers = backend._quota_headers(acct) if acct is not None else {}
             if limited and acct is not None:
                 exhausted = acct.exhausted_window or acct.windows[0]

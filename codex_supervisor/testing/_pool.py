@@ -109,6 +109,9 @@ class OffsetClock:
 
     ``advance(seconds)`` makes idle entries look idle (or leases look old)
     without waiting; sleeping still sleeps for real, so background tasks run.
+    Unlike :class:`~codex_supervisor.testing.FakeClock` (virtual time, sleeps
+    that only the test ends), it suits code that also waits on the loop's own
+    timers, such as ``asyncio.timeout`` around a real launch.
     """
 
     def __init__(self) -> None:

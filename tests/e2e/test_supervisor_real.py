@@ -73,8 +73,8 @@ async def test_exec_usage_limit_despite_usage_endpoint_resumes_on_b(real: RealWo
     real.add("alpha", five_hour_used=50)
     real.add("beta", five_hour_used=60)
     real.backend.script(Behaviour.usage_limit(), account_id="id-alpha")
-    code = await real.supervisor().run(_exec("build the thing"), cwd=real.work)
-    assert code == 0
+    result = await real.supervisor().run(_exec("build the thing"), cwd=real.work)
+    assert result.exit_code == 0
     requests = real.backend.responses_requests()
     assert [(r.account_id, r.status) for r in requests] == [("id-alpha", 429), ("id-beta", 200)]
     assert requests[0].session_id == requests[1].session_id
@@ -104,7 +104,7 @@ async def test_forced_token_refresh_is_adopted_and_never_replayed(real: RealWorl
     real.backend.script(
         Behaviour.reply("refreshed and answered"), Behaviour.usage_limit(), account_id="id-alpha"
     )
-    assert await real.supervisor().run(_exec("first run"), cwd=real.work) == 0
+    assert (await real.supervisor().run(_exec("first run"), cwd=real.work)).exit_code == 0
     alpha = real.backend.account("id-alpha")
     assert alpha.refresh_count == 1
     auth = json.loads((real.pool.account_home("alpha") / "auth.json").read_text())
@@ -112,14 +112,14 @@ async def test_forced_token_refresh_is_adopted_and_never_replayed(real: RealWorl
 
     # A second run hits A's 429 and moves to B; then A comes back after its
     # cooldown is lifted and uses the refreshed tokens, not the old ones.
-    assert await real.supervisor().run(_exec("second run"), cwd=real.work) == 0
+    assert (await real.supervisor().run(_exec("second run"), cwd=real.work)).exit_code == 0
     real.pool.clear_cooldowns("alpha")
     real.backend.set_quota("id-beta", five_hour=99)
     await asyncio.sleep(0.6)
     # Every account is probed afresh: alpha's probe uses the refreshed token
     # Codex left in alpha's home.
     fresh = real.supervisor(quota_stale_after=0.5)
-    assert await fresh.run(_exec("third run"), cwd=real.work) == 0
+    assert (await fresh.run(_exec("third run"), cwd=real.work)).exit_code == 0
     accounts = [r.account_id for r in real.backend.responses_requests() if r.status == 200]
     assert accounts[-1] == "id-alpha"
     assert real.backend.account("id-alpha").refresh_count == 1
@@ -152,8 +152,8 @@ async def test_no_secret_in_logs_events_argv_or_child_environment(
     sup = real.supervisor()
     sup.sink = spy
     with caplog.at_level(logging.DEBUG):
-        code = await sup.run(_exec("first"), cwd=real.work)
-        code2 = await sup.run(_exec("second"), cwd=real.work) if code == 0 else code
+        code = (await sup.run(_exec("first"), cwd=real.work)).exit_code
+        code2 = (await sup.run(_exec("second"), cwd=real.work)).exit_code if code == 0 else code
     assert (code, code2) == (0, 0)
     assert seen_env, "could not read any child's environment"
     text = caplog.text + repr(real.sink.events)
@@ -194,7 +194,7 @@ sup = Supervisor(
         strategy=cfg.get("strategy", "headroom"), hysteresis=cfg.get("hysteresis", 5.0)
     ),
 )
-code = sup.run_sync(cfg["argv"], cwd=cfg["cwd"])
+code = sup.run_sync(cfg["argv"], cwd=cfg["cwd"]).exit_code
 print("TERMIOS_RESTORED", termios.tcgetattr(0) == before, flush=True)
 sys.exit(code)
 """

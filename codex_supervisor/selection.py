@@ -1,0 +1,504 @@
+"""Choosing an account: the one place every front-end asks (ARCHITECTURE.md, D11).
+
+:class:`AccountSelector` owns everything between the pool's state and the
+policy's answer — which accounts are candidates, whose quota is stale,
+probing the free usage endpoint (single flight per account, bounded on the
+critical path), recording snapshots and cooldowns, choosing, and waiting when
+no account can run. The :class:`~codex_supervisor.supervisor.Supervisor`, the
+:class:`~codex_supervisor.appserver.pool.AppServerPool` and the reference
+CLI's ``status`` all use it, so their answers cannot drift apart.
+
+Rules it keeps:
+
+- **The newest data wins.** An account's snapshot is the newer of what this
+  process saw (rollout lines, probes) and what the pool state holds (another
+  process may have stored fresher quota). The state file is re-read only when
+  its fingerprint changes, so asking is cheap enough for every poll.
+- **Stale means old or overtaken.** A snapshot is stale when it is older than
+  ``stale_after`` or a window has reset since it was observed; stale accounts
+  are probed (free), at most once per ``probe_interval`` each unless a reset
+  passed since.
+- **A wait includes every account** — the one that just failed too — and
+  re-evaluates at least every ``tick`` seconds and as soon as the pool state
+  or the occupancy changes, so it ends within a tick of an account becoming
+  usable. The first :class:`~codex_supervisor.events.WaitingForReset` comes at
+  once.
+- **Cooldowns stay true.** One per (account, window); a synthetic ``other``
+  block only when the reset time cannot be learned, even from a probe;
+  reasons state absolute times.
+
+Pool-file I/O runs in a worker thread (:func:`asyncio.to_thread`): the pool
+lock may wait, and the event loop must not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import final
+
+from .accounts import Account, AccountPool, Cooldown
+from .clock import Clock, SystemClock
+from .errors import ConfigError, QuotaError, QuotaUnavailable, StateError
+from .events import Event, QuotaUpdated, WaitingForReset
+from .policy import Candidate, RotationPolicy, TurnCosts, WaitUntil
+from .quota import QuotaService, UsageEndpointSource
+from .snapshots import QuotaSnapshot, WindowKind
+
+__all__ = ["AccountSelector"]
+
+log = logging.getLogger(__name__)
+
+_WINDOW_NAMES = {
+    WindowKind.FIVE_HOUR: "five-hour",
+    WindowKind.WEEKLY: "weekly",
+    WindowKind.OTHER: "unknown",
+}
+
+
+#: The limit ids that are an account's main Codex quota (None: not stated).
+_MAIN_LIMIT_IDS = frozenset({None, "codex"})
+
+
+def summarize(snapshot: QuotaSnapshot) -> str:
+    """A snapshot in brief, e.g. ``five_hour 37% used, weekly 12% used``."""
+    parts = [f"{w.kind.value} {w.used_percent:.0f}% used" for w in snapshot.windows]
+    if snapshot.limit_reached:
+        parts.append("limit reached")
+    return ", ".join(parts) or "no windows"
+
+
+def _utc_text(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+@final
+class AccountSelector:
+    """Chooses the account to run on, and waits correctly when none can.
+
+    ``quota`` defaults to a :class:`~codex_supervisor.quota.QuotaService` over
+    the usage endpoint with the pool's credentials; the selector then owns
+    its HTTP client, opened on first use and closed by :meth:`aclose` (a
+    selector may serve several event loops one after another, e.g. a
+    ``Supervisor`` run per ``asyncio.run``). ``sink`` receives
+    :class:`~codex_supervisor.events.QuotaUpdated` and
+    :class:`~codex_supervisor.events.WaitingForReset` events.
+
+    Timing knobs, in seconds: ``stale_after`` (quota older than this is
+    probed), ``probe_interval`` (an account is probed at most this often
+    unless a reset passed; never more than ``stale_after``),
+    ``probe_budget`` (how long a choice waits for probes before deciding on
+    what it knows; the probes go on in the background; a wait's later looks
+    never wait), ``tick`` (a wait re-evaluates and reports at least this
+    often), ``watch_interval`` (how often a wait looks for pool-state and
+    occupancy changes between ticks), ``refresh_interval`` (how often a wait
+    re-probes every account, free).
+    """
+
+    def __init__(
+        self,
+        pool: AccountPool,
+        *,
+        policy: RotationPolicy | None = None,
+        quota: QuotaService | None = None,
+        clock: Clock | None = None,
+        sink: Callable[[Event], None] | None = None,
+        stale_after: float = 120.0,
+        probe_interval: float = 30.0,
+        probe_budget: float = 0.5,
+        tick: float = 1.0,
+        watch_interval: float = 0.25,
+        refresh_interval: float = 60.0,
+    ) -> None:
+        for name, value in (
+            ("stale_after", stale_after),
+            ("probe_interval", probe_interval),
+            ("probe_budget", probe_budget),
+            ("tick", tick),
+            ("watch_interval", watch_interval),
+            ("refresh_interval", refresh_interval),
+        ):
+            if not (isinstance(value, int | float) and value >= 0 and value == value):  # noqa: PLR0124
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if tick <= 0 or watch_interval <= 0:
+            raise ConfigError("tick and watch_interval must be > 0")
+        self.pool = pool
+        self.policy = policy or RotationPolicy()
+        self.clock = clock or SystemClock()
+        self.sink = sink
+        self.stale_after = float(stale_after)
+        # Never wait longer between probes than data may age.
+        self.probe_interval = min(float(probe_interval), self.stale_after)
+        self.probe_budget = float(probe_budget)
+        self.tick = float(tick)
+        self.watch_interval = float(watch_interval)
+        self.refresh_interval = float(refresh_interval)
+        #: What a turn costs on each account, learnt from the runs it served.
+        self.costs = TurnCosts()
+        self._injected_quota = quota
+        self._quota = quota
+        self._source: UsageEndpointSource | None = None
+        self._state_token: object = None
+        self._accounts: list[Account] | None = None
+        self._occupancy: dict[str, int] | None = None
+        self._occupancy_at = float("-inf")
+        self._probed_at: dict[str, float] = {}
+        self._probes: dict[str, asyncio.Task[QuotaSnapshot | None]] = {}
+        #: Why the last probe of an account failed (cleared by a success).
+        self.probe_errors: dict[str, QuotaError] = {}
+        # The reset time that last forced an early probe, per account.
+        self._forced: dict[str, datetime] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def quota(self) -> QuotaService:
+        """The quota service (created on first use when none was given)."""
+        if self._quota is None:
+            self._source = UsageEndpointSource(self.pool.usage_credentials, clock=self.clock)
+            self._quota = QuotaService(self._source, ttl=self.stale_after, clock=self.clock)
+        return self._quota
+
+    async def settle(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the probes in flight to land."""
+        probes = [t for t in self._probes.values() if not t.done()]
+        if probes:
+            await asyncio.wait(probes, timeout=seconds)
+
+    async def aclose(self) -> None:
+        """Cancel probes in flight and close the HTTP client the selector opened."""
+        probes = list(self._probes.values())
+        for task in probes:
+            task.cancel()
+        await asyncio.gather(*probes, return_exceptions=True)
+        self._probes.clear()
+        if self._injected_quota is None and self._quota is not None:
+            await self._quota.aclose()
+            if self._source is not None:
+                await self._source.aclose()
+            self._quota = self._source = None
+
+    # -- what is known ------------------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        if self.sink is not None:
+            try:
+                self.sink(event)
+            except Exception:
+                log.exception("event sink failed on %s", event.name)
+
+    async def accounts(self, *, fresh: bool = False) -> list[Account]:
+        """Every account of the pool; re-read only when the state file changed."""
+        token = await asyncio.to_thread(self.pool.state_token)
+        if fresh or self._accounts is None or token != self._state_token:
+            self._accounts = await asyncio.to_thread(self.pool.accounts)
+            self._state_token = token
+            self._occupancy = None
+        return self._accounts
+
+    def snapshot(self, account: Account) -> QuotaSnapshot | None:
+        """The newest snapshot of ``account``: this process's cache or the pool's."""
+        cached = None if self._quota is None else self._quota.peek(account.name)
+        mine = None if cached is None else cached.snapshot
+        stored = account.last_snapshot
+        if mine is None or (stored is not None and stored.observed_at > mine.observed_at):
+            return stored
+        return mine
+
+    def is_stale(self, snapshot: QuotaSnapshot | None, now: datetime | None = None) -> bool:
+        """Whether ``snapshot`` is worth a free probe: missing, old, or overtaken by a reset."""
+        if snapshot is None:
+            return True
+        now = self.clock.now() if now is None else now
+        if snapshot.age(now) > timedelta(seconds=self.stale_after):
+            return True
+        return any(
+            w.resets_at is not None and snapshot.observed_at < w.resets_at <= now
+            for w in snapshot.windows
+        )
+
+    async def _occupants(self, accounts: Sequence[Account]) -> dict[str, int]:
+        # Leases change when another session starts or ends; listing them is a
+        # directory read, so at most once per watch interval.
+        now = self.clock.monotonic()
+        if self._occupancy is None or now - self._occupancy_at >= self.watch_interval:
+            counts: dict[str, int] = {}
+            for account in accounts:
+                try:
+                    counts[account.name] = len(await self.pool.occupants(account.name))
+                except Exception:
+                    log.debug("occupants of %s unknown", account.name, exc_info=True)
+            self._occupancy, self._occupancy_at = counts, now
+        return self._occupancy
+
+    async def candidates(
+        self, *, probe: bool = False, budget: float | None = None
+    ) -> list[Candidate]:
+        """What the policy weighs, one :class:`Candidate` per account.
+
+        With ``probe``, stale accounts are probed first, waiting at most
+        ``budget`` seconds (default ``probe_budget``; 0 does not wait): slower
+        probes land in the background, and a waiter notices them through
+        the pool state. An account that has no learned turn cost of its own
+        gets the dearest one learnt on the others (:meth:`TurnCosts.prior`):
+        turn costs follow the conversation more than the account. Raises
+        :class:`~codex_supervisor.errors.ConfigError` for an empty pool.
+        """
+        accounts = await self.accounts()
+        if not accounts:
+            raise ConfigError(f"the pool at {self.pool.root} has no accounts; add one first")
+        if probe:
+            now = self.clock.now()
+            due = [a.name for a in accounts if self._probe_due(a, now)]
+            if due:
+                await self.refresh(due, budget=self.probe_budget if budget is None else budget)
+                accounts = await self.accounts()
+        now = self.clock.now()
+        occupancy = await self._occupants(accounts)
+        prior = self.costs.prior()
+        return [
+            Candidate(
+                name=a.name,
+                snapshot=self.snapshot(a),
+                blocked_until=a.blocked_until(now),
+                occupants=occupancy.get(a.name, 0),
+                turn_cost=self.costs.expected(a.name) or prior,
+            )
+            for a in accounts
+        ]
+
+    def _probe_due(self, account: Account, now: datetime) -> bool:
+        snapshot = self.snapshot(account)
+        if not self.is_stale(snapshot, now):
+            return False
+        last = self._probed_at.get(account.name)
+        if last is None or self.clock.monotonic() - last >= self.probe_interval:
+            return True
+        # Probed recently, but a window reset since that observation: the
+        # answer has changed, so the limit is worth one more look now — once
+        # per reset, so a failing endpoint is not asked every tick.
+        passed = [
+            w.resets_at
+            for w in (() if snapshot is None else snapshot.windows)
+            if w.resets_at is not None
+            and snapshot is not None
+            and snapshot.observed_at < w.resets_at <= now
+        ]
+        if not passed or self._forced.get(account.name) == max(passed):
+            return False
+        self._forced[account.name] = max(passed)
+        return True
+
+    # -- probing and recording ----------------------------------------------------------
+
+    def probe_in_background(self, name: str) -> asyncio.Task[QuotaSnapshot | None]:
+        """Start (or join) a free usage probe of ``name``; its result is recorded."""
+        task = self._probes.get(name)
+        if task is None or task.done():
+            self._probed_at[name] = self.clock.monotonic()
+            task = asyncio.create_task(self._probe(name), name=f"probe:{name}")
+            self._probes[name] = task
+            task.add_done_callback(
+                lambda t: self._probes.pop(name, None) if self._probes.get(name) is t else None
+            )
+        return task
+
+    async def _probe(self, name: str) -> QuotaSnapshot | None:
+        try:
+            snapshot = await self.quota.get(name, max_age=0)
+        except QuotaError as exc:
+            # An API-key account, or a token Codex will refresh on next use:
+            # the account stays "unknown" to the policy, never blocked by it.
+            log.debug("no quota for %s: %s", name, exc)
+            self.probe_errors[name] = exc
+            return None
+        self.probe_errors.pop(name, None)
+        await self.record(snapshot)
+        return snapshot
+
+    async def refresh(
+        self, names: Iterable[str] | None = None, *, budget: float | None = None
+    ) -> dict[str, QuotaSnapshot | None]:
+        """Probe ``names`` (default: every account) now, free; returns what arrived.
+
+        With ``budget``, waits at most that long; probes still running go on
+        in the background and are recorded when they land.
+        """
+        if names is None:
+            names = [a.name for a in await self.accounts()]
+        tasks = {name: self.probe_in_background(name) for name in names}
+        if not tasks:
+            return {}
+        if budget is None or budget > 0:
+            # asyncio.wait never cancels what it waits for: a caller giving up
+            # (budget, cancellation) leaves the probes running, and a cancel
+            # aimed at the caller propagates from here untouched.
+            await asyncio.wait(tasks.values(), timeout=budget)
+        return {
+            name: task.result()
+            for name, task in tasks.items()
+            if task.done() and not task.cancelled() and task.exception() is None
+        }
+
+    async def record(self, snapshot: QuotaSnapshot) -> None:
+        """Keep ``snapshot`` in this process's cache and in the pool state (off the loop).
+
+        Only the account's main Codex quota counts (limit id ``codex``, or
+        none stated); other metered limits Codex reports are not the
+        account's and are skipped.
+        """
+        if snapshot.limit_id not in _MAIN_LIMIT_IDS:
+            log.debug(
+                "skipping %s's %r limit: not the main quota", snapshot.account, snapshot.limit_id
+            )
+            return
+        self.quota.put(snapshot)
+        try:
+            await asyncio.to_thread(self.pool.record_snapshot, snapshot)
+        except (ConfigError, StateError, OSError) as exc:  # e.g. the account was removed
+            log.debug("snapshot of %s not stored: %s", snapshot.account, exc)
+        self._emit(
+            QuotaUpdated(
+                at=self.clock.now(),
+                account=snapshot.account,
+                source=snapshot.source.value,
+                summary=summarize(snapshot),
+            )
+        )
+
+    async def cool_down(
+        self,
+        name: str,
+        *,
+        snapshot: QuotaSnapshot | None = None,
+        failures: int = 0,
+        cause: str = "usage limit reached",
+    ) -> Cooldown:
+        """Block ``name`` after it ran out, for the window that did, until its reset.
+
+        ``snapshot`` is the freshest evidence the caller has (e.g. the rollout's
+        ``token_count`` of the failed turn). When it does not show which
+        window ran out, the usage endpoint is asked (free); only when that
+        cannot tell either is a backoff of kind ``other`` recorded, doubled
+        per earlier ``failures``.
+        """
+        now = self.clock.now()
+        account = next((a for a in await self.accounts() if a.name == name), None)
+        newest = None if account is None else self.snapshot(account)
+        # The failure's own evidence first (a probe that landed since may lag
+        # behind the 429), then the newest data, then a fresh probe.
+        kind: WindowKind | None = None
+        until = now
+        for evidence in (snapshot, newest):
+            kind, until = self.policy.cooldown_for(evidence, now, failures=failures)
+            if kind is not None:
+                break
+        if kind is None:
+            # Nothing on hand says which window ran out: ask, free.
+            probed = (await self.refresh([name], budget=self.probe_budget)).get(name)
+            if probed is not None:
+                found, probed_until = self.policy.cooldown_for(
+                    probed, self.clock.now(), failures=failures
+                )
+                if found is not None:
+                    kind, until = found, probed_until
+        window = kind or WindowKind.OTHER
+        reason = f"{cause}; {_WINDOW_NAMES[window]} window"
+        reason += (
+            f" resets at {_utc_text(until)}"
+            if kind is not None
+            else f" reset unknown, retry at {_utc_text(until)}"
+        )
+        cooldown = await asyncio.to_thread(
+            self.pool.set_cooldown, name, window=window, blocked_until=until, reason=reason
+        )
+        self._state_token = None  # our own write: re-read next time
+        log.info(
+            "%s blocked until %s (%s)", name, cooldown.blocked_until.isoformat(), cooldown.reason
+        )
+        return cooldown
+
+    # -- choosing and waiting ------------------------------------------------------------
+
+    async def choose(
+        self, *, avoid: str | None = None, probe: bool = True, budget: float | None = None
+    ) -> str | WaitUntil:
+        """The account to launch on now, or :class:`WaitUntil` when none can run.
+
+        ``avoid`` (the account just left) is passed over while any other
+        account can run, and taken when none can — its own reset may well
+        come first. A wait therefore always covers every account.
+        """
+        candidates = await self.candidates(probe=probe, budget=budget)
+        now = self.clock.now()
+        names = {c.name for c in candidates}
+        if avoid is not None and names - {avoid}:
+            choice = self.policy.choose(candidates, now, exclude=[avoid])
+            if isinstance(choice, str):
+                return choice
+        return self.policy.choose(candidates, now)
+
+    async def select(
+        self,
+        *,
+        avoid: str | None = None,
+        wait: bool = True,
+        max_wait: float | None = None,
+    ) -> str:
+        """The account to launch on; when none can run, wait until one can.
+
+        The wait emits :class:`~codex_supervisor.events.WaitingForReset` at
+        once and then every ``tick``; it re-evaluates every tick, whenever the
+        pool state or the occupancy changes, and re-probes every account every
+        ``refresh_interval`` (free). Cancel the task to stop waiting (nothing
+        else runs meanwhile). Raises
+        :class:`~codex_supervisor.errors.QuotaUnavailable` when ``wait`` is
+        false or ``max_wait`` seconds passed.
+        """
+        started = self.clock.monotonic()
+        refreshed = started
+        budget: float | None = None  # the first look may wait for fresh quota, briefly
+        while True:
+            choice = await self.choose(avoid=avoid, budget=budget)
+            # Later looks never wait on the network: probes land in the
+            # background and wake the watch through the pool state.
+            budget = 0.0
+            if isinstance(choice, str):
+                return choice
+            if not wait:
+                raise QuotaUnavailable(f"every account is blocked: {choice.reason}")
+            waited = self.clock.monotonic() - started
+            if max_wait is not None and waited >= max_wait:
+                raise QuotaUnavailable(
+                    f"every account is still blocked after {waited:.0f}s: {choice.reason}"
+                )
+            now = self.clock.now()
+            left = max(0.0, (choice.until - now).total_seconds())
+            self._emit(
+                WaitingForReset(at=now, until=choice.until, seconds_left=left, reason=choice.reason)
+            )
+            if self.clock.monotonic() - refreshed >= self.refresh_interval:
+                refreshed = self.clock.monotonic()
+                for account in await self.accounts():
+                    self.probe_in_background(account.name)
+            step = min(self.tick, left) if left > 0 else self.tick
+            if max_wait is not None:
+                step = min(step, max(0.0, max_wait - waited))
+            await self._watch(step)
+
+    async def _watch(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, returning early when the pool state or occupancy changes."""
+        deadline = self.clock.monotonic() + seconds
+        token = await asyncio.to_thread(self.pool.state_token)
+        occupancy = dict(self._occupancy or {})
+        while True:
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
+                return
+            await self.clock.sleep(min(self.watch_interval, left))
+            if await asyncio.to_thread(self.pool.state_token) != token:
+                return
+            if await self._occupants(await self.accounts()) != occupancy:
+                return

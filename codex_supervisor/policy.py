@@ -25,10 +25,11 @@ How quota data is read (:meth:`RotationPolicy.pressure`):
   the unseen time counts from its reset. The discount applies to the running
   account and to successors alike.
 - A window observed full (0 % remaining) that has not reset makes the account
-  *limit-reached*. So does the snapshot's ``limit_reached`` flag while any
-  reported window has yet to reset (the flag does not say which window
-  tripped, and it lapses once they all have); a flag with no window at all
-  holds. A merely discounted window at 0 % is low, not exhausted.
+  *limit-reached*. A ``limit_reached`` flag beside full windows is theirs: it
+  lapses when they have all reset. A flag with no full window names no
+  window: it holds while any reported window has yet to reset, and for good
+  with no window at all. A merely discounted window at 0 % is low, not
+  exhausted.
 
 Window thresholds apply to five-hour and weekly windows by default; windows of
 kind :attr:`~codex_supervisor.quota.WindowKind.OTHER` count only when
@@ -1347,16 +1348,21 @@ def _limit_reached(snapshot: QuotaSnapshot, now: datetime) -> bool:
     live = [w for w in snapshot.windows if not _has_reset(w, now)]
     if any(w.used_percent >= 100.0 for w in live):
         return True
-    # The flag names no window: it holds until every reported window has
-    # reset (monotone in usage, unlike "the most-used window"), and for good
-    # when the snapshot has no window at all.
+    if any(w.used_percent >= 100.0 for w in snapshot.windows):
+        # The flag is explained by the windows observed full, and every one
+        # of them has reset since: the block ends with them (a full five-hour
+        # window must not hold the account until the weekly reset).
+        return False
+    # An unexplained flag names no window: it holds until every reported
+    # window has reset, and for good when the snapshot has no window at all.
     return snapshot.limit_reached and (bool(live) or not snapshot.windows)
 
 
 def _culprits(snapshot: QuotaSnapshot, now: datetime) -> list[QuotaWindow]:
     live = [w for w in snapshot.windows if not _has_reset(w, now)]
     full = [w for w in live if w.used_percent >= 100.0]
-    if full or not snapshot.limit_reached or not live:
+    explained = any(w.used_percent >= 100.0 for w in snapshot.windows)
+    if full or explained or not snapshot.limit_reached or not live:
         return full
     # A flag without a full window (it lags the percentages by a rounding):
     # the most-used live window is the one that most plausibly tripped it.

@@ -526,6 +526,8 @@ class SignalWatcher:
             self._set_sigint(previous)
 
     def _set_sigint(self, ignore: bool) -> None:  # noqa: FBT001
+        if ignore == self._ignore_sigint:
+            return
         self._ignore_sigint = ignore
         if self._loop is not None and not self._loop.is_closed():
             handler = self._on_ignored if ignore else self._on_signal

@@ -58,6 +58,8 @@ _WINDOW_NAMES = {
 }
 
 
+#: How stale the occupancy counts may be outside a wait (a ranking hint only).
+_OCCUPANCY_MAX_AGE = 3.0
 #: The limit ids that are an account's main Codex quota (None: not stated).
 _MAIN_LIMIT_IDS = frozenset({None, "codex"})
 
@@ -150,6 +152,10 @@ class AccountSelector:
         self.probe_errors: dict[str, QuotaError] = {}
         # The reset time that last forced an early probe, per account.
         self._forced: dict[str, datetime] = {}
+        # One pool write at a time from this process: concurrent worker
+        # threads would only queue on the pool's file lock, which waits by
+        # polling (tens of milliseconds on the cutover's critical path).
+        self._writing: asyncio.Lock | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -160,6 +166,13 @@ class AccountSelector:
             self._source = UsageEndpointSource(self.pool.usage_credentials, clock=self.clock)
             self._quota = QuotaService(self._source, ttl=self.stale_after, clock=self.clock)
         return self._quota
+
+    def _write_lock(self) -> asyncio.Lock:
+        # Created on first use, so it binds to the loop that uses it; a new
+        # loop (the next run) gets a new lock with the next aclose().
+        if self._writing is None:
+            self._writing = asyncio.Lock()
+        return self._writing
 
     async def settle(self, seconds: float) -> None:
         """Wait up to ``seconds`` for the probes in flight to land."""
@@ -179,6 +192,7 @@ class AccountSelector:
             if self._source is not None:
                 await self._source.aclose()
             self._quota = self._source = None
+        self._writing = None
 
     # -- what is known ------------------------------------------------------------------
 
@@ -191,7 +205,9 @@ class AccountSelector:
 
     async def accounts(self, *, fresh: bool = False) -> list[Account]:
         """Every account of the pool; re-read only when the state file changed."""
-        token = await asyncio.to_thread(self.pool.state_token)
+        # One stat on the loop (it never waits on a lock) keeps a follow loop
+        # polling four times a second free of thread hand-offs.
+        token = self.pool.state_token()
         if fresh or self._accounts is None or token != self._state_token:
             self._accounts = await asyncio.to_thread(self.pool.accounts)
             self._state_token = token
@@ -219,11 +235,14 @@ class AccountSelector:
             for w in snapshot.windows
         )
 
-    async def _occupants(self, accounts: Sequence[Account]) -> dict[str, int]:
+    async def _occupants(
+        self, accounts: Sequence[Account], *, max_age: float = _OCCUPANCY_MAX_AGE
+    ) -> dict[str, int]:
         # Leases change when another session starts or ends; listing them is a
-        # directory read, so at most once per watch interval.
+        # directory read per account: a ranking hint while Codex runs (read
+        # every few seconds), a wake-up reason while waiting (read per watch).
         now = self.clock.monotonic()
-        if self._occupancy is None or now - self._occupancy_at >= self.watch_interval:
+        if self._occupancy is None or now - self._occupancy_at >= max_age:
             counts: dict[str, int] = {}
             for account in accounts:
                 try:
@@ -356,7 +375,8 @@ class AccountSelector:
             return
         self.quota.put(snapshot)
         try:
-            await asyncio.to_thread(self.pool.record_snapshot, snapshot)
+            async with self._write_lock():
+                await asyncio.to_thread(self.pool.record_snapshot, snapshot)
         except (ConfigError, StateError, OSError) as exc:  # e.g. the account was removed
             log.debug("snapshot of %s not stored: %s", snapshot.account, exc)
         self._emit(
@@ -385,16 +405,16 @@ class AccountSelector:
         per earlier ``failures``.
         """
         now = self.clock.now()
-        account = next((a for a in await self.accounts() if a.name == name), None)
-        newest = None if account is None else self.snapshot(account)
         # The failure's own evidence first (a probe that landed since may lag
         # behind the 429), then the newest data, then a fresh probe.
-        kind: WindowKind | None = None
-        until = now
-        for evidence in (snapshot, newest):
-            kind, until = self.policy.cooldown_for(evidence, now, failures=failures)
-            if kind is not None:
-                break
+        kind, until = self.policy.cooldown_for(snapshot, now, failures=failures)
+        if kind is None:
+            account = next((a for a in await self.accounts() if a.name == name), None)
+            newest = None if account is None else self.snapshot(account)
+            if newest is not None and newest is not snapshot:
+                found, newest_until = self.policy.cooldown_for(newest, now, failures=failures)
+                if found is not None:
+                    kind, until = found, newest_until
         if kind is None:
             # Nothing on hand says which window ran out: ask, free.
             probed = (await self.refresh([name], budget=self.probe_budget)).get(name)
@@ -411,9 +431,10 @@ class AccountSelector:
             if kind is not None
             else f" reset unknown, retry at {_utc_text(until)}"
         )
-        cooldown = await asyncio.to_thread(
-            self.pool.set_cooldown, name, window=window, blocked_until=until, reason=reason
-        )
+        async with self._write_lock():
+            cooldown = await asyncio.to_thread(
+                self.pool.set_cooldown, name, window=window, blocked_until=until, reason=reason
+            )
         self._state_token = None  # our own write: re-read next time
         log.info(
             "%s blocked until %s (%s)", name, cooldown.blocked_until.isoformat(), cooldown.reason
@@ -491,14 +512,15 @@ class AccountSelector:
     async def _watch(self, seconds: float) -> None:
         """Sleep up to ``seconds``, returning early when the pool state or occupancy changes."""
         deadline = self.clock.monotonic() + seconds
-        token = await asyncio.to_thread(self.pool.state_token)
+        token = self.pool.state_token()
         occupancy = dict(self._occupancy or {})
         while True:
             left = deadline - self.clock.monotonic()
             if left <= 0:
                 return
             await self.clock.sleep(min(self.watch_interval, left))
-            if await asyncio.to_thread(self.pool.state_token) != token:
+            if self.pool.state_token() != token:
                 return
-            if await self._occupants(await self.accounts()) != occupancy:
+            accounts = await self.accounts()
+            if await self._occupants(accounts, max_age=self.watch_interval) != occupancy:
                 return

@@ -60,13 +60,13 @@ from .events import (
 )
 from .policy import (
     USAGE_LIMIT_ERRORS,
-    Candidate,
     Continue,
     PauseAtBoundary,
     Prewarm,
     RotateAtBoundary,
     RotateNow,
     RotationPolicy,
+    WaitUntil,
     spent_between,
 )
 from .process import Child, SignalWatcher, StopPolicy, TerminalGuard, launch
@@ -78,6 +78,7 @@ from .sessions import (
     RolloutReader,
     SessionBinder,
     TurnCompleted,
+    TurnPhase,
     TurnStarted,
     is_session_id,
 )
@@ -253,6 +254,7 @@ class _ChildRun:
     binder: SessionBinder
     binding: Binding | None
     known_session: str | None
+    prompt_in_argv: bool
     bind_deadline: float
     last_passive: float
     reader: RolloutReader | None = None
@@ -275,6 +277,18 @@ class _ChildRun:
         if state.turns_completed > self.turns_at_launch and state.last_error is not None:
             return state.last_error.codex_error_info
         return None
+
+    def safe_to_stop(self) -> bool:
+        """No turn in flight and no prompt of this child's still to be sent.
+
+        Between turns; or before the first one when the child was launched
+        without a prompt (an idle TUI). A child launched with a prompt that
+        has not started its turn yet would lose that prompt if stopped.
+        """
+        if self.reader is None:
+            return False
+        phase = self.reader.state.phase
+        return phase is TurnPhase.IDLE or (phase is TurnPhase.UNKNOWN and not self.prompt_in_argv)
 
     def successor(self) -> str | None:
         task = self.prewarm
@@ -469,10 +483,9 @@ class Supervisor:
         )
         if isinstance(chosen, signal.Signals):
             return 128 + int(chosen)
-        candidates = await self.selector.candidates()
-        self._emit(
-            AccountSelected(at=self.clock.now(), account=chosen, reason=_why(chosen, candidates))
-        )
+        snapshot = await self._newest(chosen)
+        why = "no quota data yet" if snapshot is None else summarize(snapshot)
+        self._emit(AccountSelected(at=self.clock.now(), account=chosen, reason=why))
         return chosen
 
     # -- the run ---------------------------------------------------------------------------------
@@ -519,7 +532,7 @@ class Supervisor:
             return 128 + int(signals.received)
         return await waiter
 
-    async def _supervise(  # noqa: PLR0911, PLR0912 - the rotation loop, in one readable place
+    async def _supervise(  # noqa: PLR0911, PLR0912, PLR0915 - the rotation loop, in one place
         self, inv: Invocation, workdir: Path, signals: SignalWatcher
     ) -> RunResult:
         if not await self.selector.accounts(fresh=True):
@@ -529,6 +542,7 @@ class Supervisor:
         argv = launch_argv(inv, features)
         budget = self.config.restart_budget
         resumed = False
+        prompt_in_argv = inv.prompt is not None or inv.is_exec
         crashes = 0
         rotations = 0
         used: list[str] = []
@@ -553,7 +567,14 @@ class Supervisor:
             started = self.clock.monotonic()
             used.append(account)
             outcome = await self._run_child(
-                inv, argv, account, workdir, session_id, resumed=resumed, signals=signals
+                inv,
+                argv,
+                account,
+                workdir,
+                session_id,
+                resumed=resumed,
+                prompt_in_argv=prompt_in_argv,
+                signals=signals,
             )
             session_id = outcome.session_id or session_id
             if isinstance(outcome, _Interrupted):
@@ -607,6 +628,7 @@ class Supervisor:
                 )
             )
             prompt = self.config.continuation_prompt if outcome.immediate or inv.is_exec else None
+            prompt_in_argv = prompt is not None
             argv = resume_argv(inv, session_id, features, prompt=prompt)
             account = successor
             resumed = True
@@ -645,9 +667,11 @@ class Supervisor:
         session_id: str | None,
         *,
         resumed: bool,
+        prompt_in_argv: bool,
         signals: SignalWatcher,
     ) -> _Outcome:
-        home = await asyncio.to_thread(self.pool.prepare_home, account)
+        # Links only, no lock: quick enough for the loop, and on the cutover path.
+        home = self.pool.prepare_home(account)
         env = child_environment(home, self.environ)
         guard = TerminalGuard() if inv.is_interactive else None
         # A resumed exec gets its prompt in argv: it must not wait on stdin.
@@ -670,6 +694,7 @@ class Supervisor:
                         env=env,
                         stdin=stdin,
                         resumed=resumed,
+                        prompt_in_argv=prompt_in_argv,
                         signals=signals,
                     )
             finally:
@@ -688,6 +713,7 @@ class Supervisor:
         env: Mapping[str, str],
         stdin: int | None,
         resumed: bool,
+        prompt_in_argv: bool,
         signals: SignalWatcher,
     ) -> _Outcome:
         launched_at = self.clock.now()
@@ -716,6 +742,7 @@ class Supervisor:
                 binder=binder,
                 binding=binder.find_by_id(session_id) if session_id else None,
                 known_session=session_id,
+                prompt_in_argv=prompt_in_argv,
                 bind_deadline=self.clock.monotonic() + self.config.bind_timeout,
                 last_passive=self.clock.monotonic(),
             )
@@ -882,15 +909,23 @@ class Supervisor:
         decision = self.policy.decide(current, others, now, last_turn_error=last_error)
         if isinstance(decision, Continue):
             return None
+        safe = run.safe_to_stop()
         if isinstance(decision, Prewarm) or (
-            isinstance(decision, RotateAtBoundary) and not run.reader.state.at_boundary
+            not safe
+            and isinstance(decision, RotateAtBoundary | RotateNow | WaitUntil)
+            # A failed turn of this child's own is over: nothing to wait for.
+            and last_error is None
         ):
+            # Under pressure, or blocked by data from elsewhere (another
+            # session's cooldown, a probe) while this child's turn runs fine:
+            # let the turn finish. If it fails on the limit, its own error
+            # comes back as last_error and the cutover is immediate.
             if run.prewarm is None:
                 self._emit(PrewarmStarted(at=now, account=run.account, reason=decision.reason))
                 run.prewarm = asyncio.create_task(self._prewarm(run.account), name="prewarm")
             return None
         if isinstance(decision, PauseAtBoundary):
-            if not run.reader.state.at_boundary:
+            if not safe:
                 return None  # let the turn finish; decide again at the boundary
             # No account can take another turn: stop here and wait (the
             # successor choice below waits for the first account that can).
@@ -913,17 +948,16 @@ class Supervisor:
                 immediate=False,
                 exhausted=False,
             )
-        # RotateNow or WaitUntil: the turn already failed (or the account is
-        # gone), so nothing is lost by stopping now.
+        # RotateNow or WaitUntil, and this child's turn failed on the limit or
+        # none is in flight: nothing is lost by stopping now.
         await run.child.stop(self.config.stop)
         return _Rotate(
             returncode=run.child.returncode or 0,
             session_id=run.session_id,
             reason=decision.reason,
-            # "Now" when the failed turn is on record or the turn has not
-            # ended yet (its request already failed): the resume then carries
-            # the continuation prompt. An idle, exhausted account just moves.
-            immediate=last_error is not None or not run.reader.state.at_boundary,
+            # "Now" when this child's turn failed: the resume then carries the
+            # continuation prompt. An idle, exhausted account just moves.
+            immediate=last_error is not None,
             successor=decision.successor if isinstance(decision, RotateNow) else None,
             exhausted=True,
             # The failed turn's own rate limits: a probe that landed since
@@ -963,10 +997,3 @@ class Supervisor:
         await asyncio.to_thread(self.pool.prepare_home, choice)
         self._emit(PrewarmReady(at=self.clock.now(), account=account, successor=choice))
         return choice
-
-
-def _why(choice: str, candidates: Sequence[Candidate]) -> str:
-    candidate = next((c for c in candidates if c.name == choice), None)
-    if candidate is None or candidate.snapshot is None:
-        return "no quota data yet"
-    return summarize(candidate.snapshot)

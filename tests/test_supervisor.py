@@ -458,3 +458,29 @@ def test_request_stop_from_another_thread_wakes_the_run(sim_world: World) -> Non
     sup.request_stop()  # between runs: kept for the next one, which stops at once
     again = sup.run_sync(["--version"], cwd=sim_world.work)
     assert again.signal == signal.SIGTERM
+
+
+async def test_another_sessions_cooldown_does_not_cut_a_healthy_turn(sim_world: World) -> None:
+    """A block recorded elsewhere mid-turn lets the turn finish: no cutover, no lost prompt."""
+    sim_world.add("alpha", five_hour_used=10)
+    sim_world.add("beta", five_hour_used=20)
+    sim_world.backend.script(Behaviour.delay(2.0, "a long, healthy answer"), account_id="id-alpha")
+    run = asyncio.create_task(sim_world.supervisor().run(_exec("the long job"), cwd=sim_world.work))
+    deadline = time.monotonic() + 60
+    while not sim_world.backend.responses_requests():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    # Another session on alpha just hit alpha's limit and recorded it.
+    sim_world.pool.set_cooldown(
+        "alpha",
+        window=WindowKind.FIVE_HOUR,
+        blocked_until=datetime.now(UTC) + timedelta(hours=1),
+        reason="another session: 429",
+    )
+    result = await asyncio.wait_for(run, 60)
+    assert result.exit_code == 0
+    assert result.accounts == ("alpha",)
+    assert result.rotations == 0
+    [request] = sim_world.backend.responses_requests()
+    assert request.status == 200
+    assert "the long job" in request.input_texts

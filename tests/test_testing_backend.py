@@ -196,6 +196,13 @@ def test_usage_endpoint_checks_the_access_token(backend: FakeCodexBackend) -> No
     usage = httpx.get(f"{backend.chatgpt_base_url}wham/usage", headers=headers).json()
     alt = httpx.get(f"{backend.url}/api/codex/usage", headers=headers).json()
 
+    # reset_after_seconds counts down with the wall clock: two requests may
+    # straddle a second. Everything else must be the same.
+    for payload in (usage, alt):
+        for window in ("primary_window", "secondary_window"):
+            after = payload["rate_limit"][window].pop("reset_after_seconds")
+            assert isinstance(after, int)
+            assert after >= 0
     assert usage == alt
     primary = usage["rate_limit"]["primary_window"]
     assert primary["used_percent"] == 13

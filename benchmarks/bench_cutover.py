@@ -33,20 +33,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
+from _bench import DEFAULT_CODEX, emit, exec_argv, ms, quiet_stdio
 
 from codex_supervisor.accounts import AccountPool
 from codex_supervisor.config import child_environment
@@ -58,59 +55,10 @@ from codex_supervisor.testing import (
     FakeCodexBackend,
     hermetic_env,
     install_simulator,
-    offline_flags,
 )
 
-DEFAULT_CODEX = (
-    Path(__file__).resolve().parents[1]
-    / ".cache/codex/0.169.0/node_modules/@openai/codex-linux-x64"
-    / "vendor/x86_64-unknown-linux-musl/bin/codex"
-)
 USAGE_PATHS = frozenset({"/backend-api/wham/usage", "/api/codex/usage"})
 RESPONSES_PATHS = frozenset({"/v1/responses", "/responses"})
-
-
-def _emit(out: Any, name: str, **figures: object) -> None:
-    out.write(json.dumps({"benchmark": name, **figures}) + "\n")
-    out.flush()
-
-
-def _ms(values: list[float]) -> dict[str, float]:
-    return {
-        "median_ms": round(statistics.median(values) * 1000, 1),
-        "max_ms": round(max(values) * 1000, 1),
-    }
-
-
-@contextlib.contextmanager
-def _quiet_stdio(log: Path) -> Iterator[None]:
-    """Give supervised children /dev/null as stdin and a log file as stdout/stderr.
-
-    The in-process Supervisor's children inherit fds 0-2: Codex exec must not
-    wait on our stdin, and its answer must not mix with the JSON lines.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(fd) for fd in (0, 1, 2)]
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    sink = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.dup2(devnull, 0)
-        os.dup2(sink, 1)
-        os.dup2(sink, 2)
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, copy in zip((0, 1, 2), saved, strict=True):
-            os.dup2(copy, fd)
-            os.close(copy)
-        os.close(devnull)
-        os.close(sink)
-
-
-def _exec(*rest: str) -> list[str]:
-    return ["exec", "--skip-git-repo-check", *offline_flags(), *rest]
 
 
 async def _warm_up(pool: AccountPool, names: list[str]) -> None:
@@ -151,7 +99,7 @@ def _new_pool(backend: FakeCodexBackend, codex: Path, root: Path, tag: str) -> _
         # folder), so the supervised resume meets a home Codex has used, as
         # the bare resume does.
         subprocess.run(
-            [str(codex), *_exec("warm up")],
+            [str(codex), *exec_argv("warm up")],
             cwd=warm,
             env=child_environment(pool.prepare_home(name), env),
             stdin=subprocess.DEVNULL,
@@ -173,7 +121,7 @@ async def _one_cutover(
         codex=str(codex), poll_interval=poll, quota_stale_after=3600.0 if prewarm else 0.0
     )
     result = await Supervisor(world.pool, config=config, sink=sink, environ=world.env).run(
-        _exec("do the work"), cwd=world.work
+        exec_argv("do the work"), cwd=world.work
     )
     code = result.exit_code
     if code != 0:
@@ -213,14 +161,14 @@ def bench_cutover(
             )
         usage = [int(r["usage_requests"]) for r in results]
         successor = [int(r["successor_usage_requests"]) for r in results]
-        _emit(
+        emit(
             out,
             mode,
             runs=runs,
             quota_stale_after_s=3600.0 if prewarm else 0.0,
-            exited_to_resumed=_ms([r["exited_to_resumed"] for r in results]),
-            rotating_to_resumed=_ms([r["rotating_to_resumed"] for r in results]),
-            spawn_to_first_request=_ms([r["spawn_to_first_request"] for r in results]),
+            exited_to_resumed=ms([r["exited_to_resumed"] for r in results]),
+            rotating_to_resumed=ms([r["rotating_to_resumed"] for r in results]),
+            spawn_to_first_request=ms([r["spawn_to_first_request"] for r in results]),
             usage_requests=usage,
             successor_usage_requests=successor,
         )
@@ -249,17 +197,17 @@ def bench_bare_resume(
             check=True,
         )
 
-    run(_exec("hi"))
+    run(exec_argv("hi"))
     session = backend.responses_requests("id-bare")[-1].session_id
     if session is None:
         raise RuntimeError("the first exec sent no session id")
     samples = []
     for _ in range(runs):
         spawned = time.time()
-        run(_exec("resume", session, "x"))
+        run(exec_argv("resume", session, "x"))
         first = min(r.at for r in backend.responses_requests("id-bare") if r.at >= spawned)
         samples.append(first - spawned)
-    _emit(out, "bare_exec_resume_start", runs=runs, spawn_to_first_request=_ms(samples))
+    emit(out, "bare_exec_resume_start", runs=runs, spawn_to_first_request=ms(samples))
 
 
 def main() -> None:
@@ -282,10 +230,10 @@ def main() -> None:
             codex = DEFAULT_CODEX if DEFAULT_CODEX.is_file() else install_simulator(tmp / "bin")
         with codex.open("rb") as binary:
             simulated = binary.read(2) == b"#!"
-        _emit(out, "cutover_setup", codex=str(codex), simulator=simulated, runs=args.runs)
+        emit(out, "cutover_setup", codex=str(codex), simulator=simulated, runs=args.runs)
         log = tmp / "children.log"
         try:
-            with _quiet_stdio(log):
+            with quiet_stdio(log):
                 bench_cutover(out, backend, codex, tmp, args.runs, poll=args.poll)
                 bench_bare_resume(out, backend, codex, tmp, args.runs)
         except BaseException:
@@ -293,7 +241,7 @@ def main() -> None:
                 sys.stderr.write(log.read_text(errors="replace")[-4000:])
             raise
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    _emit(out, "benchmark_process", peak_rss_mib=round(peak_kib / 1024, 1))
+    emit(out, "benchmark_process", peak_rss_mib=round(peak_kib / 1024, 1))
     out.close()
 
 

@@ -42,6 +42,8 @@ seed to an end-to-end run against the real supervisor.
 
     python benchmarks/bench_predictive.py [--seeds N] [--first-seed S] [--turns T]
                                           [--margins 1.5,2]
+
+``--margins`` defaults to the policy's own ``cost_margin``.
 """
 
 from __future__ import annotations
@@ -212,7 +214,9 @@ def simulate(seed: int, policy: RotationPolicy, *, predictive: bool, turns: int 
     def candidate(name: str, *, running: bool) -> Candidate:
         account = world[name]
         snapshot = _seen(name, account, now) if running else _usage(name, account, now)
-        cost = learned.expected(name) if predictive else {}
+        # As the AccountSelector does: an account without history of its own
+        # is expected to cost what the dearest account learnt costs.
+        cost = (learned.expected(name) or learned.prior()) if predictive else {}
         return Candidate(name=name, snapshot=snapshot, turn_cost=cost)
 
     first = policy.choose([candidate(n, running=False) for n in ACCOUNTS], now)
@@ -303,7 +307,9 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--turns", type=int, default=20, help="turns per session")
     parser.add_argument(
-        "--margins", default="1.5", help="comma-separated cost_margin values to simulate"
+        "--margins",
+        default=str(RotationPolicy().cost_margin),
+        help="comma-separated cost_margin values to simulate (default: the policy's)",
     )
     args = parser.parse_args()
     seeds = range(args.first_seed, args.first_seed + args.seeds)

@@ -46,65 +46,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
-import json
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from _bench import DEFAULT_CODEX, emit, exec_argv, quiet_stdio
 from bench_predictive import session_costs, starting_usage
 
 from codex_supervisor.accounts import AccountPool
 from codex_supervisor.errors import QuotaUnavailable
 from codex_supervisor.policy import RotationPolicy
 from codex_supervisor.supervisor import Supervisor, SupervisorConfig
-from codex_supervisor.testing import FakeCodexBackend, install_simulator, offline_flags
+from codex_supervisor.testing import FakeCodexBackend, install_simulator
 
-DEFAULT_CODEX = (
-    Path(__file__).resolve().parents[1]
-    / ".cache/codex/0.169.0/node_modules/@openai/codex-linux-x64"
-    / "vendor/x86_64-unknown-linux-musl/bin/codex"
-)
 ACCOUNTS = ("alpha", "beta", "gamma")
-
-
-def _emit(out: Any, name: str, **figures: object) -> None:
-    out.write(json.dumps({"benchmark": name, **figures}) + "\n")
-    out.flush()
-
-
-@contextlib.contextmanager
-def _quiet_stdio(log: Path) -> Iterator[None]:
-    """Children inherit fds 0-2: give them /dev/null and a log file, not our JSON output."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(fd) for fd in (0, 1, 2)]
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    sink = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.dup2(devnull, 0)
-        os.dup2(sink, 1)
-        os.dup2(sink, 2)
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, copy in zip((0, 1, 2), saved, strict=True):
-            os.dup2(copy, fd)
-            os.close(copy)
-        os.close(devnull)
-        os.close(sink)
-
-
-def _exec(*rest: str) -> list[str]:
-    return ["exec", "--skip-git-repo-check", *offline_flags(), *rest]
 
 
 #: Wave 1's policy: thresholds only; a learned turn cost changes nothing.
@@ -176,7 +136,7 @@ async def _exec_session(
         for name in ACCOUNTS:
             backend.set_request_costs(f"{root.name}-{name}", [turn.model])
         prompt = f"turn {index}"
-        argv = _exec("resume", session, prompt) if session else _exec(prompt)
+        argv = exec_argv("resume", session, prompt) if session else exec_argv(prompt)
         began = time.perf_counter()
         try:
             result = await sup.run(argv, cwd=work)
@@ -291,14 +251,14 @@ async def bench(codex: Path, simulator: Path, seeds: range, turns: int, out: Any
                     for seed in seeds:
                         root = Path(tmp) / f"{shape}-{mode}-{seed}"
                         root.mkdir()
-                        with _quiet_stdio(log):
+                        with quiet_stdio(log):
                             sessions.append(
                                 await play(
                                     backend, binary, root, seed=seed, turns=turns, policy=policy
                                 )
                             )
                     per_turn = [s for one in sessions for s in one["seconds"]]
-                    _emit(
+                    emit(
                         out,
                         "predictive_rotation_run",
                         shape=shape,

@@ -30,37 +30,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
 import resource
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import attrs
+from _bench import DEFAULT_CODEX, emit, exec_argv, ms, quiet_stdio
 
 from codex_supervisor.accounts import AccountPool
 from codex_supervisor.events import ChildLaunched, Event, WaitingForReset
 from codex_supervisor.quota import UsageEndpointSource
 from codex_supervisor.snapshots import WindowKind
 from codex_supervisor.supervisor import Supervisor, SupervisorConfig
-from codex_supervisor.testing import FakeCodexBackend, hermetic_env, offline_flags
+from codex_supervisor.testing import FakeCodexBackend, hermetic_env
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CODEX = (
-    REPO
-    / ".cache/codex/0.169.0/node_modules/@openai/codex-linux-x64"
-    / "vendor/x86_64-unknown-linux-musl/bin/codex"
-)
 CLI = REPO / "examples" / "cli.py"
 BLOCK_SECONDS = 600
 LIFT_GOAL_S = 2.0
@@ -75,45 +67,6 @@ pool = AccountPool(root=Path(sys.argv[1]), base_codex_home=Path(sys.argv[2]))
 pool.clear_cooldowns(sys.argv[3])
 print(repr(time.time()), flush=True)
 """
-
-
-def _emit(out: Any, name: str, **figures: object) -> None:
-    out.write(json.dumps({"benchmark": name, **figures}) + "\n")
-    out.flush()
-
-
-def _ms(values: list[float]) -> dict[str, float]:
-    return {
-        "median_ms": round(statistics.median(values) * 1000, 1),
-        "max_ms": round(max(values) * 1000, 1),
-    }
-
-
-@contextlib.contextmanager
-def _quiet_stdio(log: Path) -> Iterator[None]:
-    """Give in-process children /dev/null as stdin and a log file as stdout/stderr."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(fd) for fd in (0, 1, 2)]
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    sink = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.dup2(devnull, 0)
-        os.dup2(sink, 1)
-        os.dup2(sink, 2)
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, copy in zip((0, 1, 2), saved, strict=True):
-            os.dup2(copy, fd)
-            os.close(copy)
-        os.close(devnull)
-        os.close(sink)
-
-
-def _exec(*rest: str) -> list[str]:
-    return ["exec", "--skip-git-repo-check", *offline_flags(), *rest]
 
 
 @attrs.frozen
@@ -176,7 +129,7 @@ async def _first_wait(world: _World, codex: Path) -> float:
         environ=world.env,
     )
     started = time.perf_counter()
-    result = await asyncio.wait_for(supervisor.run(_exec("wait"), cwd=world.work), 120)
+    result = await asyncio.wait_for(supervisor.run(exec_argv("wait"), cwd=world.work), 120)
     if not waited or result.exit_code != 130:
         raise RuntimeError(f"expected a wait stopped with 130, got {result}")
     return waited[0] - started
@@ -195,7 +148,7 @@ def bench_first_wait(
             if mode == "warm":
                 asyncio.run(_store_fresh_quota(world.pool))
             samples.append(asyncio.run(_first_wait(world, codex)))
-        _emit(out, f"wait_first_event_{mode}", runs=runs, start_to_first_wait=_ms(samples))
+        emit(out, f"wait_first_event_{mode}", runs=runs, start_to_first_wait=ms(samples))
 
 
 # -- (2) another process lifts a cooldown during the wait --------------------------------
@@ -217,7 +170,7 @@ async def _lift(backend: FakeCodexBackend, world: _World, codex: Path) -> tuple[
         sink=sink,
         environ=world.env,
     )
-    task = asyncio.create_task(supervisor.run(_exec("go"), cwd=world.work))
+    task = asyncio.create_task(supervisor.run(exec_argv("go"), cwd=world.work))
     try:
         await asyncio.wait_for(waiting.wait(), 60)
         cleared = await asyncio.to_thread(
@@ -256,12 +209,12 @@ def bench_lift(out: Any, backend: FakeCodexBackend, codex: Path, tmp: Path, runs
         launch, request = asyncio.run(_lift(backend, world, codex))
         to_launch.append(launch)
         to_request.append(request)
-    _emit(
+    emit(
         out,
         "lift_to_launch",
         runs=runs,
-        lift_to_child_launched=_ms(to_launch),
-        lift_to_first_request=_ms(to_request),
+        lift_to_child_launched=ms(to_launch),
+        lift_to_first_request=ms(to_request),
         goal_ms=LIFT_GOAL_S * 1000,
         within_goal=max(to_launch) < LIFT_GOAL_S,
     )
@@ -282,7 +235,7 @@ def _signal_to_exit(world: _World, codex: Path, sig: signal.Signals) -> float:
         str(codex),
         "run",
         "--",
-        *_exec("-C", str(world.work), "wait"),
+        *exec_argv("-C", str(world.work), "wait"),
     ]
     proc = subprocess.Popen(
         argv,
@@ -330,10 +283,10 @@ def bench_signal(out: Any, backend: FakeCodexBackend, codex: Path, tmp: Path, ru
             root.mkdir()
             world = _blocked_pool(backend, root, f"{sig.name.lower()}-{i}")
             samples.append(_signal_to_exit(world, codex, sig))
-        figures: dict[str, object] = {"runs": runs, "signal_to_exit": _ms(samples)}
+        figures: dict[str, object] = {"runs": runs, "signal_to_exit": ms(samples)}
         if sig is signal.SIGINT:
             figures.update(goal_ms=SIGINT_GOAL_S * 1000, within_goal=max(samples) < SIGINT_GOAL_S)
-        _emit(out, f"signal_to_exit_{sig.name.lower()}", **figures)
+        emit(out, f"signal_to_exit_{sig.name.lower()}", **figures)
 
 
 def main() -> None:
@@ -349,10 +302,10 @@ def main() -> None:
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     with FakeCodexBackend() as backend, tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        _emit(out, "wait_setup", codex=str(codex), runs=args.runs, block_s=BLOCK_SECONDS)
+        emit(out, "wait_setup", codex=str(codex), runs=args.runs, block_s=BLOCK_SECONDS)
         log = tmp / "children.log"
         try:
-            with _quiet_stdio(log):
+            with quiet_stdio(log):
                 bench_first_wait(out, backend, codex, tmp, args.runs)
                 bench_lift(out, backend, codex, tmp, args.runs)
                 bench_signal(out, backend, codex, tmp, args.runs)
@@ -361,7 +314,7 @@ def main() -> None:
                 sys.stderr.write(log.read_text(errors="replace")[-4000:])
             raise
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    _emit(out, "benchmark_process", peak_rss_mib=round(peak_kib / 1024, 1))
+    emit(out, "benchmark_process", peak_rss_mib=round(peak_kib / 1024, 1))
     out.close()
 
 

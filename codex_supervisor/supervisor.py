@@ -260,6 +260,7 @@ class _ChildRun:
     reader: RolloutReader | None = None
     turns_at_launch: int = 0
     prewarm: asyncio.Task[str | None] | None = None
+    turns_started: int = 0  # turns this child started (not the session's earlier ones)
     # The last rate limits this child's rollout reported: the evidence of a
     # failed turn (what the 429 said), which a later probe must not replace.
     rollout_quota: QuotaSnapshot | None = None
@@ -287,8 +288,12 @@ class _ChildRun:
         """
         if self.reader is None:
             return False
-        phase = self.reader.state.phase
-        return phase is TurnPhase.IDLE or (phase is TurnPhase.UNKNOWN and not self.prompt_in_argv)
+        if self.prompt_in_argv:
+            # Its prompt must have started its turn (a resumed session reads
+            # as idle from its earlier turns before that), and that turn
+            # must be over.
+            return self.turns_started > 0 and self.reader.state.phase is TurnPhase.IDLE
+        return self.reader.state.phase in (TurnPhase.IDLE, TurnPhase.UNKNOWN)
 
     def successor(self) -> str | None:
         task = self.prewarm
@@ -851,6 +856,7 @@ class Supervisor:
                 run.rollout_quota = record.snapshot
                 await self.selector.record(record.snapshot)
             elif isinstance(record, TurnStarted):
+                run.turns_started += 1
                 await self._learn_turn_cost(run)
             elif isinstance(record, TurnCompleted) and record.error is None:
                 # The usage endpoint also sees what the rollout cannot (the

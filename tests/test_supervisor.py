@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 
 from codex_supervisor import errors
 from codex_supervisor.accounts import AccountPool
+from codex_supervisor.codex_cli import parse_argv
 from codex_supervisor.events import (
     AccountSelected,
     ChildExited,
@@ -28,7 +30,8 @@ from codex_supervisor.events import (
 from codex_supervisor.policy import TurnCosts
 from codex_supervisor.process import Child, SignalWatcher, launch
 from codex_supervisor.quota import WindowKind
-from codex_supervisor.supervisor import Supervisor, SupervisorConfig, _Rotate
+from codex_supervisor.sessions import RolloutReader
+from codex_supervisor.supervisor import Supervisor, SupervisorConfig, _ChildRun, _Rotate
 from codex_supervisor.testing import Behaviour, FakeCodexBackend, install_simulator
 
 pytestmark = pytest.mark.anyio
@@ -484,3 +487,39 @@ async def test_another_sessions_cooldown_does_not_cut_a_healthy_turn(sim_world: 
     [request] = sim_world.backend.responses_requests()
     assert request.status == 200
     assert "the long job" in request.input_texts
+
+
+def test_a_child_with_a_prompt_is_safe_to_stop_only_after_its_turn(tmp_path: Path) -> None:
+    """A resumed session reads as idle before its new prompt ran: not a boundary for that child."""
+    rollout = tmp_path / "rollout.jsonl"
+    lines = [
+        {"type": "event_msg", "payload": {"type": "task_started", "turn_id": "old"}},
+        {"type": "event_msg", "payload": {"type": "task_complete", "turn_id": "old"}},
+    ]
+    rollout.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    reader = RolloutReader(rollout, account="beta")
+    reader.read()
+    assert reader.state.at_boundary
+
+    def child_run(*, prompt: bool) -> _ChildRun:
+        return _ChildRun(
+            inv=parse_argv(["resume", "x"]),
+            child=None,  # type: ignore[arg-type]
+            account="beta",
+            home=tmp_path,
+            workdir=tmp_path,
+            launched_at=datetime.now(UTC),
+            binder=None,  # type: ignore[arg-type]
+            binding=None,
+            known_session="x",
+            prompt_in_argv=prompt,
+            bind_deadline=0.0,
+            last_passive=0.0,
+            reader=reader,
+        )
+
+    with_prompt = child_run(prompt=True)
+    assert not with_prompt.safe_to_stop()  # the continuation prompt has not run yet
+    with_prompt.turns_started = 1
+    assert with_prompt.safe_to_stop()
+    assert child_run(prompt=False).safe_to_stop()

@@ -94,6 +94,8 @@ DEFAULT_CONTINUATION_PROMPT = (
 )
 
 _T = TypeVar("_T")
+#: Invocations that continue a session whose rollout already holds turns.
+_CONTINUING = frozenset({Mode.RESUME, Mode.EXEC_RESUME, Mode.FORK})
 #: Turn starts further apart than this are not one turn's cost.
 _MAX_TURN_GAP = timedelta(minutes=30)
 
@@ -261,6 +263,8 @@ class _ChildRun:
     turns_at_launch: int = 0
     prewarm: asyncio.Task[str | None] | None = None
     turns_started: int = 0  # turns this child started (not the session's earlier ones)
+    caught_up: bool = False  # the session's earlier lines were read before following
+    can_restart: bool = True  # the restart budget allows one more rotation
     # The last rate limits this child's rollout reported: the evidence of a
     # failed turn (what the 429 said), which a later probe must not replace.
     rollout_quota: QuotaSnapshot | None = None
@@ -269,15 +273,22 @@ class _ChildRun:
     def session_id(self) -> str | None:
         return None if self.binding is None else self.binding.session_id
 
-    def last_error(self) -> str | None:
-        # Only a turn that ended under this child counts: a resumed session's
-        # last turn may have failed under the previous account.
+    def limit_failure(self) -> str | None:
+        """The usage-limit error of this child's last turn, if that turn is over and failed so.
+
+        Only a turn that ended under this child counts (a resumed session's
+        last turn may have failed under the previous account), only while no
+        later turn runs (an old error must not make a healthy turn look
+        failed), and only a usage-limit error (a dropped stream is not the
+        account running out).
+        """
         if self.reader is None:
             return None
         state = self.reader.state
-        if state.turns_completed > self.turns_at_launch and state.last_error is not None:
-            return state.last_error.codex_error_info
-        return None
+        if state.phase is not TurnPhase.IDLE or state.turns_completed <= self.turns_at_launch:
+            return None
+        error = None if state.last_error is None else state.last_error.codex_error_info
+        return error if error in USAGE_LIMIT_ERRORS else None
 
     def safe_to_stop(self) -> bool:
         """No turn in flight and no prompt of this child's still to be sent.
@@ -288,12 +299,17 @@ class _ChildRun:
         """
         if self.reader is None:
             return False
+        state = self.reader.state
+        phase = state.phase
+        if phase is TurnPhase.IN_TURN and self.turns_started == 0 and self.caught_up:
+            # A turn marker from before this child: its writer died mid-turn.
+            phase = TurnPhase.IDLE
+        ran_own_turn = self.turns_started > 0 or state.turns_completed > self.turns_at_launch
         if self.prompt_in_argv:
-            # Its prompt must have started its turn (a resumed session reads
-            # as idle from its earlier turns before that), and that turn
-            # must be over.
-            return self.turns_started > 0 and self.reader.state.phase is TurnPhase.IDLE
-        return self.reader.state.phase in (TurnPhase.IDLE, TurnPhase.UNKNOWN)
+            # Its prompt must have run its turn (a resumed session reads as
+            # idle from its earlier turns before that), and that turn ended.
+            return ran_own_turn and phase is TurnPhase.IDLE
+        return phase in (TurnPhase.IDLE, TurnPhase.UNKNOWN)
 
     def successor(self) -> str | None:
         task = self.prewarm
@@ -579,6 +595,7 @@ class Supervisor:
                 session_id,
                 resumed=resumed,
                 prompt_in_argv=prompt_in_argv,
+                can_restart=budget > 0,
                 signals=signals,
             )
             session_id = outcome.session_id or session_id
@@ -604,7 +621,9 @@ class Supervisor:
                 if isinstance(slept, signal.Signals):
                     return result(128 + int(slept), int(slept))
                 continue
-            if outcome.exhausted:
+            if not outcome.exhausted:
+                failures.pop(account, None)  # it ran fine: a later failure starts afresh
+            else:
                 failures[account] = failures.get(account, 0) + 1
                 await self.selector.cool_down(
                     account,
@@ -659,7 +678,12 @@ class Supervisor:
         if outcome.successor is not None and outcome.successor != account:
             candidates = await self.selector.candidates()
             chosen = next((c for c in candidates if c.name == outcome.successor), None)
-            if chosen is not None and self.policy.launchable(chosen, self.clock.now()):
+            usable = (
+                self.policy.can_take_turn
+                if self.policy.pause_when_drained
+                else self.policy.launchable
+            )
+            if chosen is not None and usable(chosen, self.clock.now()):
                 return outcome.successor
         return await self._select(signals, avoid=account)
 
@@ -673,6 +697,7 @@ class Supervisor:
         *,
         resumed: bool,
         prompt_in_argv: bool,
+        can_restart: bool,
         signals: SignalWatcher,
     ) -> _Outcome:
         # Links only, no lock: quick enough for the loop, and on the cutover path.
@@ -700,6 +725,7 @@ class Supervisor:
                         stdin=stdin,
                         resumed=resumed,
                         prompt_in_argv=prompt_in_argv,
+                        can_restart=can_restart,
                         signals=signals,
                     )
             finally:
@@ -719,6 +745,7 @@ class Supervisor:
         stdin: int | None,
         resumed: bool,
         prompt_in_argv: bool,
+        can_restart: bool,
         signals: SignalWatcher,
     ) -> _Outcome:
         launched_at = self.clock.now()
@@ -748,6 +775,7 @@ class Supervisor:
                 binding=binder.find_by_id(session_id) if session_id else None,
                 known_session=session_id,
                 prompt_in_argv=prompt_in_argv,
+                can_restart=can_restart,
                 bind_deadline=self.clock.monotonic() + self.config.bind_timeout,
                 last_passive=self.clock.monotonic(),
             )
@@ -824,12 +852,14 @@ class Supervisor:
                 run.bind_deadline = float("inf")
         if run.binding is not None and run.reader is None:
             run.reader = RolloutReader(run.binding.path, account=run.account)
-            if run.known_session is not None:
-                # An existing session: catch up without attributing its old
-                # rate limits (written under earlier accounts) or its old
-                # failed turns to this one.
+            if run.known_session is not None or run.inv.mode in _CONTINUING:
+                # An existing session (known before launch, or found after it
+                # by name, picker or fork): catch up without attributing its
+                # old rate limits (written under earlier accounts), its old
+                # turns or its old failed turns to this child.
                 run.reader.read()
                 run.turns_at_launch = run.reader.state.turns_completed
+                run.caught_up = True
 
     def _bind_finished(self, run: _ChildRun) -> None:
         if run.binding is not None:
@@ -911,9 +941,13 @@ class Supervisor:
             return None  # removed from the pool meanwhile: leave the child alone
         others = [c for c in candidates if c.name != run.account]
         now = self.clock.now()
-        last_error = run.last_error()
+        last_error = run.limit_failure()
         decision = self.policy.decide(current, others, now, last_turn_error=last_error)
         if isinstance(decision, Continue):
+            return None
+        if last_error is None and not run.can_restart:
+            # No rotation left in the budget: stopping a healthy child now
+            # would only end the run. Keep it; its own failure still ends it.
             return None
         safe = run.safe_to_stop()
         if isinstance(decision, Prewarm) or (
@@ -957,6 +991,12 @@ class Supervisor:
         # RotateNow or WaitUntil, and this child's turn failed on the limit or
         # none is in flight: nothing is lost by stopping now.
         await run.child.stop(self.config.stop)
+        # A new cooldown only for evidence of running out (this child's own
+        # failure, or data showing the limit); a block already on record
+        # (another session's) needs no second, guessed one.
+        ran_out = last_error is not None or (
+            self.policy.pressure(current.name, current.snapshot, now).limit_reached
+        )
         return _Rotate(
             returncode=run.child.returncode or 0,
             session_id=run.session_id,
@@ -965,15 +1005,15 @@ class Supervisor:
             # continuation prompt. An idle, exhausted account just moves.
             immediate=last_error is not None,
             successor=decision.successor if isinstance(decision, RotateNow) else None,
-            exhausted=True,
+            exhausted=ran_out,
             # The failed turn's own rate limits: a probe that landed since
             # may lag behind the 429 that ended it.
             snapshot=run.rollout_quota if last_error is not None else current.snapshot,
         )
 
     async def _after_exit(self, run: _ChildRun, code: int) -> _Outcome:
-        last_error = run.last_error()
-        if run.inv.is_exec and code != 0 and last_error in USAGE_LIMIT_ERRORS:
+        last_error = run.limit_failure()
+        if run.inv.is_exec and code != 0 and last_error is not None:
             return _Rotate(
                 returncode=code,
                 session_id=run.session_id,

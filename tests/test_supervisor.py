@@ -30,7 +30,7 @@ from codex_supervisor.events import (
 from codex_supervisor.policy import TurnCosts
 from codex_supervisor.process import Child, SignalWatcher, launch
 from codex_supervisor.quota import WindowKind
-from codex_supervisor.sessions import RolloutReader
+from codex_supervisor.sessions import RolloutReader, TurnPhase
 from codex_supervisor.supervisor import Supervisor, SupervisorConfig, _ChildRun, _Rotate
 from codex_supervisor.testing import Behaviour, FakeCodexBackend, install_simulator
 
@@ -516,10 +516,18 @@ def test_a_child_with_a_prompt_is_safe_to_stop_only_after_its_turn(tmp_path: Pat
             bind_deadline=0.0,
             last_passive=0.0,
             reader=reader,
+            turns_at_launch=reader.state.turns_completed,  # as the catch-up sets it
+            caught_up=True,
         )
 
     with_prompt = child_run(prompt=True)
     assert not with_prompt.safe_to_stop()  # the continuation prompt has not run yet
     with_prompt.turns_started = 1
     assert with_prompt.safe_to_stop()
+    assert child_run(prompt=False).safe_to_stop()
+    # A dangling task_started from a writer killed mid-turn is not this child's turn.
+    with rollout.open("a") as fh:
+        fh.write(json.dumps(lines[0]) + "\n")
+    reader.read()
+    assert reader.state.phase is TurnPhase.IN_TURN
     assert child_run(prompt=False).safe_to_stop()

@@ -803,22 +803,17 @@ def _lifted_by(cooldown: Cooldown, snapshot: QuotaSnapshot) -> bool:
     window that has rolled over since: the same period showing room is
     lagging data, not a reset (the usage endpoint can trail a 429). A block
     of a known window lifts when that window now resets after the block ends
-    and has room. A guessed block (kind ``OTHER``: the reset was unknown)
-    lifts when every window has room and one of them started its current
-    period after the block was recorded — a mere probe showing room is
-    exactly what failed to explain the 429, so it lifts nothing.
+    and has room. A guessed block (kind ``OTHER``: no data could say which
+    window ran out) is never lifted by an observation — a probe showing room
+    is exactly what failed to explain the 429, and an unused window's reset
+    time can move with the clock — it ends by itself (its backoff doubles
+    with each failure), or is replaced by a known block, or is lifted by a
+    person (``clear_cooldowns``).
     """
+    if cooldown.window is WindowKind.OTHER:
+        return False
     if snapshot.observed_at <= cooldown.recorded_at or snapshot.limit_reached:
         return False
-    if cooldown.window is WindowKind.OTHER:
-        if not snapshot.windows or any(w.used_percent >= 100.0 for w in snapshot.windows):
-            return False
-        return any(
-            w.resets_at is not None
-            and w.window_minutes is not None
-            and w.resets_at - timedelta(minutes=w.window_minutes) > cooldown.recorded_at + _JITTER
-            for w in snapshot.windows
-        )
     window = snapshot.window(cooldown.window)
     if window is None or window.used_percent >= 100.0:
         return False

@@ -431,20 +431,22 @@ def test_an_observation_of_a_new_window_lifts_its_block(pool: AccountPool) -> No
     assert pool.get("alpha").cooldowns == ()
 
 
-def test_a_guessed_block_lifts_only_when_a_window_rolls_over(pool: AccountPool) -> None:
-    """An `other` block survives probes showing room; a window that started afresh lifts it."""
+def test_a_guessed_block_is_never_lifted_by_an_observation(pool: AccountPool) -> None:
+    """An `other` block survives probes showing room, even a rolled-over window; it expires."""
     now = _now()
     pool.set_cooldown(
         "beta", window=WindowKind.OTHER, blocked_until=now + timedelta(minutes=15), reason="?"
     )
-    pool.record_snapshot(_snap("beta", 10, observed=now - timedelta(seconds=5)))
-    # The same period showing room is what failed to explain the 429: no lift.
     pool.record_snapshot(_snap("beta", 10, resets_in=3600, observed=now + timedelta(seconds=1)))
-    assert len(pool.get("beta").cooldowns) == 1
-    # A five-hour window whose period began after the block: it rolled over.
     rolled = _snap("beta", 2, resets_in=5 * 3600, observed=now + timedelta(minutes=3))
     pool.record_snapshot(rolled)
-    assert pool.get("beta").cooldowns == ()
+    [guess] = pool.get("beta").cooldowns
+    assert guess.window is WindowKind.OTHER
+    # A block of a known window replaces it.
+    pool.set_cooldown(
+        "beta", window=WindowKind.WEEKLY, blocked_until=now + timedelta(days=1), reason="429"
+    )
+    assert [c.window for c in pool.get("beta").cooldowns] == [WindowKind.WEEKLY]
 
 
 def test_clear_cooldowns_by_window(pool: AccountPool) -> None:

@@ -19,6 +19,6 @@ def decode_jwt_claims(token: object) -> dict[str, Any]:
     payload = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # bad base64, UTF-8 or JSON; nested too deep
         return {}
     return claims if isinstance(claims, dict) else {}

@@ -36,7 +36,7 @@ import stat
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, final
 
@@ -171,6 +171,8 @@ def identity_from_auth(data: bytes | str | Mapping[str, Any]) -> Identity:
             auth = json.loads(data)
         except ValueError as exc:
             raise AuthError("auth.json is not valid JSON") from exc
+        except RecursionError as exc:
+            raise AuthError("auth.json is nested too deeply") from exc
     if not isinstance(auth, Mapping):
         raise AuthError("auth.json is not a JSON object")
     tokens = auth.get("tokens")
@@ -200,11 +202,14 @@ def identity_from_auth(data: bytes | str | Mapping[str, Any]) -> Identity:
 
 
 def _last_refresh(data: bytes) -> datetime | None:
+    """The ``last_refresh`` of an auth.json, aware (UTC if naive); None if unreadable."""
     try:
         value = json.loads(data).get("last_refresh")
-        return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-    except (ValueError, AttributeError, TypeError):
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return None
+    # A naive time compared with an aware one would raise TypeError.
+    return parsed.replace(tzinfo=UTC) if parsed and parsed.tzinfo is None else parsed
 
 
 def _read_private_file(path: Path) -> bytes:
@@ -213,6 +218,8 @@ def _read_private_file(path: Path) -> bytes:
         info = path.lstat()
     except FileNotFoundError as exc:
         raise AuthError(f"no auth.json at {path}") from exc
+    except OSError as exc:  # a parent that is a file, no permission, a name too long
+        raise AuthError(f"cannot read {path}: {exc}") from exc
     if stat.S_ISLNK(info.st_mode):
         raise AuthError(f"refusing {path}: it is a symbolic link; pass the real file")
     if not stat.S_ISREG(info.st_mode):
@@ -224,9 +231,26 @@ def _read_private_file(path: Path) -> bytes:
         )
     if info.st_size > _MAX_AUTH_BYTES:
         raise AuthError(f"refusing {path}: {info.st_size} bytes is not an auth.json")
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as fh:
-        return fh.read(_MAX_AUTH_BYTES + 1)
+    try:
+        # O_NOFOLLOW: a link swapped in since lstat fails here (ELOOP).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read(_MAX_AUTH_BYTES + 1)
+    except OSError as exc:
+        raise AuthError(f"cannot read {path}: {exc}") from exc
+
+
+def _warn_if_exposed(auth_path: Path) -> None:
+    """Tighten an account's auth.json that became readable by others, saying so."""
+    try:
+        mode = stat.S_IMODE(auth_path.lstat().st_mode)
+    except FileNotFoundError:
+        return
+    if mode & 0o077:
+        log.warning(
+            "%s was readable or writable by others (mode %o): set back to 600", auth_path, mode
+        )
+        auth_path.chmod(0o600)
 
 
 def _mkdir_private(path: Path) -> None:
@@ -319,6 +343,8 @@ class AccountPool:
             data = json.loads(raw)
         except ValueError as exc:
             raise StateError(self._corrupt_message("not valid JSON")) from exc
+        except RecursionError as exc:
+            raise StateError(self._corrupt_message("nested too deeply")) from exc
         version = data.get("version") if isinstance(data, dict) else None
         if not isinstance(version, int):
             raise StateError(self._corrupt_message("no version"))
@@ -479,6 +505,7 @@ class AccountPool:
         _mkdir_private(home.parent)
         _mkdir_private(home)
         self._link_base_entries(home)
+        _warn_if_exposed(home / "auth.json")
         return home
 
     def _link_base_entries(self, home: Path) -> None:
@@ -494,7 +521,8 @@ class AccountPool:
             if target.is_symlink():
                 if target.readlink() == entry:
                     continue
-                target.unlink()
+                # Another process may relink it at the same moment.
+                target.unlink(missing_ok=True)
             elif target.exists():
                 # Never replace a real file or folder of the account home: it
                 # may hold data. A private sessions/ would hide rollouts from
@@ -502,10 +530,19 @@ class AccountPool:
                 level = logging.WARNING if entry.name in _SHARED_DIRS else logging.DEBUG
                 log.log(level, "account home %s has its own %s; not linking it", home, entry.name)
                 continue
-            target.symlink_to(entry)
+            try:
+                target.symlink_to(entry)
+            except FileExistsError:
+                # Another process preparing the same home linked it first:
+                # fine if it is the same link, else leave what is there.
+                if not (target.is_symlink() and target.readlink() == entry):
+                    log.warning("%s appeared while linking it; left as it is", target)
         for link in home.iterdir():
-            if link.is_symlink() and not link.exists() and link.readlink().parent == base:
-                link.unlink()
+            try:
+                if link.is_symlink() and not link.exists() and link.readlink().parent == base:
+                    link.unlink(missing_ok=True)
+            except OSError:  # removed by another process meanwhile
+                continue
 
     def import_auth(self, name: str, source: Path | str, *, copy: bool = False) -> Account:
         """Add account ``name`` from an existing auth.json, which is **moved**.
@@ -677,11 +714,19 @@ class AccountPool:
         The access token is read only here, when a probe needs it, and is
         never cached: Codex may have refreshed it since.
         """
+        # Link what the base home gained since the last launch (a config.toml
+        # added later names the base URL: never send the token elsewhere).
         home = self.account_home(name)
+        if home.is_dir():  # never recreate the home of an account removed meanwhile
+            self._link_base_entries(home)
+        auth_path = home / "auth.json"
         try:
-            auth = json.loads((home / "auth.json").read_bytes())
+            _warn_if_exposed(auth_path)
+            auth = json.loads(auth_path.read_bytes())
         except (OSError, ValueError) as exc:
             raise QuotaUnavailable(f"cannot read the auth.json of {name!r}: {exc}") from exc
+        except RecursionError as exc:
+            raise QuotaUnavailable(f"the auth.json of {name!r} is nested too deeply") from exc
         tokens = auth.get("tokens") if isinstance(auth, dict) else None
         access = tokens.get("access_token") if isinstance(tokens, dict) else None
         if not isinstance(access, str) or not access:

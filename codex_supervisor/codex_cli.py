@@ -298,6 +298,7 @@ class Invocation:
     all_sessions: bool = False
     cwd: str | None = None  # the -C/--cd value; exec resume has no -C, the caller uses this
     reason: str = ""  # why PASSTHROUGH
+    subcommand: str | None = None  # the unsupervised subcommand of a PASSTHROUGH, if any
 
     @property
     def is_interactive(self) -> bool:
@@ -346,6 +347,10 @@ class Invocation:
 
 class _Unsupported(Exception):
     """An argv the supervisor does not supervise; the message is the reason."""
+
+    def __init__(self, reason: str, *, subcommand: str | None = None) -> None:
+        super().__init__(reason)
+        self.subcommand = subcommand
 
 
 def _shown(token: str) -> str:
@@ -406,7 +411,7 @@ def _enter_subcommand(ctx: _Context, word: str, *, has_positional: bool) -> _Con
     if has_positional:
         raise _Unsupported(f"a PROMPT before the subcommand {word!r}")
     if word in _PASSTHROUGH_SUBCOMMANDS[ctx]:
-        raise _Unsupported(f"`{ctx.value} {word}` is not supervised")
+        raise _Unsupported(f"`{ctx.value} {word}` is not supervised", subcommand=word)
     return _SUBCOMMANDS[ctx][word]
 
 
@@ -494,7 +499,9 @@ def parse_argv(argv: Sequence[str]) -> Invocation:
     try:
         return _classify(args)
     except _Unsupported as exc:
-        return Invocation(mode=Mode.PASSTHROUGH, argv=args, reason=str(exc))
+        return Invocation(
+            mode=Mode.PASSTHROUGH, argv=args, reason=str(exc), subcommand=exc.subcommand
+        )
     except Exception as exc:  # noqa: BLE001 - a parser bug must not stop the user's codex
         logger.warning("codex_cli.parse_failed error=%r", exc)
         return Invocation(mode=Mode.PASSTHROUGH, argv=args, reason=f"unreadable argv ({exc!r})")

@@ -7,6 +7,11 @@ The library reads these variables (and no others):
 ``CODEX_HOME``
     The user's base Codex home (default ``~/.codex``), whose config, prompts,
     skills and sessions every account home links to.
+``CODEX_CA_CERTIFICATE``, ``SSL_CERT_FILE``
+    The PEM bundle Codex adds to the roots it trusts; the first one set (and
+    not empty) wins, as in Codex. The usage probe trusts the same bundle.
+``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY`` (either case)
+    The proxies Codex's HTTP clients use; the usage probe uses them too.
 
 Every child the library starts gets :func:`child_environment`: the caller's
 environment minus every variable that could carry one of the library's
@@ -21,14 +26,20 @@ from pathlib import Path
 
 __all__ = [
     "ENV_BASE_CODEX_HOME",
+    "ENV_CA_CERTIFICATE",
     "ENV_POOL_HOME",
+    "ENV_SSL_CERT_FILE",
+    "ca_bundle",
     "child_environment",
     "default_base_codex_home",
     "default_pool_root",
+    "proxy_environment",
 ]
 
 ENV_POOL_HOME = "CODEX_SUPERVISOR_HOME"
 ENV_BASE_CODEX_HOME = "CODEX_HOME"
+ENV_CA_CERTIFICATE = "CODEX_CA_CERTIFICATE"
+ENV_SSL_CERT_FILE = "SSL_CERT_FILE"
 
 # Variables a child must never inherit: ours may carry secrets and configure a
 # supervisor, which a child has no business seeing. CODEX_HOME is replaced by
@@ -70,3 +81,33 @@ def child_environment(codex_home: Path, environ: Mapping[str, str] | None = None
     }
     env[ENV_BASE_CODEX_HOME] = str(codex_home)
     return env
+
+
+def ca_bundle(environ: Mapping[str, str] | None = None) -> tuple[str, Path] | None:
+    """The CA bundle Codex trusts in ``environ``: ``(variable, path)``, or None.
+
+    ``CODEX_CA_CERTIFICATE`` wins over ``SSL_CERT_FILE``; an empty value counts
+    as unset (Codex does the same, so ``VAR=""`` never names the current folder).
+    """
+    env = _env(environ)
+    for name in (ENV_CA_CERTIFICATE, ENV_SSL_CERT_FILE):
+        value = env.get(name)
+        if value:
+            return name, Path(value)
+    return None
+
+
+def proxy_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The proxy variables of ``environ``, keyed ``http``, ``https``, ``all``, ``no``.
+
+    The lowercase spelling wins over the uppercase one, as in :mod:`urllib`
+    (and so in httpx); empty values count as unset.
+    """
+    env = _env(environ)
+    found: dict[str, str] = {}
+    for scheme in ("http", "https", "all", "no"):
+        name = f"{scheme}_proxy"
+        value = env.get(name) or env.get(name.upper())
+        if value:
+            found[scheme] = value
+    return found

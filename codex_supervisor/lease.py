@@ -586,6 +586,8 @@ class FileLeaseBackend:
             data = json.loads(raw) if len(raw) <= _MAX_RECORD_BYTES else None
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
             return _Unreadable(path, mtime, f"not JSON: {exc}", garbage=True)
+        except RecursionError:
+            return _Unreadable(path, mtime, "nested too deeply", garbage=True)
         if data is None:
             return _Unreadable(path, mtime, "larger than any record", garbage=True)
         try:

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import tomllib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, final, runtime_checkable
@@ -37,6 +38,7 @@ import attrs
 import httpx
 import tenacity
 
+from ._tls import async_client
 from .clock import Clock, SystemClock
 from .errors import ConfigError, QuotaAuthExpired, QuotaParseError, QuotaUnavailable
 from .snapshots import (
@@ -208,7 +210,11 @@ class UsageEndpointSource:
     readable usage payload raises :class:`~codex_supervisor.errors.QuotaParseError`.
 
     The source closes its HTTP client only if it created it (``aclose`` or
-    ``async with``).
+    ``async with``). The client it creates trusts and routes as Codex does in
+    ``environ`` (default ``os.environ``): the CA bundle of
+    ``CODEX_CA_CERTIFICATE`` or else ``SSL_CERT_FILE`` on top of the system
+    roots, and the ``*_PROXY`` variables; a bundle that cannot be loaded is a
+    :class:`~codex_supervisor.errors.ConfigError` naming it.
     """
 
     _credentials: Callable[[str], Awaitable[UsageCredentials]]
@@ -219,12 +225,14 @@ class UsageEndpointSource:
     timeout: float = attrs.field(default=10.0, kw_only=True, validator=_positive)
     backoff: float = attrs.field(default=0.25, kw_only=True, validator=_non_negative)
     max_backoff: float = attrs.field(default=4.0, kw_only=True, validator=_non_negative)
+    environ: Mapping[str, str] | None = attrs.field(default=None, kw_only=True, repr=False)
     _http: httpx.AsyncClient = attrs.field(init=False, repr=False)
     _owns_client: bool = attrs.field(init=False, default=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self._client is None:
-            self._http = httpx.AsyncClient(timeout=self.timeout)
+            environ = os.environ if self.environ is None else self.environ
+            self._http = async_client(environ, timeout=self.timeout)
             self._owns_client = True
         else:
             self._http = self._client
@@ -275,7 +283,7 @@ class UsageEndpointSource:
             raise QuotaUnavailable(f"usage endpoint for {account!r} answered HTTP {status}")
         try:
             payload = response.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # also invalid UTF-8, or nested too deep
             raise QuotaParseError(f"usage endpoint for {account!r} sent invalid JSON") from exc
         snapshot = QuotaSnapshot.from_usage_payload(
             payload, account=account, observed_at=self._clock.now()

@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import final
 
+from ._tls import ssl_context
 from .accounts import Account, AccountPool, Cooldown
 from .clock import Clock, SystemClock
 from .errors import ConfigError, QuotaError, QuotaUnavailable, StateError
@@ -86,7 +88,11 @@ class AccountSelector:
     selector may serve several event loops one after another, e.g. a
     ``Supervisor`` run per ``asyncio.run``). ``sink`` receives
     :class:`~codex_supervisor.events.QuotaUpdated` and
-    :class:`~codex_supervisor.events.WaitingForReset` events.
+    :class:`~codex_supervisor.events.WaitingForReset` events. That client
+    trusts the CA bundle and uses the proxies of ``environ`` (default
+    ``os.environ``; the ``Supervisor`` passes its children's environment), as
+    Codex does; a bundle that cannot be loaded raises
+    :class:`~codex_supervisor.errors.ConfigError` here, naming its path.
 
     Timing knobs, in seconds: ``stale_after`` (quota older than this is
     probed), ``probe_interval`` (an account is probed at most this often
@@ -113,6 +119,7 @@ class AccountSelector:
         tick: float = 1.0,
         watch_interval: float = 0.25,
         refresh_interval: float = 60.0,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         for name, value in (
             ("stale_after", stale_after),
@@ -139,6 +146,13 @@ class AccountSelector:
         self.refresh_interval = float(refresh_interval)
         #: What a turn costs on each account, learnt from the runs it served.
         self.costs = TurnCosts()
+        #: The environment whose CA bundle and proxies the usage probe uses
+        #: (Codex's own, for the children), default ``os.environ``.
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        if quota is None:
+            # A CA bundle Codex could not load either is a configuration error
+            # now, not an exception inside a background probe later.
+            ssl_context(self.environ)
         self._injected_quota = quota
         self._quota = quota
         self._source: UsageEndpointSource | None = None
@@ -163,7 +177,9 @@ class AccountSelector:
     def quota(self) -> QuotaService:
         """The quota service (created on first use when none was given)."""
         if self._quota is None:
-            self._source = UsageEndpointSource(self.pool.usage_credentials, clock=self.clock)
+            self._source = UsageEndpointSource(
+                self.pool.usage_credentials, clock=self.clock, environ=self.environ
+            )
             self._quota = QuotaService(self._source, ttl=self.stale_after, clock=self.clock)
         return self._quota
 

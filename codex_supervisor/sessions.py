@@ -411,7 +411,7 @@ class RolloutReader:
             return
         kinds = _prefix_types(line)
         if kinds:
-            kind = kinds[0].decode("ascii")
+            kind = kinds[0].decode("ascii", "replace")
             # Only trust the prefix when it names a known top-level type: a
             # payload's own "type" may come first in a reordered line.
             if kind in _KNOWN_TYPES and kind not in _WANTED_TYPES:
@@ -422,7 +422,7 @@ class RolloutReader:
                 return
         try:
             parsed = json.loads(line)
-        except ValueError:  # invalid JSON or UTF-8
+        except (ValueError, RecursionError):  # invalid JSON or UTF-8, or nested too deep
             log.debug("rollout %s: unreadable line skipped", self.path)
             self.lines_skipped += 1
             return
@@ -615,11 +615,14 @@ def read_session_meta(path: Path) -> SessionMeta | None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as fh:
-        first = fh.readline(_FIRST_LINE_LIMIT)
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            first = fh.readline(_FIRST_LINE_LIMIT)
+    except OSError:  # a folder, or a read error
+        return None
     try:
         line = json.loads(first)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the recursion limit
         return None
     record = parse_line(line, account="") if isinstance(line, dict) else None
     return record if isinstance(record, SessionMeta) else None

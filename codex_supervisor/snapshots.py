@@ -358,7 +358,14 @@ def _parsing(what: str) -> Iterator[None]:
         yield
     except QuotaParseError:
         raise
-    except (TypeError, ValueError, OverflowError, KeyError, AttributeError) as exc:
+    except (
+        TypeError,
+        ValueError,
+        OverflowError,
+        KeyError,
+        AttributeError,
+        RecursionError,
+    ) as exc:
         raise QuotaParseError(f"malformed {what}: {exc}") from exc
 
 

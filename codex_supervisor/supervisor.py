@@ -94,6 +94,8 @@ DEFAULT_CONTINUATION_PROMPT = (
 )
 
 _T = TypeVar("_T")
+#: Pass-through commands that read or write credentials: refused under `run`.
+_CREDENTIAL_COMMANDS = frozenset({"login", "logout"})
 #: Invocations that continue a session whose rollout already holds turns.
 _CONTINUING = frozenset({Mode.RESUME, Mode.EXEC_RESUME, Mode.FORK})
 #: Turn starts further apart than this are not one turn's cost.
@@ -395,6 +397,7 @@ class Supervisor:
             sink=self._emit,
             stale_after=self.config.quota_stale_after,
             tick=self.config.countdown_interval,
+            environ=self.environ,
         )
         if selector is not None and selector.sink is None:
             selector.sink = self._emit
@@ -422,7 +425,12 @@ class Supervisor:
     async def run(self, argv: Sequence[str], cwd: Path | str | None = None) -> RunResult:
         """Run ``codex <argv>`` supervised; see the class documentation."""
         inv = parse_argv(list(argv))
-        workdir = Path(inv.cwd or cwd or Path.cwd()).resolve()  # noqa: ASYNC240 - once, at start
+        # The caller's folder, where the child starts while its argv still
+        # carries -C DIR (Codex applies DIR itself: starting in DIR as well
+        # made a relative DIR count twice), and the session's folder, which
+        # binding matches and where an exec resume (which has no -C) runs.
+        base = Path(cwd or Path.cwd())
+        workdir = (base / inv.cwd if inv.cwd else base).resolve()
         in_main = threading.current_thread() is threading.main_thread()
         try:
             async with SignalWatcher(ignore_sigint=False, install=in_main) as signals:
@@ -431,8 +439,8 @@ class Supervisor:
                 if self._stop_requested is not None:  # asked before the watcher existed
                     signals.trigger(self._stop_requested)
                 if inv.mode is Mode.PASSTHROUGH:
-                    return await self._passthrough(inv, workdir, signals)
-                result = await self._supervise(inv, workdir, signals)
+                    return await self._passthrough(inv, base, signals)
+                result = await self._supervise(inv, workdir, base, signals)
                 # Let the after-turn usage probe land (it teaches the next
                 # run what this turn really cost), but never wait long.
                 await self.selector.settle(1.0)
@@ -520,6 +528,15 @@ class Supervisor:
         pooled account's home: ``codex logout`` there would delete a pooled
         login.
         """
+        if inv.subcommand in _CREDENTIAL_COMMANDS:
+            # They act on the credentials of whichever home they run in; a
+            # pool's logins are managed by the pool (import, login, remove).
+            raise ConfigError(
+                f"`codex {inv.subcommand}` is not run under the supervisor: add or renew a "
+                "pooled login with `accounts login NAME` (or AccountPool.login), take one out "
+                "with `accounts remove NAME`; run `codex "
+                f"{inv.subcommand}` directly for your own CODEX_HOME"
+            )
         env = child_environment(self.pool.base_codex_home, self.environ)
         if signals.received is not None:  # stopped before anything started
             sig = int(signals.received)
@@ -554,11 +571,14 @@ class Supervisor:
         return await waiter
 
     async def _supervise(  # noqa: PLR0911, PLR0912, PLR0915 - the rotation loop, in one place
-        self, inv: Invocation, workdir: Path, signals: SignalWatcher
+        self, inv: Invocation, workdir: Path, base: Path, signals: SignalWatcher
     ) -> RunResult:
         if not await self.selector.accounts(fresh=True):
             raise ConfigError(f"the pool at {self.pool.root} has no accounts; add one first")
-        features = features_for(await detect_version(self.config.codex, env=self.environ))
+        # Even `codex --version` gets the child environment: no variable of the
+        # library's own reaches any process it starts.
+        version_env = child_environment(self.pool.base_codex_home, self.environ)
+        features = features_for(await detect_version(self.config.codex, env=version_env))
         session_id = self._initial_session(inv, workdir)
         argv = launch_argv(inv, features)
         budget = self.config.restart_budget
@@ -587,12 +607,15 @@ class Supervisor:
                 return result(128 + int(signals.received), int(signals.received))
             started = self.clock.monotonic()
             used.append(account)
+            # An exec resume drops -C: it runs in the session's folder itself.
+            carries_cd = inv.cwd is not None and not (resumed and inv.is_exec)
             outcome = await self._run_child(
                 inv,
                 argv,
                 account,
                 workdir,
                 session_id,
+                launch_cwd=base if carries_cd else workdir,
                 resumed=resumed,
                 prompt_in_argv=prompt_in_argv,
                 can_restart=budget > 0,
@@ -695,6 +718,7 @@ class Supervisor:
         workdir: Path,
         session_id: str | None,
         *,
+        launch_cwd: Path,
         resumed: bool,
         prompt_in_argv: bool,
         can_restart: bool,
@@ -720,6 +744,7 @@ class Supervisor:
                         account=account,
                         home=home,
                         workdir=workdir,
+                        launch_cwd=launch_cwd,
                         session_id=session_id,
                         env=env,
                         stdin=stdin,
@@ -740,6 +765,7 @@ class Supervisor:
         account: str,
         home: Path,
         workdir: Path,
+        launch_cwd: Path,
         session_id: str | None,
         env: Mapping[str, str],
         stdin: int | None,
@@ -749,7 +775,7 @@ class Supervisor:
         signals: SignalWatcher,
     ) -> _Outcome:
         launched_at = self.clock.now()
-        child = await self._launch([self.config.codex, *argv], env=env, cwd=workdir, stdin=stdin)
+        child = await self._launch([self.config.codex, *argv], env=env, cwd=launch_cwd, stdin=stdin)
         run: _ChildRun | None = None
         try:
             # From here on the child is stopped and reaped whatever happens.

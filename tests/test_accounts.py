@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import logging
 import os
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from codex_supervisor import errors
+from codex_supervisor._jwt import decode_jwt_claims
 from codex_supervisor.accounts import (
     AccountPool,
     AuthMode,
@@ -512,3 +515,107 @@ def test_adopt_auth_takes_only_a_newer_login_of_the_same_account(
     assert json.loads(home_auth.read_text())["tokens"]["refresh_token"] == "rt-newer"
     assert stat.S_IMODE(home_auth.stat().st_mode) == 0o600
     assert newer.exists(), "the source is left in place"
+
+
+# -- hostile auth.json --------------------------------------------------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+DEEP_OBJECT = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
+
+
+def _nested_jwt() -> str:
+    token = make_jwt({"email": "x@example.test"})
+    header, _, signature = token.split(".")
+    payload = base64.urlsafe_b64encode(DEEP_OBJECT).rstrip(b"=").decode()
+    return f"{header}.{payload}.{signature}"
+
+
+@pytest.mark.parametrize("content", [DEEP, b'{"tokens": ' + DEEP_OBJECT + b"}"])
+def test_deeply_nested_auth_json_is_an_auth_error(content: bytes) -> None:
+    """An auth.json nested past the recursion limit raises AuthError, not RecursionError."""
+    with pytest.raises(errors.AuthError):
+        identity_from_auth(content)
+
+
+def test_jwt_with_a_deeply_nested_payload_has_no_claims() -> None:
+    """A nested id_token payload reads as no claims: AuthError without an account id."""
+    assert decode_jwt_claims(_nested_jwt()) == {}
+    tokens = {"id_token": _nested_jwt(), "refresh_token": "rt"}
+    with pytest.raises(errors.AuthError):
+        identity_from_auth(json.dumps({"auth_mode": "chatgpt", "tokens": tokens}))
+    identity = identity_from_auth({"tokens": dict(tokens, account_id="acct-1")})
+    assert identity.account_id == "acct-1"
+    assert identity.email is None
+
+
+def test_import_of_a_nested_or_unreachable_auth_json_is_an_auth_error(
+    pool: AccountPool, tmp_path: Path
+) -> None:
+    """import_auth refuses a deeply nested file, and a path it cannot stat, with AuthError."""
+    src = tmp_path / "deep.json"
+    src.write_bytes(DEEP)
+    src.chmod(0o600)
+    with pytest.raises(errors.AuthError):
+        pool.import_auth("a", src)
+    (tmp_path / "plain").write_text("")
+    with pytest.raises(errors.AuthError):
+        pool.import_auth("a", tmp_path / "plain" / "auth.json")
+    assert pool.accounts() == []
+
+
+def test_adopt_over_a_nested_or_naive_last_refresh(pool: AccountPool, tmp_path: Path) -> None:
+    """An unreadable current auth.json or a naive last_refresh never raises from adopt_auth."""
+    pool.import_auth("a", _auth_file(tmp_path / "old-home", "acct-1"))
+    dest = pool.account_home("a") / "auth.json"
+    dest.write_bytes(DEEP)
+    newer = _auth_file(tmp_path / "newer", "acct-1")
+    assert pool.adopt_auth("a", newer)
+    auth = json.loads(newer.read_bytes())
+    auth["last_refresh"] = "2099-01-01T00:00:00"  # no offset
+    newer.write_text(json.dumps(auth))
+    assert pool.adopt_auth("a", newer)
+    assert json.loads(dest.read_bytes())["last_refresh"] == "2099-01-01T00:00:00"
+
+
+def test_an_exposed_auth_json_is_tightened_with_a_warning(
+    base_home: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An account's auth.json chmod'ed 0644 after import is set back to 0600, loudly."""
+    pool = AccountPool(root=tmp_path / "pool", base_codex_home=base_home)
+    pool.import_auth("work", _auth_file(tmp_path / "login", "acct-1"))
+    auth = pool.account_home("work") / "auth.json"
+    auth.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="codex_supervisor.accounts"):
+        pool.prepare_home("work")
+    assert stat.S_IMODE(auth.stat().st_mode) == 0o600
+    assert "readable or writable by others" in caplog.text
+
+
+def test_a_base_config_added_later_reaches_the_usage_probe(base_home: Path, tmp_path: Path) -> None:
+    """usage_credentials links a config.toml the base home gained after the account was added."""
+    pool = AccountPool(root=tmp_path / "pool", base_codex_home=base_home)
+    pool.import_auth("work", _auth_file(tmp_path / "login", "acct-1"))
+    (base_home / "config.toml").write_text(
+        'chatgpt_base_url = "https://127.0.0.1:9/backend-api/"\n'
+    )
+    creds = asyncio.run(pool.usage_credentials("work"))
+    assert creds.base_url.startswith("https://127.0.0.1:9/")
+
+
+def test_prepare_home_tolerates_a_concurrent_preparer(base_home: Path, tmp_path: Path) -> None:
+    """Two processes preparing one home at once never fail a launch with FileExistsError."""
+    pool = AccountPool(root=tmp_path / "pool", base_codex_home=base_home)
+    pool.import_auth("work", _auth_file(tmp_path / "login", "acct-1"))
+    for index in range(20):
+        (base_home / f"entry-{index}").mkdir()
+    script = (
+        "import sys; from codex_supervisor.accounts import AccountPool; "
+        "p = AccountPool(root=sys.argv[1], base_codex_home=sys.argv[2]); "
+        "[p.prepare_home('work') for _ in range(30)]"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(pool.root), str(base_home)])
+        for _ in range(4)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    assert all((pool.account_home("work") / f"entry-{i}").is_symlink() for i in range(20))

@@ -100,6 +100,11 @@ for line in sys.stdin:
         events[params["turnId"]].set()
     elif method == "fake/echo":
         send({"id": rid, "result": {"params": params}})
+    elif method == "fake/deep":
+        with lock:  # a line json.loads cannot decode (RecursionError), then the answer
+            sys.stdout.write("[" * 100000 + "]" * 100000 + "\n")
+            sys.stdout.flush()
+        send({"id": rid, "result": {"after": "deep"}})
     elif method == "fake/broadcast":
         send({"id": rid, "result": {}})
         send({"method": "account/rateLimits/updated", "params": {"rateLimits": {}}})
@@ -577,3 +582,74 @@ async def test_upstream_dying_before_handshake_returns_1(
         assert await broker.serve() == 1
     assert not (short_dir / "b.sock").exists()
     assert not (short_dir / "b.pid").exists()
+
+
+async def test_a_too_deeply_nested_upstream_line_is_skipped(
+    running: tuple[AppServerBroker, asyncio.Task[int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A line that makes json.loads raise RecursionError is skipped; the broker keeps serving."""
+    broker, task = running
+    a = await Conn.open(broker.socket_path)
+    with caplog.at_level(logging.WARNING, logger="codex_supervisor.appserver.broker"):
+        response = await a.request("fake/deep", rid=9)
+    assert response["result"] == {"after": "deep"}
+    assert "too deeply nested" in caplog.text
+    assert (await a.request("fake/echo", {"still": "up"}, rid=10))["result"]
+    assert not task.done()
+    a.close()
+
+
+async def test_a_dead_upstream_reader_counts_as_upstream_death(
+    make_broker: Callable[..., AppServerBroker],
+    short_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """If the upstream reader task dies of any error, clients get EOF and serve() returns 1."""
+    broker = make_broker()
+    task = asyncio.create_task(broker.serve())
+    assert await broker.wait_ready()
+    a = await Conn.open(broker.socket_path)
+    await a.request("broker/ping")
+
+    async def broken(message: dict[str, Any]) -> None:
+        raise RuntimeError("reader bug")
+
+    broker._from_upstream = broken  # type: ignore[method-assign]
+    await a.send({"id": 1, "method": "fake/echo", "params": {}})
+    await a.expect_eof(within=5.0)
+    async with asyncio.timeout(15):
+        assert await task == 1
+    assert "reader bug" in caplog.text
+    assert not (short_dir / "b.sock").exists()
+
+
+async def test_socket_is_private_whatever_the_umask(
+    make_broker: Callable[..., AppServerBroker], short_dir: Path
+) -> None:
+    """The socket is created 0600 even under a permissive umask (002)."""
+    broker = make_broker()
+    old = os.umask(0o002)
+    try:
+        task = asyncio.create_task(broker.serve())
+        assert await broker.wait_ready()
+    finally:
+        os.umask(old)
+    try:
+        mode = (short_dir / "b.sock").stat().st_mode & 0o777
+        assert mode == 0o600, oct(mode)
+    finally:
+        broker.request_shutdown("test")
+        async with asyncio.timeout(15):
+            assert await task == 0
+
+
+def test_peer_check_refuses_another_uid() -> None:
+    """The peer-credential check accepts our own uid and refuses any other one, with a reason."""
+    from codex_supervisor.appserver.broker import _peer_refusal
+
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with left, right:
+        assert _peer_refusal(left, uid=os.getuid()) is None
+        reason = _peer_refusal(left, uid=os.getuid() + 1)
+        assert reason is not None
+        assert str(os.getuid()) in reason

@@ -477,3 +477,48 @@ async def test_cancelled_waiter_interrupts(spawn: Any, fake_codex: Path, no_leak
         with pytest.raises(asyncio.CancelledError):
             await waiter
     assert interrupts(fake_codex) == [{"threadId": "thr-1", "turnId": "turn-1"}]
+
+
+async def test_a_deeply_nested_line_is_skipped_not_fatal(
+    tmp_path: Path, no_leaks: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A line nested past the recursion limit is logged and skipped; the transport stays up."""
+    path = tmp_path / "s.sock"
+    deep = b"[" * 100_000 + b"]" * 100_000
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            msg = json.loads(line)
+            if "id" not in msg:
+                continue
+            if msg["method"] == "initialize":
+                result: Any = {"userAgent": "sock", "codexHome": "/h"}
+            else:
+                writer.write(deep + b"\n")
+                writer.write(b'{"method":"x","params":' + deep + b"}\n")
+                result = "still alive"
+            writer.write(json.dumps({"id": msg["id"], "result": result}).encode() + b"\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(serve, path=str(path))
+    async with server:
+        client = await AppServerClient.connect_unix(path)
+        try:
+            assert await client.request("deep") == "still alive"
+            assert not client.closed
+        finally:
+            await client.aclose()
+    assert "skipping a malformed line" in caplog.text
+
+
+def test_turn_waiters_have_a_finite_default_stall_bound() -> None:
+    """run_turn and capture_turn give up on a silent turn by default: no waiter hangs for ever."""
+    import inspect
+
+    from codex_supervisor.appserver import turns
+
+    for function in (turns.run_turn, turns.capture_turn):
+        default = inspect.signature(function).parameters["stall_timeout"].default
+        assert default == turns.DEFAULT_STALL_TIMEOUT
+        assert 0 < default < float("inf")

@@ -12,8 +12,10 @@ import asyncio
 import gzip
 import hmac
 import json
+import os
 import random
 import signal
+import sys
 import tarfile
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -34,7 +36,9 @@ from codex_supervisor.appserver.pool import (
     PoolConfig,
     SpawnConfig,
     SpawnContext,
+    launch_app_server,
 )
+from codex_supervisor.process import StopPolicy
 from codex_supervisor.testing import FakeAppServerLauncher, FakeCodexBackend, OffsetClock
 
 pytestmark = pytest.mark.anyio
@@ -909,3 +913,95 @@ async def test_rebalance_does_not_stop_a_key_that_became_active(
         assert await pool.rebalance(lambda _: busy) == []
         assert handle.is_alive()
         assert pool.handle("k") is handle
+
+
+# A stand-in for `codex app-server --listen ws://127.0.0.1:0`: announces its
+# port on stderr as the real one does (after a 200 KiB line with
+# --long-first), serves /readyz, then writes a 200 KiB stderr line and more
+# lines after it.
+_CHATTY_APP_SERVER = r"""
+import http.server, sys, threading
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/readyz" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+if "--long-first" in sys.argv:
+    sys.stderr.write("z" * (200 * 1024) + "\n")
+sys.stderr.write(f"codex app-server listening on: ws://127.0.0.1:{server.server_address[1]}\n")
+sys.stderr.flush()
+
+def chatter():
+    sys.stderr.write("x" * (200 * 1024) + "\n")
+    for number in range(100):
+        sys.stderr.write(f"line {number} " + "y" * 100 + "\n")
+    sys.stderr.write("END-OF-CHATTER\n")
+    sys.stderr.flush()
+
+threading.Thread(target=chatter, daemon=True).start()
+server.serve_forever()
+"""
+
+
+@pytest.mark.parametrize("extra", [(), ("--long-first",)], ids=["after-port", "before-port"])
+async def test_a_stderr_line_over_64_kib_does_not_wedge_the_stderr_drain(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, extra: tuple[str, ...]
+) -> None:
+    """A 200 KiB stderr line is truncated with a logged reason; the lines after it still drain."""
+    script = tmp_path / "chatty_app_server.py"
+    script.write_text(_CHATTY_APP_SERVER)
+    request = LaunchRequest(
+        key="chatty",
+        argv=(sys.executable, str(script), *extra),
+        env=dict(os.environ),
+        cwd=tmp_path,
+        home=tmp_path,
+        ready_timeout=20.0,
+        ready_interval=0.05,
+    )
+    launched = await launch_app_server(request)
+    try:
+        async with asyncio.timeout(10):
+            while "END-OF-CHATTER" not in launched.stderr_tail():
+                assert not any(task.done() for task in launched.background)
+                await asyncio.sleep(0.02)
+        tail = launched.stderr_tail()
+        assert "line 99 " in tail
+        assert "[truncated" in tail
+        assert "x" * (200 * 1024) not in tail
+        assert "truncated" in caplog.text
+    finally:
+        await launched.process.stop(StopPolicy(interrupt_grace=0.0, terminate_grace=1.0))
+        for task in launched.background:
+            task.cancel()
+        await asyncio.gather(*launched.background, return_exceptions=True)
+
+
+def test_line_splitter_bounds_lines_across_any_chunking() -> None:
+    """Lines split the same whatever the chunking; an over-long one is cut once, then resynced."""
+    from codex_supervisor.appserver.pool import _LineSplitter
+
+    data = b"short\n" + b"a" * 100 + b"\nnext\n" + b"b" * 10 + b"\ntail"
+    for size in (1, 3, 7, 64, len(data)):
+        dropped: list[int] = []
+        splitter = _LineSplitter(16, dropped.append)
+        lines = [
+            line
+            for start in range(0, len(data), size)
+            for line in splitter.feed(data[start : start + size])
+        ]
+        lines += splitter.flush()
+        assert lines == [
+            b"short\n",
+            b"a" * 16 + b" ...[truncated]\n",
+            b"next\n",
+            b"b" * 10 + b"\n",
+            b"tail",
+        ], size
+        assert dropped == [101]

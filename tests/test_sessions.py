@@ -29,6 +29,7 @@ from codex_supervisor.sessions import (
     TurnPhase,
     TurnStarted,
     is_session_id,
+    read_session_meta,
     writer_lock,
 )
 from codex_supervisor.testing import FakeCodexBackend, install_simulator
@@ -640,3 +641,42 @@ async def test_two_simulated_sessions_started_together_bind_by_pid(
             assert child.stdin is not None
             child.stdin.close()
             child.wait(timeout=20)
+
+
+# -- deeply nested lines -----------------------------------------------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def test_reader_skips_a_deeply_nested_line(tmp_path: Path) -> None:
+    """A line nested past the recursion limit is skipped like any unreadable line."""
+    _, path = _write_rollout(tmp_path, cwd=tmp_path)
+    with path.open("ab") as fh:
+        fh.write(DEEP + b"\n")
+        fh.write(b'{"type":"event_msg","payload":{"type":"task_started","x":' + DEEP + b"}}\n")
+        fh.write(_event("task_started", turn_id="after").encode())
+    reader = RolloutReader(path)
+    records = reader.read()
+    assert [type(r) for r in records] == [SessionMeta, TurnStarted]
+    assert reader.lines_skipped == 2
+
+
+def test_session_meta_of_a_deeply_nested_first_line_is_none(tmp_path: Path) -> None:
+    """read_session_meta and the binder treat a deeply nested first line as unreadable."""
+    session_id = _uuid7(NOW)
+    _, path = _write_rollout(tmp_path, cwd=tmp_path, session_id=session_id)
+    path.write_bytes(DEEP + b"\n")
+    assert read_session_meta(path) is None
+    binding = SessionBinder(tmp_path).find_by_id(session_id)
+    assert binding is None or binding.meta is None
+
+
+def test_reader_skips_a_non_ascii_type_prefix(tmp_path: Path) -> None:
+    """A "type" value with non-ASCII bytes near the line start is skipped, never fatal."""
+    _, path = _write_rollout(tmp_path, cwd=tmp_path)
+    with path.open("ab") as fh:
+        fh.write(b'{"type":"\xff\xfe","payload":{}}\n')
+        fh.write('{"type":"événement","payload":{}}\n'.encode())
+        fh.write(_event("task_started", turn_id="after").encode())
+    records = RolloutReader(path).read()
+    assert [type(r) for r in records] == [SessionMeta, TurnStarted]

@@ -585,3 +585,47 @@ def test_policy_and_snapshots_import_without_the_http_stack() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def _nested(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth):
+        value = {"x": [value]}
+    return value
+
+
+@pytest.mark.parametrize("depth", [1, 50_000])
+def test_deeply_nested_values_anywhere_are_parse_errors(depth: int) -> None:
+    """Every parser answers a deeply nested value in any position with QuotaParseError."""
+    deep = _nested(depth)
+    parsers: list[tuple[Callable[..., QuotaSnapshot], dict[str, Any], list[tuple[str, ...]]]] = [
+        (
+            QuotaSnapshot.from_usage_payload,
+            USAGE_PAYLOAD,
+            [
+                ("rate_limit", "limit_reached"),
+                ("rate_limit", "primary_window"),
+                ("credits", "unlimited"),
+                ("plan_type",),
+            ],
+        ),
+        (
+            QuotaSnapshot.from_rollout_rate_limits,
+            ROLLOUT_RATE_LIMITS,
+            [("primary",), ("primary", "used_percent"), ("credits", "balance"), ("limit_id",)],
+        ),
+        (
+            QuotaSnapshot.from_app_server,
+            APP_SERVER_SNAPSHOT,
+            [("primary",), ("primary", "resetsAt"), ("credits", "hasCredits"), ("planType",)],
+        ),
+    ]
+    for parse, good, paths in parsers:
+        for path in paths:
+            payload = json.loads(json.dumps(good))
+            target = payload
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = deep
+            with pytest.raises(errors.QuotaParseError):
+                parse(payload, account="a", observed_at=OBSERVED)

@@ -412,10 +412,65 @@ async def test_passthrough_runs_in_the_users_own_home(sim_world: World) -> None:
         environ=sim_world.env,
         launcher=recording,
     )
-    result = await sup.run(["logout"], cwd=sim_world.work)
+    result = await sup.run(["mcp", "list"], cwd=sim_world.work)
     assert result.exit_code == 0
     assert homes == [str(sim_world.base)]
     assert (sim_world.pool.account_home("alpha") / "auth.json").is_file()
+
+
+@pytest.mark.parametrize("argv", [["logout"], ["login"], ["-c", "x=1", "login", "--device-auth"]])
+async def test_login_and_logout_are_refused_under_the_supervisor(
+    sim_world: World, argv: list[str]
+) -> None:
+    """`run -- logout` / `login` would act on a login's credentials: refused, nothing runs."""
+    sim_world.add("alpha")
+    launched: list[Any] = []
+
+    async def recording(argv: Any, *, env: Any, cwd: Any = None, stdin: Any = None) -> Child:
+        launched.append(argv)
+        return await launch(argv, env=env, cwd=cwd, stdin=stdin)
+
+    sup = Supervisor(
+        sim_world.pool,
+        config=SupervisorConfig(codex=str(sim_world.codex)),
+        environ=sim_world.env,
+        launcher=recording,
+    )
+    with pytest.raises(errors.ConfigError, match="accounts login NAME"):
+        await sup.run(argv, cwd=sim_world.work)
+    assert launched == []
+    assert (sim_world.pool.account_home("alpha") / "auth.json").is_file()
+
+
+async def test_a_relative_cd_is_applied_once(sim_world: World) -> None:
+    """`exec -C sub` starts Codex in the caller's folder (Codex applies -C), bound to sub."""
+    sim_world.add("alpha")
+    sub = sim_world.work / "sub"
+    sub.mkdir()
+    cwds: list[str] = []
+
+    async def recording(argv: Any, *, env: Any, cwd: Any = None, stdin: Any = None) -> Child:
+        cwds.append(str(cwd))
+        return await launch(argv, env=env, cwd=cwd, stdin=stdin)
+
+    sup = Supervisor(
+        sim_world.pool,
+        config=SupervisorConfig(codex=str(sim_world.codex), poll_interval=0.05),
+        environ=sim_world.env,
+        sink=sim_world.sink,
+        launcher=recording,
+    )
+    result = await sup.run(_exec("-C", "sub", "hello"), cwd=sim_world.work)
+    assert result.exit_code == 0
+    assert cwds == [str(sim_world.work)]
+    [bound] = sim_world.sink.of(SessionBound)
+    assert _session_cwd(bound.path) == sub.resolve()  # type: ignore[attr-defined]
+
+
+def _session_cwd(rollout: str) -> Path:
+    """The cwd a rollout's session_meta records."""
+    meta = json.loads(Path(rollout).read_text().splitlines()[0])
+    return Path(meta["payload"]["cwd"]).resolve()
 
 
 async def test_an_exec_whose_turn_succeeded_is_never_stopped(sim_world: World) -> None:
@@ -531,3 +586,31 @@ def test_a_child_with_a_prompt_is_safe_to_stop_only_after_its_turn(tmp_path: Pat
     reader.read()
     assert reader.state.phase is TurnPhase.IN_TURN
     assert child_run(prompt=False).safe_to_stop()
+
+
+async def test_no_library_variable_reaches_any_process_it_starts(
+    sim_world: World, tmp_path: Path
+) -> None:
+    """`codex --version` and every child get the child environment: CODEX_SUPERVISOR_* dropped."""
+    sim_world.add("alpha")
+    seen = tmp_path / "envs"
+    wrapper = tmp_path / "codex-wrapper"
+    wrapper.write_text(
+        f'#!/bin/sh\nenv >> {seen}\necho --- >> {seen}\nexec {sim_world.codex} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    environ = {**sim_world.env, "CODEX_SUPERVISOR_SECRET_TOKEN": "do-not-leak"}
+    sup = Supervisor(
+        sim_world.pool,
+        config=SupervisorConfig(codex=str(wrapper), poll_interval=0.05),
+        environ=environ,
+    )
+    result = await sup.run(_exec("hi"), cwd=sim_world.work)
+    assert result.exit_code == 0
+    dumps = _read(seen).split("---")
+    assert len(dumps) >= 3  # --version, the exec child (and the trailing separator)
+    assert "do-not-leak" not in _read(seen)
+
+
+def _read(path: Path) -> str:
+    return path.read_text()

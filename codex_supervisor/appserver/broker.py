@@ -40,6 +40,11 @@ LESSONS.md are the reason for each rule:
   exactly once, in :meth:`~AppServerBroker.serve`'s ``finally``;
 * with no client connected for ``idle_timeout`` seconds the broker exits 0, so
   forgotten brokers do not pile up;
+* a reader of the upstream that dies of any error (not just EOF) counts as
+  the upstream's death, as above; a line it cannot decode (bad JSON, or JSON
+  nested too deeply for the decoder) is skipped and logged;
+* the socket file is made 0600 whatever the umask before it accepts anyone,
+  and a peer of another uid (``SO_PEERCRED``, Linux) is refused and logged;
 * the pid file and the socket file are removed on every exit path. A socket
   path that a live broker answers on is refused; a stale socket file (nobody
   listening) is replaced.
@@ -53,16 +58,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
+import socket
 import stat
+import struct
 import subprocess
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Any, Final, Protocol, final
 
 import attrs
 
@@ -246,7 +254,7 @@ class AppServerBroker:
         idle: asyncio.Task[None] | None = None
         try:
             server = await asyncio.start_unix_server(
-                self._on_client, path=self._socket_path, limit=_LINE_LIMIT
+                self._on_client, sock=self._bind_private(), limit=_LINE_LIMIT
             )
             self._socket_inode = _identity(self._socket_path)
             child = await launch(
@@ -385,6 +393,31 @@ class AppServerBroker:
             await writer.wait_closed()
         raise BrokerAlreadyRunning(path)
 
+    def _bind_private(self) -> socket.socket:
+        """Bind the socket file 0600 (whatever the umask) before anyone can connect.
+
+        The mode is set between bind() and listen(): until listen() every
+        connection is refused, so no other user can slip in through a socket
+        the umask left group- or world-writable.
+        """
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            try:
+                sock.bind(self._socket_path)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:  # bound since _claim_socket_path looked
+                    raise BrokerAlreadyRunning(self._socket_path) from None
+                raise
+            try:
+                Path(self._socket_path).chmod(0o600)
+            except BaseException:
+                _unlink_quietly(self._socket_path)  # ours, just bound: leave no file
+                raise
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
     def _remove_files(self) -> None:
         if self._pid_file is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -457,26 +490,39 @@ class AppServerBroker:
                 _log.debug("broker.upstream_write_failed: %s", exc)
 
     async def _drain_stderr(self, stream: asyncio.StreamReader) -> None:
-        # Drained so a chatty app-server never blocks on a full pipe.
-        while True:
-            try:
-                line = await stream.readline()
-            except ValueError:  # an over-long line: skip it
-                continue
-            if not line:
-                return
-            text = line.decode(errors="replace").rstrip()
-            self._stderr_tail.append(text)
-            _log.debug("broker.upstream_stderr %s", text)
+        # Drained so a chatty app-server never blocks on a full pipe; a drain
+        # that dies would wedge the upstream, so its death is the upstream's.
+        try:
+            while True:
+                try:
+                    line = await stream.readline()
+                except ValueError:  # an over-long line: readline() dropped it; skip
+                    _log.debug("broker.upstream_stderr_line_too_long")
+                    continue
+                if not line:
+                    return
+                text = line.decode(errors="replace").rstrip()
+                self._stderr_tail.append(text)
+                _log.debug("broker.upstream_stderr %s", text)
+        except Exception as exc:  # noqa: BLE001 - any death of the drain is fatal
+            _log.exception("broker.upstream_stderr_reader_failed")
+            self._upstream_gone(f"stderr reader failed: {exc!r}")
 
     async def _read_upstream(self, lines: AsyncIterator[bytes]) -> None:
-        async for line in lines:
-            message = _decode(line)
-            if message is None:
-                _log.debug("broker.upstream_garbage %r", line[:200])
-                continue
-            await self._from_upstream(message)
-        self._upstream_gone("eof")
+        # Any death of this reader is the upstream's death: nobody else would
+        # deliver the turn/completed the clients wait for.
+        how = "eof"
+        try:
+            async for line in lines:
+                message = _decode(line)
+                if message is None:
+                    _log.debug("broker.upstream_garbage %r", line[:200])
+                    continue
+                await self._from_upstream(message)
+        except Exception as exc:  # noqa: BLE001 - any death of the reader is fatal
+            _log.exception("broker.upstream_reader_failed")
+            how = f"reader failed: {exc!r}"
+        self._upstream_gone(how)
 
     async def _watch_exit(self, child: Child) -> None:
         code = await child.wait()
@@ -556,6 +602,11 @@ class AppServerBroker:
         self._client_numbers += 1
         client = _Client(self._client_numbers, writer)
         try:
+            peer = writer.get_extra_info("socket")
+            refusal = _peer_refusal(peer, uid=os.getuid()) if peer is not None else None
+            if refusal is not None:
+                _log.warning("broker.client_refused client=%d: %s", client.number, refusal)
+                return
             if not await self.wait_ready() or self._shutting_down:
                 return
             self._clients[client.number] = client
@@ -725,10 +776,40 @@ def _unlink_quietly(path: str) -> None:
         Path(path).unlink()
 
 
+class _SocketLike(Protocol):
+    def getsockopt(self, level: int, option: int, buflen: int, /) -> bytes: ...
+
+
+_PEERCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer_refusal(sock: _SocketLike, *, uid: int) -> str | None:
+    """Why the peer of unix socket ``sock`` may not use the broker, or ``None`` if it may.
+
+    Only processes of user ``uid`` may connect (checked with ``SO_PEERCRED``,
+    Linux). Where the platform has no ``SO_PEERCRED`` the socket's 0600 mode
+    is the only guard and every peer is accepted.
+    """
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, option, _PEERCRED.size)
+        pid, peer_uid, _gid = _PEERCRED.unpack(raw)
+    except (OSError, struct.error) as exc:
+        return f"cannot read the peer's credentials: {exc}"
+    if peer_uid != uid:
+        return f"peer pid {pid} runs as uid {peer_uid}, not the broker's uid {uid}"
+    return None
+
+
 def _decode(line: bytes) -> _Message | None:
     try:
         message = json.loads(line)
     except (ValueError, UnicodeDecodeError):
+        return None
+    except RecursionError:
+        _log.warning("broker.line_skipped: JSON too deeply nested (%d bytes)", len(line))
         return None
     return message if isinstance(message, dict) else None
 

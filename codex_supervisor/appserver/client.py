@@ -712,7 +712,7 @@ class AppServerClient:
             return
         try:
             message = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             _log.warning("skipping a malformed line from %s: %s: %.200r", self._name, exc, line)
             return
         if not isinstance(message, dict):

@@ -106,6 +106,11 @@ DEFAULT_LOOPBACK_ENV = "CODEX_LOOPBACK_TOKEN"
 
 _LISTENING = re.compile(rb"listening on:\s*(ws://127\.0\.0\.1:\d+)")
 _STDERR_TAIL = 64 * 1024
+# stderr is read in chunks and split here: StreamReader.readline() raises
+# past asyncio's 64 KiB limit, and a dead drain wedges the server on a full pipe.
+_STDERR_CHUNK = 64 * 1024
+_STDERR_LINE_LIMIT = 16 * 1024
+_TRUNCATED = b" ...[truncated]\n"
 _KEY_SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
 _ROLLOUT_TAIL = re.compile(r"/((?:archived_)?sessions/(?:[^/]+/)*rollout-[^/]+\.jsonl)$")
 
@@ -1125,6 +1130,55 @@ def relocate_threads(home: Path, logger: logging.Logger = log) -> int:
     return updated
 
 
+class _LineSplitter:
+    """Splits chunks of a stream into lines, holding at most ``limit`` bytes.
+
+    A line longer than ``limit`` comes out once, cut to ``limit`` bytes and
+    marked ``...[truncated]``; the rest of it is dropped until its newline.
+    Never raises for any input.
+    """
+
+    def __init__(self, limit: int, on_truncated: Callable[[int], None]) -> None:
+        self.limit = limit
+        self.on_truncated = on_truncated
+        self.buffer = bytearray()
+        self.dropping: int | None = None  # bytes dropped of the over-long line so far
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        lines: list[bytes] = []
+        start = 0
+        while start < len(chunk):
+            end = chunk.find(b"\n", start)
+            piece = chunk[start:] if end < 0 else chunk[start : end + 1]
+            start += len(piece)
+            if self.dropping is not None:
+                self.dropping += len(piece)
+                if end >= 0:
+                    self.on_truncated(self.dropping)
+                    self.dropping = None
+                continue
+            self.buffer += piece
+            if len(self.buffer) - (end >= 0) > self.limit:
+                lines.append(bytes(self.buffer[: self.limit]) + _TRUNCATED)
+                if end >= 0:
+                    self.on_truncated(len(self.buffer))
+                else:
+                    self.dropping = len(self.buffer)
+                self.buffer.clear()
+            elif end >= 0:
+                lines.append(bytes(self.buffer))
+                self.buffer.clear()
+        return lines
+
+    def flush(self) -> list[bytes]:
+        """What is left at EOF: an unterminated last line, if any."""
+        if self.dropping is not None:
+            self.on_truncated(self.dropping)
+            self.dropping = None
+        rest, self.buffer = bytes(self.buffer), bytearray()
+        return [rest] if rest else []
+
+
 class _Starting:
     """One app-server between launch and readiness."""
 
@@ -1133,8 +1187,28 @@ class _Starting:
         self.child = child
         self.tail: deque[bytes] = deque()
         self.size = 0
+        self.eof = False
         self.drain: asyncio.Task[None] | None = None
         self.deadline = asyncio.get_running_loop().time() + request.ready_timeout
+        self.lines = _LineSplitter(_STDERR_LINE_LIMIT, self.truncated)
+
+    def truncated(self, size: int) -> None:
+        log.warning(
+            "app-server %r: a %d-byte stderr line, truncated to its first %d bytes",
+            self.request.key,
+            size,
+            _STDERR_LINE_LIMIT,
+        )
+
+    async def read_lines(self) -> list[bytes]:
+        """The next complete stderr lines (possibly none); ``[]`` with ``self.eof`` at EOF."""
+        stderr = self.child.stderr
+        assert stderr is not None
+        chunk = await stderr.read(_STDERR_CHUNK)
+        if not chunk:
+            self.eof = True
+            return self.lines.flush()
+        return self.lines.feed(chunk)
 
     def tail_text(self) -> str:
         return b"".join(self.tail).decode("utf-8", "replace")[-_STDERR_TAIL:]
@@ -1159,15 +1233,17 @@ class _Starting:
         return SpawnError(self.request.key, message, self.child.returncode, self.tail_text())
 
     async def read_port(self) -> str:
-        stderr = self.child.stderr
-        assert stderr is not None
         try:
             async with asyncio.timeout_at(self.deadline):
-                while line := await stderr.readline():
-                    self.keep(line)
-                    found = _LISTENING.search(line)
-                    if found:
-                        return found.group(1).decode()
+                while not self.eof:
+                    lines = await self.read_lines()
+                    for index, line in enumerate(lines):
+                        self.keep(line)
+                        found = _LISTENING.search(line)
+                        if found:
+                            for later in lines[index + 1 :]:
+                                self.keep(later)
+                            return found.group(1).decode()
                 await self.child.wait()
         except TimeoutError:
             pass
@@ -1176,10 +1252,9 @@ class _Starting:
         raise await self.failed(f"did not announce its port within {self.request.ready_timeout:g}s")
 
     async def drain_rest(self) -> None:
-        stderr = self.child.stderr
-        assert stderr is not None
-        while line := await stderr.readline():
-            self.keep(line)
+        while not self.eof:
+            for line in await self.read_lines():
+                self.keep(line)
 
     async def poll_ready(self, http: httpx.AsyncClient, http_url: str) -> None:
         loop = asyncio.get_running_loop()

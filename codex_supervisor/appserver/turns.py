@@ -15,8 +15,10 @@ a turn someone else started. Both *always* settle, on the first of:
   else, CODEX_FACTS.md §8): inferred success when the last thing seen was a
   final answer with nothing open, otherwise ``failed`` with an error naming
   the exit code;
-* ``stall_timeout`` seconds without a notification about the turn: the waiter
-  sends ``turn/interrupt`` (bounded by ``interrupt_timeout``), waits for the
+* ``stall_timeout`` seconds without a notification about the turn (default
+  :data:`DEFAULT_STALL_TIMEOUT`, 15 minutes; ``None`` waits for ever, which
+  only a caller with its own deadline should choose): the waiter sends
+  ``turn/interrupt`` (bounded by ``interrupt_timeout``), waits for the
   interruption within the same bound, and settles.
 
 Every "give up" path sends ``turn/interrupt`` before returning — also when the
@@ -49,9 +51,21 @@ from ..errors import QuotaParseError, RequestFailed, TransportClosed
 from ..snapshots import QuotaSnapshot
 from .client import AppServerClient, Notification, Subscription, Turn
 
-__all__ = ["TurnError", "TurnResult", "TurnStatus", "capture_turn", "run_turn"]
+__all__ = [
+    "DEFAULT_STALL_TIMEOUT",
+    "TurnError",
+    "TurnResult",
+    "TurnStatus",
+    "capture_turn",
+    "run_turn",
+]
 
 _log = logging.getLogger(__name__)
+
+#: Seconds without any notification about a turn before its waiter gives up
+#: (interrupting the turn first). A working turn streams items and deltas far
+#: more often; a silent app-server or a wedged upstream must not hang a waiter.
+DEFAULT_STALL_TIMEOUT = 900.0
 
 TurnStatus = Literal["completed", "interrupted", "failed"]
 
@@ -315,7 +329,7 @@ async def run_turn(
     thread_id: str,
     text_or_input: str | Sequence[Mapping[str, Any]],
     *,
-    stall_timeout: float | None = None,
+    stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
     final_answer_grace: float = 0.25,
     extra_params: Mapping[str, Any] | None = None,
     interrupt_timeout: float = 5.0,
@@ -370,7 +384,7 @@ async def capture_turn(  # noqa: PLR0912 - one branch per way a turn can end
     turn_id: str,
     subscription: Subscription,
     *,
-    stall_timeout: float | None = None,
+    stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
     final_answer_grace: float = 0.25,
     interrupt_timeout: float = 5.0,
 ) -> TurnResult:

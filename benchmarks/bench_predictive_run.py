@@ -109,6 +109,21 @@ def _charge_side(backend: FakeCodexBackend, account_id: str, side: float) -> Non
     backend.set_quota(account_id, five_hour=min(100.0, used + side))
 
 
+def _supervised(
+    backend: FakeCodexBackend,
+    codex: Path,
+    root: Path,
+    seed: int,
+    policy: RotationPolicy | None,
+) -> tuple[Supervisor, Path]:
+    """A Supervisor on a fresh seeded pool, and the folder its session works in."""
+    pool, env = _world(backend, root, seed)
+    work = root / "work"
+    work.mkdir()
+    config = SupervisorConfig(codex=str(codex), poll_interval=0.05, wait_for_reset=False)
+    return Supervisor(pool, config=config, policy=policy, environ=env), work
+
+
 async def _exec_session(
     backend: FakeCodexBackend,
     codex: Path,
@@ -118,15 +133,7 @@ async def _exec_session(
     turns: int,
     policy: RotationPolicy | None,
 ) -> dict[str, Any]:
-    pool, env = _world(backend, root, seed)
-    work = root / "work"
-    work.mkdir()
-    sup = Supervisor(
-        pool,
-        config=SupervisorConfig(codex=str(codex), poll_interval=0.05, wait_for_reset=False),
-        policy=policy,
-        environ=env,
-    )
+    sup, work = _supervised(backend, codex, root, seed, policy)
     session: str | None = None
     last: str | None = None
     rotations = ran = overran = 0
@@ -173,9 +180,7 @@ async def _interactive_session(
     turns: int,
     policy: RotationPolicy | None,
 ) -> dict[str, Any]:
-    pool, env = _world(backend, root, seed)
-    work = root / "work"
-    work.mkdir()
+    sup, work = _supervised(backend, codex, root, seed, policy)
     costs = session_costs(seed, turns)
     read_end, write_end = os.pipe()
     saved = os.dup(0)
@@ -206,12 +211,6 @@ async def _interactive_session(
         finally:
             os.close(write_end)  # EOF: the session ends on its own
 
-    sup = Supervisor(
-        pool,
-        config=SupervisorConfig(codex=str(codex), poll_interval=0.05, wait_for_reset=False),
-        policy=policy,
-        environ=env,
-    )
     thread = threading.Thread(target=typist, daemon=True)
     thread.start()
     paused = False

@@ -62,8 +62,6 @@ _WINDOW_NAMES = {
 
 #: How stale the occupancy counts may be outside a wait (a ranking hint only).
 _OCCUPANCY_MAX_AGE = 3.0
-#: The limit ids that are an account's main Codex quota (None: not stated).
-_MAIN_LIMIT_IDS = frozenset({None, "codex"})
 
 
 def summarize(snapshot: QuotaSnapshot) -> str:
@@ -384,7 +382,7 @@ class AccountSelector:
         none stated); other metered limits Codex reports are not the
         account's and are skipped.
         """
-        if snapshot.limit_id not in _MAIN_LIMIT_IDS:
+        if not snapshot.is_main_quota:
             log.debug(
                 "skipping %s's %r limit: not the main quota", snapshot.account, snapshot.limit_id
             )

@@ -178,6 +178,14 @@ class QuotaSnapshot:
     observed_at: datetime = attrs.field(converter=_to_utc)
     limit_id: str | None = None
 
+    @property
+    def is_main_quota(self) -> bool:
+        """Whether this is the account's main Codex quota (limit id ``codex``, or none stated).
+
+        Codex also reports other metered limits; they are not the account's.
+        """
+        return self.limit_id in (None, "codex")
+
     def window(self, kind: WindowKind) -> QuotaWindow | None:
         """The window of ``kind``; if several, the most used one (the binding limit)."""
         matching = [w for w in self.windows if w.kind is kind]

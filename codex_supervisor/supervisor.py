@@ -906,7 +906,7 @@ class Supervisor:
             return
         for record in run.reader.read():
             if isinstance(record, RateLimitsObserved):
-                if record.snapshot.limit_id not in (None, "codex"):
+                if not record.snapshot.is_main_quota:
                     continue  # another metered limit, not the account's main quota
                 run.last_passive = self.clock.monotonic()
                 run.rollout_quota = record.snapshot

@@ -629,3 +629,21 @@ def test_deeply_nested_values_anywhere_are_parse_errors(depth: int) -> None:
             target[path[-1]] = deep
             with pytest.raises(errors.QuotaParseError):
                 parse(payload, account="a", observed_at=OBSERVED)
+
+
+def test_only_the_codex_limit_is_the_main_quota() -> None:
+    """Snapshots of another metered limit are not the account's main quota."""
+    main = QuotaSnapshot.from_rollout_rate_limits(
+        ROLLOUT_RATE_LIMITS, account="a", observed_at=OBSERVED
+    )
+    assert main.is_main_quota
+    other = QuotaSnapshot.from_rollout_rate_limits(
+        {**ROLLOUT_RATE_LIMITS, "limit_id": "codex_other_model"}, account="a", observed_at=OBSERVED
+    )
+    assert not other.is_main_quota
+    unstated = QuotaSnapshot.from_rollout_rate_limits(
+        {k: v for k, v in ROLLOUT_RATE_LIMITS.items() if k != "limit_id"},
+        account="a",
+        observed_at=OBSERVED,
+    )
+    assert unstated.is_main_quota

@@ -112,6 +112,7 @@ class ChildLauncher(Protocol):
         env: Mapping[str, str],
         cwd: str | os.PathLike[str] | None = None,
         stdin: int | None = None,
+        process_group: bool = False,
     ) -> Awaitable[Child]: ...
 
 
@@ -775,7 +776,16 @@ class Supervisor:
         signals: SignalWatcher,
     ) -> _Outcome:
         launched_at = self.clock.now()
-        child = await self._launch([self.config.codex, *argv], env=env, cwd=launch_cwd, stdin=stdin)
+        # A headless exec leads a process group of its own, so a stop reaches
+        # its whole tree (MCP servers, tool commands); the TUI must stay in the
+        # terminal's foreground group.
+        child = await self._launch(
+            [self.config.codex, *argv],
+            env=env,
+            cwd=launch_cwd,
+            stdin=stdin,
+            process_group=not inv.is_interactive,
+        )
         run: _ChildRun | None = None
         try:
             # From here on the child is stopped and reaped whatever happens.

@@ -304,9 +304,9 @@ async def test_the_launcher_is_a_seam(sim_world: World) -> None:
     sim_world.add("alpha")
     seen: list[tuple[list[str], dict[str, str]]] = []
 
-    async def recording(argv: Any, *, env: Any, cwd: Any = None, stdin: Any = None) -> Child:
-        seen.append((list(argv), dict(env)))
-        return await launch(argv, env=env, cwd=cwd, stdin=stdin)
+    async def recording(argv: Any, **kw: Any) -> Child:
+        seen.append((list(argv), dict(kw["env"])))
+        return await launch(argv, **kw)
 
     sup = Supervisor(
         sim_world.pool,
@@ -402,9 +402,9 @@ async def test_passthrough_runs_in_the_users_own_home(sim_world: World) -> None:
     sim_world.add("alpha")
     homes: list[str] = []
 
-    async def recording(argv: Any, *, env: Any, cwd: Any = None, stdin: Any = None) -> Child:
-        homes.append(env["CODEX_HOME"])
-        return await launch([str(sim_world.codex), "--version"], env=env, cwd=cwd, stdin=stdin)
+    async def recording(argv: Any, **kw: Any) -> Child:
+        homes.append(kw["env"]["CODEX_HOME"])
+        return await launch([str(sim_world.codex), "--version"], **kw)
 
     sup = Supervisor(
         sim_world.pool,
@@ -426,9 +426,9 @@ async def test_login_and_logout_are_refused_under_the_supervisor(
     sim_world.add("alpha")
     launched: list[Any] = []
 
-    async def recording(argv: Any, *, env: Any, cwd: Any = None, stdin: Any = None) -> Child:
+    async def recording(argv: Any, **kw: Any) -> Child:
         launched.append(argv)
-        return await launch(argv, env=env, cwd=cwd, stdin=stdin)
+        return await launch(argv, **kw)
 
     sup = Supervisor(
         sim_world.pool,
@@ -449,9 +449,9 @@ async def test_a_relative_cd_is_applied_once(sim_world: World) -> None:
     sub.mkdir()
     cwds: list[str] = []
 
-    async def recording(argv: Any, *, env: Any, cwd: Any = None, stdin: Any = None) -> Child:
-        cwds.append(str(cwd))
-        return await launch(argv, env=env, cwd=cwd, stdin=stdin)
+    async def recording(argv: Any, **kw: Any) -> Child:
+        cwds.append(str(kw.get("cwd")))
+        return await launch(argv, **kw)
 
     sup = Supervisor(
         sim_world.pool,
@@ -491,8 +491,8 @@ def test_request_stop_from_another_thread_wakes_the_run(sim_world: World) -> Non
     """request_stop ends a run in a worker thread at once, even one asked before it started."""
     sim_world.add("alpha")
 
-    async def sleeper(argv: Any, *, env: Any, cwd: Any = None, stdin: Any = None) -> Child:
-        return await launch(["sleep", "60"], env=env, cwd=cwd, stdin=stdin)
+    async def sleeper(argv: Any, **kw: Any) -> Child:
+        return await launch(["sleep", "60"], **kw)
 
     sup = Supervisor(
         sim_world.pool,

@@ -355,3 +355,37 @@ def test_cli_waits_for_the_earliest_reset_then_continues(tmp_path: Path, real: R
     assert [r.account_id for r in real.backend.responses_requests()] == ["id-alpha"]
     ran = next(e["at"] for e in log if e["name"] == "child_launched")
     assert ran >= soon - 1
+
+
+def _pgrp(pid: int) -> int:
+    """The process group of ``pid``, from /proc (field 5 of stat, after the name)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[2])
+
+
+def test_headless_exec_leads_its_own_process_group_and_ctrl_c_ends_the_run(
+    tmp_path: Path, real: RealWorld
+) -> None:
+    """Under a terminal, exec runs in a group of its own; Ctrl-C stops it through us: 130."""
+    real.add("alpha")
+    real.backend.script(Behaviour.stall())
+    argv, events = _driver(tmp_path, real, _exec("a long task"))
+    env = dict(real.env, TERM="xterm-256color")
+    with PtyProcess(argv, env=env, cwd=real.work) as proc:
+        _wait_for(
+            lambda: any(e["name"] == "session_bound" for e in _events(events)),
+            60,
+            "bind",
+            proc,
+            events,
+        )
+        pid = next(e["pid"] for e in _events(events) if e["name"] == "child_launched")
+        # Its own group, so a stop reaches the whole tree; not the terminal's
+        # foreground group, so the terminal's Ctrl-C reaches only the supervisor.
+        assert _pgrp(pid) == pid
+        assert _pgrp(pid) != _pgrp(proc.pid)
+        proc.write("\x03")
+        assert proc.wait(timeout=30) == 130
+    assert not Path(f"/proc/{pid}").exists()
+    assert "TERMIOS_RESTORED True" in proc.text
+    assert asyncio.run(real.pool.occupants("alpha")) == []

@@ -372,7 +372,7 @@ async def gate(paths, what):
 
 launches = 0
 
-async def launcher(argv, *, env, cwd=None, stdin=None):
+async def launcher(argv, *, env, cwd=None, stdin=None, **kw):
     global launches
     launches += 1
     if launches == 1:
@@ -382,7 +382,7 @@ async def launcher(argv, *, env, cwd=None, stdin=None):
     elif launches == 2:
         # No run moves on before every first request was answered.
         await gate(cfg["all_exited"], "every first child to exit")
-    return await launch(argv, env=env, cwd=cwd, stdin=stdin)
+    return await launch(argv, env=env, cwd=cwd, stdin=stdin, **kw)
 
 sup = Supervisor(
     pool,

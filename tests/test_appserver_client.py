@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
 from codex_supervisor.appserver import (
     AppServerClient,
@@ -366,6 +367,151 @@ def test_sync_facade(fake_codex: Path, tmp_path: Path) -> None:
         with pytest.raises(RequestFailed):
             client.request("fail")
     assert client.client.closed
+
+
+# -- the WebSocket transport -----------------------------------------------------
+
+
+async def _ws_app_server(ws: ServerConnection) -> None:
+    """A stand-in for `codex app-server --listen ws://`: one JSON message a text frame."""
+    async for message in ws:
+        msg = json.loads(message)
+        method, request_id = msg.get("method"), msg.get("id")
+        if method is None or request_id is None:
+            continue
+        result: Any = msg.get("params")
+        if method == "initialize":
+            result = {"userAgent": "ws/0.169.0", "codexHome": "/h"}
+        elif method == "ask":  # a server request first; answer with the client's reply
+            await ws.send(
+                json.dumps({"id": 900, "method": "item/fileChange/requestApproval", "params": {}})
+            )
+            result = json.loads(await ws.recv())
+            await ws.send(json.dumps({"method": "note", "params": {"n": 1}}))
+        elif method == "binary":  # the reply in a binary frame
+            await ws.send(json.dumps({"id": request_id, "result": "bin"}).encode())
+            continue
+        elif method == "big":
+            result = "x" * result
+        elif method == "bye":
+            await ws.close(1001, "going away")
+            return
+        await ws.send(json.dumps({"id": request_id, "result": result}))
+
+
+@pytest.fixture
+async def ws_url() -> AsyncIterator[str]:
+    """A local websockets server speaking the app-server's JSON-RPC, as a ws:// URL."""
+    async with serve(_ws_app_server, "127.0.0.1", 0, compression=None, max_size=None) as server:
+        yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_connect_ws_roundtrip(ws_url: str, no_leaks: None) -> None:
+    """Over a WebSocket: handshake, requests, server requests, notifications, 8 MiB both ways."""
+    async with await AppServerClient.connect_ws(ws_url) as client:
+        assert client.initialize_result is not None
+        assert client.initialize_result.user_agent == "ws/0.169.0"
+        assert client.pid is None
+        sub = client.subscribe(["note"])
+        reply = await client.request("ask")
+        assert reply == {"id": 900, "result": {"decision": "decline"}}
+        assert await sub.get() == Notification("note", {"n": 1})
+        assert await client.request("binary") == "bin"
+        size = 8 << 20
+        assert await client.request("big", size) == "x" * size
+        assert await client.request("echo", "y" * size) == "y" * size
+        assert await client.request("echo", "é\n\u2028") == "é\n\u2028"
+    assert client.closed
+
+
+async def test_connect_ws_closes_with_the_handshake(no_leaks: None) -> None:
+    """aclose sends close code 1000, the server answers, and pending requests fail."""
+    seen: list[tuple[int | None, bool]] = []
+    handled = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            msg = json.loads(message)
+            if msg.get("method") == "initialize":
+                result = {"userAgent": "ws", "codexHome": "/h"}
+                await ws.send(json.dumps({"id": msg["id"], "result": result}))
+        # The loop ended cleanly: the client sent a close frame; record it.
+        seen.append((ws.close_code, ws.protocol.close_rcvd_then_sent is True))
+        handled.set()
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = await AppServerClient.connect_ws(f"ws://127.0.0.1:{port}")
+        pending = asyncio.create_task(client.request("never answered"))
+        await asyncio.sleep(0.05)
+        await client.aclose()
+        # Whichever notices first: the reader (the handshake's outcome) or aclose.
+        closed = r"sent 1000 \(OK\); then received 1000|the client closed the connection"
+        with pytest.raises(TransportClosed, match=closed):
+            await pending
+        async with asyncio.timeout(10):  # a guard: the server's handler ends by itself
+            await handled.wait()
+    assert seen == [(1000, True)]
+
+
+async def test_connect_ws_server_close_fails_waiters(ws_url: str, no_leaks: None) -> None:
+    """The server closing the WebSocket (close frame, then TCP) fails every waiter."""
+    client = await AppServerClient.connect_ws(ws_url)
+    try:
+        sub = client.subscribe()
+        with pytest.raises(TransportClosed, match="received 1001"):
+            await client.request("bye")
+        with pytest.raises(TransportClosed):
+            await sub.get()
+        with pytest.raises(TransportClosed):
+            await client.notify("after")
+        assert isinstance(await client.wait_closed(), TransportClosed)
+    finally:
+        await client.aclose()
+
+
+async def test_connect_ws_ignores_proxy_settings(
+    ws_url: str, monkeypatch: pytest.MonkeyPatch, no_leaks: None
+) -> None:
+    """HTTP(S)_PROXY and friends never route the loopback app-server through a proxy."""
+    from websockets.asyncio.client import connect
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "ws_proxy", "socks_proxy"):
+        for variant in (name, name.upper()):
+            monkeypatch.setenv(variant, "http://127.0.0.1:9")  # discard: nothing listens
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    # websockets left to its defaults goes to the (dead) proxy...
+    with pytest.raises(ConnectionRefusedError):
+        await connect(ws_url, open_timeout=10)
+    # ...but the client connects directly.
+    async with await AppServerClient.connect_ws(ws_url) as client:
+        assert await client.request("echo", 1) == 1
+
+
+async def test_connect_ws_refused_and_bad_urls(no_leaks: None) -> None:
+    """Nobody listening or an upgrade refused: TransportClosed; a URL we cannot use: ConfigError."""
+    import socket
+
+    from codex_supervisor.errors import ConfigError
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(TransportClosed, match="cannot open"):
+        await AppServerClient.connect_ws(f"ws://127.0.0.1:{port}")
+
+    def refuse(connection: ServerConnection, request: Any) -> Any:
+        return connection.respond(403, "no\n")
+
+    async with serve(_ws_app_server, "127.0.0.1", 0, process_request=refuse) as server:
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(TransportClosed, match="403"):
+            await AppServerClient.connect_ws(f"ws://127.0.0.1:{port}")
+
+    for url in ("wss://127.0.0.1:1", "http://127.0.0.1:1", "ws://127.0.0.1", "ws://h:x", "ws:///"):
+        with pytest.raises(ConfigError):
+            await AppServerClient.connect_ws(url)
 
 
 # -- run_turn ------------------------------------------------------------------

@@ -5,10 +5,12 @@ requests ``{id, method, params}``, responses ``{id, result}`` or
 ``{id, error}``, notifications ``{method, params}``, and server→client
 requests (both ``id`` and ``method``) that the client must answer.
 
-:class:`AppServerClient` owns one transport (a spawned process's stdio, or a
-unix socket) and one reader task. What it guarantees:
+:class:`AppServerClient` owns one transport (a spawned process's stdio, a
+unix socket, or a WebSocket: one message a text frame) and one reader task.
+What it guarantees:
 
-* When the transport closes — EOF, process exit, a socket error — every
+* When the transport closes — EOF, process exit, a socket error, a
+  WebSocket protocol violation — every
   pending request and every subscription fails *promptly* with one shared
   :class:`~codex_supervisor.errors.TransportClosed` carrying the exit code and
   the tail of stderr. A dead app-server sends nothing else (no
@@ -43,18 +45,21 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future as ConcurrentFuture
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Protocol, Self, TypeVar, final
+from urllib.parse import urlsplit
 
 import attrs
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as websocket_connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from ..config import child_environment
-from ..errors import AppServerError, RequestFailed, TransportClosed
+from ..errors import AppServerError, ConfigError, RequestFailed, TransportClosed
 from ..process import Child, StopPolicy, launch
-from ._websocket import open_websocket
 
 __all__ = [
     "AppServerClient",
@@ -81,6 +86,15 @@ _READ_CHUNK: Final = 64 * 1024
 _EXIT_DRAIN_GRACE: Final = 0.5
 # After EOF, how long to wait for the process exit code before reporting None.
 _EOF_EXIT_WAIT: Final = 2.0
+# The largest WebSocket message accepted (a resumed thread with its turns fits);
+# a larger one fails the connection with close code 1009.
+_WS_MAX_MESSAGE: Final = 64 * 1024 * 1024
+# Frames buffered before the socket is no longer read: with the message bound,
+# at most this many times 64 MiB waits for the reader.
+_WS_MAX_QUEUE: Final = 4
+# How long a closing WebSocket waits for the app-server's half of the close
+# handshake (and its TCP close) before the socket is dropped.
+_WS_CLOSE_TIMEOUT: Final = 2.0
 
 METHOD_NOT_FOUND: Final = -32601
 INTERNAL_ERROR: Final = -32603
@@ -109,6 +123,82 @@ class LineWriter(Protocol):
     def close(self) -> None:
         """Close the transport."""
         ...
+
+
+class _BoundedCloseConnection(ClientConnection):
+    """A client connection that drops the socket once a close has waited too long.
+
+    websockets enforces ``close_timeout`` only while a coroutine is sending.
+    When it fails the connection on a bad frame from the server (a masked or
+    oversized frame, a fragmented control frame...), it sends a close frame
+    and waits for the server to close TCP — for ever if the server never does,
+    and ``recv`` with it. Sans-I/O's contract (``close_expected``) is to
+    schedule that close: this does.
+    """
+
+    _abort_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        timeout = self.close_timeout
+        if self._abort_timer is None and timeout is not None and self.protocol.close_expected():
+            self._abort_timer = self.loop.call_later(timeout, self.transport.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+        super().connection_lost(exc)
+
+
+@final
+class _WebSocketLink:
+    """A WebSocket as the client's transport: one JSON message per text frame.
+
+    It is the writer (each line written goes out as one text frame on
+    :meth:`drain`) and the reader (an async iterator of whole messages: ``str``
+    for text frames, ``bytes`` for binary ones). Iteration ends only by
+    raising :class:`websockets.exceptions.ConnectionClosed`.
+    """
+
+    __slots__ = ("_connection", "_pending")
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self._connection = connection
+        self._pending = bytearray()
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data``; each newline-terminated line is one message."""
+        self._pending += data
+
+    async def drain(self) -> None:
+        """Send every complete line queued, one text frame each."""
+        try:
+            while (end := self._pending.find(b"\n")) >= 0:
+                line = bytes(self._pending[:end])
+                del self._pending[: end + 1]
+                await self._connection.send(line, text=True)
+        except ConnectionClosed as exc:
+            raise ConnectionError(f"the WebSocket is closed: {exc}") from exc
+
+    def close(self) -> None:
+        """Drop the socket now (a no-op once closed); :meth:`aclose` closes cleanly."""
+        self._connection.transport.abort()
+
+    async def aclose(self, timeout: float) -> None:  # noqa: ASYNC109 - bounds the handshake
+        """Do the close handshake (code 1000) for up to ``timeout`` seconds, then drop."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connection.close()
+        except TimeoutError:
+            pass
+        finally:
+            self._connection.transport.abort()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        return await self._connection.recv()
 
 
 async def decline_approvals(method: str, params: Any) -> Any:  # noqa: ARG001
@@ -324,21 +414,26 @@ class Subscription:
 class AppServerClient:
     """One connection to a ``codex app-server``: requests, notifications, server requests.
 
-    Build it with :meth:`spawn` (a child process on stdio) or
-    :meth:`connect_unix` (a unix socket, newline-delimited JSON). Use it as an
-    async context manager, or call :meth:`aclose`.
+    Build it with :meth:`spawn` (a child process on stdio),
+    :meth:`connect_unix` (a unix socket, newline-delimited JSON) or
+    :meth:`connect_ws` (a WebSocket, one message a frame). Use it as an async
+    context manager, or call :meth:`aclose`.
     """
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
+        reader: asyncio.StreamReader | AsyncIterator[str | bytes],
         writer: LineWriter,
         *,
         child: Child | None = None,
         handler: RequestHandler | None = None,
         name: str = "app-server",
     ) -> None:
-        """Wrap an already-open transport; prefer :meth:`spawn` or :meth:`connect_unix`."""
+        """Wrap an already-open transport; prefer :meth:`spawn` or a ``connect_*`` method.
+
+        ``reader`` is a stream of newline-delimited JSON, or an async iterator
+        of whole messages (one JSON value each, ``str`` or ``bytes``).
+        """
         self._reader = reader
         self._writer = writer
         self._child = child
@@ -448,10 +543,39 @@ class AppServerClient:
         initialize: bool = True,
         timeout: float = 10.0,  # noqa: ASYNC109 - bounds the connect + handshake only
     ) -> AppServerClient:
-        """Connect to ``codex app-server --listen ws://127.0.0.1:PORT`` (one message a frame)."""
-        reader, writer = await open_websocket(url, timeout=timeout)
-        client = cls(reader, writer, handler=handler, name=f"app-server[{url}]")
-        client._tasks.append(writer.pump)  # cancelled and awaited by aclose
+        """Connect to ``codex app-server --listen ws://127.0.0.1:PORT`` (one message a frame).
+
+        Always a direct connection: ``HTTP(S)_PROXY`` and the like are ignored,
+        as the app-server listens on loopback. No compression is negotiated
+        (on loopback, deflating multi-MiB frames would only cost CPU on the
+        event loop) and no keepalive pings are sent (a dead app-server closes
+        its socket). A message over 64 MiB, a masked or malformed frame, or
+        invalid UTF-8 in a text frame fails the connection (RFC 6455): every
+        waiter then gets :class:`~codex_supervisor.errors.TransportClosed`.
+        """
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme != "ws" or not parts.hostname or not port:
+            raise ConfigError(f"need a ws://HOST:PORT URL, got {url!r} (wss:// is not supported)")
+        try:
+            connection = await websocket_connect(
+                url,
+                proxy=None,
+                compression=None,
+                open_timeout=timeout,
+                ping_interval=None,
+                close_timeout=_WS_CLOSE_TIMEOUT,
+                max_size=_WS_MAX_MESSAGE,
+                max_queue=_WS_MAX_QUEUE,
+                create_connection=_BoundedCloseConnection,
+            )
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            raise TransportClosed(f"cannot open {url}: {exc}") from exc
+        link = _WebSocketLink(connection)
+        client = cls(link, link, handler=handler, name=f"app-server[{url}]")
         if initialize:
             try:
                 await client.initialize(client_name=client_name)
@@ -626,27 +750,33 @@ class AppServerClient:
                 ) from exc
 
     async def _read_loop(self) -> None:
-        # Chunks, not readline(): StreamReader's line limit (64 KiB) would
-        # drop a large message (a resumed thread with its turns) on the floor.
-        buffer = bytearray()
         reason = "the app-server closed its output (EOF)"
         try:
-            while True:
-                chunk = await self._reader.read(_READ_CHUNK)
-                if not chunk:
-                    break
-                buffer += chunk
-                while (end := buffer.find(b"\n")) >= 0:
-                    line = bytes(buffer[:end])
-                    del buffer[: end + 1]
-                    self._dispatch_line(line)
-            if buffer.strip():
-                self._dispatch_line(bytes(buffer))
+            if isinstance(self._reader, asyncio.StreamReader):
+                await self._read_lines(self._reader)
+            else:
+                async for message in self._reader:
+                    self._dispatch_line(message)
         except asyncio.CancelledError:
             raise
+        except ConnectionClosed as exc:  # the WebSocket's end, clean or failed
+            reason = f"the WebSocket closed: {exc}"
         except Exception as exc:  # noqa: BLE001 - a socket error closes the transport
             reason = f"reading from the app-server failed: {exc}"
         await self._after_eof(reason)
+
+    async def _read_lines(self, reader: asyncio.StreamReader) -> None:
+        # Chunks, not readline(): StreamReader's line limit (64 KiB) would
+        # drop a large message (a resumed thread with its turns) on the floor.
+        buffer = bytearray()
+        while chunk := await reader.read(_READ_CHUNK):
+            buffer += chunk
+            while (end := buffer.find(b"\n")) >= 0:
+                line = bytes(buffer[:end])
+                del buffer[: end + 1]
+                self._dispatch_line(line)
+        if buffer.strip():
+            self._dispatch_line(bytes(buffer))
 
     async def _after_eof(self, reason: str) -> None:
         if self._child is not None and self._child.returncode is None and not self._closing:
@@ -707,7 +837,7 @@ class AppServerClient:
         with contextlib.suppress(Exception):
             self._writer.close()
 
-    def _dispatch_line(self, line: bytes) -> None:
+    def _dispatch_line(self, line: bytes | str) -> None:
         if not line.strip():
             return
         try:
@@ -786,12 +916,16 @@ class AppServerClient:
         """Close the connection; for a spawned app-server, end and reap the process.
 
         Closes stdin (Codex exits on EOF), waits up to ``grace`` seconds, then
-        stops the process group (SIGTERM, then SIGKILL). Every background task
+        stops the process group (SIGTERM, then SIGKILL). A WebSocket does the
+        close handshake, for up to ``grace`` seconds. Every background task
         is cancelled and awaited; pending requests fail with
         :class:`~codex_supervisor.errors.TransportClosed`.
         """
         self._closing = True
         try:
+            if isinstance(self._writer, _WebSocketLink):
+                with contextlib.suppress(Exception):
+                    await self._writer.aclose(grace)
             with contextlib.suppress(Exception):
                 self._writer.close()
             child = self._child

@@ -1,4 +1,4 @@
-"""Helpers the benchmark scripts share: output, the pinned binary, quiet children."""
+"""Helpers the benchmark scripts share: output, the pinned binary, quiet children, pools."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import json
 import os
 import statistics
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from codex_supervisor.testing import offline_flags
+from codex_supervisor.accounts import AccountPool
+from codex_supervisor.quota import UsageEndpointSource
+from codex_supervisor.testing import FakeCodexBackend, offline_flags
 
 #: The pinned real Codex binary, where scripts/fetch-codex puts it.
 DEFAULT_CODEX = (
@@ -65,3 +67,31 @@ def quiet_stdio(log: Path) -> Iterator[None]:
 def exec_argv(*rest: str) -> list[str]:
     """``codex exec`` offline, outside a git repository, with ``rest``."""
     return ["exec", "--skip-git-repo-check", *offline_flags(), *rest]
+
+
+def account_pool(
+    backend: FakeCodexBackend, root: Path, accounts: Mapping[str, Mapping[str, Any]]
+) -> tuple[AccountPool, dict[str, str]]:
+    """A pool under ``root`` of accounts on ``backend`` (name -> ``add_account`` options).
+
+    Each account's backend id is ``<root name>-<name>``, so pools under
+    different folders never share an account; returns the pool and the ids.
+    """
+    base = backend.write_codex_home(root / "codex-home")
+    pool = AccountPool(root=root / "pool", base_codex_home=base)
+    ids = {}
+    for name, options in accounts.items():
+        ids[name] = f"{root.name}-{name}"
+        backend.add_account(ids[name], **options)
+        pool.import_auth(name, backend.write_auth(root / f"login-{name}", ids[name]))
+    return pool, ids
+
+
+async def warm_up(pool: AccountPool, names: Iterable[str]) -> None:
+    """Probe the usage endpoint now (it spends no quota) and keep the snapshots in the pool."""
+    source = UsageEndpointSource(pool.usage_credentials)
+    try:
+        for name in names:
+            pool.record_snapshot(await source.fetch(name))
+    finally:
+        await source.aclose()

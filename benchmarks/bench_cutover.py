@@ -43,12 +43,11 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from _bench import DEFAULT_CODEX, emit, exec_argv, ms, quiet_stdio
+from _bench import DEFAULT_CODEX, emit, exec_argv, ms, quiet_stdio, warm_up
 
 from codex_supervisor.accounts import AccountPool
 from codex_supervisor.config import child_environment
 from codex_supervisor.events import ChildExited, ChildLaunched, CollectingSink, Resumed, Rotating
-from codex_supervisor.quota import UsageEndpointSource
 from codex_supervisor.supervisor import Supervisor, SupervisorConfig
 from codex_supervisor.testing import (
     Behaviour,
@@ -59,16 +58,6 @@ from codex_supervisor.testing import (
 
 USAGE_PATHS = frozenset({"/backend-api/wham/usage", "/api/codex/usage"})
 RESPONSES_PATHS = frozenset({"/v1/responses", "/responses"})
-
-
-async def _warm_up(pool: AccountPool, names: list[str]) -> None:
-    """Probe the usage endpoint now and keep the snapshots in the pool."""
-    source = UsageEndpointSource(pool.usage_credentials)
-    try:
-        for name in names:
-            pool.record_snapshot(await source.fetch(name))
-    finally:
-        await source.aclose()
 
 
 @attrs.frozen
@@ -115,7 +104,7 @@ async def _one_cutover(
     backend: FakeCodexBackend, codex: Path, world: _Pool, *, prewarm: bool, poll: float
 ) -> dict[str, float]:
     if prewarm:
-        await _warm_up(world.pool, ["alpha", "beta"])
+        await warm_up(world.pool, ["alpha", "beta"])
     sink = CollectingSink()
     config = SupervisorConfig(
         codex=str(codex), poll_interval=poll, quota_stale_after=3600.0 if prewarm else 0.0

@@ -20,6 +20,11 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _string(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # A lone surrogate has no UTF-8 form, and a TOML file is UTF-8.
+        raise TypeError(f"cannot write a string as TOML: {exc.reason}") from exc
     # A JSON string is a TOML basic string, except that TOML wants DEL escaped.
     return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
@@ -68,8 +73,12 @@ def dumps(document: Mapping[str, Any]) -> str:
     """``document`` as TOML text: nested mappings become tables.
 
     Raises :class:`TypeError` for values TOML cannot hold (``None``, bytes,
-    objects) and for non-string keys.
+    objects, strings with lone surrogates), for non-string keys and for
+    documents nested past the recursion limit (or containing themselves).
     """
     lines: list[str] = []
-    _table((), document, lines)
+    try:
+        _table((), document, lines)
+    except RecursionError as exc:
+        raise TypeError("cannot write a document nested this deeply as TOML") from exc
     return "\n".join(lines) + "\n" if lines else ""

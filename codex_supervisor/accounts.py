@@ -22,6 +22,8 @@ to 63 letters, digits, ``.``, ``_`` or ``-``.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import enum
 import errno
@@ -34,20 +36,27 @@ import secrets
 import shutil
 import stat
 import subprocess
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, final
+from typing import Any, TypeVar, final
 
 import attrs
 
 from . import _convert
-from ._fs import write_atomic
+from ._fs import fsync_dir, write_atomic
 from ._jwt import decode_jwt_claims
 from .clock import Clock, SystemClock
 from .config import child_environment, default_base_codex_home, default_pool_root
-from .errors import AuthError, ConfigError, QuotaUnavailable, StateError
+from .errors import (
+    AccountInUse,
+    AuthError,
+    ConfigError,
+    QuotaUnavailable,
+    StateError,
+    SupervisorError,
+)
 from .lease import (
     FileLeaseBackend,
     FileLock,
@@ -63,11 +72,13 @@ __all__ = [
     "ACCOUNT_NAME_PATTERN",
     "STATE_VERSION",
     "Account",
+    "AccountInUse",
     "AccountPool",
     "AccountStatus",
     "AuthMode",
     "Cooldown",
     "Identity",
+    "QuarantinedAuth",
     "identity_from_auth",
 ]
 
@@ -88,6 +99,15 @@ _PRIVATE_ENTRIES = frozenset({"auth.json", "auth.json.lock", "auth.lock", ".cred
 _SHARED_DIRS = ("sessions", "archived_sessions", "thread-writer-locks")
 _MAX_AUTH_BYTES = 1024 * 1024
 _JITTER = timedelta(seconds=60)
+# A quarantined login is "<UTC time>-<random>-auth.json", its reason beside it.
+_QUARANTINE_SUFFIX = "-auth.json"
+_REASON_SUFFIX = ".reason"
+# In the folder of an account removed while in use (it stays where the running
+# Codex expects its home until the last occupant leaves, then is set aside).
+_REMOVED_MARKER = "removed.json"
+# An exclusive claim held for a few file operations (no heartbeat): ample.
+_CLAIM_TTL = 60.0
+_T = TypeVar("_T")
 
 
 class AuthMode(enum.Enum):
@@ -146,6 +166,24 @@ class AccountStatus:
     home: Path
     blocked_until: datetime | None
     occupants: tuple[LeaseRecord, ...]
+
+
+@final
+@attrs.frozen(kw_only=True)
+class QuarantinedAuth:
+    """An auth.json that could not be taken back into its account, kept aside.
+
+    It may hold the only live refresh token of ``account``, so it stays (0600,
+    in ``<root>/quarantine/<account>/``) until
+    :meth:`AccountPool.adopt_quarantined` takes it back or finds the
+    account's own auth.json at least as new. ``reason`` says why the last
+    attempt failed; ``since`` is when it was put aside.
+    """
+
+    account: str
+    path: Path
+    reason: str
+    since: datetime
 
 
 @attrs.frozen(kw_only=True)
@@ -552,35 +590,97 @@ class AccountPool:
         family revoked). ``copy=True`` allows it anyway, with a warning.
         Symlinked, world-readable and duplicate (same account id) sources are
         refused.
+
+        It is all or nothing: when the pool state cannot be saved, the file
+        goes back where it was (with its mode) and a folder made for it is
+        removed again; the error propagates.
+
+        A folder ``<root>/accounts/<name>`` outside the pool state (an import
+        interrupted by an older version, an account removed while in use) is
+        adopted when it holds no auth.json or a login of the same account id,
+        and refused when it holds another. Of its login and ``source`` the
+        newer is kept, as by a re-login: an older or equal ``source`` — or
+        the folder's own auth.json given as ``source`` — is left where it is.
         """
         _check_name(name)
         src = Path(source)
         data = _read_private_file(src)
         identity = identity_from_auth(data)
+        src_mode = stat.S_IMODE(src.lstat().st_mode)
         with self._locked():
             state = self._load()
             _check_new(state, name, identity)
             account_dir = self.root / "accounts" / name
-            if account_dir.exists():
-                raise ConfigError(
-                    f"{account_dir} exists but is not in the pool state; move it away first"
-                )
-            home = self.prepare_home(name)
-            dest = home / "auth.json"
-            if copy:
-                write_atomic(dest, data)
-                log.warning(
-                    "copied %s into account %r: two copies of one single-use refresh token "
-                    "now exist; use only one of them from now on",
-                    src,
-                    name,
-                )
-            else:
-                _move_file(src, dest, data)
-                log.info("moved %s into account %r (%s)", src, name, dest)
+            existed = _lexists(account_dir)
+            current = self._leftover_login(account_dir, identity) if existed else None
+            dest = self.account_home(name) / "auth.json"
             account = Account(name=name, identity=identity, added_at=self.clock.now())
-            self._save(_with_account(state, account))
+            if current is not None and (_same_file(src, dest) or not _replaces(data, current)):
+                kept = attrs.evolve(account, identity=identity_from_auth(current))
+                self._adopt_as_it_is(state, kept, src)
+                return kept
+            held: Path | None = None  # the folder's older login, until the save succeeds
+            placed: str | None = None  # how the source got to dest: "copied" or "moved"
+            try:
+                self.prepare_home(name)
+                if current is not None:
+                    held = _hold_aside(dest)
+                if copy:
+                    write_atomic(dest, data)
+                    placed = "copied"
+                elif _rename_into(src, dest):
+                    # One atomic rename: whatever Codex may have just written
+                    # to the source moves with it.
+                    placed = "moved"
+                else:  # another filesystem: copy, then remove the source
+                    write_atomic(dest, data)
+                    placed = "copied"
+                    src.unlink()
+                    placed = "moved"
+                dest.chmod(0o600)
+                self._save(_with_account(state, account))
+            except BaseException:
+                try:
+                    _undo_import(
+                        account_dir,
+                        src,
+                        dest,
+                        data,
+                        placed=placed,
+                        held=held,
+                        existed=existed,
+                        mode=src_mode,
+                    )
+                except Exception:
+                    log.exception("could not undo the failed import of %s into %r", src, name)
+                raise
+            if held is not None:
+                held.unlink(missing_ok=True)
+            _unmark_removed(account_dir)
+        if copy:
+            log.warning(
+                "copied %s into account %r: two copies of one single-use refresh token "
+                "now exist; use only one of them from now on",
+                src,
+                name,
+            )
+        else:
+            log.info("moved %s into account %r (%s)", src, name, dest)
         return account
+
+    def _adopt_as_it_is(self, state: _PoolState, account: Account, src: Path) -> None:
+        """Put a folder outside the pool state back in it with its own (newer) login."""
+        home = self.prepare_home(account.name)
+        self._save(_with_account(state, account))
+        _unmark_removed(home.parent)
+        if not _same_file(src, home / "auth.json"):
+            log.warning(
+                "kept %s: it is as new as %s or newer; %s was left where it is",
+                home / "auth.json",
+                src,
+                src,
+            )
+        log.info("adopted the folder %s as account %r", home.parent, account.name)
 
     def login(
         self,
@@ -595,8 +695,11 @@ class AccountPool:
         """Run ``codex login`` for account ``name`` (new, or a re-login of it).
 
         The login runs in a staging home, so a failed or cancelled login
-        changes nothing. A re-login must be the same account, and its
-        auth.json replaces the old one only if it is newer.
+        changes nothing, and neither does one whose pool state cannot be
+        saved (the new login is then discarded). A re-login must be the same
+        account, and its auth.json replaces the old one only if it is newer.
+        A folder ``<root>/accounts/<name>`` outside the pool state is adopted
+        as by :meth:`import_auth`.
         """
         _check_name(name)
         accounts_dir = self.root / "accounts"
@@ -623,37 +726,93 @@ class AccountPool:
             with self._locked():
                 state = self._load()
                 existing = state.accounts.get(name)
-                if existing is None:
-                    _check_new(state, name, identity)
-                    account_dir = accounts_dir / name
-                    if account_dir.exists():
-                        raise ConfigError(f"{account_dir} exists but is not in the pool state")
-                    staging.rename(account_dir)
-                    account = Account(name=name, identity=identity, added_at=self.clock.now())
-                else:
+                account_dir = accounts_dir / name
+                if existing is not None:
                     if existing.identity.account_id != identity.account_id:
                         raise AuthError(
                             f"that login is a different account than {name!r}; nothing changed"
                         )
-                    self._replace_if_newer(self.prepare_home(name) / "auth.json", new_auth, data)
                     account = attrs.evolve(existing, identity=identity)
-                self._save(_with_account(state, account))
+                    self._commit_login(state, account, new_auth, data)
+                elif _lexists(account_dir):
+                    _check_new(state, name, identity)
+                    self._leftover_login(account_dir, identity)
+                    account = Account(name=name, identity=identity, added_at=self.clock.now())
+                    self._commit_login(state, account, new_auth, data)
+                    _unmark_removed(account_dir)
+                else:
+                    _check_new(state, name, identity)
+                    account = Account(name=name, identity=identity, added_at=self.clock.now())
+                    staging.rename(account_dir)
+                    try:
+                        self._save(_with_account(state, account))
+                    except BaseException:
+                        # Back to staging, which goes below: nothing changed.
+                        account_dir.rename(staging)
+                        raise
             return account
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    @staticmethod
-    def _replace_if_newer(dest: Path, new: Path, data: bytes) -> None:
+    def _commit_login(self, state: _PoolState, account: Account, new: Path, data: bytes) -> None:
+        """Put the login ``new`` in ``account``'s home if it is newer, and save the account.
+
+        All or nothing: when the save fails, the home's auth.json is what it
+        was. The home's auth.json is replaced in one rename, never missing
+        for a Codex that may be running on it.
+        """
+        dest = self.prepare_home(account.name) / "auth.json"
         try:
-            current = dest.read_bytes()
+            current: bytes | None = dest.read_bytes()
         except FileNotFoundError:
-            current = b""
-        old_time, new_time = _last_refresh(current), _last_refresh(data)
-        if old_time is not None and new_time is not None and new_time <= old_time:
+            current = None
+        if current is not None and not _replaces(data, current):
             log.warning("kept %s: it is newer than the login just made", dest)
+            self._save(_with_account(state, account))
             return
-        new.chmod(0o600)
-        new.replace(dest)
+        held = _hold_aside(dest) if current is not None else None
+        try:
+            new.chmod(0o600)
+            new.replace(dest)
+            self._save(_with_account(state, account))
+        except BaseException:
+            if _holds(dest, data):  # else nothing was replaced, or Codex wrote since
+                if held is not None:
+                    held.replace(dest)
+                else:
+                    dest.unlink(missing_ok=True)
+            raise
+        finally:
+            if held is not None:
+                held.unlink(missing_ok=True)
+
+    def _leftover_login(self, account_dir: Path, identity: Identity) -> bytes | None:
+        """The auth.json of a folder outside the pool state, if it may be adopted for ``identity``.
+
+        ``None`` when it has none; :class:`~codex_supervisor.errors.ConfigError`
+        when it is no folder or holds another (or an unreadable) login.
+        """
+        if account_dir.is_symlink() or not account_dir.is_dir():
+            raise ConfigError(
+                f"{account_dir} exists but is not an account folder; move it away first"
+            )
+        auth = account_dir / "home" / "auth.json"
+        if not _lexists(auth):
+            return None
+        try:
+            current = _read_private_file(auth)
+            theirs = identity_from_auth(current).account_id
+        except AuthError as exc:
+            raise ConfigError(
+                f"{account_dir} exists but is not in the pool state, and its auth.json "
+                f"cannot be read ({exc}); move it away first"
+            ) from exc
+        if theirs != identity.account_id:
+            raise ConfigError(
+                f"{account_dir} exists but is not in the pool state and holds another "
+                f"login (account id {theirs}); remove it (it is set aside) or move it away first"
+            )
+        return current
 
     def adopt_auth(self, name: str, source: Path | str) -> bool:
         """Take an auth.json Codex wrote outside ``name``'s home, if it is newer.
@@ -684,26 +843,302 @@ class AccountPool:
         log.warning("adopted a newer auth.json of %r written outside its home", name)
         return True
 
-    def remove(self, name: str) -> Path:
+    # -- logins that could not be taken back --------------------------------------
+
+    @property
+    def quarantine_path(self) -> Path:
+        """Where logins that could not be taken back wait: ``<root>/quarantine/<account>/``."""
+        return self.root / "quarantine"
+
+    def take_back_auth(self, name: str, source: Path | str) -> QuarantinedAuth | None:
+        """Adopt an auth.json Codex left outside ``name``'s home, or quarantine it.
+
+        Returns ``None`` when ``source`` holds nothing that needs keeping: it
+        was adopted (:meth:`adopt_auth`), or the account's own auth.json is at
+        least as new. Otherwise — the pool lock was busy, the account was
+        removed, the file's mode was unsafe, it is another login, or it cannot
+        be compared — a copy goes into quarantine (0600, never over another
+        file), the failure is logged at ERROR and the record returned;
+        :meth:`adopt_quarantined` tries again. ``source`` is left in place:
+        only once this returns may the caller delete it. Raises
+        :class:`~codex_supervisor.errors.AuthError` or :class:`OSError` when
+        not even the quarantine could be written; ``source`` is then the only
+        copy and must be kept.
+        """
+        src = Path(source)
+        data = _read_auth_file(src)
+        try:
+            taken = self.adopt_auth(name, src)
+        except (SupervisorError, OSError) as exc:
+            reason = f"could not take it back: {exc}"
+        else:
+            if taken:
+                return None
+            found = self._kept_because(name, data)
+            if found is None:
+                return None
+            reason = found
+        return self._quarantine(name, data, reason)
+
+    def quarantined(self, name: str | None = None) -> list[QuarantinedAuth]:
+        """The logins waiting in quarantine (only ``name``'s if given), oldest first."""
+        base = self.quarantine_path
+        if name is not None:
+            folders = [base / _check_name(name)]
+        else:
+            try:
+                folders = [p for p in base.iterdir() if _NAME_RE.fullmatch(p.name) and p.is_dir()]
+            except FileNotFoundError:
+                return []
+            except OSError as exc:
+                raise StateError(f"cannot read the quarantine {base}: {exc}") from exc
+        found: list[QuarantinedAuth] = []
+        for folder in folders:
+            try:
+                paths = [p for p in folder.iterdir() if _is_quarantined_name(p.name)]
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StateError(f"cannot read the quarantine {folder}: {exc}") from exc
+            for path in paths:
+                try:
+                    reason_path = path.with_name(path.name + _REASON_SUFFIX)
+                    reason = reason_path.read_text(errors="replace").strip()
+                except OSError:
+                    reason = ""
+                found.append(
+                    QuarantinedAuth(
+                        account=folder.name,
+                        path=path,
+                        reason=reason or "unknown (no reason was recorded)",
+                        since=_quarantined_at(path),
+                    )
+                )
+        return sorted(found, key=lambda item: (item.since, item.account, item.path.name))
+
+    def adopt_quarantined(self, name: str | None = None) -> list[QuarantinedAuth]:
+        """Try again to take back every quarantined login (only ``name``'s if given).
+
+        A quarantined file is deleted only once its login is in the account's
+        home (adopted now, or the account's own auth.json is at least as
+        new); otherwise its reason is brought up to date (logged at ERROR
+        when it changes). Returns what is still in quarantine. One item's
+        failure never stops the others.
+        """
+        # Reasons whose login left by other means (`accounts import` of it).
+        folders = _check_name(name) if name is not None else "*"
+        notes = f"{folders}/*{_QUARANTINE_SUFFIX}{_REASON_SUFFIX}"
+        with contextlib.suppress(OSError):
+            for note in self.quarantine_path.glob(notes):
+                if not note.with_name(note.name.removesuffix(_REASON_SUFFIX)).exists():
+                    note.unlink(missing_ok=True)
+        left: list[QuarantinedAuth] = []
+        for item in self.quarantined(name):
+            reason: str | None
+            taken = False
+            try:
+                data = _read_private_file(item.path)
+                taken = self.adopt_auth(item.account, item.path)
+            except (SupervisorError, OSError) as exc:
+                if not item.path.exists():
+                    continue  # taken back by another process meanwhile
+                reason = f"could not take it back: {exc}"
+            else:
+                reason = None if taken else self._kept_because(item.account, data)
+            if reason is None:
+                if not taken:
+                    log.info(
+                        "dropped the quarantined %s: %r's own auth.json is at least as new",
+                        item.path,
+                        item.account,
+                    )
+                _release_quarantined(item.path)
+                continue
+            if reason != item.reason:
+                _note_reason(item.path, reason)
+                log.error(
+                    "the quarantined login %s of %r still cannot be taken back: %s",
+                    item.path,
+                    item.account,
+                    reason,
+                )
+            left.append(attrs.evolve(item, reason=reason))
+        return left
+
+    def _kept_because(self, name: str, data: bytes) -> str | None:
+        """Why ``data``, which :meth:`adopt_auth` did not take, must be kept; None if stale."""
+        try:
+            account = self.get(name)
+            identity = identity_from_auth(data)
+        except SupervisorError as exc:
+            return f"could not take it back: {exc}"
+        if identity.account_id != account.identity.account_id:
+            return f"it is another login than {name!r}'s (another account id)"
+        try:
+            current = (self.account_home(name) / "auth.json").read_bytes()
+        except OSError as exc:
+            return f"could not compare it with {name!r}'s auth.json: {exc}"
+        old_time, new_time = _last_refresh(current), _last_refresh(data)
+        stale = old_time is not None and new_time is not None and new_time <= old_time
+        if current == data or stale:
+            return None
+        return f"it has no last_refresh: nothing says whether it is newer than {name!r}'s"
+
+    def _quarantine(self, name: str, data: bytes, reason: str) -> QuarantinedAuth:
+        folder = self.quarantine_path / _check_name(name)
+        _mkdir_private(self.quarantine_path)
+        _mkdir_private(folder)
+        since = self.clock.now()
+        stamp = since.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        path = folder / f"{stamp}-{secrets.token_hex(4)}{_QUARANTINE_SUFFIX}"
+        _write_new_private(path, data)
+        _note_reason(path, reason)
+        log.error(
+            "an auth.json Codex wrote for %r is not in its home: %s. It may hold the "
+            "account's only live refresh token: kept in quarantine at %s and retried later",
+            name,
+            reason,
+            path,
+        )
+        return QuarantinedAuth(account=name, path=path, reason=reason, since=since)
+
+    def remove(self, name: str, *, force: bool = False) -> Path:
         """Take ``name`` out of the pool; its folder is kept aside, not deleted.
 
-        Returns where the folder went (its auth.json is still a live login).
+        An account in use — a live occupancy lease: a Codex child, a probe —
+        is refused with :class:`AccountInUse`, which names its occupants.
+        With ``force=True`` it leaves the pool state at once, but its folder
+        stays where the running Codex expects its home, which may still
+        refresh the auth.json there; it is set aside when the last occupant
+        lets go (or by a later ``remove``). Meanwhile the folder is outside
+        the pool: a re-import or login of the same account adopts it.
+
+        While removing, the account's occupancy lease is held exclusively,
+        so no launch can start on it halfway. A folder
+        ``<root>/accounts/<name>`` outside the pool state is set aside the
+        same way. If the state cannot be saved, the folder goes back.
+
+        Returns where the folder is now: set aside (its auth.json is still a
+        live login), or ``<root>/accounts/<name>`` itself when it was in use.
         """
+        _check_name(name)
+        if name not in self._load().accounts and not _lexists(self.root / "accounts" / name):
+            raise ConfigError(f"no account named {name!r}")
+        return _run_blocking(lambda: self._remove(name, force=force))
 
-        def change(state: _PoolState) -> _PoolState:
-            _existing(state, name)
-            return attrs.evolve(
-                state, accounts={k: v for k, v in state.accounts.items() if k != name}
-            )
+    async def _remove(self, name: str, *, force: bool) -> Path:
+        occupants: list[LeaseRecord] = []
+        for _ in range(3):  # an occupant that just left is no reason to refuse
+            record = await self._claim_alone(name, purpose="accounts remove")
+            if record is not None or (occupants := await self.occupants(name)):
+                break
+        try:
+            if record is None:
+                if not force:
+                    raise AccountInUse(name, _describe_occupants(occupants))
+                log.info(
+                    "removing %r while it is in use (%s): its folder stays in place "
+                    "until the last session on it ends",
+                    name,
+                    _describe_occupants(occupants),
+                )
+            where = self._remove_locked(name, in_use=record is None)
+        finally:
+            if record is not None:
+                await self.leases.release(record)
+        if record is None:
+            # The occupants may have left while it was being marked, none of
+            # them seeing the mark: then it goes aside now.
+            where = await self._set_aside_if_removed(name) or where
+        return where
 
+    async def _claim_alone(self, name: str, *, purpose: str) -> LeaseRecord | None:
+        """The exclusive occupancy of ``name`` now, without waiting; None if occupied.
+
+        Held for a few file operations only, so it has no heartbeat.
+        """
+        return await self.leases.try_acquire(
+            self.lease_name(name),
+            owner=f"{purpose.replace(' ', '-')}-{os.getpid()}-{secrets.token_hex(4)}",
+            mode=LeaseMode.EXCLUSIVE,
+            ttl=_CLAIM_TTL,
+            purpose=purpose,
+        )
+
+    def _remove_locked(self, name: str, *, in_use: bool) -> Path:
+        account_dir = self.root / "accounts" / name
         with self._locked():
-            state = change(self._load())
-            stamp = self.clock.now().strftime("%Y%m%dT%H%M%S")
-            aside = self.root / "accounts" / f".removed-{name}-{stamp}-{secrets.token_hex(2)}"
-            account_dir = self.root / "accounts" / name
-            if account_dir.exists():
+            state = self._load()
+            kept = {k: v for k, v in state.accounts.items() if k != name}
+            listed = len(kept) != len(state.accounts)
+            if not listed and not _lexists(account_dir):
+                raise ConfigError(f"no account named {name!r}")
+            new_state = attrs.evolve(state, accounts=kept)
+            if in_use:
+                # The running Codex keeps its home (and may refresh its
+                # auth.json there): the folder is marked and stays.
+                marked = _lexists(account_dir) and _mark_removed(account_dir, self.clock.now())
+                if listed:
+                    try:
+                        self._save(new_state)
+                    except BaseException:
+                        if marked:
+                            _unmark_removed(account_dir)
+                        raise
+                return account_dir
+            aside = self._aside_path(name)
+            moved = _lexists(account_dir)
+            if moved:
                 account_dir.rename(aside)
-            self._save(state)
+            if listed:
+                try:
+                    self._save(new_state)
+                except BaseException:
+                    if moved:
+                        aside.rename(account_dir)
+                    raise
+            if moved:
+                _unmark_removed(aside)
+        return aside
+
+    def _aside_path(self, name: str) -> Path:
+        stamp = self.clock.now().strftime("%Y%m%dT%H%M%S")
+        return self.root / "accounts" / f".removed-{name}-{stamp}-{secrets.token_hex(2)}"
+
+    async def _set_aside_if_removed(self, name: str) -> Path | None:
+        """Set aside the folder of an account removed while in use, once nobody occupies it.
+
+        Runs as an occupant leaves. Returns where the folder went, or None;
+        never raises (a failure is logged, and a later :meth:`remove` sets
+        the folder aside).
+        """
+        account_dir = self.root / "accounts" / name
+        if not (account_dir / _REMOVED_MARKER).exists():
+            return None
+        try:
+            record = await self._claim_alone(name, purpose="set aside")
+            if record is None:
+                return None  # another occupant: the last one sets it aside
+            try:
+                return await asyncio.to_thread(self._set_aside_locked, name)
+            finally:
+                await self.leases.release(record)
+        except Exception:
+            log.warning("could not set aside the folder of removed account %r", name, exc_info=True)
+            return None
+
+    def _set_aside_locked(self, name: str) -> Path | None:
+        account_dir = self.root / "accounts" / name
+        with self._locked():
+            if not (account_dir / _REMOVED_MARKER).exists():
+                return None  # set aside or adopted meanwhile
+            if name in self._load().accounts:
+                _unmark_removed(account_dir)  # back in the pool
+                return None
+            aside = self._aside_path(name)
+            account_dir.rename(aside)
+            _unmark_removed(aside)
+        log.info("the folder of removed account %r was set aside at %s", name, aside)
         return aside
 
     # -- credentials for probes ---------------------------------------------------
@@ -788,7 +1223,7 @@ class AccountPool:
         timeout: float,
         on_lost: Callable[[Lease], None] | None,
     ) -> AbstractAsyncContextManager[Lease]:
-        return acquire_lease(
+        claim = acquire_lease(
             self.leases,
             self.lease_name(name),
             mode=mode,
@@ -798,6 +1233,22 @@ class AccountPool:
             on_lost=on_lost,
             clock=self.clock,
         )
+        return self._occupancy(name, claim)
+
+    @contextlib.asynccontextmanager
+    async def _occupancy(
+        self, name: str, claim: AbstractAsyncContextManager[Lease]
+    ) -> AsyncIterator[Lease]:
+        held = False
+        try:
+            async with claim as lease:
+                held = True
+                yield lease
+        finally:
+            if held:
+                # The last occupant of an account removed while in use sets
+                # its folder aside.
+                await self._set_aside_if_removed(name)
 
     async def occupants(self, name: str) -> list[LeaseRecord]:
         """The live leases on ``name``."""
@@ -870,15 +1321,220 @@ def _with_account(state: _PoolState, account: Account) -> _PoolState:
     return attrs.evolve(state, accounts={**state.accounts, account.name: account})
 
 
-def _move_file(src: Path, dest: Path, data: bytes) -> None:
-    """Move an auth.json so that exactly one copy remains."""
+def _rename_into(src: Path, dest: Path) -> bool:
+    """Rename ``src`` over ``dest``; False, with nothing done, across filesystems."""
     try:
-        # Same filesystem: one atomic rename, and whatever Codex may have just
-        # written to the source moves with it.
         src.rename(dest)
     except OSError as exc:
-        if exc.errno != errno.EXDEV:  # another filesystem: copy, then remove
-            raise AuthError(f"cannot move {src} to {dest}: {exc}") from exc
-        write_atomic(dest, data)
-        src.unlink()
-    dest.chmod(0o600)
+        if exc.errno == errno.EXDEV:
+            return False
+        raise AuthError(f"cannot move {src} to {dest}: {exc}") from exc
+    return True
+
+
+def _lexists(path: Path) -> bool:
+    """Whether anything is at ``path``, a dangling link included."""
+    return os.path.lexists(path)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
+
+
+def _replaces(new: bytes, current: bytes) -> bool:
+    """Whether login ``new`` may replace ``current`` of the same account: unless not newer."""
+    if new == current:
+        return False
+    old_time, new_time = _last_refresh(current), _last_refresh(new)
+    return not (old_time is not None and new_time is not None and new_time <= old_time)
+
+
+def _hold_aside(path: Path) -> Path:
+    """A second name for the login at ``path``, in its folder, while ``path`` is replaced.
+
+    A hard link (a private copy where the filesystem has none); ``path``
+    itself never goes missing for a Codex that may be reading it.
+    """
+    held = path.with_name(f".{path.name}.{secrets.token_hex(4)}.held")
+    try:
+        os.link(path, held)
+    except OSError:
+        write_atomic(held, path.read_bytes())
+    return held
+
+
+def _put_back(dest: Path, src: Path, mode: int) -> bool:
+    """Give the file at ``dest`` its old name ``src`` again, never over another file.
+
+    ``dest`` stays (the caller removes or replaces it). False when ``src``
+    exists again or cannot be written.
+    """
+    try:
+        os.link(dest, src)
+    except FileExistsError:
+        return False
+    except OSError:  # another filesystem, or one without hard links: the same bytes anew
+        try:
+            data = dest.read_bytes()
+            fd = os.open(src, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        except OSError:
+            return False
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:
+            src.unlink(missing_ok=True)
+            return False
+    with contextlib.suppress(OSError):
+        src.chmod(mode)
+    fsync_dir(src.parent)
+    return True
+
+
+def _undo_import(
+    account_dir: Path,
+    src: Path,
+    dest: Path,
+    data: bytes,
+    *,
+    placed: str | None,
+    held: Path | None,
+    existed: bool,
+    mode: int,
+) -> None:
+    """Put back what a failed import changed: the source where it was, the folder as it was."""
+    if placed is not None and not _holds(dest, data):
+        # Written since (a Codex running on an adopted folder refreshed it):
+        # the newest login of all, so nothing is undone over it.
+        log.error("%s changed during the failed import of %s; left as it is", dest, src)
+        return
+    if placed == "moved" and not _put_back(dest, src, mode):
+        log.error("could not move %s back after a failed import: the login is at %s", src, dest)
+        return
+    if held is not None:
+        if placed is not None:
+            held.replace(dest)
+        else:
+            held.unlink(missing_ok=True)
+    elif placed is not None:
+        dest.unlink(missing_ok=True)
+    if not existed:
+        shutil.rmtree(account_dir, ignore_errors=True)
+
+
+def _mark_removed(account_dir: Path, now: datetime) -> bool:
+    """Mark the folder of an account removed while in use; False if it already was."""
+    marker = account_dir / _REMOVED_MARKER
+    if marker.exists():
+        return False
+    stamp = now.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    write_atomic(marker, json.dumps({"removed_at": stamp, "pid": os.getpid()}).encode() + b"\n")
+    return True
+
+
+def _unmark_removed(account_dir: Path) -> None:
+    (account_dir / _REMOVED_MARKER).unlink(missing_ok=True)
+
+
+def _describe_occupants(records: Sequence[LeaseRecord]) -> str:
+    if not records:
+        return "a holder whose lease record cannot be read"
+    return ", ".join(
+        f"pid {r.pid} on {r.host} ({r.purpose or r.mode.value}, since "
+        f"{r.acquired_at.astimezone(UTC).isoformat(timespec='seconds').replace('+00:00', 'Z')})"
+        for r in records
+    )
+
+
+def _run_blocking(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """Run a coroutine to the end from synchronous code, inside a running loop or not."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(factory())
+    # Called from a coroutine: a private loop in a worker thread, while the
+    # caller's loop waits (as it does for every synchronous state method).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
+        return executor.submit(lambda: asyncio.run(factory())).result()
+
+
+def _read_auth_file(path: Path) -> bytes:
+    """Read an auth.json to keep it safe: a regular file, not a link; any mode.
+
+    Unlike :func:`_read_private_file` a file readable by others is read too:
+    it is about to be kept aside (0600), not taken into an account.
+    """
+    try:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode):
+            raise AuthError(f"{path} is not a regular file")
+        if info.st_size > _MAX_AUTH_BYTES:
+            raise AuthError(f"{path}: {info.st_size} bytes is not an auth.json")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read(_MAX_AUTH_BYTES + 1)
+    except OSError as exc:
+        raise AuthError(f"cannot read {path}: {exc}") from exc
+
+
+def _write_new_private(path: Path, data: bytes) -> None:
+    """Write ``data`` as a new file ``path`` (0600), whole or not at all, never over another."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # A hard link appears whole and fails if the name is taken (a rename
+        # would silently replace it).
+        os.link(temp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+    fsync_dir(path.parent)
+
+
+def _note_reason(path: Path, reason: str) -> None:
+    """Record beside a quarantined login why it is there (best effort: the login is safe)."""
+    try:
+        write_atomic(path.with_name(path.name + _REASON_SUFFIX), reason.encode() + b"\n")
+    except OSError as exc:
+        log.warning("could not record why %s is in quarantine: %s", path, exc)
+
+
+def _release_quarantined(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + _REASON_SUFFIX).unlink(missing_ok=True)
+
+
+def _is_quarantined_name(name: str) -> bool:
+    return name.endswith(_QUARANTINE_SUFFIX) and not name.startswith(".")
+
+
+def _quarantined_at(path: Path) -> datetime:
+    """When a login was put in quarantine, from its name (else its file's time)."""
+    try:
+        return datetime.fromisoformat(path.name.split("-", 1)[0]).astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: a year-1 time east of UTC
+        pass
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except OSError:
+        return datetime.fromtimestamp(0, UTC)

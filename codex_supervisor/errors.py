@@ -14,7 +14,8 @@ builtin fits, the error also inherits it, so ``except TimeoutError`` works::
     ├── StateError                         a malformed or unreadable state file
     ├── LeaseError
     │   ├── LeaseTimeout (TimeoutError)    could not acquire in time
-    │   └── LeaseLost                      a held lease was taken or expired (ensure_held)
+    │   ├── LeaseLost                      a held lease was taken or expired (ensure_held)
+    │   └── AccountInUse                   an occupied account cannot be removed now
     ├── QuotaError
     │   ├── QuotaUnavailable               no source could produce a snapshot
     │   ├── QuotaParseError (ValueError)   a usage payload / rate-limit object we cannot read
@@ -38,6 +39,7 @@ constructor argument), so they can cross process boundaries in tests and tools.
 from __future__ import annotations
 
 __all__ = [
+    "AccountInUse",
     "AppServerError",
     "AuthError",
     "BrokerAlreadyRunning",
@@ -136,6 +138,21 @@ class LeaseLost(LeaseError):
 
     def __str__(self) -> str:
         return f"lease {self.name!r} of {self.owner} was lost: {self.reason}"
+
+
+class AccountInUse(LeaseError):
+    """An account that cannot be removed now: something occupies it (a Codex child, a probe).
+
+    ``occupants`` describes them (pid, host, purpose, since).
+    """
+
+    def __init__(self, name: str, occupants: str) -> None:
+        super().__init__(name, occupants)
+        self.name = name
+        self.occupants = occupants
+
+    def __str__(self) -> str:
+        return f"account {self.name!r} is in use by {self.occupants}; not removed"
 
 
 class QuotaError(SupervisorError):

@@ -54,6 +54,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
@@ -365,9 +366,10 @@ class FileLeaseBackend:
     ``<root>/<name>/.lock``. Records are only ever renamed into place whole, so
     a record file we cannot read was not written by this code as it is:
 
-    * not JSON at all (empty, truncated, binary): junk that no writer could
-      have produced. It is moved aside at once as ``<owner>.json.corrupt``
-      (logged at WARNING) and never blocks anyone;
+    * not JSON at all (empty, truncated, binary) or no regular file (a fifo,
+      a folder): junk that no writer could have produced. It is moved aside
+      at once as ``<owner>.json.corrupt`` (logged at WARNING) and never
+      blocks anyone;
     * JSON that is not a record we understand (unknown mode, missing fields, a
       name or owner that does not match its path): possibly the claim of a
       newer version. It counts as a live *exclusive* holder until its file is
@@ -576,12 +578,10 @@ class FileLeaseBackend:
 
     def _read(self, path: Path) -> LeaseRecord | _Unreadable | None:
         """The record at ``path``, an _Unreadable, or None when there is no file."""
-        try:
-            with path.open("rb") as fh:
-                raw = fh.read(_MAX_RECORD_BYTES + 1)
-                mtime = os.fstat(fh.fileno()).st_mtime
-        except FileNotFoundError:
-            return None
+        found = _record_bytes(path)
+        if not isinstance(found, tuple):
+            return found
+        raw, mtime = found
         try:
             data = json.loads(raw) if len(raw) <= _MAX_RECORD_BYTES else None
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
@@ -615,6 +615,24 @@ class FileLeaseBackend:
         )
         with contextlib.suppress(FileNotFoundError):
             junk.path.replace(target)
+
+
+def _record_bytes(path: Path) -> tuple[bytes, float] | _Unreadable | None:
+    """The first bytes of a record file (one more than a record may hold) and its mtime."""
+    try:
+        # O_NONBLOCK: a fifo where a record belongs must not hang the scan
+        # (and with it every acquire of the name, under its lock).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return _Unreadable(path, info.st_mtime, "not a regular file", garbage=True)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read(_MAX_RECORD_BYTES + 1), info.st_mtime
+    finally:
+        os.close(fd)
 
 
 def _parse_record(data: object, path: Path) -> LeaseRecord:

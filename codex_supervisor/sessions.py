@@ -15,7 +15,12 @@ Codex writes every session to ``sessions/YYYY/MM/DD/rollout-<local time>-<id>.js
   ``session_meta.cwd`` is the child's cwd — and when two such sessions exist,
   only the one whose writer lock our child holds. Ambiguous evidence leaves
   the child unbound and says why: resuming the wrong conversation is the one
-  thing a supervisor must never do.
+  thing a supervisor must never do;
+- tells which sessions a running child writes (:meth:`SessionBinder.open_by`,
+  :meth:`SessionBinder.still_writes`): a rollout it has open *for writing*
+  (``/proc/PID/fdinfo`` flags) or whose writer lock it holds. A rollout open
+  read-only is no evidence: ``codex fork`` reads its source and the resume
+  picker reads many. Two written sessions are ambiguous, never "the first".
 
 Discovery looks at no more than two date folders for a new session and one for
 a UUIDv7 id, so its cost does not grow with the user's history. Symbolic links
@@ -34,7 +39,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, final
@@ -99,6 +104,7 @@ _WANTED_EVENTS = frozenset(
 )
 _TYPE_PREFIX = re.compile(rb'"type"\s*:\s*"([A-Za-z_]+)"')
 _PREFIX_BYTES = 256
+_LOCK_RE = re.compile(r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.lock")
 _EVENT_NAMES = frozenset(name.decode() for name in _WANTED_EVENTS)
 _CHUNK = 1024 * 1024
 #: Lines longer than this are skipped (and logged), never buffered whole.
@@ -269,7 +275,8 @@ def parse_line(  # noqa: PLR0911 - one return per line kind reads best
     if kind == "session_meta":
         return _meta(payload)
     event = payload.get("type") if kind == "event_msg" else None
-    if event not in _EVENT_NAMES:
+    # isinstance first: a list or an object is unhashable, and `in` a set raises.
+    if not isinstance(event, str) or event not in _EVENT_NAMES:
         return None
     at = _time(line.get("timestamp"))
     if event in ("task_started", "turn_started"):
@@ -391,6 +398,10 @@ class RolloutReader:
                 continue
             self._line(line, records)
         rest = data[start:]
+        if self._skipping:
+            # No newline yet: still the over-long line, already counted and logged.
+            self._offset += len(rest)
+            return b""
         if len(rest) > self.max_line_bytes:
             # Never buffer an endless line: drop it up to its newline.
             log.warning(
@@ -552,6 +563,9 @@ class BindAttempt:
     reason: str
     candidates: tuple[str, ...] = ()
     files_examined: int = 0
+    #: Several sessions qualified and nothing told them apart: a caller must
+    #: not fall back to a weaker rule that would pick one of them.
+    ambiguous: bool = False
 
 
 def _uuid7_time(session_id: str) -> datetime | None:
@@ -631,7 +645,8 @@ def read_session_meta(path: Path) -> SessionMeta | None:
 def _same_dir(a: str | None, b: Path) -> bool:
     if a is None:
         return False
-    with contextlib.suppress(OSError):
+    # ValueError: a cwd read from a rollout may hold a NUL or a lone surrogate.
+    with contextlib.suppress(OSError, ValueError):
         return Path(a).resolve() == b.resolve()
     return Path(a) == b
 
@@ -661,6 +676,11 @@ class SessionBinder:
         """The real ``archived_sessions`` folder."""
         return (self.codex_home / "archived_sessions").resolve()
 
+    @functools.cached_property
+    def locks_dir(self) -> Path:
+        """The real ``thread-writer-locks`` folder."""
+        return (self.codex_home / "thread-writer-locks").resolve()
+
     def _meta(self, path: Path) -> SessionMeta | None:
         # Session metadata never changes once written: read each file once.
         if path not in self._meta_cache:
@@ -677,26 +697,36 @@ class SessionBinder:
         """
         if not is_session_id(session_id):
             raise SessionError(f"not a session id: {session_id!r}")
-        root = self.sessions_dir
-        created = _uuid7_time(session_id)
         looked: set[Path] = set()
-        if created is not None:
-            local = created.astimezone().date()
-            for day in (local, local - timedelta(days=1), local + timedelta(days=1)):
-                folder = _day_folder(root, day)
-                if folder is None:
-                    continue
-                looked.add(folder)
-                found = self._in_folder(folder, session_id)
-                if found:
-                    return found
-        for folder in _day_folders_newest_first(root):
+        found = self._in_uuid7_days(session_id, looked)
+        if found:
+            return found
+        for folder in _day_folders_newest_first(self.sessions_dir):
             if folder in looked:
                 continue
             found = self._in_folder(folder, session_id)
             if found:
                 return found
         return self._in_archive(self.archived_dir, session_id)
+
+    def _in_uuid7_days(self, session_id: str, looked: set[Path]) -> Binding | None:
+        """The rollout of a UUIDv7 id in its own date folder or the days beside it.
+
+        At most three folders, whatever the history's size; None for other ids.
+        """
+        created = _uuid7_time(session_id)
+        if created is None:
+            return None
+        local = created.astimezone().date()
+        for day in (local, local - timedelta(days=1), local + timedelta(days=1)):
+            folder = _day_folder(self.sessions_dir, day)
+            if folder is None:
+                continue
+            looked.add(folder)
+            found = self._in_folder(folder, session_id)
+            if found:
+                return found
+        return None
 
     def _in_folder(self, folder: Path, session_id: str) -> Binding | None:
         suffix = f"-{session_id}.jsonl"
@@ -794,6 +824,7 @@ class SessionBinder:
                 ),
                 candidates=ids,
                 files_examined=examined,
+                ambiguous=True,
             )
         # With a child pid, even a lone candidate must be shown to be ours: a
         # session another process started a moment earlier in the same
@@ -812,18 +843,35 @@ class SessionBinder:
             if not ours
             else f"{len(ours)} new sessions written by pid {pid}: ambiguous, not guessing"
         )
-        return BindAttempt(binding=None, reason=reason, candidates=ids, files_examined=examined)
+        return BindAttempt(
+            binding=None,
+            reason=reason,
+            candidates=ids,
+            files_examined=examined,
+            ambiguous=len(ours) > 1,
+        )
 
     def _owned_by(self, binding: Binding, pid: int) -> bool:
-        """Whether ``pid`` (or a process it started) writes ``binding``'s rollout.
+        """Whether ``pid`` (or a process it started) is shown to write ``binding``'s rollout."""
+        return self.still_writes(binding, pid) is True
 
-        Evidence: the holder of the thread writer lock, else an open file
-        descriptor on the rollout (Codex keeps it open while it writes).
+    def still_writes(self, binding: Binding, pid: int) -> bool | None:
+        """Whether process ``pid`` writes ``binding``'s session: ask right before a rotation.
+
+        Evidence: the holder of the thread writer lock (``pid`` or a process
+        it started), else a descriptor of ``pid`` open *for writing* on the
+        rollout (Codex 0.169.0 opens it ``O_RDWR|O_APPEND`` and keeps it open
+        while the thread is loaded). A descriptor open read-only is no
+        evidence. None when neither can be read (no ``/proc``, and the lock
+        probe cannot name its holder): the caller keeps what it knew.
         """
         lock = writer_lock(self.codex_home, binding.session_id)
         if lock.pid is not None:
             return _descends_from(lock.pid, pid)
-        return _has_open(pid, binding.path)
+        files = _open_files(pid, lambda target: target == str(binding.path))
+        if files is None:
+            return None
+        return any(_writable(flags) for _, flags in files)
 
     async def wait_for_new(
         self,
@@ -847,31 +895,89 @@ class SessionBinder:
                 raise SessionError(f"no session bound within {timeout:g}s: {attempt.reason}")
             await self.clock.sleep(poll)
 
-    def find_open_by(self, pid: int) -> Binding | None:
-        """The rollout process ``pid`` has open, read from its open files (Linux).
+    def open_by(self, pid: int) -> BindAttempt:
+        """The session process ``pid`` writes, read from its open files (Linux).
 
-        Codex keeps its rollout open while the thread is loaded, so this is
-        exact: no guessing from folders or times, and it works for resumes by
-        name and ``--last`` as well as new sessions. None when ``pid`` has no
-        rollout open (yet) or /proc is unavailable.
+        Codex keeps its rollout open for writing while the thread is loaded,
+        so this is exact: no guessing from folders or times, and it works for
+        resumes by name and ``--last`` and for forks as well as new sessions.
+        A rollout counts only when ``pid`` has it open *for writing*
+        (``/proc/PID/fdinfo`` flags) or holds its writer lock: ``codex fork``
+        reads its source and the resume picker reads many, read-only. When
+        ``pid`` writes several sessions the attempt is ``ambiguous`` and
+        unbound, never "the first one found".
         """
+        found = self._written_by(pid)
+        if found is None:
+            return BindAttempt(binding=None, reason=f"the open files of pid {pid} cannot be read")
+        written, read_only = found
+        ids = tuple(sorted(written))
+        if len(ids) == 1:
+            path = written[ids[0]]
+            return BindAttempt(
+                binding=Binding(session_id=ids[0], path=path, meta=self._meta(path)),
+                reason=f"{ids[0]} is written by pid {pid}",
+                candidates=ids,
+            )
+        if not ids:
+            seen = f" ({read_only} open read-only, not evidence)" if read_only else ""
+            return BindAttempt(binding=None, reason=f"pid {pid} writes no rollout yet{seen}")
+        return BindAttempt(
+            binding=None,
+            reason=(
+                f"pid {pid} writes {len(ids)} sessions ({', '.join(ids)}): ambiguous, not guessing"
+            ),
+            candidates=ids,
+            ambiguous=True,
+        )
+
+    def _written_by(self, pid: int) -> tuple[dict[str, Path], int] | None:
+        """The rollouts ``pid`` writes by id, and how many more it only reads; None: no /proc."""
         root = str(self.sessions_dir) + os.sep
-        try:
-            entries = list(os.scandir(f"/proc/{pid}/fd"))
-        except OSError:
+        locks = str(self.locks_dir) + os.sep
+        files = _open_files(pid, lambda target: target.startswith((root, locks)))
+        if files is None:
             return None
-        for entry in entries:
-            try:
-                target = str(Path(entry.path).readlink())
-            except OSError:
+        written: dict[str, Path] = {}
+        read_only: dict[str, Path] = {}
+        locked: set[str] = set()
+        for target, flags in files:
+            if str(target).startswith(locks):
+                lock_name = _LOCK_RE.fullmatch(target.name)
+                if lock_name and target.parent == self.locks_dir:
+                    locked.add(lock_name.group(1))
                 continue
-            if not target.startswith(root):
+            match = _ROLLOUT_RE.fullmatch(target.name)
+            if match is None:
                 continue
-            match = _ROLLOUT_RE.fullmatch(Path(target).name)
-            if match:
-                path = Path(target)
-                return Binding(session_id=match.group(7), path=path, meta=self._meta(path))
-        return None
+            if _writable(flags):
+                written[match.group(7)] = target
+            else:
+                read_only.setdefault(match.group(7), target)
+        # A writer lock pid holds is evidence too (an open lock file alone is
+        # not: the lock may not be taken yet, or already released).
+        for session_id in sorted(locked - written.keys()):
+            lock = writer_lock(self.codex_home, session_id)
+            if lock.pid is None or not _descends_from(lock.pid, pid):
+                continue
+            path = read_only.get(session_id)
+            if path is None:
+                # Bounded: a lock is often taken before the rollout exists,
+                # and this runs on every look while a child is unbound.
+                binding = self._in_uuid7_days(session_id, set())
+                if binding is None:
+                    continue
+                path = binding.path
+            written[session_id] = path
+        return written, len(read_only.keys() - written.keys())
+
+    def find_open_by(self, pid: int) -> Binding | None:
+        """The one session process ``pid`` writes (see :meth:`open_by`), else None.
+
+        None also when it writes several: ask :meth:`open_by` to tell that
+        apart from "none yet".
+        """
+        return self.open_by(pid).binding
 
     def resolve_last(self, *, cwd: Path | str, interactive_only: bool = True) -> Binding | None:
         """The session ``codex resume --last`` would pick in ``cwd``: the last one updated.
@@ -920,19 +1026,57 @@ def _descends_from(child: int, ancestor: int) -> bool:
     return False
 
 
-def _has_open(pid: int, path: Path) -> bool:
-    """Whether process ``pid`` has ``path`` open (Linux /proc; False elsewhere)."""
-    target = str(path)
-    fd_dir = Path(f"/proc/{pid}/fd")
+def _fd_flags(pid: int, fd: str) -> int | None:
+    """The open flags of descriptor ``fd`` of ``pid`` (``/proc/PID/fdinfo``, octal)."""
     try:
-        entries = list(os.scandir(fd_dir))
+        text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
     except OSError:
-        return False
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags:"):
+            with contextlib.suppress(ValueError, IndexError):
+                return int(line.split()[1], 8)
+            return None
+    return None
+
+
+def _writable(flags: int | None) -> bool:
+    """Whether open flags allow writing: ``O_WRONLY`` or ``O_RDWR``.
+
+    ``O_APPEND`` alone proves nothing (``O_RDONLY|O_APPEND`` cannot write);
+    the access mode is the same two bits on every Linux architecture.
+    """
+    return flags is not None and (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+
+
+def _open_files(pid: int, wanted: Callable[[str], bool]) -> list[tuple[Path, int | None]] | None:
+    """(target, open flags) of the descriptors of ``pid`` whose target is ``wanted``.
+
+    None when ``/proc/PID/fd`` cannot be read (not Linux, or no such process
+    of ours). Flags are None when unreadable, which counts as "not for
+    writing". A descriptor closed and reused between reading its target and
+    its flags is left out rather than paired with another file's flags.
+    """
+    try:
+        entries = list(os.scandir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+    files: list[tuple[Path, int | None]] = []
     for entry in entries:
-        with contextlib.suppress(OSError):
-            if Path(entry.path).readlink() == Path(target):
-                return True
-    return False
+        try:
+            target = str(Path(entry.path).readlink())
+        except OSError:
+            continue  # closed meanwhile
+        if not wanted(target):
+            continue
+        flags = _fd_flags(pid, entry.name)
+        try:
+            if str(Path(entry.path).readlink()) != target:
+                continue
+        except OSError:
+            continue
+        files.append((Path(target), flags))
+    return files
 
 
 def _name_time(match: re.Match[str]) -> datetime | None:

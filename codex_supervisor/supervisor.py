@@ -185,12 +185,18 @@ class SupervisorConfig:
     stop: StopPolicy = attrs.field(factory=StopPolicy)
 
 
+def _shell_exit_code(code: int) -> int:
+    """A process's return code as a shell reports it: -N (killed by signal N) is 128 + N."""
+    return 128 - code if code < 0 else code
+
+
 @final
 @attrs.frozen(kw_only=True)
 class RunResult:
     """How a supervised run ended.
 
-    ``exit_code`` is Codex's exit code, or ``128 + signal`` when the
+    ``exit_code`` is Codex's exit code as a shell reports it: ``128 + N``
+    when Codex was killed by signal N, and ``128 + signal`` when the
     supervisor was stopped by a signal (``signal`` then names it).
     ``session_id`` is the conversation the run followed (``None`` when it was
     never identified); ``accounts`` every account a child ran on, in order
@@ -198,7 +204,7 @@ class RunResult:
     how many times the session moved to a successor.
     """
 
-    exit_code: int
+    exit_code: int = attrs.field(converter=_shell_exit_code)
     session_id: str | None
     accounts: tuple[str, ...]
     rotations: int
@@ -271,6 +277,9 @@ class _ChildRun:
     # The last rate limits this child's rollout reported: the evidence of a
     # failed turn (what the 429 said), which a later probe must not replace.
     rollout_quota: QuotaSnapshot | None = None
+    # The binding problem last logged (ambiguous, or stale before a
+    # rotation): logged once, not on every poll.
+    binding_problem: str | None = None
 
     @property
     def session_id(self) -> str | None:
@@ -873,19 +882,30 @@ class Supervisor:
 
     def _bind(self, run: _ChildRun) -> None:
         if run.binding is None:
-            found = run.binder.find_open_by(run.child.pid)
-            if found is None:
-                found = run.binder.bind_new(
+            # Only a rollout the child writes (open for writing, or its writer
+            # lock held) binds. When it writes several, nothing binds: the
+            # folder-and-time rule must not pick one of them either.
+            attempt = run.binder.open_by(run.child.pid)
+            if attempt.binding is None and not attempt.ambiguous:
+                attempt = run.binder.bind_new(
                     cwd=run.workdir, launched_at=run.launched_at, pid=run.child.pid
-                ).binding
+                )
+            found = attempt.binding
             if found is not None:
                 run.binding = found
+                run.binding_problem = None
                 self._bound(run.account, found, f"written by pid {run.child.pid}")
-            elif self.clock.monotonic() > run.bind_deadline and run.child.returncode is None:
-                log.warning(
-                    "no session found for pid %d; rotation is off for this run", run.child.pid
-                )
-                run.bind_deadline = float("inf")
+            else:
+                if attempt.ambiguous and run.binding_problem != attempt.reason:
+                    log.warning("session not bound yet: %s", attempt.reason)
+                    run.binding_problem = attempt.reason
+                if self.clock.monotonic() > run.bind_deadline and run.child.returncode is None:
+                    log.warning(
+                        "no session found for pid %d (%s); rotation is off for this run",
+                        run.child.pid,
+                        attempt.reason,
+                    )
+                    run.bind_deadline = float("inf")
         if run.binding is not None and run.reader is None:
             run.reader = RolloutReader(run.binding.path, account=run.account)
             if run.known_session is not None or run.inv.mode in _CONTINUING:
@@ -896,6 +916,60 @@ class Supervisor:
                 run.reader.read()
                 run.turns_at_launch = run.reader.state.turns_completed
                 run.caught_up = True
+
+    def _still_bound(self, run: _ChildRun) -> bool:
+        """Right before a rotation: does the child write its bound session, and no other?
+
+        A binding can go stale: a TUI switches conversations with ``/new``,
+        ``/resume`` or ``/fork`` (0.169.0 keeps the old thread loaded and its
+        rollout open for writing beside the new one), and resuming the bound
+        session would then resume the wrong conversation. When the child no
+        longer writes it but writes exactly one other session, it is rebound
+        to that one and False is returned (decide again on that session's own
+        state). When it writes none, or several, the rotation is refused
+        (logged once) and the child keeps running. Without ``/proc`` nothing
+        can be re-checked and the binding stands.
+        """
+        binding = run.binding
+        assert binding is not None  # a reader, so a decision, implies a binding
+        pid = run.child.pid
+        writes = run.binder.still_writes(binding, pid)
+        attempt = run.binder.open_by(pid)
+        others = [c for c in attempt.candidates if c != binding.session_id]
+        if not others and (writes is not False or attempt.binding is not None):
+            return True  # (or it reopened the rollout between the two looks)
+        found = attempt.binding
+        if writes is False and found is not None:
+            log.warning(
+                "pid %d no longer writes session %s but %s: rebound, deciding again",
+                pid,
+                binding.session_id,
+                found.session_id,
+            )
+            run.binding = found
+            run.binding_problem = None
+            self._bound(
+                run.account, found, f"rebound: pid {pid} writes it instead of {binding.session_id}"
+            )
+            # Its earlier turns and rate limits are not this child's new evidence.
+            run.reader = RolloutReader(found.path, account=run.account)
+            run.reader.read()
+            run.turns_at_launch = run.reader.state.turns_completed
+            run.caught_up = True
+            return False
+        why = (
+            f"it also writes {', '.join(others)}: which one is the conversation cannot be told"
+            if writes is not False
+            else f"it does not write it now: {attempt.reason}"
+        )
+        problem = (
+            f"not rotating: pid {pid} was bound to session {binding.session_id} but {why}; "
+            "resuming a guess could resume the wrong conversation"
+        )
+        if run.binding_problem != problem:
+            log.warning("%s", problem)
+            run.binding_problem = problem
+        return False
 
     def _bind_finished(self, run: _ChildRun) -> None:
         if run.binding is not None:
@@ -971,7 +1045,11 @@ class Supervisor:
             # answer. Stopping it now would turn a success into a resume with
             # a continuation prompt (an extra paid turn); the next run chooses.
             return None
-        candidates = await self.selector.candidates()
+        try:
+            candidates = await self.selector.candidates()
+        except ConfigError as exc:  # the pool emptied: its last account was removed meanwhile
+            log.debug("no decision for %s: %s", run.account, exc)
+            return None
         current = next((c for c in candidates if c.name == run.account), None)
         if current is None:
             return None  # removed from the pool meanwhile: leave the child alone
@@ -1000,9 +1078,13 @@ class Supervisor:
                 self._emit(PrewarmStarted(at=now, account=run.account, reason=decision.reason))
                 run.prewarm = asyncio.create_task(self._prewarm(run.account), name="prewarm")
             return None
+        if isinstance(decision, PauseAtBoundary) and not safe:
+            return None  # let the turn finish; decide again at the boundary
+        if not self._still_bound(run):
+            # Every branch below stops the child to resume its session: only
+            # a session it is still shown to write may be resumed.
+            return None
         if isinstance(decision, PauseAtBoundary):
-            if not safe:
-                return None  # let the turn finish; decide again at the boundary
             # No account can take another turn: stop here and wait (the
             # successor choice below waits for the first account that can).
             await run.child.stop(self.config.stop)

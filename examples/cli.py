@@ -7,7 +7,8 @@ code and ``--json`` shape):
     accounts login NAME     run ``codex login`` for a new (or the same) account
     accounts import NAME    adopt an existing auth.json (it is moved, not copied)
     accounts list           the accounts of the pool
-    accounts remove NAME    take an account out of the pool (its folder is kept)
+    accounts remove NAME    take an account out of the pool (its folder is kept;
+                            refused while in use unless --force)
     accounts unblock NAME   lift an account's cooldowns (``--window W`` for one)
     status                  quota, cooldowns and occupancy of every account
     run [--] ARGS           a supervised Codex session (exit code = Codex's)
@@ -49,7 +50,13 @@ from codex_supervisor import (
     SupervisorError,
     WindowKind,
 )
-from codex_supervisor.accounts import AccountStatus, AuthMode
+from codex_supervisor.accounts import (
+    AccountInUse,
+    AccountStatus,
+    AuthMode,
+    QuarantinedAuth,
+    identity_from_auth,
+)
 from codex_supervisor.config import default_base_codex_home, default_pool_root
 from codex_supervisor.errors import QuotaAuthExpired
 from codex_supervisor.events import (
@@ -304,9 +311,21 @@ def cmd_accounts_import(args: argparse.Namespace) -> int:
     """``accounts import NAME --auth-json FILE``: adopt an existing login."""
     pool = _pool(args)
     source = Path(args.auth_json).absolute()
+    folder = pool.account_home(args.name).parent
+    adopting = folder.exists()  # a folder outside the pool: adopted if it is this login's
     account = pool.import_auth(args.name, source, copy=args.copy)
     dest = pool.account_home(account.name) / "auth.json"
-    if args.copy:
+    if adopting:
+        _say(f"ADOPTED the existing folder {folder} (it was not in the pool)")
+    if source.exists() and source.samefile(dest):
+        _say(f"KEPT {dest} (the file given)")
+    elif not args.copy and source.exists():
+        _say(f"KEPT {dest}: it is as new as {source} or newer")
+        _warn(
+            f"{source} was left where it is: delete it or never run Codex with it again, "
+            "or whichever copy refreshes its single-use token second will be refused"
+        )
+    elif args.copy:
         _say(f"COPIED {source} to {dest}")
         _warn(
             f"the original is still at {source}: delete it or never run Codex with it again, "
@@ -350,13 +369,29 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
 
 
 def cmd_accounts_remove(args: argparse.Namespace) -> int:
-    """``accounts remove NAME``: out of the pool; the folder is set aside, not deleted."""
-    aside = _pool(args).remove(args.name)
-    if aside.exists():
+    """``accounts remove NAME [--force]``: out of the pool; the folder is set aside, not deleted."""
+    pool = _pool(args)
+    try:
+        aside = pool.remove(args.name, force=args.force)
+    except AccountInUse as exc:
+        print(
+            f"{PROG}: error: {exc} (--force takes it out of the pool anyway; "
+            "the running session is left alone)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    if not aside.exists():
+        _say(f"removed account {args.name!r} from the pool (it had no folder)")
+    elif aside == pool.account_home(args.name).parent:
+        _say(f"removed account {args.name!r} from the pool while it is in use")
+        _say(
+            f"its folder stays at {aside} until the last session on it ends (Codex may still "
+            f"refresh its auth.json there); then it is set aside as "
+            f"{aside.parent}/.removed-{args.name}-<time>-<hex>"
+        )
+    else:
         _say(f"removed account {args.name!r} from the pool; its folder was set aside at {aside}")
         _say("its auth.json is still a live login: delete that folder to discard it")
-    else:
-        _say(f"removed account {args.name!r} from the pool (it had no folder)")
     return EXIT_OK
 
 
@@ -462,6 +497,59 @@ def _print_status_account(entry: AccountStatus, outcome: _Outcome | None, now: d
         )
 
 
+def _quarantine_action(item: QuarantinedAuth, accounts: dict[str, Account]) -> str:
+    """What to do about a login in quarantine (never by printing it)."""
+    account = accounts.get(item.account)
+    if account is None:
+        return (
+            f"{item.account!r} is no longer in the pool: re-add it from this file with "
+            f"`{PROG} accounts import {item.account} --auth-json {item.path}`"
+        )
+    try:
+        theirs = identity_from_auth(item.path.read_bytes()).account_id
+    except (OSError, SupervisorError):
+        theirs = account.identity.account_id
+    if theirs != account.identity.account_id:
+        return (
+            f"it is not {item.account!r}'s login: add it as an account of its own "
+            f"(`{PROG} accounts import NAME --auth-json {item.path}`), or delete it if "
+            "that login is not wanted"
+        )
+    return (
+        f"an app-server pool takes it back into {item.account!r} by itself (on its next "
+        "spawn on that account or idle sweep) once the cause is gone; do not delete it: "
+        "it may be the account's only live login"
+    )
+
+
+def _quarantined_json(item: QuarantinedAuth, accounts: dict[str, Account]) -> dict[str, Any]:
+    return {
+        "account": item.account,
+        "path": str(item.path),
+        "reason": item.reason,
+        "since": _iso(item.since),
+        "in_pool": item.account in accounts,
+        "action": _quarantine_action(item, accounts),
+    }
+
+
+def _print_quarantined(
+    items: list[QuarantinedAuth], accounts: dict[str, Account], now: datetime
+) -> None:
+    if not items:
+        return
+    _say()
+    _say(
+        f"QUARANTINED LOGINS: {len(items)} auth.json file(s) Codex wrote that could not be "
+        "taken back into their account; each may hold the account's only live refresh token"
+    )
+    for item in items:
+        _say(f"{item.account}: {item.path}")
+        _say(f"  since: {_clock_time(item.since, now)} ({_relative(item.since, now)})")
+        _say(f"  why: {item.reason}")
+        _say(f"  to do: {_quarantine_action(item, accounts)}")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """``status``: usage windows, cooldowns and occupancy of every account."""
     pool = _pool(args)
@@ -469,6 +557,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         _gather_status(pool, refresh=args.refresh, strategy=args.strategy)
     )
     now = datetime.now(UTC)
+    quarantined = pool.quarantined()
+    by_name = {entry.account.name: entry.account for entry in entries}
     if args.json:
         accounts = []
         for entry in entries:
@@ -489,6 +579,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "refreshed": bool(args.refresh),
                 "accounts": accounts,
                 "next": _choice_json(choice),
+                "quarantined": [_quarantined_json(q, by_name) for q in quarantined],
             }
         )
         return EXIT_OK
@@ -497,6 +588,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"no accounts in {pool.root}; add one with `{PROG} accounts login NAME` "
             f"or `{PROG} accounts import NAME --auth-json FILE`"
         )
+        _print_quarantined(quarantined, by_name, now)
         return EXIT_OK
     for index, entry in enumerate(entries):
         if index:
@@ -507,6 +599,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         _say(f"next run: {choice}")
     elif choice is not None:
         _say(f"next run: waits until {_clock_time(choice.until, now)} ({choice.reason})")
+    _print_quarantined(quarantined, by_name, now)
     return EXIT_OK
 
 
@@ -851,6 +944,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rm = accounts_sub.add_parser("remove", help="take an account out of the pool")
     rm.add_argument("name", metavar="NAME")
+    rm.add_argument(
+        "--force",
+        action="store_true",
+        help="remove it even while in use (its folder stays until that session ends)",
+    )
     rm.set_defaults(handler=cmd_accounts_remove)
 
     unblock = accounts_sub.add_parser("unblock", help="lift an account's cooldowns")

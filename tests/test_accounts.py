@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
+import errno
 import json
 import logging
 import os
@@ -16,14 +18,17 @@ from pathlib import Path
 
 import pytest
 
+from codex_supervisor import accounts as accounts_module
 from codex_supervisor import errors
 from codex_supervisor._jwt import decode_jwt_claims
 from codex_supervisor.accounts import (
+    AccountInUse,
     AccountPool,
     AuthMode,
     identity_from_auth,
 )
 from codex_supervisor.config import child_environment, default_base_codex_home, default_pool_root
+from codex_supervisor.lease import LeaseMode, LeaseRecord
 from codex_supervisor.quota import QuotaSnapshot, SnapshotSource, WindowKind
 from codex_supervisor.testing import (
     FakeClock,
@@ -619,3 +624,315 @@ def test_prepare_home_tolerates_a_concurrent_preparer(base_home: Path, tmp_path:
     ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
     assert all((pool.account_home("work") / f"entry-{i}").is_symlink() for i in range(20))
+
+
+# -- failed saves, stranded folders, removal while in use ----------------------------------
+
+
+def _fail_save(self: AccountPool, state: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device (test)")
+
+
+def _login_at(path: Path, account_id: str, refreshed: datetime, refresh_token: str) -> Path:
+    """A private auth.json of ``account_id`` at ``path``, refreshed at ``refreshed``."""
+    _auth_file(path.parent, account_id)
+    data = json.loads(path.read_text())
+    data["last_refresh"] = refreshed.isoformat().replace("+00:00", "Z")
+    data["tokens"]["refresh_token"] = refresh_token
+    path.write_text(json.dumps(data))
+    path.chmod(0o600)
+    return path
+
+
+def _refresh_token(path: Path) -> str:
+    token: str = json.loads(path.read_text())["tokens"]["refresh_token"]
+    return token
+
+
+@pytest.fixture
+def real_pool(tmp_path: Path, base_home: Path) -> AccountPool:
+    """A pool on the system clock: leases are judged against real time, as other processes do."""
+    return AccountPool(root=tmp_path / "pool", base_codex_home=base_home)
+
+
+@pytest.mark.parametrize("how", ["moved", "copied", "moved across filesystems"])
+def test_an_import_whose_state_cannot_be_saved_puts_everything_back(
+    pool: AccountPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The save fails after the move: the file is back where it was, with its mode; no folder."""
+    pool.import_auth("other", _auth_file(tmp_path / "o", "acct-0"))
+    src = _auth_file(tmp_path / "old-home", "acct-1")
+    src.chmod(0o640)
+    content = src.read_bytes()
+    state = pool.state_path.read_bytes()
+    if how == "moved across filesystems":
+        monkeypatch.setattr(accounts_module, "_rename_into", lambda src, dest: False)
+    with monkeypatch.context() as patch:
+        patch.setattr(AccountPool, "_save", _fail_save)
+        with pytest.raises(OSError, match="No space left"):
+            pool.import_auth("work", src, copy=how == "copied")
+    assert src.read_bytes() == content
+    assert stat.S_IMODE(src.stat().st_mode) == 0o640
+    assert not (pool.root / "accounts" / "work").exists()
+    assert pool.state_path.read_bytes() == state
+    # Nothing is stranded: the same import works now.
+    pool.import_auth("work", src)
+    assert not src.exists()
+    assert pool.get("work").identity.account_id == "acct-1"
+
+
+def test_a_login_whose_state_cannot_be_saved_changes_nothing(
+    pool: AccountPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new login and a newer re-login both leave folders, auth.json and state as they were."""
+    pool.login("work", runner=_FakeLogin("acct-1"))
+    auth = pool.account_home("work") / "auth.json"
+    before, state = auth.read_bytes(), pool.state_path.read_bytes()
+    with monkeypatch.context() as patch:
+        patch.setattr(AccountPool, "_save", _fail_save)
+        with pytest.raises(OSError, match="No space left"):
+            pool.login("new", runner=_FakeLogin("acct-2"))
+        newer = _FakeLogin("acct-1", last_refresh=T0 + timedelta(hours=1))
+        with pytest.raises(OSError, match="No space left"):
+            pool.login("work", runner=newer)
+    assert auth.read_bytes() == before
+    assert pool.state_path.read_bytes() == state
+    assert [p.name for p in (pool.root / "accounts").iterdir()] == ["work"]
+    assert sorted(p.name for p in auth.parent.glob("*auth.json*")) == ["auth.json"]
+    pool.login("new", runner=_FakeLogin("acct-2"))  # nothing stranded
+    assert [a.name for a in pool.accounts()] == ["new", "work"]
+
+
+def test_a_reimport_adopts_a_stranded_folder_of_the_same_login(
+    pool: AccountPool, tmp_path: Path
+) -> None:
+    """What a failed import of an older version left (a login in a folder outside the state)."""
+    stranded = _login_at(pool.prepare_home("work") / "auth.json", "acct-1", T0, "rt-stranded")
+    content = stranded.read_bytes()
+
+    account = pool.import_auth("work", stranded)
+
+    assert account.identity.account_id == "acct-1"
+    assert stranded.read_bytes() == content
+    assert [a.name for a in pool.accounts()] == ["work"]
+    with pytest.raises(errors.ConfigError, match="already exists"):
+        pool.import_auth("work", stranded)
+
+
+def test_a_reimport_keeps_the_newer_login_and_refuses_another_accounts_folder(
+    pool: AccountPool, tmp_path: Path
+) -> None:
+    """A stranded folder keeps its login unless the source is newer; a foreign one is refused."""
+    kept = _login_at(pool.prepare_home("a") / "auth.json", "acct-a", T0, "rt-kept")
+    older = _login_at(tmp_path / "older" / "auth.json", "acct-a", T0 - timedelta(days=1), "rt-o")
+    pool.import_auth("a", older)
+    assert older.exists()  # left where it was: not newer
+    assert _refresh_token(kept) == "rt-kept"
+
+    replaced = _login_at(pool.prepare_home("b") / "auth.json", "acct-b", T0, "rt-old")
+    newer = _login_at(tmp_path / "newer" / "auth.json", "acct-b", T0 + timedelta(hours=1), "rt-n")
+    pool.import_auth("b", newer)
+    assert not newer.exists()  # moved in over the older login
+    assert _refresh_token(replaced) == "rt-n"
+    assert sorted(p.name for p in replaced.parent.glob("*auth.json*")) == ["auth.json"]
+
+    foreign = _login_at(pool.prepare_home("c") / "auth.json", "acct-x", T0, "rt-x")
+    src = _login_at(tmp_path / "c" / "auth.json", "acct-c", T0 + timedelta(hours=1), "rt-c")
+    with pytest.raises(errors.ConfigError, match=r"holds another login \(account id acct-x\)"):
+        pool.import_auth("c", src)
+    assert src.exists()
+    assert _refresh_token(foreign) == "rt-x"
+    assert [a.name for a in pool.accounts()] == ["a", "b"]
+
+
+def test_a_login_adopts_a_stranded_folder_of_the_same_account(pool: AccountPool) -> None:
+    """A login under the name of a stranded folder of that account adopts it (newer login wins)."""
+    auth = pool.prepare_home("work") / "auth.json"
+    _login_at(auth, "acct-1", T0 - timedelta(hours=1), "rt-stranded")
+    pool.login("work", runner=_FakeLogin("acct-1"))
+    assert [a.name for a in pool.accounts()] == ["work"]
+    assert _refresh_token(auth) == "rt-acct-1"
+    _login_at(pool.prepare_home("play") / "auth.json", "acct-x", T0, "rt-x")
+    with pytest.raises(errors.ConfigError, match="holds another login"):
+        pool.login("play", runner=_FakeLogin("acct-2"))
+    assert [a.name for a in pool.accounts()] == ["work"]
+
+
+_HOLDER = """
+import asyncio, sys
+from pathlib import Path
+from codex_supervisor.accounts import AccountPool
+
+async def main():
+    pool = AccountPool(root=Path(sys.argv[1]), base_codex_home=Path(sys.argv[2]))
+    async with pool.occupy(sys.argv[3], purpose="codex exec"):
+        print("held", flush=True)
+        await asyncio.to_thread(sys.stdin.read)
+    print("released", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_remove_refuses_an_account_in_use_and_force_leaves_the_session_alone(
+    real_pool: AccountPool, tmp_path: Path
+) -> None:
+    """Another process occupies the account: refused; forced, its folder and login stay until
+    that process leaves, which sets the folder aside with whatever Codex wrote meanwhile."""
+    pool = real_pool
+    pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
+    home = pool.account_home("work")
+    auth = home / "auth.json"
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(pool.root), str(pool.base_codex_home), "work"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdin is not None
+        assert holder.stdout is not None
+        try:
+            assert holder.stdout.readline() == "held\n"
+            before = auth.read_bytes()
+            with pytest.raises(
+                AccountInUse,
+                match=rf"account 'work' is in use by pid {holder.pid} on \S+ \(codex exec, since ",
+            ) as refused:
+                pool.remove("work")
+            assert isinstance(refused.value, errors.LeaseError)
+            assert [a.name for a in pool.accounts()] == ["work"]
+            assert auth.read_bytes() == before
+
+            assert pool.remove("work", force=True) == home.parent
+            assert pool.accounts() == []
+            assert auth.read_bytes() == before  # the running Codex keeps its home and login
+            assert (home / "thread-writer-locks").is_dir()
+            # Codex refreshes the login in its home meanwhile (write and rename).
+            refreshed = _login_at(tmp_path / "r" / "auth.json", "acct-1", T0, "rt-refreshed")
+            refreshed.replace(auth)
+            with pytest.raises(errors.ConfigError, match="no account named 'work'"):
+                pool.get("work")
+        finally:
+            holder.stdin.close()
+            assert holder.wait(timeout=60) == 0
+        assert holder.stdout.read() == "released\n"
+    # The last occupant left: the folder went aside, with the refreshed login.
+    assert not home.parent.exists()
+    [aside] = list((pool.root / "accounts").glob(".removed-work-*"))
+    assert _refresh_token(aside / "home" / "auth.json") == "rt-refreshed"
+    assert not (aside / "removed.json").exists()
+
+
+def test_a_forced_removal_whose_occupant_left_meanwhile_sets_the_folder_aside(
+    real_pool: AccountPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The occupant leaves between the refused claim and the mark: the folder still goes aside."""
+    pool = real_pool
+    pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
+    home = pool.account_home("work")
+    remove_locked = AccountPool._remove_locked
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(pool.root), str(pool.base_codex_home), "work"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdin is not None
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+
+        def spy(self: AccountPool, name: str, *, in_use: bool) -> Path:
+            assert in_use
+            assert holder.stdin is not None
+            holder.stdin.close()  # it leaves now, before the mark: it sees none
+            assert holder.wait(timeout=60) == 0
+            return remove_locked(self, name, in_use=in_use)
+
+        monkeypatch.setattr(AccountPool, "_remove_locked", spy)
+        where = pool.remove("work", force=True)
+    assert where.name.startswith(".removed-work-")
+    assert (where / "home" / "auth.json").is_file()
+    assert not home.parent.exists()
+
+
+def test_remove_holds_the_account_so_no_launch_starts_meanwhile(
+    real_pool: AccountPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the folder is moved and the state saved, the occupancy lease is held exclusively."""
+    pool = real_pool
+    pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
+    seen: list[LeaseRecord] = []
+    launched: list[BaseException] = []
+    remove_locked = AccountPool._remove_locked
+
+    async def launch(p: AccountPool) -> None:
+        async with p.occupy("work", timeout=0):
+            pass
+
+    def spy(self: AccountPool, name: str, *, in_use: bool) -> Path:
+        with concurrent.futures.ThreadPoolExecutor(1) as other:
+            seen.extend(other.submit(asyncio.run, self.occupants(name)).result())
+            launched.append(other.submit(asyncio.run, launch(self)).exception() or Exception())
+        return remove_locked(self, name, in_use=in_use)
+
+    monkeypatch.setattr(AccountPool, "_remove_locked", spy)
+    pool.remove("work")
+    assert [(r.mode, r.purpose) for r in seen] == [(LeaseMode.EXCLUSIVE, "accounts remove")]
+    assert isinstance(launched[0], errors.LeaseTimeout)
+    assert asyncio.run(pool.occupants("work")) == []
+
+
+def test_a_remove_whose_state_cannot_be_saved_puts_the_folder_back(
+    real_pool: AccountPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed save leaves the account in the pool with its folder and login in place."""
+    pool = real_pool
+    pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
+    auth = pool.account_home("work") / "auth.json"
+    before = auth.read_bytes()
+    monkeypatch.setattr(AccountPool, "_save", _fail_save)
+    with pytest.raises(OSError, match="No space left"):
+        pool.remove("work")
+    assert auth.read_bytes() == before
+    assert [a.name for a in pool.accounts()] == ["work"]
+    assert not list((pool.root / "accounts").glob(".removed-*"))
+    assert asyncio.run(pool.occupants("work")) == []
+
+
+def test_remove_sets_aside_a_folder_outside_the_pool(real_pool: AccountPool) -> None:
+    """A stranded folder can be removed like an account; a name with neither is an error."""
+    auth = _login_at(real_pool.prepare_home("left") / "auth.json", "acct-1", T0, "rt-left")
+    aside = real_pool.remove("left")
+    assert aside.name.startswith(".removed-left-")
+    assert _refresh_token(aside / "home" / "auth.json") == "rt-left"
+    assert not auth.exists()
+    with pytest.raises(errors.ConfigError, match="no account named 'left'"):
+        real_pool.remove("left")
+
+
+@pytest.mark.anyio
+async def test_the_last_occupant_sets_the_folder_aside_unless_it_was_adopted_back(
+    real_pool: AccountPool, tmp_path: Path
+) -> None:
+    """Forced removal under two occupants: the folder goes when the second leaves; a re-import
+    of the same login meanwhile puts it back in the pool instead."""
+    pool = real_pool
+    pool.import_auth("work", _auth_file(tmp_path / "w", "acct-1"))
+    home = pool.account_home("work")
+    async with pool.occupy("work", purpose="one"):
+        async with pool.occupy("work", purpose="two"):
+            await asyncio.to_thread(pool.remove, "work", force=True)
+        assert (home / "auth.json").is_file()  # "one" still runs on it
+    assert not home.parent.exists()
+    assert len(list((pool.root / "accounts").glob(".removed-work-*"))) == 1
+
+    pool.import_auth("play", _auth_file(tmp_path / "p", "acct-2"))
+    auth = pool.account_home("play") / "auth.json"
+    async with pool.occupy("play"):
+        # From inside a running loop, as an async caller would.
+        assert pool.remove("play", force=True) == auth.parent.parent
+        assert pool.accounts() == []
+        pool.import_auth("play", auth)  # the folder's own login: adopted as it is
+        assert [a.name for a in pool.accounts()] == ["play"]
+    assert auth.is_file()  # back in the pool: left in place
+    assert not (auth.parent.parent / "removed.json").exists()

@@ -9,23 +9,25 @@ tar.gz files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hmac
 import json
 import os
 import random
 import signal
+import stat
 import sys
 import tarfile
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from codex_supervisor import errors
-from codex_supervisor.accounts import AccountPool
+from codex_supervisor.accounts import AccountPool, QuarantinedAuth
 from codex_supervisor.appserver.homestore import PRIVATE_ENTRIES, LocalDirHomeStore
 from codex_supervisor.appserver.pool import (
     AppServerPool,
@@ -38,6 +40,7 @@ from codex_supervisor.appserver.pool import (
     SpawnContext,
     launch_app_server,
 )
+from codex_supervisor.lease import FileLock
 from codex_supervisor.process import StopPolicy
 from codex_supervisor.testing import FakeAppServerLauncher, FakeCodexBackend, OffsetClock
 
@@ -871,6 +874,246 @@ async def test_a_failed_spawn_keeps_a_login_codex_refreshed_meanwhile(
             await pool.ensure("k", plain_build)
     auth = json.loads((accounts.pool.account_home("alpha") / "auth.json").read_text())
     assert auth["tokens"]["refresh_token"] == "rt-newer"
+
+
+# -- logins that cannot be taken back ------------------------------------------------------------
+
+
+def codex_wrote_auth(
+    home: Path, refresh_token: str, *, refreshed: str = "2099-01-01", mode: int = 0o600
+) -> None:
+    """Replace a spawn home's auth.json link by a file, as a Codex writing by rename would."""
+    link = home / "auth.json"
+    data = json.loads(link.read_text())
+    data["last_refresh"] = f"{refreshed}T00:00:00Z"
+    data["tokens"]["refresh_token"] = refresh_token
+    link.unlink()
+    link.write_text(json.dumps(data))
+    link.chmod(mode)
+
+
+def refresh_token_in(path: Path) -> str:
+    token: str = json.loads(path.read_text())["tokens"]["refresh_token"]
+    return token
+
+
+def account_refresh_token(accounts: AccountPool, name: str) -> str:
+    return refresh_token_in(accounts.account_home(name) / "auth.json")
+
+
+@contextlib.contextmanager
+def pool_lock_held(accounts: AccountPool) -> Iterator[None]:
+    """The pool lock held by someone else: every adopt_auth times out at once."""
+    timeout, accounts.lock_timeout = accounts.lock_timeout, 0.0
+    try:
+        with FileLock(accounts.root / "pool.lock"):
+            yield
+    finally:
+        accounts.lock_timeout = timeout
+
+
+def assert_private(item: QuarantinedAuth, accounts: AccountPool) -> None:
+    assert stat.S_IMODE(item.path.lstat().st_mode) == 0o600
+    assert stat.S_ISREG(item.path.lstat().st_mode)
+    assert stat.S_IMODE(item.path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(accounts.quarantine_path.stat().st_mode) == 0o700
+    assert item.path.parent == accounts.quarantine_path / item.account
+
+
+async def test_a_login_not_taken_back_for_a_busy_pool_lock_is_quarantined_then_adopted(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pool lock busy at shutdown: the newer login goes to quarantine, the next spawn adopts it."""
+    accounts.add("alpha")
+    spent = account_refresh_token(accounts.pool, "alpha")
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
+        handle = await pool.ensure("k", plain_build)
+        codex_wrote_auth(handle.home, "rt-only-live-copy")
+        with pool_lock_held(accounts.pool):
+            await pool.shutdown("k")
+        [item] = accounts.pool.quarantined()
+        assert item.account == "alpha"
+        assert "could not acquire" in item.reason
+        assert refresh_token_in(item.path) == "rt-only-live-copy"
+        assert_private(item, accounts.pool)
+        assert not handle.home.exists(), "the login is safe: the home may go"
+        assert account_refresh_token(accounts.pool, "alpha") == spent
+        errors_logged = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert any(str(item.path) in r.getMessage() for r in errors_logged)
+        # The next spawn on the account takes it back before Codex reads it.
+        again = await pool.ensure("k", plain_build)
+        assert again.account == "alpha"
+        assert account_refresh_token(accounts.pool, "alpha") == "rt-only-live-copy"
+        assert accounts.pool.quarantined() == []
+        assert not item.path.exists()
+    assert "rt-only-live-copy" not in caplog.text
+
+
+async def test_a_failed_spawn_whose_login_cannot_be_taken_back_quarantines_it(
+    pool_root: Path, accounts: Accounts
+) -> None:
+    """A spawn that refreshed, then failed with the pool lock busy: the login is quarantined."""
+    accounts.add("alpha")
+
+    held = contextlib.ExitStack()
+
+    class RefreshThenFail(FakeAppServerLauncher):
+        async def __call__(self, request: LaunchRequest) -> Launched:
+            codex_wrote_auth(request.home, "rt-newer")
+            held.enter_context(pool_lock_held(accounts.pool))
+            raise errors.SpawnError(request.key, "was not ready within 30s", -9, "")
+
+    async with make_pool(pool_root, RefreshThenFail(), accounts=accounts.pool) as pool:
+        with held, pytest.raises(errors.SpawnError):
+            await pool.ensure("k", plain_build)
+        assert list((pool_root / "homes").iterdir()) == []
+        [item] = accounts.pool.quarantined()
+        assert refresh_token_in(item.path) == "rt-newer"
+        assert await pool.retry_quarantined() == []
+    assert account_refresh_token(accounts.pool, "alpha") == "rt-newer"
+
+
+async def test_a_login_of_a_removed_account_stays_in_quarantine_until_it_is_imported(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts
+) -> None:
+    """Account removed while its server ran: its newer login is kept, not deleted with the home."""
+    accounts.add("alpha")
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
+        handle = await pool.ensure("k", plain_build)
+        codex_wrote_auth(handle.home, "rt-newer")
+        accounts.pool.remove("alpha", force=True)
+        await pool.shutdown("k")
+        [item] = accounts.pool.quarantined()
+        assert item.account == "alpha"
+        assert "no account named 'alpha'" in item.reason
+        assert_private(item, accounts.pool)
+        # Retries keep it while the account is gone...
+        [still] = await pool.retry_quarantined()
+        assert still.path == item.path
+        assert refresh_token_in(item.path) == "rt-newer"
+    # ...and it is a whole auth.json: re-adding the account from it works.
+    accounts.pool.import_auth("alpha", item.path)
+    assert account_refresh_token(accounts.pool, "alpha") == "rt-newer"
+    assert accounts.pool.adopt_quarantined() == []
+    assert list(item.path.parent.iterdir()) == [], "its reason goes with it"
+
+
+def test_a_quarantined_login_is_never_written_over_another_file(tmp_path: Path) -> None:
+    """The quarantine writes a new file whole, or fails and leaves the one there alone."""
+    from codex_supervisor.accounts import _write_new_private
+
+    target = tmp_path / "20990101T000000.000000Z-00000000-auth.json"
+    target.write_bytes(b"first")
+    with pytest.raises(FileExistsError):
+        _write_new_private(target, b"second")
+    assert target.read_bytes() == b"first"
+    assert list(tmp_path.iterdir()) == [target], "no temporary file is left behind"
+    fresh = tmp_path / "new-auth.json"
+    _write_new_private(fresh, b"{}")
+    assert fresh.read_bytes() == b"{}"
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+
+
+async def test_a_login_refused_for_its_mode_is_quarantined_0600_and_taken_back_by_the_reaper(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts
+) -> None:
+    """A world-readable auth.json is refused by adopt_auth: kept 0600, then adopted on a sweep."""
+    accounts.add("alpha")
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
+        handle = await pool.ensure("k", plain_build)
+        codex_wrote_auth(handle.home, "rt-newer", mode=0o644)
+        await pool.shutdown("k")
+        [item] = accounts.pool.quarantined()
+        assert "readable or writable by other users" in item.reason
+        assert_private(item, accounts.pool)
+        assert await IdleReaper(pool, interval=1, idle_after=1000).sweep() == []
+        assert accounts.pool.quarantined() == []
+    assert account_refresh_token(accounts.pool, "alpha") == "rt-newer"
+
+
+async def test_a_home_whose_login_cannot_even_be_quarantined_is_kept_until_it_is_safe(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No adopt, no quarantine: the home and its auth.json stay (ERROR logged), retried later."""
+    accounts.add("alpha")
+    blocker = accounts.pool.quarantine_path
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
+        handle = await pool.ensure("k", plain_build)
+        codex_wrote_auth(handle.home, "rt-newer")
+        blocker.write_text("not a folder")
+        with pool_lock_held(accounts.pool):
+            await pool.shutdown("k")
+        assert refresh_token_in(handle.home / "auth.json") == "rt-newer"
+        assert "could neither take back nor quarantine" in caplog.text
+        assert await pool.store.version("k") == 1, "the rest of the home is archived"
+        with pool_lock_held(accounts.pool):
+            await pool.retry_quarantined()
+        assert handle.home.exists(), "still neither adoptable nor quarantinable"
+        blocker.unlink()
+        assert await pool.retry_quarantined() == []
+        assert not handle.home.exists()
+    assert account_refresh_token(accounts.pool, "alpha") == "rt-newer"
+    assert "rt-newer" not in caplog.text
+
+
+async def test_a_pool_closing_with_a_login_it_could_not_save_keeps_the_home_and_says_so(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Closed while the login can be neither adopted nor quarantined: the home stays, logged."""
+    accounts.add("alpha")
+    pool = make_pool(pool_root, launcher, accounts=accounts.pool)
+    handle = await pool.ensure("k", plain_build)
+    codex_wrote_auth(handle.home, "rt-newer")
+    accounts.pool.quarantine_path.write_text("not a folder")
+    with pool_lock_held(accounts.pool):
+        await pool.aclose()
+    assert refresh_token_in(handle.home / "auth.json") == "rt-newer"
+    [record] = [r for r in caplog.records if f"the home {handle.home} stays" in r.getMessage()]
+    assert record.levelname == "ERROR"
+
+
+async def test_a_quarantined_login_the_account_has_outgrown_is_dropped_never_written_back(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts
+) -> None:
+    """The account's auth.json became newer meanwhile: the quarantined copy goes, unused."""
+    accounts.add("alpha")
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
+        handle = await pool.ensure("k", plain_build)
+        codex_wrote_auth(handle.home, "rt-2099")
+        with pool_lock_held(accounts.pool):
+            await pool.shutdown("k")
+        [item] = accounts.pool.quarantined()
+        account_auth = accounts.pool.account_home("alpha") / "auth.json"
+        data = json.loads(account_auth.read_text())
+        data["last_refresh"] = "2100-01-01T00:00:00Z"
+        data["tokens"]["refresh_token"] = "rt-2100"
+        account_auth.write_text(json.dumps(data))
+        newest = account_auth.read_bytes()
+        assert await pool.retry_quarantined() == []
+        assert not item.path.exists()
+        assert account_auth.read_bytes() == newest
+
+
+async def test_no_server_starts_on_an_account_whose_login_waits_in_quarantine(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts, tmp_path: Path
+) -> None:
+    """A login of alpha that cannot be adopted: spawns go to beta, or fail when none can run."""
+    accounts.add("alpha", five_hour_used=10)
+    accounts.add("beta", five_hour_used=40)
+    stray = accounts.backend.write_auth(tmp_path / "stray", "id-beta")
+    # Not alpha's login at all: kept (it is a live login), never adopted into alpha.
+    item = accounts.pool.take_back_auth("alpha", stray)
+    assert item is not None
+    assert "another login" in item.reason
+    assert stray.exists(), "the caller removes the source"
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
+        handle = await pool.ensure("k", plain_build)
+        assert handle.account == "beta"
+        await pool.shutdown("k")
+        accounts.pool.remove("beta")
+        with pytest.raises(errors.AuthError, match="quarantine"):
+            await pool.ensure("k", plain_build)
+        assert len(launcher.requests) == 1
 
 
 async def test_a_cancelled_aclose_leaves_no_server_running(

@@ -202,6 +202,89 @@ def test_remove_sets_the_folder_aside(cli: Cli, backend: FakeCodexBackend) -> No
     assert missing.stderr == "codex-supervisor: error: no account named 'alpha'\n"
 
 
+@pytest.mark.anyio
+async def test_remove_of_an_account_in_use_is_refused_unless_forced(
+    cli: Cli, backend: FakeCodexBackend
+) -> None:
+    """Occupied: exit 1 naming the occupant; `--force` takes it out, the folder stays until the
+    occupant leaves, then it is set aside."""
+    backend.add_account("acct-a")
+    source = _login_file(backend, cli.root, "acct-a")
+    assert cli("accounts", "import", "alpha", "--auth-json", str(source)).returncode == 0
+    pool = AccountPool(root=cli.pool, base_codex_home=cli.codex_home)
+    folder = cli.pool / "accounts" / "alpha"
+
+    async with pool.occupy("alpha", purpose="codex"):
+        refused = await asyncio.to_thread(cli, "accounts", "remove", "alpha")
+        assert refused.returncode == 1
+        assert re.fullmatch(
+            rf"codex-supervisor: error: account 'alpha' is in use by pid {os.getpid()} on \S+ "
+            r"\(codex, since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\); not removed "
+            r"\(--force takes it out of the pool anyway; the running session is left alone\)\n",
+            refused.stderr,
+        ), refused.stderr
+        assert [a["name"] for a in cli.json("accounts", "list", "--json")["accounts"]] == ["alpha"]
+
+        forced = await asyncio.to_thread(cli, "accounts", "remove", "alpha", "--force")
+        assert forced.returncode == 0, forced.stderr
+        assert forced.stderr == ""
+        assert "removed account 'alpha' from the pool while it is in use" in forced.stdout
+        assert f"its folder stays at {folder} until the last session on it ends" in forced.stdout
+        assert cli.json("accounts", "list", "--json")["accounts"] == []
+        assert (folder / "home" / "auth.json").is_file()
+    # This process was its last occupant: leaving set the folder aside.
+    assert not folder.exists()
+    [aside] = list((cli.pool / "accounts").glob(".removed-alpha-*"))
+    assert (aside / "home" / "auth.json").is_file()
+
+
+def test_an_import_whose_state_cannot_be_saved_leaves_the_login_where_it_was(
+    cli: Cli, backend: FakeCodexBackend
+) -> None:
+    """The state cannot be written: exit 1, the file is still at its path, nothing stranded."""
+    backend.add_account("acct-a")
+    backend.add_account("acct-b")
+    cli("accounts", "import", "alpha", "--auth-json", str(_login_file(backend, cli.root, "acct-a")))
+    source = _login_file(backend, cli.root, "acct-b")
+    content = source.read_bytes()
+    blocker = cli.pool / "state.json.bak"  # a folder where the state's backup goes
+    blocker.mkdir()
+
+    failed = cli("accounts", "import", "beta", "--auth-json", str(source))
+
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("codex-supervisor: error: ")
+    assert failed.stderr.count("\n") == 1
+    assert source.read_bytes() == content
+    assert not (cli.pool / "accounts" / "beta").exists()
+    blocker.rmdir()
+    again = cli("accounts", "import", "beta", "--auth-json", str(source))
+    assert again.returncode == 0, again.stderr
+    assert "MOVED" in again.stdout
+    assert [a["name"] for a in cli.json("accounts", "list", "--json")["accounts"]] == [
+        "alpha",
+        "beta",
+    ]
+
+
+def test_a_reimport_adopts_a_stranded_folder(cli: Cli, backend: FakeCodexBackend) -> None:
+    """A folder an older version stranded (login moved, state not saved) is adopted, not refused."""
+    backend.add_account("acct-a")
+    home = cli.pool / "accounts" / "alpha" / "home"
+    home.mkdir(parents=True)
+    stranded = backend.write_auth(home, "acct-a")
+    stranded.chmod(0o600)
+
+    result = cli("accounts", "import", "alpha", "--auth-json", str(stranded))
+
+    assert result.returncode == 0, result.stderr
+    assert f"ADOPTED the existing folder {home.parent}" in result.stdout
+    assert f"KEPT {stranded} (the file given)" in result.stdout
+    assert stranded.is_file()
+    [account] = cli.json("accounts", "list", "--json")["accounts"]
+    assert (account["name"], account["account_id"]) == ("alpha", "acct-a")
+
+
 def test_pool_and_codex_home_default_to_the_environment(
     cli: Cli, backend: FakeCodexBackend
 ) -> None:
@@ -254,8 +337,9 @@ def test_status_refresh_json_then_human(cli: Cli, backend: FakeCodexBackend) -> 
 
     data = cli.json("status", "--json", "--refresh")
 
-    assert set(data) == {"pool", "generated_at", "refreshed", "accounts", "next"}
+    assert set(data) == {"pool", "generated_at", "refreshed", "accounts", "next", "quarantined"}
     assert data["next"] == {"account": "alpha", "wait_until": None, "reason": None}
+    assert data["quarantined"] == []
     assert data["refreshed"] is True
     assert ISO_UTC.fullmatch(data["generated_at"])
     alpha, beta = data["accounts"]

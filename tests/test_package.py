@@ -7,6 +7,8 @@ import asyncio
 import importlib
 import pickle
 import pkgutil
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -36,11 +38,13 @@ def test_top_level_surface_stays_small() -> None:
     assert 25 <= len(codex_supervisor.__all__) <= 40
 
 
-def test_lazy_exports_agree_with_all_and_the_type_checking_imports() -> None:
-    """Each top-level name is the object its module defines, named alike in all three lists."""
-    exports: dict[str, str] = codex_supervisor._EXPORTS
-    assert set(exports) == set(codex_supervisor.__all__)
-    tree = ast.parse(Path(codex_supervisor.__file__).read_text(encoding="utf-8"))
+@pytest.mark.parametrize("package_name", ["codex_supervisor", "codex_supervisor.appserver"])
+def test_lazy_exports_agree_with_all_and_the_type_checking_imports(package_name: str) -> None:
+    """Each re-exported name is the object its module defines, named alike in all three lists."""
+    package = importlib.import_module(package_name)
+    exports: dict[str, str] = package._EXPORTS
+    assert set(exports) == set(package.__all__)
+    tree = ast.parse(Path(str(package.__file__)).read_text(encoding="utf-8"))
     guarded = next(
         node
         for node in tree.body
@@ -54,8 +58,25 @@ def test_lazy_exports_agree_with_all_and_the_type_checking_imports() -> None:
     }
     assert typed == exports
     for name, module in exports.items():
-        defined = getattr(importlib.import_module(module, "codex_supervisor"), name)
-        assert getattr(codex_supervisor, name) is defined, name
+        defined = getattr(importlib.import_module(module, package_name), name)
+        assert getattr(package, name) is defined, name
+
+
+_BROKER = "codex_supervisor.appserver.broker"
+
+
+def test_the_broker_runs_as_a_module_without_a_runpy_warning() -> None:
+    """``python -m codex_supervisor.appserver.broker``: its package does not import it first."""
+    done = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", _BROKER, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "RuntimeWarning" not in done.stderr
+    assert done.stdout.startswith(f"usage: python -m {_BROKER}")
 
 
 def _modules() -> list[ModuleType]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,6 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codex_supervisor import errors
+from codex_supervisor.accounts import AccountPool
+from codex_supervisor.codex_cli import parse_argv
+from codex_supervisor.events import CollectingSink, SessionBound
 from codex_supervisor.sessions import (
     RateLimitsObserved,
     RolloutReader,
@@ -32,6 +36,7 @@ from codex_supervisor.sessions import (
     read_session_meta,
     writer_lock,
 )
+from codex_supervisor.supervisor import Supervisor, SupervisorConfig, _ChildRun, _Rotate
 from codex_supervisor.testing import FakeCodexBackend, install_simulator
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -39,6 +44,73 @@ _HOLD_LOCK = (
     "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
     "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"
 )
+
+
+_FD_HOLDER = r"""
+import fcntl, json, os, sys
+modes = {
+    "r": os.O_RDONLY,
+    "ra": os.O_RDONLY | os.O_APPEND,
+    "a": os.O_WRONLY | os.O_APPEND,
+    "rwa": os.O_RDWR | os.O_APPEND,
+}
+held = {}
+for line in sys.stdin:
+    verb, *args = json.loads(line)
+    if verb == "open":
+        held.setdefault(args[1], []).append(os.open(args[1], modes[args[0]]))
+    elif verb == "lock":
+        fcntl.flock(held[args[0]][0], fcntl.LOCK_EX)
+    elif verb == "close":
+        for fd in held.pop(args[0]):
+            os.close(fd)
+    print("ok", flush=True)
+"""
+
+
+class FdHolder:
+    """A real helper process that opens, locks and closes files when told: a stand-in child."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _FD_HOLDER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _do(self, *command: str) -> None:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "ok", f"helper failed on {command}"
+
+    def open(self, path: Path, mode: str) -> None:
+        """Open ``path``: "r" read-only, "ra" read-only+append, "a" append, "rwa" read-write."""
+        self._do("open", mode, str(path))
+
+    def lock(self, path: Path) -> None:
+        """Take an exclusive flock on the first descriptor open on ``path``."""
+        self._do("lock", str(path))
+
+    def close(self, path: Path) -> None:
+        """Close every descriptor open on ``path``."""
+        self._do("close", str(path))
+
+    def __enter__(self) -> FdHolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        self.proc.stdout.close()
 
 
 def _uuid7(at: datetime) -> str:
@@ -447,16 +519,116 @@ def test_a_lone_session_of_another_process_is_not_taken_for_ours(tmp_path: Path)
         holder.stdout.close()
 
 
-def test_an_open_rollout_is_evidence_too(tmp_path: Path) -> None:
-    """Without a writer lock, the child having the rollout open shows it is ours."""
+def test_a_rollout_open_for_writing_is_evidence_too(tmp_path: Path) -> None:
+    """Without a writer lock, the child having the rollout open *for writing* shows it is ours."""
     cwd = tmp_path / "work"
     ours, path = _write_rollout(tmp_path, cwd=cwd)
     binder = SessionBinder(tmp_path)
-    assert binder.bind_new(cwd=cwd, launched_at=NOW, pid=os.getpid()).binding is None
-    with path.open("rb"):
-        bound = binder.bind_new(cwd=cwd, launched_at=NOW, pid=os.getpid()).binding
+    with FdHolder() as child:
+        assert binder.bind_new(cwd=cwd, launched_at=NOW, pid=child.pid).binding is None
+        child.open(path, "r")  # a reader (fork's source, the picker): no evidence
+        attempt = binder.bind_new(cwd=cwd, launched_at=NOW, pid=child.pid)
+        assert attempt.binding is None
+        assert "none shown to be written by pid" in attempt.reason
+        child.open(path, "a")
+        bound = binder.bind_new(cwd=cwd, launched_at=NOW, pid=child.pid).binding
     assert bound is not None
     assert bound.session_id == ours
+
+
+# -- what a running child writes ---------------------------------------------------------
+
+
+def test_a_rollout_open_read_only_never_binds(tmp_path: Path) -> None:
+    """Read-only descriptors (fork's source, the resume picker) are not evidence; a writer is."""
+    cwd = tmp_path / "work"
+    source, source_path = _write_rollout(tmp_path, cwd=cwd)
+    forked, forked_path = _write_rollout(tmp_path, cwd=cwd)
+    binder = SessionBinder(tmp_path)
+    with FdHolder() as child:
+        assert binder.find_open_by(child.pid) is None
+        child.open(source_path, "r")
+        child.open(source_path, "ra")  # O_RDONLY|O_APPEND still cannot write
+        attempt = binder.open_by(child.pid)
+        assert attempt.binding is None
+        assert not attempt.ambiguous
+        assert "1 open read-only" in attempt.reason
+        assert binder.find_open_by(child.pid) is None
+        # The fork's own rollout, opened after (a higher descriptor) as Codex does.
+        child.open(forked_path, "rwa")
+        child.open(forked_path, "r")  # Codex reads its own rollout too
+        bound = binder.find_open_by(child.pid)
+        assert bound is not None
+        assert bound.session_id == forked
+        assert bound.path == forked_path
+        assert bound.meta is not None
+    assert source != forked
+
+
+def test_two_written_rollouts_are_ambiguous_not_the_first(tmp_path: Path) -> None:
+    """A child writing two rollouts binds to neither; the attempt says it is ambiguous."""
+    cwd = tmp_path / "work"
+    first, first_path = _write_rollout(tmp_path, cwd=cwd)
+    second, second_path = _write_rollout(tmp_path, cwd=cwd)
+    binder = SessionBinder(tmp_path)
+    with FdHolder() as child:
+        child.open(first_path, "a")
+        assert binder.find_open_by(child.pid) == binder.find_by_id(first)
+        child.open(second_path, "a")
+        attempt = binder.open_by(child.pid)
+        assert attempt.binding is None
+        assert attempt.ambiguous
+        assert attempt.candidates == tuple(sorted((first, second)))
+        assert "ambiguous" in attempt.reason
+        assert binder.find_open_by(child.pid) is None
+        child.close(first_path)
+        assert binder.find_open_by(child.pid) == binder.find_by_id(second)
+
+
+def test_a_held_writer_lock_is_evidence_for_open_by(tmp_path: Path) -> None:
+    """The writer lock a child holds binds its session; a lock file merely open does not."""
+    cwd = tmp_path / "work"
+    ours, path = _write_rollout(tmp_path, cwd=cwd)
+    lock = tmp_path / "thread-writer-locks" / f"{ours}.lock"
+    lock.parent.mkdir()
+    lock.touch()
+    binder = SessionBinder(tmp_path)
+    with FdHolder() as child:
+        child.open(lock, "rwa")  # open, not locked: no evidence
+        child.open(path, "r")
+        assert binder.find_open_by(child.pid) is None
+        child.lock(lock)
+        bound = binder.find_open_by(child.pid)
+        assert bound is not None
+        assert bound.session_id == ours
+        child.close(path)  # the lock alone: the rollout is found by its id's date
+        bound = binder.find_open_by(child.pid)
+        assert bound is not None
+        assert bound.path == path
+        assert binder.still_writes(bound, child.pid) is True
+        with FdHolder() as other:
+            other.open(path, "a")
+            # The lock names the writer: another process's descriptor does not outvote it.
+            assert binder.still_writes(bound, other.pid) is False
+
+
+def test_still_writes_follows_the_descriptor(tmp_path: Path) -> None:
+    """still_writes: True while open for writing, False once closed or only read."""
+    cwd = tmp_path / "work"
+    ours, path = _write_rollout(tmp_path, cwd=cwd)
+    binder = SessionBinder(tmp_path)
+    binding = binder.find_by_id(ours)
+    assert binding is not None
+    with FdHolder() as child:
+        assert binder.still_writes(binding, child.pid) is False
+        child.open(path, "a")
+        assert binder.still_writes(binding, child.pid) is True
+        child.close(path)
+        child.open(path, "r")
+        assert binder.still_writes(binding, child.pid) is False
+        pid = child.pid
+    # A process whose open files cannot be read: unknown, not "no".
+    assert binder.still_writes(binding, pid) is None
 
 
 def test_symlinks_inside_sessions_are_not_followed(tmp_path: Path) -> None:
@@ -552,6 +724,171 @@ def test_session_ids() -> None:
     assert is_session_id(_uuid7(NOW))
     assert not is_session_id("01A20182-B459-7C00-A48D-A6108A2870B2")
     assert not is_session_id("my-session-name")
+
+
+# -- re-validated before a rotation --------------------------------------------------------
+
+
+class _StandInChild:
+    """What the supervisor's decision uses of a Child, over an FdHolder's real process."""
+
+    def __init__(self, holder: FdHolder) -> None:
+        self.pid = holder.pid
+        self.returncode: int | None = None
+        self.stops = 0
+
+    async def stop(self, *args: Any, **kwargs: Any) -> int:
+        self.stops += 1
+        self.returncode = 0
+        return 0
+
+
+async def _pressed_supervisor(tmp_path: Path, backend: FakeCodexBackend) -> Supervisor:
+    """A supervisor whose policy says "rotate alpha at the boundary" (96 % used, beta fresh)."""
+    backend.add_account("id-alpha", five_hour_used=96)
+    backend.add_account("id-beta", five_hour_used=0)
+    base = tmp_path / "codex-home"
+    backend.write_codex_home(base)
+    pool = AccountPool(root=tmp_path / "pool", base_codex_home=base)
+    for name in ("alpha", "beta"):
+        pool.import_auth(name, backend.write_auth(tmp_path / f"login-{name}", f"id-{name}"))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **backend.codex_env()}
+    sup = Supervisor(
+        pool, config=SupervisorConfig(codex="codex"), sink=CollectingSink(), environ=env
+    )
+    await sup.selector.refresh(["alpha", "beta"])
+    return sup
+
+
+def _child_run(child: _StandInChild, binder: SessionBinder, cwd: Path) -> _ChildRun:
+    return _ChildRun(
+        inv=parse_argv([]),  # an idle TUI: safe to stop between turns
+        child=child,  # type: ignore[arg-type]
+        account="alpha",
+        home=binder.codex_home,
+        workdir=cwd,
+        launched_at=NOW - timedelta(seconds=5),
+        binder=binder,
+        binding=None,
+        known_session=None,
+        prompt_in_argv=False,
+        bind_deadline=float("inf"),
+        last_passive=0.0,
+    )
+
+
+@pytest.mark.anyio
+async def test_a_binding_gone_stale_is_rebound_before_a_rotation(
+    tmp_path: Path, backend: FakeCodexBackend
+) -> None:
+    """The child now writes another rollout (a /new in the TUI): rebind, then rotate that one."""
+    sup = await _pressed_supervisor(tmp_path, backend)
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    first, first_path = _write_rollout(home, cwd=cwd)
+    second, second_path = _write_rollout(home, cwd=cwd)
+    binder = SessionBinder(home)
+    with FdHolder() as holder:
+        child = _StandInChild(holder)
+        run = _child_run(child, binder, cwd)
+        holder.open(first_path, "a")
+        sup._bind(run)
+        assert run.session_id == first
+        holder.close(first_path)
+        holder.open(first_path, "r")  # still read, no longer written
+        holder.open(second_path, "a")
+        assert await sup._decide(run) is None  # no rotation on the stale binding
+        assert child.stops == 0
+        assert run.session_id == second
+        assert run.reader is not None
+        assert run.reader.path == second_path
+        assert isinstance(sup.sink, CollectingSink)
+        bound = sup.sink.of(SessionBound)
+        assert [b.session_id for b in bound] == [first, second]  # type: ignore[attr-defined]
+        assert "rebound" in bound[-1].reason  # type: ignore[attr-defined]
+        outcome = await sup._decide(run)  # decided again, on the session it writes
+        assert isinstance(outcome, _Rotate)
+        assert outcome.session_id == second
+        assert child.stops == 1
+    await sup.selector.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_binding_with_no_single_writer_refuses_the_rotation(
+    tmp_path: Path, backend: FakeCodexBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The child writes its session and another, or several others, or none: no rotation.
+
+    Said once per problem in the log, never guessed; the rotation goes ahead
+    once exactly one written session is left.
+    """
+    sup = await _pressed_supervisor(tmp_path, backend)
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    first, first_path = _write_rollout(home, cwd=cwd)
+    second, second_path = _write_rollout(home, cwd=cwd)
+    third, third_path = _write_rollout(home, cwd=cwd)
+    binder = SessionBinder(home)
+
+    def refusals() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "not rotating" in r.getMessage()]
+
+    with FdHolder() as holder, caplog.at_level(logging.WARNING, "codex_supervisor.supervisor"):
+        child = _StandInChild(holder)
+        run = _child_run(child, binder, cwd)
+        holder.open(first_path, "a")
+        sup._bind(run)
+        assert run.session_id == first
+        # A /new in the 0.169.0 TUI: the old thread stays loaded, a new one is written too.
+        holder.open(second_path, "a")
+        assert await sup._decide(run) is None
+        assert await sup._decide(run) is None
+        assert child.stops == 0
+        assert run.session_id == first  # neither resumed nor swapped for a guess
+        [also] = refusals()
+        assert first in also
+        assert f"also writes {second}" in also
+        # No longer the bound one, and two others.
+        holder.close(first_path)
+        holder.open(third_path, "a")
+        assert await sup._decide(run) is None
+        assert len(refusals()) == 2
+        assert "ambiguous" in refusals()[-1]
+        # None at all.
+        holder.close(second_path)
+        holder.close(third_path)
+        assert await sup._decide(run) is None
+        assert "writes no rollout" in refusals()[-1]
+        assert child.stops == 0
+        assert run.session_id == first
+        # Exactly one again: rebound, then rotated on the next decision.
+        holder.open(third_path, "a")
+        assert await sup._decide(run) is None
+        assert run.session_id == third
+        outcome = await sup._decide(run)
+        assert isinstance(outcome, _Rotate)
+        assert outcome.session_id == third
+        assert child.stops == 1
+    await sup.selector.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_binding_still_written_rotates_at_once(
+    tmp_path: Path, backend: FakeCodexBackend
+) -> None:
+    """The check costs a valid binding nothing: the first decision rotates it."""
+    sup = await _pressed_supervisor(tmp_path, backend)
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    ours, path = _write_rollout(home, cwd=cwd)
+    binder = SessionBinder(home)
+    with FdHolder() as holder:
+        child = _StandInChild(holder)
+        run = _child_run(child, binder, cwd)
+        holder.open(path, "rwa")
+        sup._bind(run)
+        outcome = await sup._decide(run)
+        assert isinstance(outcome, _Rotate)
+        assert outcome.session_id == ours
+        assert outcome.successor == "beta"
+    await sup.selector.aclose()
 
 
 # -- with the simulator ----------------------------------------------------------------------------

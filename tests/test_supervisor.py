@@ -614,3 +614,24 @@ async def test_no_library_variable_reaches_any_process_it_starts(
 
 def _read(path: Path) -> str:
     return path.read_text()
+
+
+@pytest.mark.parametrize("command", [["--version"], ["exec", "hi"]])
+def test_a_child_killed_by_a_signal_exits_as_a_shell_reports_it(
+    sim_world: World, command: list[str]
+) -> None:
+    """Codex killed by SIGKILL: exit code 137 (128 + 9), never the raw -9 (247 to a shell)."""
+    sim_world.add("alpha")
+
+    async def killed(argv: Any, **kw: Any) -> Child:
+        return await launch(["sh", "-c", "kill -9 $$"], **kw)
+
+    sup = Supervisor(
+        sim_world.pool,
+        config=SupervisorConfig(codex=str(sim_world.codex), restart_budget=0),
+        environ=sim_world.env,
+        launcher=killed,
+    )
+    result = sup.run_sync(command, cwd=sim_world.work)
+    assert result.exit_code == 137
+    assert result.signal is None

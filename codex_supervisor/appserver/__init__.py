@@ -1,48 +1,56 @@
 """The ``codex app-server`` layer: a JSON-RPC client, a turn waiter that always
 settles, a broker that multiplexes clients onto one upstream, a quota source,
-and a pool of app-servers per key for gateways, with a home store."""
+and a pool of app-servers per key for gateways, with a home store.
+
+The names are imported lazily, on first access, as in the top-level package:
+``python -m codex_supervisor.appserver.broker`` then runs the broker module
+once, as ``__main__``, instead of after the package already imported it."""
 
 from __future__ import annotations
 
-from .broker import BUSY_ERROR_CODE, AppServerBroker, BrokerAlreadyRunning
-from .client import (
-    AppServerClient,
-    InitializeResult,
-    Notification,
-    RequestHandler,
-    Subscription,
-    SyncAppServerClient,
-    ThreadInfo,
-    Turn,
-    decline_approvals,
-)
-from .homestore import (
-    PRIVATE_ENTRIES,
-    ArchiveStats,
-    HomeStore,
-    LocalDirHomeStore,
-    pack_home,
-    unpack_home,
-)
-from .pool import (
-    DEFAULT_LOOPBACK_ENV,
-    AppServerHandle,
-    AppServerPool,
-    ConfigBuilder,
-    EntryState,
-    IdleReaper,
-    Launched,
-    Launcher,
-    LaunchRequest,
-    PoolConfig,
-    ServerProcess,
-    SpawnConfig,
-    SpawnContext,
-    launch_app_server,
-    relocate_threads,
-)
-from .quota_source import AppServerRateLimitsSource
-from .turns import TurnError, TurnResult, capture_turn, run_turn
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .broker import BUSY_ERROR_CODE, AppServerBroker, BrokerAlreadyRunning
+    from .client import (
+        AppServerClient,
+        InitializeResult,
+        Notification,
+        RequestHandler,
+        Subscription,
+        SyncAppServerClient,
+        ThreadInfo,
+        Turn,
+        decline_approvals,
+    )
+    from .homestore import (
+        PRIVATE_ENTRIES,
+        ArchiveStats,
+        HomeStore,
+        LocalDirHomeStore,
+        pack_home,
+        unpack_home,
+    )
+    from .pool import (
+        DEFAULT_LOOPBACK_ENV,
+        AppServerHandle,
+        AppServerPool,
+        ConfigBuilder,
+        EntryState,
+        IdleReaper,
+        Launched,
+        Launcher,
+        LaunchRequest,
+        PoolConfig,
+        ServerProcess,
+        SpawnConfig,
+        SpawnContext,
+        launch_app_server,
+        relocate_threads,
+    )
+    from .quota_source import AppServerRateLimitsSource
+    from .turns import TurnError, TurnResult, capture_turn, run_turn
 
 __all__ = [
     "BUSY_ERROR_CODE",
@@ -84,3 +92,59 @@ __all__ = [
     "run_turn",
     "unpack_home",
 ]
+
+# Where each public name is defined; tests/test_package.py checks that this,
+# __all__ and the TYPE_CHECKING imports agree.
+_EXPORTS: dict[str, str] = {
+    "AppServerBroker": ".broker",
+    "AppServerClient": ".client",
+    "AppServerHandle": ".pool",
+    "AppServerPool": ".pool",
+    "AppServerRateLimitsSource": ".quota_source",
+    "ArchiveStats": ".homestore",
+    "BUSY_ERROR_CODE": ".broker",
+    "BrokerAlreadyRunning": ".broker",
+    "ConfigBuilder": ".pool",
+    "DEFAULT_LOOPBACK_ENV": ".pool",
+    "EntryState": ".pool",
+    "HomeStore": ".homestore",
+    "IdleReaper": ".pool",
+    "InitializeResult": ".client",
+    "LaunchRequest": ".pool",
+    "Launched": ".pool",
+    "Launcher": ".pool",
+    "LocalDirHomeStore": ".homestore",
+    "Notification": ".client",
+    "PRIVATE_ENTRIES": ".homestore",
+    "PoolConfig": ".pool",
+    "RequestHandler": ".client",
+    "ServerProcess": ".pool",
+    "SpawnConfig": ".pool",
+    "SpawnContext": ".pool",
+    "Subscription": ".client",
+    "SyncAppServerClient": ".client",
+    "ThreadInfo": ".client",
+    "Turn": ".client",
+    "TurnError": ".turns",
+    "TurnResult": ".turns",
+    "capture_turn": ".turns",
+    "decline_approvals": ".client",
+    "launch_app_server": ".pool",
+    "pack_home": ".homestore",
+    "relocate_threads": ".pool",
+    "run_turn": ".turns",
+    "unpack_home": ".homestore",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # cached: __getattr__ runs once per name
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -471,7 +471,7 @@ _METADATA_TYPES = frozenset(
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
-    """A TarInfo that refuses oversized metadata headers before reading them."""
+    """A TarInfo that refuses oversized metadata headers and sparse maps before reading them."""
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _METADATA_TYPES and self.size > MAX_METADATA_HEADER:
@@ -480,6 +480,58 @@ class _BoundedTarInfo(tarfile.TarInfo):
             )
         member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
         return member
+
+    # tarfile reads a whole sparse map into a list before it returns the member
+    # (which the restore then refuses): an old GNU header's chain of extension
+    # blocks, or a pax 1.0 map in the member's data. Unbounded, a few KB of
+    # gzip expand into millions of entries: seconds and hundreds of MB. Both
+    # readers get MAX_METADATA_HEADER bytes of the stream, like any header.
+
+    def _proc_sparse(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        with _sparse_map_budget(tarfile_, self.name):
+            member: tarfile.TarInfo = super()._proc_sparse(tarfile_)  # type: ignore[misc]
+        return member
+
+    def _proc_gnusparse_10(
+        self, next_: tarfile.TarInfo, pax_headers: dict[str, str], tarfile_: tarfile.TarFile
+    ) -> None:
+        with _sparse_map_budget(tarfile_, next_.name):
+            super()._proc_gnusparse_10(next_, pax_headers, tarfile_)  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def _sparse_map_budget(tarfile_: tarfile.TarFile, name: str) -> Iterator[None]:
+    stream = tarfile_.fileobj
+    assert stream is not None  # a TarFile being read always has its stream
+    tarfile_.fileobj = _Budget(stream, name)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        tarfile_.fileobj = stream
+
+
+class _ReadTell(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+    def tell(self) -> int: ...
+
+
+class _Budget:
+    """tarfile's stream, refusing reads past MAX_METADATA_HEADER bytes (a sparse map's)."""
+
+    def __init__(self, stream: _ReadTell, name: str) -> None:
+        self._stream = stream
+        self._name = name
+        self._left = MAX_METADATA_HEADER
+
+    def read(self, size: int, /) -> bytes:
+        self._left -= size
+        if self._left < 0:
+            raise errors.UnsafeArchive(self._name, f"a sparse map over {MAX_METADATA_HEADER} bytes")
+        return self._stream.read(size)
+
+    def tell(self) -> int:
+        return self._stream.tell()
 
 
 class _TailReader:

@@ -27,6 +27,14 @@ keeps them:
   link (Codex rewrites it in place, so a refresh lands in the account's own
   file, and no copy of a token ever exists). :meth:`AppServerPool.rotate`
   moves a key to another account: archive, respawn, same threads.
+- **No login is ever lost.** Should Codex have replaced that link with a file,
+  the file is taken back into the account when the home is given up; when
+  that fails (pool lock busy, account removed, unsafe mode) it is kept in the
+  account pool's quarantine (:meth:`AccountPool.quarantined
+  <codex_supervisor.accounts.AccountPool.quarantined>`) and retried on every
+  spawn of that account and every idle sweep; a home whose file could not
+  even be quarantined is kept. No server starts on an account whose login
+  waits in quarantine: it would refresh with a spent token.
 - **Loopback tokens.** 32 random bytes (hex) per spawn, minted before
   ``build`` runs and given to the child's environment, so tools the server
   starts can call the gateway back; :meth:`AppServerPool.lookup_key_for_token`
@@ -64,7 +72,7 @@ import httpx
 
 from .. import _toml
 from .._fs import write_atomic
-from ..accounts import AccountPool
+from ..accounts import AccountPool, QuarantinedAuth
 from ..clock import Clock, SystemClock
 from ..config import ENV_BASE_CODEX_HOME, child_environment
 from ..errors import (
@@ -74,6 +82,7 @@ from ..errors import (
     QuotaUnavailable,
     SpawnError,
     StaleArchive,
+    SupervisorError,
 )
 from ..policy import Candidate, RotateAtBoundary, RotateNow, RotationPolicy
 from ..process import Child, StopPolicy, launch
@@ -402,6 +411,8 @@ class AppServerPool:
         self._entries: dict[str, _Entry] = {}
         self._generations = itertools.count(1)
         self._avoid: dict[str, str] = {}
+        #: Homes kept because their auth.json could not even be quarantined.
+        self._stranded: dict[Path, str] = {}
         self._closed = False
         for name in (ENV_BASE_CODEX_HOME, config.loopback_env):
             if name in config.extra_env:
@@ -421,7 +432,15 @@ class AppServerPool:
         try:
             while self._entries:  # entries still starting stop once started
                 await self.shutdown_all()
+            await self._retry_stranded()
         finally:
+            for home, account in self._stranded.items():
+                self.log.error(
+                    "the home %s stays: its auth.json may hold the only live refresh token "
+                    "of %s, and could neither be taken back nor quarantined",
+                    home,
+                    account,
+                )
             if self.selector is not None:
                 await self.selector.aclose()
 
@@ -484,7 +503,9 @@ class AppServerPool:
         fresh one spawned from the archive; an entry being stopped is waited
         for. Raises :class:`SpawnError` when the server cannot start,
         :class:`~codex_supervisor.errors.QuotaUnavailable` when every account
-        is blocked, and whatever ``build`` or the home store raise.
+        is blocked, :class:`~codex_supervisor.errors.AuthError` when the
+        only account that can run has a login in quarantine, and whatever
+        ``build`` or the home store raise.
         """
         _check_key(key)
         spawned = 0
@@ -537,7 +558,7 @@ class AppServerPool:
     async def _start(self, entry: _Entry) -> AppServerHandle:
         key = entry.key
         if self.accounts is not None:
-            entry.account = await self._choose(entry.avoid)
+            entry.account = await self._choose_account(entry.avoid)
             await entry.resources.enter_async_context(
                 self.accounts.occupy(
                     entry.account,
@@ -620,7 +641,7 @@ class AppServerPool:
         return handle
 
     async def _abandon(self, entry: _Entry) -> None:
-        """Undo a spawn that failed or was cancelled: nothing of it may survive."""
+        """Undo a spawn that failed or was cancelled: nothing of it may survive but a login."""
         entry.token = None
         try:
             if entry.process is not None and entry.process.running:
@@ -629,12 +650,14 @@ class AppServerPool:
                     first_signal=signal.SIGKILL,
                 )
             if entry.home is not None:
-                if entry.account is not None and self.accounts is not None:
-                    # Codex may have refreshed the login before it failed.
-                    self._rescue_auth(entry.home, entry.account)
-                # Nothing was served from this home: the archive it was
-                # restored from is still the newest state of the key.
-                await asyncio.to_thread(shutil.rmtree, entry.home, ignore_errors=True)
+                # Codex may have refreshed the login before it failed: a home
+                # whose login cannot be saved stays. Nothing was served from
+                # it: the archive it was restored from is still the newest
+                # state of the key.
+                if await self._rescue_auth(entry.home, entry.account):
+                    await asyncio.to_thread(shutil.rmtree, entry.home, ignore_errors=True)
+                else:
+                    self._strand(entry.home, entry.account)
         finally:
             await entry.resources.aclose()
             if self._entries.get(entry.key) is entry:
@@ -665,6 +688,31 @@ class AppServerPool:
     async def _candidates(self) -> list[Candidate]:
         assert self.selector is not None
         return await self.selector.candidates(probe=True)
+
+    async def _choose_account(self, avoid: str | None) -> str:
+        """The account to spawn on: the policy's, unless its newest login waits in quarantine.
+
+        Codex on such an account would refresh with a spent refresh token (a
+        replay can revoke the whole login), so another account is taken, or
+        none.
+        """
+        assert self.accounts is not None
+        choice = await self._choose(avoid)
+        waiting = await asyncio.to_thread(self.accounts.adopt_quarantined, choice)
+        if not waiting:
+            return choice
+        other = await self._choose(choice)
+        if other != choice and not await asyncio.to_thread(self.accounts.adopt_quarantined, other):
+            self.log.error(
+                "not starting on %s: a login of it waits in quarantine (%s)",
+                choice,
+                waiting[0].path,
+            )
+            return other
+        raise AuthError(
+            f"account {choice!r} has a login in quarantine that could not be taken back "
+            f"({waiting[0].path}: {waiting[0].reason}); no other account can run"
+        )
 
     async def _choose(self, avoid: str | None) -> str:
         assert self.selector is not None
@@ -775,8 +823,7 @@ class AppServerPool:
     async def _archive(self, entry: _Entry) -> bool:
         """Archive the stopped entry's home; False keeps the home on disk."""
         assert entry.home is not None
-        if entry.account is not None and self.accounts is not None:
-            self._rescue_auth(entry.home, entry.account)
+        rescued = await self._rescue_auth(entry.home, entry.account)
         try:
             await self.store.put(entry.key, entry.home, version=entry.version)
         except StaleArchive as exc:
@@ -787,19 +834,70 @@ class AppServerPool:
                 "archiving the home of %r failed; it stays at %s", entry.key, entry.home
             )
             return False
-        return True
+        if not rescued:
+            self._strand(entry.home, entry.account)
+        return rescued
 
-    def _rescue_auth(self, home: Path, account: str) -> None:
+    async def _rescue_auth(self, home: Path, account: str | None) -> bool:
+        """Save a login Codex left as a file in ``home``; False when the home must stay."""
+        if account is None or self.accounts is None:
+            return True
+        return await asyncio.to_thread(self._take_back_auth, home, account)
+
+    def _strand(self, home: Path, account: str | None) -> None:
+        """Keep ``home``, which was to go, until its login is safe (:meth:`retry_quarantined`)."""
+        assert account is not None
+        self._stranded[home] = account
+
+    def _take_back_auth(self, home: Path, account: str) -> bool:
         assert self.accounts is not None
         auth = home / "auth.json"
-        if auth.is_symlink() or not auth.exists():
-            return
-        # Codex replaced the link with a file: it may hold the only live
-        # refresh token of the account.
         try:
-            self.accounts.adopt_auth(account, auth)
-        except (AuthError, ConfigError, OSError) as exc:
-            self.log.warning("could not take back the auth.json in %s: %s", home, exc)
+            if auth.is_symlink() or not auth.exists():
+                return True
+            # Codex replaced the link with a file: it may hold the only live
+            # refresh token of the account. Adopted, or else quarantined.
+            self.accounts.take_back_auth(account, auth)
+        except (SupervisorError, OSError) as exc:
+            failure = exc
+        else:
+            return True
+        self.log.error(
+            "could neither take back nor quarantine the auth.json in %s (%s): it may hold "
+            "the only live refresh token of %s, so the home is kept and retried later",
+            home,
+            failure,
+            account,
+        )
+        return False
+
+    async def retry_quarantined(self) -> list[QuarantinedAuth]:
+        """Try again to take back the logins that could not be; returns those still waiting.
+
+        Retries every quarantined login of the account pool
+        (:meth:`~codex_supervisor.accounts.AccountPool.adopt_quarantined`)
+        and every home kept because its auth.json could not even be
+        quarantined (removed once its login is safe). The
+        :class:`IdleReaper` calls it after every sweep; each spawn retries
+        its own account's first. Never raises: a failure is logged.
+        """
+        if self.accounts is None:
+            return []
+        await self._retry_stranded()
+        try:
+            return await asyncio.to_thread(self.accounts.adopt_quarantined)
+        except (SupervisorError, OSError):
+            self.log.exception("retrying the quarantined logins failed")
+            return []
+
+    async def _retry_stranded(self) -> None:
+        for home, account in list(self._stranded.items()):
+            if self._stranded.get(home) != account:
+                continue  # released by a concurrent retry
+            saved = await asyncio.to_thread(self._take_back_auth, home, account)
+            if saved and self._stranded.pop(home, None) is not None:
+                self.log.info("the login in the kept home %s is safe now; removing it", home)
+                await asyncio.to_thread(shutil.rmtree, home, ignore_errors=True)
 
     async def shutdown(self, key: str) -> None:
         """Stop ``key``'s server (SIGTERM to its group, grace, SIGKILL), archive its home.
@@ -1051,6 +1149,8 @@ class IdleReaper:
         for key, outcome in zip(keys, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 self.pool.log.error("reaping %r failed: %s", key, outcome)
+        # Logins that could not be taken back earlier (pool lock busy, ...).
+        await self.pool.retry_quarantined()
         return reaped
 
     async def run(self) -> None:

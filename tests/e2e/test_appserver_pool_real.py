@@ -32,6 +32,7 @@ from codex_supervisor.appserver.pool import (
     SpawnContext,
     launch_app_server,
 )
+from codex_supervisor.lease import FileLock
 from codex_supervisor.testing import FakeCodexBackend, codex_config, hermetic_env
 
 pytestmark = [pytest.mark.anyio, pytest.mark.real_codex]
@@ -310,3 +311,62 @@ async def test_a_refresh_by_a_pooled_server_lands_in_the_accounts_auth_json(
     for token in json.loads(account_auth.read_text())["tokens"].values():
         if isinstance(token, str) and len(token) > 16:
             assert token.encode() not in content
+
+
+async def test_a_login_codex_refreshed_in_a_home_survives_a_busy_pool_lock(
+    real: RealPool,
+) -> None:
+    """Codex refreshes into a home's own auth.json; the pool lock is busy at shutdown.
+
+    The refreshed login (the only live refresh token) is quarantined, not
+    deleted with the home; the next spawn adopts it, and a later refresh
+    uses it without a replay.
+    """
+    real.add("alpha", access_token_expired=True)
+    account_auth = real.accounts.account_home("alpha") / "auth.json"
+    spent = json.loads(account_auth.read_text())["tokens"]["refresh_token"]
+    detached: list[Path] = []
+
+    async def detaching_launcher(request: LaunchRequest) -> Launched:
+        if not detached:
+            # The home's auth.json is a file of its own, as if Codex had
+            # replaced the link: its refresh lands there, not in the account.
+            link = request.home / "auth.json"
+            data = link.read_bytes()
+            link.unlink()
+            link.write_bytes(data)
+            link.chmod(0o600)
+            detached.append(link)
+        return await real.launcher(request)
+
+    async with AppServerPool(
+        PoolConfig(root=real.root / "pool", codex=str(real.codex)),
+        accounts=real.accounts,
+        launcher=detaching_launcher,
+        environ=hermetic_env(real.base, real.home, real.backend),
+    ) as pool:
+        first = await pool.ensure("k", real.build)
+        await complete_turn(first.ws_url, real.work, "refresh into the home")
+        live = real.backend.account("id-alpha").refresh_token
+        assert live != spent
+        assert json.loads(detached[0].read_text())["tokens"]["refresh_token"] == live
+        assert json.loads(account_auth.read_text())["tokens"]["refresh_token"] == spent
+        timeout, real.accounts.lock_timeout = real.accounts.lock_timeout, 0.0
+        try:
+            with FileLock(real.accounts.root / "pool.lock"):
+                await pool.shutdown("k")
+        finally:
+            real.accounts.lock_timeout = timeout
+        assert not first.home.exists()
+        [item] = real.accounts.quarantined("alpha")
+        assert json.loads(item.path.read_text())["tokens"]["refresh_token"] == live
+        assert item.path.stat().st_mode & 0o777 == 0o600
+        second = await pool.ensure("k", real.build)
+        assert (second.home / "auth.json").is_symlink()
+        assert json.loads(account_auth.read_text())["tokens"]["refresh_token"] == live
+        assert real.accounts.quarantined() == []
+        real.backend.expire_access_token("id-alpha")
+        await complete_turn(second.ws_url, real.work, "refresh again, from the adopted login")
+    assert json.loads(account_auth.read_text())["tokens"]["refresh_token"] != live
+    real.backend.assert_no_replay()
+    assert app_servers_under(real.root / "pool") == []

@@ -38,3 +38,41 @@ def test_bench_test_world_prints_its_figures(codex_bin: Path) -> None:
     assert figures["fake_backend_responses_parallel8"]["requests_per_s"] > 0
     assert figures["real_codex_exec_turn"]["new_session_median_s"] > 0
     assert figures["benchmark_process"]["peak_rss_mib"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_bench_chaos_quick_holds_every_invariant(codex_bin: Path) -> None:
+    """bench_chaos.py --quick: no double holder or replay, clean exits, every waiter settled."""
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_chaos.py"), "--quick", "--codex", str(codex_bin)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    figures = {f.get("case", f["benchmark"]): f for f in lines}
+    seed = figures["setup"]["seed"]  # a failure reproduces with --seed
+    lease = figures["lease_sigkill"]
+    assert lease["kills"] > 0, seed
+    assert lease["holder_kills"] > 0, seed
+    assert lease["double_holders"] == 0, (seed, lease)
+    assert lease["unrecovered"] == 0, (seed, lease)
+    rotations = figures["refresh_rotations"]
+    assert rotations["rotations"] == rotations["runs"] > 0, (seed, rotations)
+    assert rotations["refreshes"] == rotations["forced_refreshes"] == 2 * rotations["runs"]
+    assert rotations["replays"] == 0, (seed, rotations)
+    assert rotations["other_sessions"] == 0, (seed, rotations)
+    exits = figures["exit_paths"]
+    assert len(exits["paths"]) == 14
+    assert exits["clean_percent"] == 100.0, (seed, exits["problems"])
+    assert exits["exit_codes_right"] == exits["runs"], (seed, exits["problems"])
+    appserver = figures["appserver_sigkill"]
+    assert appserver["waiters"] > 0
+    assert appserver["settled_percent"] == 100.0, (seed, appserver)
+    broker = figures["broker"]
+    assert broker["settled_percent"] == 100.0, (seed, broker)
+    assert broker["exit_codes_right_percent"] == 100.0, (seed, broker)
+    assert broker["files_left"] == broker["upstreams_left"] == 0, (seed, broker)

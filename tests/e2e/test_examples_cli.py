@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from codex_supervisor.accounts import AccountPool
+from codex_supervisor.lease import FileLock
 from codex_supervisor.testing import Behaviour, FakeCodexBackend, hermetic_env, offline_flags
 
 CLI = Path(__file__).resolve().parents[2] / "examples" / "cli.py"
@@ -148,3 +150,40 @@ def test_run_waits_with_a_countdown_until_the_earliest_reset(
     assert len(waits) >= 2
     assert [r.account_id for r in backend.responses_requests()] == ["id-alpha"]
     assert backend.responses_requests()[0].at >= soon - 1
+
+
+def test_status_shows_quarantined_logins_with_what_to_do(
+    backend: FakeCodexBackend, tmp_path: Path
+) -> None:
+    """`status` and `status --json` list logins in quarantine: where, since, why, what to do."""
+    pool = _pool_on(backend, tmp_path, alpha={})
+    backend.add_account("id-gone")
+    gone = pool.take_back_auth("gone", backend.write_auth(tmp_path / "gone-home", "id-gone"))
+    assert gone is not None
+    pool.lock_timeout = 0.0
+    with FileLock(pool.root / "pool.lock"):
+        busy = pool.take_back_auth("alpha", backend.write_auth(tmp_path / "alpha-home", "id-alpha"))
+    assert busy is not None
+    args = ["--pool", str(pool.root), "--codex-home", str(pool.base_codex_home), "status"]
+    text = _cli(*args)
+    assert text.returncode == 0, text.stderr
+    out = text.stdout
+    assert "QUARANTINED LOGINS: 2" in out
+    assert f"gone: {gone.path}" in out
+    assert "why: could not take it back: no account named 'gone'" in out
+    assert f"accounts import gone --auth-json {gone.path}" in out
+    assert f"alpha: {busy.path}" in out
+    assert "takes it back into 'alpha' by itself" in out
+    as_json = _cli(*args, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    items = {q["account"]: q for q in json.loads(as_json.stdout)["quarantined"]}
+    assert set(items) == {"alpha", "gone"}
+    assert items["gone"]["path"] == str(gone.path)
+    assert items["gone"]["in_pool"] is False
+    assert items["alpha"]["in_pool"] is True
+    assert "could not acquire" in items["alpha"]["reason"]
+    assert items["alpha"]["since"].endswith("Z")
+    for item in (gone, busy):
+        token = json.loads(item.path.read_text())["tokens"]["refresh_token"]
+        assert token not in out
+        assert token not in as_json.stdout

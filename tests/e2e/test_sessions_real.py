@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
 import re
 import signal
 import subprocess
@@ -13,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from codex_supervisor.accounts import AccountPool
+from codex_supervisor.codex_cli import parse_argv
 from codex_supervisor.sessions import (
     RateLimitsObserved,
     RolloutReader,
@@ -21,6 +26,7 @@ from codex_supervisor.sessions import (
     TurnState,
     writer_lock,
 )
+from codex_supervisor.supervisor import Supervisor, SupervisorConfig, _ChildRun
 from codex_supervisor.testing import Behaviour, FakeCodexBackend, PtyProcess, offline_flags
 
 pytestmark = pytest.mark.real_codex
@@ -36,6 +42,48 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 def _read(reader: RolloutReader) -> TurnState:
     reader.read()
     return reader.state
+
+
+def _open_flags(pid: int, path: Path) -> list[int]:
+    """The open flags of every descriptor ``pid`` has on ``path`` (/proc, read directly)."""
+    flags = []
+    for entry in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.readlink() == path:
+                info = Path(f"/proc/{pid}/fdinfo/{entry.name}").read_text()
+                [line] = [x for x in info.splitlines() if x.startswith("flags:")]
+                flags.append(int(line.split()[1], 8))
+    return flags
+
+
+def _sent(backend: FakeCodexBackend, text: str) -> list[str | None]:
+    """The session ids of the model requests that carried ``text``."""
+    return [r.session_id for r in backend.responses_requests() if text in r.input_texts]
+
+
+def _type_prompt(tui: PtyProcess, backend: FakeCodexBackend, text: str) -> None:
+    """Type ``text`` and Enter until the backend receives it (the composer may be settling)."""
+    deadline = time.monotonic() + 60
+    while not _sent(backend, text):
+        assert time.monotonic() < deadline, tui.text[-2000:]
+        shown = tui.text.count(text)
+        tui.write(text)
+        _wait_soft(functools.partial(_echoed, tui, text, shown), 5)
+        tui.write("\r")
+        _wait_soft(lambda: bool(_sent(backend, text)), 10)
+
+
+def _echoed(tui: PtyProcess, text: str, shown: int) -> bool:
+    return tui.text.count(text) > shown
+
+
+def _wait_soft(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 @pytest.mark.anyio
@@ -69,6 +117,16 @@ async def test_binds_a_running_exec_and_follows_its_turn(
         lock = writer_lock(home, binding.session_id)
         assert lock.held
         assert lock.pid == proc.pid
+        # The real writer opens its rollout O_RDWR|O_APPEND (measured on
+        # 0.169.0); it may read it through a second, short-lived read-only
+        # descriptor too. The "open for writing" rule accepts the writer.
+        flags = _open_flags(proc.pid, binding.path)
+        writers = [f for f in flags if f & os.O_ACCMODE == os.O_RDWR and f & os.O_APPEND]
+        assert len(writers) == 1, [oct(f) for f in flags]
+        attempt = binder.open_by(proc.pid)
+        assert attempt.binding == binding
+        assert not attempt.ambiguous
+        assert binder.still_writes(binding, proc.pid) is True
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -162,3 +220,110 @@ async def test_binds_an_interactive_tui_by_pid(
         assert tui.wait(timeout=10) == -signal.SIGINT
     # Killed by a signal: the lock file stays, unlocked.
     assert not writer_lock(home, binding.session_id).held
+
+
+@pytest.mark.anyio
+async def test_a_fork_binds_its_own_session_never_its_source(
+    codex_bin: Path, tls_backend: FakeCodexBackend, world: Any, run_codex: Any
+) -> None:
+    """``codex fork`` reads its source rollout (read-only) and writes a new one: only that binds."""
+    backend = tls_backend
+    backend.add_account("acct-a")
+    home = backend.write_codex_home(world.codex_home(), "acct-a")
+    first = run_codex(
+        ["exec", "--skip-git-repo-check", *offline_flags(), "the source"],
+        codex_home=home,
+        backend=backend,
+    )
+    found = re.search(r"session id: (\S+)", first.stderr)
+    assert found
+    source = found.group(1)
+    binder = SessionBinder(home)
+    source_binding = binder.find_by_id(source)
+    assert source_binding is not None
+    env = world.env(home, backend, TERM="xterm-256color")
+    argv = [str(codex_bin), "fork", "--no-alt-screen", "--no-daemon", *offline_flags()]
+    argv += [source, "forked"]
+    seen: set[str] = set()
+    with PtyProcess(argv, env=env, cwd=world.work) as tui:
+
+        def bound() -> bool:
+            attempt = binder.open_by(tui.pid)
+            assert not attempt.ambiguous, attempt.reason
+            seen.update(attempt.candidates)
+            return bool(_sent(backend, "forked")) and attempt.binding is not None
+
+        # Looked at from the very start, while the fork reads its source.
+        _wait_for(bound, 60, "the fork to write its own session")
+        binding = binder.find_open_by(tui.pid)
+        assert binding is not None
+        assert binding.session_id != source
+        assert seen == {binding.session_id}
+        assert _sent(backend, "forked") == [binding.session_id]
+        assert binder.still_writes(binding, tui.pid) is True
+        assert binder.still_writes(source_binding, tui.pid) is False
+        assert writer_lock(home, source).held is False
+        tui.send_signal(signal.SIGINT)
+        assert tui.wait(timeout=10) == -signal.SIGINT
+
+
+@pytest.mark.anyio
+async def test_new_in_the_tui_is_caught_before_a_rotation(
+    codex_bin: Path, tls_backend: FakeCodexBackend, world: Any, tmp_path: Path
+) -> None:
+    """After ``/new`` the 0.169.0 TUI writes two rollouts: ambiguous, and the rotation refused."""
+    backend = tls_backend
+    backend.add_account("acct-a")
+    home = backend.write_codex_home(world.codex_home(), "acct-a")
+    env = world.env(home, backend, TERM="xterm-256color")
+    argv = [str(codex_bin), "--no-alt-screen", "--no-daemon", *offline_flags(), "hello one"]
+    binder = SessionBinder(home)
+    sup = Supervisor(
+        AccountPool(root=tmp_path / "pool", base_codex_home=home),
+        config=SupervisorConfig(codex=str(codex_bin)),
+        environ=env,
+    )
+    with PtyProcess(argv, env=env, cwd=world.work) as tui:
+        _wait_for(
+            lambda: binder.find_open_by(tui.pid) is not None and bool(_sent(backend, "hello one")),
+            60,
+            "the first session and its prompt",
+        )
+        first = binder.find_open_by(tui.pid)
+        assert first is not None
+        assert _sent(backend, "hello one") == [first.session_id]
+        run = _ChildRun(
+            inv=parse_argv(["hello one"]),
+            child=tui.proc,  # type: ignore[arg-type]  # only its pid is used here
+            account="acct-a",
+            home=home,
+            workdir=world.work,
+            launched_at=datetime.now(UTC),
+            binder=binder,
+            binding=first,
+            known_session=None,
+            prompt_in_argv=True,
+            bind_deadline=float("inf"),
+            last_passive=0.0,
+        )
+        assert sup._still_bound(run)
+        tui.expect("Hello from the fake backend", 60)
+        headers = tui.text.count("OpenAI Codex (v")
+        tui.write("/new")
+        tui.expect("start a new chat", 30)
+        tui.write("\r")
+        _wait_for(lambda: tui.text.count("OpenAI Codex (v") > headers, 30, "the new chat")
+        _type_prompt(tui, backend, "hello two")
+        [second] = _sent(backend, "hello two")
+        assert second is not None
+        assert second != first.session_id
+        _wait_for(lambda: binder.open_by(tui.pid).ambiguous, 60, "the second rollout")
+        attempt = binder.open_by(tui.pid)
+        assert attempt.binding is None
+        assert attempt.candidates == tuple(sorted((first.session_id, second)))
+        # The old thread stays loaded: "still writes it" alone would resume it.
+        assert binder.still_writes(first, tui.pid) is True
+        assert not sup._still_bound(run)
+        assert run.binding == first  # refused, not swapped for a guess
+        tui.send_signal(signal.SIGINT)
+        assert tui.wait(timeout=10) == -signal.SIGINT

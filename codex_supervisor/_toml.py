@@ -1,4 +1,5 @@
-"""A small TOML writer for the ``config.toml`` files the library writes.
+"""A small TOML writer for the ``config.toml`` files the library writes, and a
+bounded reader for the ones it reads.
 
 Python reads TOML (:mod:`tomllib`) but cannot write it, and Codex's config
 needs only tables, strings, booleans, numbers and arrays, so this writes
@@ -11,10 +12,45 @@ from __future__ import annotations
 import json
 import math
 import re
+import tomllib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["dumps"]
+from .errors import ConfigError
+
+__all__ = ["MAX_BYTES", "dumps", "loads"]
+
+#: A config.toml is read up to this size; Codex's own is a few KB.
+MAX_BYTES: Final = 1 << 20
+# tomllib keeps every prefix of a dotted key, the current table's header in
+# front: a key of n parts costs n*n/2 slots, so 100 000 parts (200 KB of text)
+# would take 40 GB. Real keys have a handful of parts.
+_MAX_KEY_PARTS: Final = 16
+_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
+_LONG_KEY = re.compile(
+    rf"^[ \t]*(?:\[\[?[ \t]*)?(?:{_KEY_PART}[ \t]*\.[ \t]*){{{_MAX_KEY_PARTS}}}", re.MULTILINE
+)
+
+
+def loads(text: str, *, source: str) -> dict[str, Any]:
+    """Parse TOML from outside (a user's or an embedder's), within bounds.
+
+    Raises :class:`~codex_supervisor.errors.ConfigError` naming ``source`` for
+    invalid TOML, text over :data:`MAX_BYTES`, a key of more than 16 dotted
+    parts (tomllib's memory grows with the square of a key's parts) and
+    nesting deeper than the interpreter's recursion limit.
+    """
+    if len(text) > MAX_BYTES:
+        raise ConfigError(f"cannot read {source}: larger than {MAX_BYTES} bytes")
+    if _LONG_KEY.search(text):
+        raise ConfigError(f"cannot read {source}: a key of more than {_MAX_KEY_PARTS} dotted parts")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"malformed {source}: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"malformed {source}: nested too deeply") from exc
+
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 

@@ -27,8 +27,6 @@ import asyncio
 import logging
 import os
 import random
-import re
-import tomllib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -39,6 +37,7 @@ import attrs
 import httpx
 import tenacity
 
+from . import _toml
 from ._tls import async_client
 from .clock import Clock, SystemClock
 from .errors import ConfigError, QuotaAuthExpired, QuotaParseError, QuotaUnavailable
@@ -77,18 +76,6 @@ log = logging.getLogger(__name__)
 #: What Codex uses when config.toml does not set ``chatgpt_base_url``.
 DEFAULT_CHATGPT_BASE_URL = "https://chatgpt.com/backend-api/"
 
-# config.toml is read up to this size; Codex's own is a few KB.
-_MAX_CONFIG_BYTES = 1 << 20
-# tomllib keeps every prefix of a dotted key, the current table's header in
-# front: a key of n parts costs n*n/2 slots, so 100 000 parts (200 KB of text)
-# would take 40 GB. Real keys have a handful of parts.
-_MAX_KEY_PARTS = 16
-_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
-_LONG_KEY = re.compile(
-    rf"^[ \t]*(?:\[\[?[ \t]*)?(?:{_KEY_PART}[ \t]*\.[ \t]*){{{_MAX_KEY_PARTS}}}", re.MULTILINE
-)
-
-
 # -- where the usage endpoint lives ---------------------------------------------------
 
 
@@ -104,22 +91,15 @@ def read_chatgpt_base_url(codex_home: Path) -> str:
     path = Path(codex_home) / "config.toml"
     try:
         with path.open("rb") as fh:
-            data = fh.read(_MAX_CONFIG_BYTES + 1)
-        if len(data) > _MAX_CONFIG_BYTES:
-            raise ConfigError(f"cannot read {path}: larger than {_MAX_CONFIG_BYTES} bytes")
+            data = fh.read(_toml.MAX_BYTES + 1)
+        if len(data) > _toml.MAX_BYTES:
+            raise ConfigError(f"cannot read {path}: larger than {_toml.MAX_BYTES} bytes")
         text = data.decode()
     except FileNotFoundError:
         return DEFAULT_CHATGPT_BASE_URL
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
-    if _LONG_KEY.search(text):
-        raise ConfigError(f"cannot read {path}: a key of more than {_MAX_KEY_PARTS} dotted parts")
-    try:
-        config = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"malformed {path}: {exc}") from exc
-    except RecursionError as exc:
-        raise ConfigError(f"malformed {path}: nested too deeply") from exc
+    config = _toml.loads(text, source=str(path))
     value = config.get("chatgpt_base_url")
     if value is None:
         return DEFAULT_CHATGPT_BASE_URL

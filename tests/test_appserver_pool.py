@@ -388,6 +388,11 @@ async def test_environment_is_the_pools_plus_the_builders(
         (lambda _: SpawnConfig(env={"CODEX_LOOPBACK_TOKEN": "x"}), errors.ConfigError),
         (lambda _: SpawnConfig(config="not = [toml"), errors.ConfigError),
         (lambda _: SpawnConfig(config={"x": object()}), errors.ConfigError),
+        # Foreign TOML within bounds: deep nesting, a long dotted key, a huge text.
+        (lambda _: SpawnConfig(config="x = " + "[" * 5000 + "]" * 5000), errors.ConfigError),
+        (lambda _: SpawnConfig(config=".".join(["k"] * 20_000) + " = 1"), errors.ConfigError),
+        (lambda _: SpawnConfig(config="# " + "x" * (2 << 20)), errors.ConfigError),
+        (lambda _: SpawnConfig(config={"a": ["\ud800"]}), errors.ConfigError),
     ],
 )
 async def test_bad_builder_output_is_a_clear_error_and_leaves_nothing(

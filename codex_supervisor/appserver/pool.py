@@ -61,7 +61,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import tomllib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -755,10 +754,7 @@ class AppServerPool:
         if config is None:
             return
         if isinstance(config, str):
-            try:
-                tomllib.loads(config)
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"the config builder returned invalid TOML: {exc}") from exc
+            _toml.loads(config, source="the config builder's TOML")
             text = config
         else:
             try:

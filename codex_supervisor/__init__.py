@@ -31,8 +31,9 @@ the HTTP stack or the process machinery behind the rest of the surface.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from ._lazy import resolve
 
 if TYPE_CHECKING:
     from .accounts import Account, AccountPool, Cooldown
@@ -144,12 +145,6 @@ _EXPORTS: dict[str, str] = {
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(module, __name__), name)
-        # Cached as a real attribute, so __getattr__ runs once per name.
-        globals()[name] = value
-        return value
     # __version__ is looked up lazily too, so importing the package never pays
     # for reading distribution metadata.
     if name == "__version__":
@@ -159,7 +154,7 @@ def __getattr__(name: str) -> Any:
             return version("codex-supervisor")
         except PackageNotFoundError:  # running from a source tree that is not installed
             return "0+unknown"
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return resolve(__name__, _EXPORTS, globals(), name)
 
 
 def __dir__() -> list[str]:

@@ -36,11 +36,12 @@ import secrets
 import shutil
 import stat
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar, final
+from typing import Any, Literal, TypeVar, final
 
 import attrs
 
@@ -50,9 +51,11 @@ from ._jwt import decode_jwt_claims
 from .clock import Clock, SystemClock
 from .config import child_environment, default_base_codex_home, default_pool_root
 from .errors import (
+    AccountGone,
     AccountInUse,
     AuthError,
     ConfigError,
+    LoginQuarantined,
     QuotaUnavailable,
     StateError,
     SupervisorError,
@@ -65,6 +68,7 @@ from .lease import (
     LeaseMode,
     LeaseRecord,
     acquire_lease,
+    holder_alive,
 )
 from .quota import QuotaSnapshot, UsageCredentials, WindowKind, read_chatgpt_base_url
 
@@ -78,6 +82,8 @@ __all__ = [
     "AuthMode",
     "Cooldown",
     "Identity",
+    "LeftoverFolder",
+    "LoginQuarantined",
     "QuarantinedAuth",
     "identity_from_auth",
 ]
@@ -102,9 +108,16 @@ _JITTER = timedelta(seconds=60)
 # A quarantined login is "<UTC time>-<random>-auth.json", its reason beside it.
 _QUARANTINE_SUFFIX = "-auth.json"
 _REASON_SUFFIX = ".reason"
+# ... and what login it is: {"account": name, "account_id": id} (JSON).
+_META_SUFFIX = ".meta"
+# A leftover temporary copy of a login (a process died halfway) is deleted only
+# when it is provably a duplicate, and no sooner than this after it was written.
+_STALE_TEMP_AGE = timedelta(minutes=10)
 # In the folder of an account removed while in use (it stays where the running
 # Codex expects its home until the last occupant leaves, then is set aside).
 _REMOVED_MARKER = "removed.json"
+# Where a removal sets a folder aside: ".removed-<name>-<time>-<hex>".
+_ASIDE_RE = re.compile(rf"\.removed-({ACCOUNT_NAME_PATTERN})-\d{{8}}T\d{{6}}-[0-9a-f]+")
 # An exclusive claim held for a few file operations (no heartbeat): ample.
 _CLAIM_TTL = 60.0
 _T = TypeVar("_T")
@@ -173,10 +186,13 @@ class AccountStatus:
 class QuarantinedAuth:
     """An auth.json that could not be taken back into its account, kept aside.
 
-    It may hold the only live refresh token of ``account``, so it stays (0600,
+    It may hold the only live refresh token of its account, so it stays (0600,
     in ``<root>/quarantine/<account>/``) until
     :meth:`AccountPool.adopt_quarantined` takes it back or finds the
-    account's own auth.json at least as new. ``reason`` says why the last
+    account's own auth.json at least as new. ``account`` is the name it was
+    quarantined under; ``account_id`` the account id of the login (from its
+    tokens; ``None`` when it cannot be read), which decides the account it
+    belongs to (:meth:`AccountPool.owner_of`). ``reason`` says why the last
     attempt failed; ``since`` is when it was put aside.
     """
 
@@ -184,6 +200,24 @@ class QuarantinedAuth:
     path: Path
     reason: str
     since: datetime
+    account_id: str | None = None
+
+
+@final
+@attrs.frozen(kw_only=True)
+class LeftoverFolder:
+    """A folder under ``<root>/accounts`` of no account in the pool; it holds a login.
+
+    ``kind``: ``"in_use"`` — removed while in use, set aside once its last
+    session ends; ``"outside"`` — ``<root>/accounts/<name>`` outside the pool
+    (a removal or import interrupted), adopted by an import or login of the
+    same account, set aside by ``remove``; ``"set_aside"`` — set aside by a
+    removal (``.removed-<name>-...``), the user's to keep or delete.
+    """
+
+    name: str
+    path: Path
+    kind: Literal["in_use", "outside", "set_aside"]
 
 
 @attrs.frozen(kw_only=True)
@@ -336,6 +370,8 @@ class AccountPool:
             lambda self: FileLeaseBackend(self.root / "leases", clock=self.clock), takes_self=True
         )
     )
+    # Quarantined copies of safe logins that could not be deleted (said once).
+    _undeletable: set[Path] = attrs.field(factory=set, init=False, repr=False, eq=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> AccountPool:
@@ -533,17 +569,51 @@ class AccountPool:
     # -- account homes -----------------------------------------------------------
 
     def prepare_home(self, name: str) -> Path:
-        """Create or refresh ``name``'s account home and return it.
+        """Refresh the account home of ``name``, an account of the pool, and return it.
 
         Links every entry of the base CODEX_HOME not yet linked (entries that
         appeared since the last launch included), drops links whose target
-        is gone, and leaves real files of the account home alone.
+        is gone, and leaves real files of the account home alone. A copy of
+        an older login left by an import or login that died halfway is
+        deleted once provably redundant.
+
+        It never creates a home for an account outside the pool state, nor
+        the account's folder itself (only an import or a login makes that):
+        for an account removed meanwhile it raises
+        :class:`~codex_supervisor.errors.AccountGone`, so no Codex starts in
+        an empty home without a login. A file operation that fails raises
+        :class:`~codex_supervisor.errors.StateError`.
         """
+        account_dir = self.account_home(name).parent
+        if name not in self._load().accounts:
+            raise AccountGone(name, "it was removed, or never added")
+        try:
+            return self._prepare_home(name, create=False)
+        except FileNotFoundError as exc:
+            if _lexists(account_dir):
+                raise StateError(f"cannot prepare the home of account {name!r}: {exc}") from exc
+            if name not in self._load().accounts:  # set aside meanwhile
+                raise AccountGone(name, "it was removed meanwhile") from exc
+            raise StateError(
+                f"account {name!r} has no folder at {account_dir} (deleted by hand?), so no "
+                f"login either: `accounts remove {name}`, then add it again ({exc})"
+            ) from exc
+        except OSError as exc:
+            raise StateError(f"cannot prepare the home of account {name!r}: {exc}") from exc
+
+    def _prepare_home(self, name: str, *, create: bool = True) -> Path:
+        """:meth:`prepare_home` without its checks; ``create`` makes the account folder too."""
         home = self.account_home(name)
-        _mkdir_private(home.parent)
-        _mkdir_private(home)
+        if create:
+            _mkdir_private(home.parent)
+            _mkdir_private(home)
+        else:
+            # Not the folder itself: one set aside meanwhile must not come back empty.
+            home.mkdir(mode=0o700, exist_ok=True)
+            home.chmod(0o700)
         self._link_base_entries(home)
         _warn_if_exposed(home / "auth.json")
+        _drop_stale_held(home)
         return home
 
     def _link_base_entries(self, home: Path) -> None:
@@ -601,9 +671,19 @@ class AccountPool:
         and refused when it holds another. Of its login and ``source`` the
         newer is kept, as by a re-login: an older or equal ``source`` — or
         the folder's own auth.json given as ``source`` — is left where it is.
+
+        A file operation that fails raises
+        :class:`~codex_supervisor.errors.StateError` (after the undo).
         """
+        try:
+            return self._import_auth(name, Path(source), copy=copy)
+        except OSError as exc:
+            if isinstance(exc, SupervisorError):  # LeaseTimeout: the pool lock is busy
+                raise
+            raise StateError(f"could not import {source} as account {name!r}: {exc}") from exc
+
+    def _import_auth(self, name: str, src: Path, *, copy: bool) -> Account:
         _check_name(name)
-        src = Path(source)
         data = _read_private_file(src)
         identity = identity_from_auth(data)
         src_mode = stat.S_IMODE(src.lstat().st_mode)
@@ -622,7 +702,7 @@ class AccountPool:
             held: Path | None = None  # the folder's older login, until the save succeeds
             placed: str | None = None  # how the source got to dest: "copied" or "moved"
             try:
-                self.prepare_home(name)
+                self._prepare_home(name)
                 if current is not None:
                     held = _hold_aside(dest)
                 if copy:
@@ -670,7 +750,7 @@ class AccountPool:
 
     def _adopt_as_it_is(self, state: _PoolState, account: Account, src: Path) -> None:
         """Put a folder outside the pool state back in it with its own (newer) login."""
-        home = self.prepare_home(account.name)
+        home = self._prepare_home(account.name)
         self._save(_with_account(state, account))
         _unmark_removed(home.parent)
         if not _same_file(src, home / "auth.json"):
@@ -761,7 +841,7 @@ class AccountPool:
         was. The home's auth.json is replaced in one rename, never missing
         for a Codex that may be running on it.
         """
-        dest = self.prepare_home(account.name) / "auth.json"
+        dest = self._prepare_home(account.name) / "auth.json"
         try:
             current: bytes | None = dest.read_bytes()
         except FileNotFoundError:
@@ -853,117 +933,235 @@ class AccountPool:
     def take_back_auth(self, name: str, source: Path | str) -> QuarantinedAuth | None:
         """Adopt an auth.json Codex left outside ``name``'s home, or quarantine it.
 
-        Returns ``None`` when ``source`` holds nothing that needs keeping: it
-        was adopted (:meth:`adopt_auth`), or the account's own auth.json is at
-        least as new. Otherwise — the pool lock was busy, the account was
-        removed, the file's mode was unsafe, it is another login, or it cannot
-        be compared — a copy goes into quarantine (0600, never over another
-        file), the failure is logged at ERROR and the record returned;
-        :meth:`adopt_quarantined` tries again. ``source`` is left in place:
-        only once this returns may the caller delete it. Raises
+        The login goes to the pool account of its own account id (read from
+        its tokens, as :meth:`import_auth` identifies a login) — ``name``'s,
+        unless the file says otherwise. Returns ``None`` when ``source`` holds
+        nothing that needs keeping: it was adopted (:meth:`adopt_auth`), or
+        that account's own auth.json is at least as new. Otherwise — the pool
+        lock was busy, no account of the pool has its account id any more,
+        the file's mode was unsafe, or it cannot be compared — a copy goes
+        into quarantine (0600, never over another file, its account id
+        recorded beside it), the failure is logged at ERROR and the record
+        returned; :meth:`adopt_quarantined` tries again. ``source`` is left
+        in place: only once this returns may the caller delete it. Raises
         :class:`~codex_supervisor.errors.AuthError` or :class:`OSError` when
         not even the quarantine could be written; ``source`` is then the only
         copy and must be kept.
         """
         src = Path(source)
         data = _read_auth_file(src)
+        account_id = _login_account_id(data)
+        reason: str | None
         try:
-            taken = self.adopt_auth(name, src)
+            owner = _owner_in(self._load(), account_id, name)
+            if owner is None:
+                reason = _no_owner_reason(account_id, name)
+            else:
+                taken = self.adopt_auth(owner, src)
+                reason = None if taken else self._kept_because(owner, data)
         except (SupervisorError, OSError) as exc:
             reason = f"could not take it back: {exc}"
-        else:
-            if taken:
-                return None
-            found = self._kept_because(name, data)
-            if found is None:
-                return None
-            reason = found
-        return self._quarantine(name, data, reason)
+        if reason is None:
+            return None
+        if account_id is None:
+            # Unreadable as a login: it stays tied to the account it came from.
+            with contextlib.suppress(SupervisorError, OSError):
+                account_id = self.get(name).identity.account_id
+        return self._quarantine(name, data, reason, account_id)
 
-    def quarantined(self, name: str | None = None) -> list[QuarantinedAuth]:
-        """The logins waiting in quarantine (only ``name``'s if given), oldest first."""
+    def quarantine_listing(self) -> tuple[str, ...]:
+        """The logins waiting in quarantine as ``"<folder>/<file>"`` names, sorted.
+
+        Directory reads only, no file is opened: cheap enough to ask before
+        every choice of account, and it changes whenever a login is put in
+        quarantine or leaves it. Raises
+        :class:`~codex_supervisor.errors.StateError` when the quarantine
+        cannot be read.
+        """
+        return tuple(f"{folder.name}/{path.name}" for folder, path in self._quarantine_files())
+
+    def _quarantine_files(self) -> list[tuple[Path, Path]]:
         base = self.quarantine_path
-        if name is not None:
-            folders = [base / _check_name(name)]
-        else:
-            try:
-                folders = [p for p in base.iterdir() if _NAME_RE.fullmatch(p.name) and p.is_dir()]
-            except FileNotFoundError:
-                return []
-            except OSError as exc:
-                raise StateError(f"cannot read the quarantine {base}: {exc}") from exc
-        found: list[QuarantinedAuth] = []
-        for folder in folders:
+        try:
+            folders = [p for p in base.iterdir() if _NAME_RE.fullmatch(p.name) and p.is_dir()]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise StateError(f"cannot read the quarantine {base}: {exc}") from exc
+        found: list[tuple[Path, Path]] = []
+        for folder in sorted(folders):
             try:
                 paths = [p for p in folder.iterdir() if _is_quarantined_name(p.name)]
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as exc:
                 raise StateError(f"cannot read the quarantine {folder}: {exc}") from exc
-            for path in paths:
-                try:
-                    reason_path = path.with_name(path.name + _REASON_SUFFIX)
-                    reason = reason_path.read_text(errors="replace").strip()
-                except OSError:
-                    reason = ""
-                found.append(
-                    QuarantinedAuth(
-                        account=folder.name,
-                        path=path,
-                        reason=reason or "unknown (no reason was recorded)",
-                        since=_quarantined_at(path),
-                    )
+            found.extend((folder, path) for path in sorted(paths))
+        return found
+
+    def quarantined(self, name: str | None = None) -> list[QuarantinedAuth]:
+        """The logins waiting in quarantine, oldest first.
+
+        With ``name``, only those of that account: the ones whose account id
+        is ``name``'s (whatever name they were quarantined under), or — when
+        ``name`` is no account of the pool — the ones quarantined under
+        ``name`` that no account of the pool owns.
+        """
+        items = self._quarantined_items()
+        if name is None:
+            return items
+        _check_name(name)
+        state = self._load()
+        return [i for i in items if _belongs(state, i, name)]
+
+    def _quarantined_items(self) -> list[QuarantinedAuth]:
+        found: list[QuarantinedAuth] = []
+        for folder, path in self._quarantine_files():
+            try:
+                reason_path = path.with_name(path.name + _REASON_SUFFIX)
+                reason = reason_path.read_text(errors="replace").strip()
+            except OSError:
+                reason = ""
+            found.append(
+                QuarantinedAuth(
+                    account=folder.name,
+                    path=path,
+                    reason=reason or "unknown (no reason was recorded)",
+                    since=_quarantined_at(path),
+                    account_id=_quarantined_account_id(path),
                 )
+            )
         return sorted(found, key=lambda item: (item.since, item.account, item.path.name))
 
-    def adopt_quarantined(self, name: str | None = None) -> list[QuarantinedAuth]:
-        """Try again to take back every quarantined login (only ``name``'s if given).
+    def owner_of(self, item: QuarantinedAuth) -> str | None:
+        """The account of the pool a quarantined login belongs to now, or ``None``.
 
-        A quarantined file is deleted only once its login is in the account's
-        home (adopted now, or the account's own auth.json is at least as
-        new); otherwise its reason is brought up to date (logged at ERROR
-        when it changes). Returns what is still in quarantine. One item's
-        failure never stops the others.
+        The account with its account id (whatever its name); for a login
+        whose account id cannot be read, the account it was quarantined
+        under, if that name is still in the pool.
         """
-        # Reasons whose login left by other means (`accounts import` of it).
-        folders = _check_name(name) if name is not None else "*"
-        notes = f"{folders}/*{_QUARANTINE_SUFFIX}{_REASON_SUFFIX}"
-        with contextlib.suppress(OSError):
-            for note in self.quarantine_path.glob(notes):
-                if not note.with_name(note.name.removesuffix(_REASON_SUFFIX)).exists():
-                    note.unlink(missing_ok=True)
+        return _owner_in(self._load(), item.account_id, item.account)
+
+    def adopt_quarantined(self, name: str | None = None) -> list[QuarantinedAuth]:
+        """Try again to take back every quarantined login (only ``name``'s account's if given).
+
+        Each login goes to the account of its account id, whatever name it
+        was quarantined under. A quarantined file is deleted only once its
+        login is in that account's home (adopted now, or the account's own
+        auth.json is at least as new); otherwise its reason is brought up to
+        date (logged at ERROR when it changes). A login no account of the
+        pool owns stays until it is imported (``accounts import NAME
+        --auth-json PATH``). Returns what is still in quarantine (of
+        ``name``'s account: what must keep Codex off it). One item's failure
+        never stops the others, and a file whose login is safe but that
+        cannot be deleted is logged, not returned.
+        """
+        self._drop_orphaned_notes()
+        self._drop_stale_temp_files()
+        state = self._load()
+        if name is not None:
+            _check_name(name)
         left: list[QuarantinedAuth] = []
-        for item in self.quarantined(name):
-            reason: str | None
-            taken = False
+        for item in self._quarantined_items():
+            if name is not None and not _belongs(state, item, name):
+                continue
+            owner = _owner_in(state, item.account_id, item.account)
             try:
-                data = _read_private_file(item.path)
-                taken = self.adopt_auth(item.account, item.path)
-            except (SupervisorError, OSError) as exc:
-                if not item.path.exists():
-                    continue  # taken back by another process meanwhile
+                reason = self._retry_quarantined(item, owner)
+            except Exception as exc:  # one item never stops the others
+                log.exception("retrying the quarantined login %s failed", item.path)
                 reason = f"could not take it back: {exc}"
-            else:
-                reason = None if taken else self._kept_because(item.account, data)
             if reason is None:
-                if not taken:
-                    log.info(
-                        "dropped the quarantined %s: %r's own auth.json is at least as new",
-                        item.path,
-                        item.account,
-                    )
-                _release_quarantined(item.path)
                 continue
             if reason != item.reason:
                 _note_reason(item.path, reason)
                 log.error(
                     "the quarantined login %s of %r still cannot be taken back: %s",
                     item.path,
-                    item.account,
+                    owner or item.account,
                     reason,
                 )
             left.append(attrs.evolve(item, reason=reason))
         return left
+
+    def _retry_quarantined(self, item: QuarantinedAuth, owner: str | None) -> str | None:
+        """Take ``item`` back into ``owner``; None once its login is safe, else why not."""
+        if owner is None:
+            return _no_owner_reason(item.account_id, item.account)
+        taken = False
+        reason: str | None
+        try:
+            data = _read_private_file(item.path)
+            taken = self.adopt_auth(owner, item.path)
+        except (SupervisorError, OSError) as exc:
+            if not _lexists(item.path):
+                return None  # taken back (or imported) by another process meanwhile
+            reason = f"could not take it back: {exc}"
+        else:
+            reason = None if taken else self._kept_because(owner, data)
+        if reason is not None:
+            return reason
+        if not taken:
+            log.info(
+                "dropped the quarantined %s: %r's own auth.json is at least as new",
+                item.path,
+                owner,
+            )
+        try:
+            _release_quarantined(item.path)
+        except OSError as exc:
+            # The login is safe in the account: the file holds nothing that
+            # is not there too, so it keeps nobody off the account.
+            if item.path not in self._undeletable:
+                self._undeletable.add(item.path)
+                log.warning(
+                    "the login %s is safe in %r now, but the quarantined copy cannot be "
+                    "deleted (%s); delete it by hand",
+                    item.path,
+                    owner,
+                    exc,
+                )
+        return None
+
+    def _drop_orphaned_notes(self) -> None:
+        """Delete the notes of logins that left the quarantine by other means (an import)."""
+        for suffix in (_REASON_SUFFIX, _META_SUFFIX):
+            with contextlib.suppress(OSError):
+                for note in self.quarantine_path.glob(f"*/*{_QUARANTINE_SUFFIX}{suffix}"):
+                    if not _lexists(note.with_name(note.name.removesuffix(suffix))):
+                        note.unlink(missing_ok=True)
+
+    def _drop_stale_temp_files(self) -> None:
+        """Delete temporary files a process that died while quarantining a login left behind.
+
+        Only provably redundant ones, and only when older than
+        ``_STALE_TEMP_AGE``: the temporary copy of a login that made it into
+        the quarantine (it is linked there, or the same bytes are); never the
+        only copy of a login.
+        """
+        with contextlib.suppress(OSError):
+            for temp in self.quarantine_path.glob(f"*/.*{_QUARANTINE_SUFFIX}.*.tmp"):
+                final = temp.with_name(temp.name[1:].rsplit(".", 2)[0])
+                if _is_stale_copy(temp, final):
+                    log.info("deleting %s, a leftover copy of %s", temp, final)
+                    temp.unlink(missing_ok=True)
+
+    def ensure_no_quarantine(self, name: str) -> None:
+        """Raise :class:`~codex_supervisor.errors.LoginQuarantined` if ``name`` must not run now.
+
+        The safety net before Codex starts in ``name``'s home (a supervised
+        run, an app-server spawn, an app-server quota probe): a newer login of
+        the account waiting in quarantine means its own auth.json holds a
+        spent refresh token. Such logins are first tried again
+        (:meth:`adopt_quarantined`); only those still waiting raise. Cheap
+        when the quarantine is empty (one directory read).
+        """
+        _check_name(name)
+        if not self._quarantine_files():
+            return
+        waiting = self.adopt_quarantined(name)
+        if waiting:
+            raise LoginQuarantined(name, str(waiting[0].path), waiting[0].reason)
 
     def _kept_because(self, name: str, data: bytes) -> str | None:
         """Why ``data``, which :meth:`adopt_auth` did not take, must be kept; None if stale."""
@@ -984,7 +1182,9 @@ class AccountPool:
             return None
         return f"it has no last_refresh: nothing says whether it is newer than {name!r}'s"
 
-    def _quarantine(self, name: str, data: bytes, reason: str) -> QuarantinedAuth:
+    def _quarantine(
+        self, name: str, data: bytes, reason: str, account_id: str | None
+    ) -> QuarantinedAuth:
         folder = self.quarantine_path / _check_name(name)
         _mkdir_private(self.quarantine_path)
         _mkdir_private(folder)
@@ -992,6 +1192,7 @@ class AccountPool:
         stamp = since.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         path = folder / f"{stamp}-{secrets.token_hex(4)}{_QUARANTINE_SUFFIX}"
         _write_new_private(path, data)
+        _note_meta(path, name=name, account_id=account_id)
         _note_reason(path, reason)
         log.error(
             "an auth.json Codex wrote for %r is not in its home: %s. It may hold the "
@@ -1000,13 +1201,18 @@ class AccountPool:
             reason,
             path,
         )
-        return QuarantinedAuth(account=name, path=path, reason=reason, since=since)
+        return QuarantinedAuth(
+            account=name, path=path, reason=reason, since=since, account_id=account_id
+        )
 
     def remove(self, name: str, *, force: bool = False) -> Path:
         """Take ``name`` out of the pool; its folder is kept aside, not deleted.
 
-        An account in use — a live occupancy lease: a Codex child, a probe —
-        is refused with :class:`AccountInUse`, which names its occupants.
+        An account in use — a live occupancy lease: a Codex child, a probe;
+        or a lapsed one whose process still runs on this machine: a Codex
+        suspended past its lease's TTL, which takes its lease again as it
+        resumes — is refused with :class:`AccountInUse`, which names its
+        occupants.
         With ``force=True`` it leaves the pool state at once, but its folder
         stays where the running Codex expects its home, which may still
         refresh the auth.json there; it is set aside when the last occupant
@@ -1016,7 +1222,14 @@ class AccountPool:
         While removing, the account's occupancy lease is held exclusively,
         so no launch can start on it halfway. A folder
         ``<root>/accounts/<name>`` outside the pool state is set aside the
-        same way. If the state cannot be saved, the folder goes back.
+        same way.
+
+        All or nothing: the state is saved first, then the folder is set
+        aside (or marked); when a file operation fails the account goes back
+        into the state and :class:`~codex_supervisor.errors.StateError` says
+        what failed. Only a crash in between can leave the folder in place
+        outside the state — which a re-import or login adopts and a later
+        ``remove`` sets aside — never an account listed without its folder.
 
         Returns where the folder is now: set aside (its auth.json is still a
         live login), or ``<root>/accounts/<name>`` itself when it was in use.
@@ -1035,12 +1248,12 @@ class AccountPool:
         try:
             if record is None:
                 if not force:
-                    raise AccountInUse(name, _describe_occupants(occupants))
+                    raise AccountInUse(name, _describe_occupants(occupants, self.clock.now()))
                 log.info(
                     "removing %r while it is in use (%s): its folder stays in place "
                     "until the last session on it ends",
                     name,
-                    _describe_occupants(occupants),
+                    _describe_occupants(occupants, self.clock.now()),
                 )
             where = self._remove_locked(name, in_use=record is None)
         finally:
@@ -1055,8 +1268,15 @@ class AccountPool:
     async def _claim_alone(self, name: str, *, purpose: str) -> LeaseRecord | None:
         """The exclusive occupancy of ``name`` now, without waiting; None if occupied.
 
-        Held for a few file operations only, so it has no heartbeat.
+        Occupied means :meth:`occupants` names someone: the claim never takes
+        over the lapsed lease of a holder that still runs (suspended). Every
+        record seen then is either such an occupant (no claim) or lapsed with
+        its process gone, so taking it over is safe; a record written since
+        is live and refuses the claim. Held for a few file operations only,
+        so it has no heartbeat.
         """
+        if await self.occupants(name):
+            return None
         return await self.leases.try_acquire(
             self.lease_name(name),
             owner=f"{purpose.replace(' ', '-')}-{os.getpid()}-{secrets.token_hex(4)}",
@@ -1066,6 +1286,12 @@ class AccountPool:
         )
 
     def _remove_locked(self, name: str, *, in_use: bool) -> Path:
+        """Save the state without ``name``, then mark (in use) or set aside its folder.
+
+        The state goes first, so a crash in between leaves an adoptable folder
+        outside the state, never an account listed without its folder. A
+        failure puts the account back in the state and raises StateError.
+        """
         account_dir = self.root / "accounts" / name
         with self._locked():
             state = self._load()
@@ -1073,33 +1299,49 @@ class AccountPool:
             listed = len(kept) != len(state.accounts)
             if not listed and not _lexists(account_dir):
                 raise ConfigError(f"no account named {name!r}")
-            new_state = attrs.evolve(state, accounts=kept)
-            if in_use:
-                # The running Codex keeps its home (and may refresh its
-                # auth.json there): the folder is marked and stays.
-                marked = _lexists(account_dir) and _mark_removed(account_dir, self.clock.now())
-                if listed:
-                    try:
-                        self._save(new_state)
-                    except BaseException:
-                        if marked:
-                            _unmark_removed(account_dir)
-                        raise
-                return account_dir
-            aside = self._aside_path(name)
-            moved = _lexists(account_dir)
-            if moved:
-                account_dir.rename(aside)
             if listed:
                 try:
-                    self._save(new_state)
-                except BaseException:
-                    if moved:
-                        aside.rename(account_dir)
-                    raise
-            if moved:
-                _unmark_removed(aside)
+                    self._save(attrs.evolve(state, accounts=kept))
+                except OSError as exc:
+                    raise StateError(
+                        f"cannot remove account {name!r}: the pool state {self.state_path} "
+                        f"cannot be saved ({exc}); nothing changed"
+                    ) from exc
+            aside = self._aside_path(name)
+            try:
+                if not _lexists(account_dir):
+                    return account_dir if in_use else aside
+                if in_use:
+                    # The running Codex keeps its home (and may refresh its
+                    # auth.json there): the folder is marked and stays.
+                    _mark_removed(account_dir, self.clock.now())
+                    return account_dir
+                account_dir.rename(aside)
+            except OSError as exc:
+                what = "mark" if in_use else "set aside"
+                problem = f"cannot {what} its folder {account_dir} ({exc})"
+                raise self._undo_removal(name, state, problem, listed=listed) from exc
+        _forget_mark(aside)
         return aside
+
+    def _undo_removal(
+        self, name: str, state: _PoolState, problem: str, *, listed: bool
+    ) -> StateError:
+        """Put ``name`` back in the state after its folder could not be moved; what to raise."""
+        if not listed:
+            return StateError(f"cannot remove {name!r}: {problem}; nothing changed")
+        try:
+            self._save(state)
+        except OSError as exc:
+            account_dir = self.root / "accounts" / name
+            log.exception("could not put account %r back in the pool state", name)
+            return StateError(
+                f"removing account {name!r} failed: {problem}, and the pool state could not "
+                f"be restored ({exc}). It is out of the pool with its folder left at "
+                f"{account_dir}: `accounts import` or `accounts login` of the same account "
+                f"adopts it, `accounts remove {name}` sets it aside"
+            )
+        return StateError(f"cannot remove account {name!r}: {problem}; it stays in the pool")
 
     def _aside_path(self, name: str) -> Path:
         stamp = self.clock.now().strftime("%Y%m%dT%H%M%S")
@@ -1137,7 +1379,7 @@ class AccountPool:
                 return None
             aside = self._aside_path(name)
             account_dir.rename(aside)
-            _unmark_removed(aside)
+        _forget_mark(aside)
         log.info("the folder of removed account %r was set aside at %s", name, aside)
         return aside
 
@@ -1190,7 +1432,16 @@ class AccountPool:
         timeout: float = 10.0,
         on_lost: Callable[[Lease], None] | None = None,
     ) -> AbstractAsyncContextManager[Lease]:
-        """A shared lease saying "a Codex child runs on ``name``" (who, pid, since)."""
+        """A shared lease saying "a Codex child runs on ``name``" (who, pid, since).
+
+        Entering it raises :class:`~codex_supervisor.errors.AccountGone` (the
+        lease given back) when ``name`` is not in the pool state once the
+        lease is held — removed before a launch could occupy it — so the
+        caller chooses another account; ``LeaseTimeout`` when an exclusive
+        holder (a probe, a ``remove``) keeps it past ``timeout``. A lease that
+        lapses (this process suspended past ``ttl``) is taken again as it
+        resumes (see :mod:`.lease`).
+        """
         return self._lease(
             name, LeaseMode.SHARED, purpose=purpose, ttl=ttl, timeout=timeout, on_lost=on_lost
         )
@@ -1207,7 +1458,8 @@ class AccountPool:
         """An exclusive lease on ``name``, for operations that must run alone.
 
         Booting an app-server in the account home may refresh its tokens, so
-        such probes hold this while no child occupies the account.
+        such probes hold this while no child occupies the account. Raises
+        :class:`~codex_supervisor.errors.AccountGone` as :meth:`occupy` does.
         """
         return self._lease(
             name, LeaseMode.EXCLUSIVE, purpose=purpose, ttl=ttl, timeout=timeout, on_lost=on_lost
@@ -1243,6 +1495,10 @@ class AccountPool:
         try:
             async with claim as lease:
                 held = True
+                # Checked under the lease: a remove (which claims it
+                # exclusively) is either over, and seen here, or waits.
+                if name not in (await asyncio.to_thread(self._load)).accounts:
+                    raise AccountGone(name, "it was removed before it could be occupied")
                 yield lease
         finally:
             if held:
@@ -1251,11 +1507,28 @@ class AccountPool:
                 await self._set_aside_if_removed(name)
 
     async def occupants(self, name: str) -> list[LeaseRecord]:
-        """The live leases on ``name``."""
-        return await self.leases.holders(self.lease_name(name))
+        """Who occupies ``name``: its live leases, and lapsed ones whose process still runs.
+
+        A lapsed record whose process still runs on this machine (see
+        :func:`~codex_supervisor.lease.holder_alive`) is a holder suspended
+        past its lease's TTL — SIGSTOP, a laptop asleep — that takes its
+        lease again as it resumes: it still occupies the account.
+        """
+        now = self.clock.now()
+        return [
+            record
+            for record in await self.leases.records(self.lease_name(name))
+            if not record.expired(now) or holder_alive(record) is True
+        ]
 
     async def status(self) -> list[AccountStatus]:
-        """Every account with its cooldown and current occupants."""
+        """Every account with its cooldown and current occupants.
+
+        On the way it sets aside the folders of accounts removed while in
+        use whose last occupant is provably gone without having done so (it
+        crashed); what stays outside the pool is listed by :meth:`leftovers`.
+        """
+        await self._sweep_removed()
         now = self.clock.now()
         return [
             AccountStatus(
@@ -1266,6 +1539,47 @@ class AccountPool:
             )
             for account in self.accounts()
         ]
+
+    async def _sweep_removed(self) -> None:
+        """Set aside each marked folder nobody occupies any more (unmark one back in the pool)."""
+        try:
+            marks = list((self.root / "accounts").glob(f"*/{_REMOVED_MARKER}"))
+        except OSError:
+            return
+        for mark in marks:
+            if _NAME_RE.fullmatch(mark.parent.name):
+                await self._set_aside_if_removed(mark.parent.name)
+
+    def leftovers(self) -> list[LeftoverFolder]:
+        """The folders under ``<root>/accounts`` of no account in the pool state, by name.
+
+        Each still holds a login. ``in_use`` ones were removed while in use
+        and wait for their last session to end; the other ``<name>`` folders
+        are outside the pool (an interrupted removal or import: an import or
+        login of the same account adopts one, ``remove`` sets it aside);
+        ``set_aside`` ones (``.removed-<name>-<time>-<hex>``) were set aside by
+        a removal and are the user's to keep or delete. One directory read.
+        """
+        accounts = self._load().accounts
+        try:
+            entries = sorted((self.root / "accounts").iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise StateError(f"cannot read {self.root / 'accounts'}: {exc}") from exc
+        found: list[LeftoverFolder] = []
+        for entry in entries:
+            aside = _ASIDE_RE.fullmatch(entry.name)
+            if aside is not None:
+                found.append(LeftoverFolder(name=aside[1], path=entry, kind="set_aside"))
+            elif _NAME_RE.fullmatch(entry.name) and entry.name not in accounts:
+                marked = _lexists(entry / _REMOVED_MARKER)
+                found.append(
+                    LeftoverFolder(
+                        name=entry.name, path=entry, kind="in_use" if marked else "outside"
+                    )
+                )
+        return found
 
 
 def _check_name(name: str) -> str:
@@ -1363,13 +1677,17 @@ def _hold_aside(path: Path) -> Path:
     """A second name for the login at ``path``, in its folder, while ``path`` is replaced.
 
     A hard link (a private copy where the filesystem has none); ``path``
-    itself never goes missing for a Codex that may be reading it.
+    itself never goes missing for a Codex that may be reading it. Neither
+    possible: :class:`~codex_supervisor.errors.StateError`, nothing changed.
     """
     held = path.with_name(f".{path.name}.{secrets.token_hex(4)}.held")
     try:
         os.link(path, held)
     except OSError:
-        write_atomic(held, path.read_bytes())
+        try:
+            write_atomic(held, path.read_bytes())
+        except OSError as exc:
+            raise StateError(f"cannot keep a copy of {path} while replacing it: {exc}") from exc
     return held
 
 
@@ -1448,14 +1766,31 @@ def _unmark_removed(account_dir: Path) -> None:
     (account_dir / _REMOVED_MARKER).unlink(missing_ok=True)
 
 
-def _describe_occupants(records: Sequence[LeaseRecord]) -> str:
+def _forget_mark(aside: Path) -> None:
+    """Drop the mark a folder just set aside carried; best effort (it no longer counts there)."""
+    try:
+        _unmark_removed(aside)
+    except OSError as exc:
+        log.debug("could not delete %s: %s", aside / _REMOVED_MARKER, exc)
+
+
+def _describe_occupants(records: Sequence[LeaseRecord], now: datetime) -> str:
     if not records:
         return "a holder whose lease record cannot be read"
     return ", ".join(
-        f"pid {r.pid} on {r.host} ({r.purpose or r.mode.value}, since "
-        f"{r.acquired_at.astimezone(UTC).isoformat(timespec='seconds').replace('+00:00', 'Z')})"
+        f"pid {r.pid} on {r.host} ({r.purpose or r.mode.value}, since {_utc(r.acquired_at)}"
+        + (
+            f"; its lease lapsed at {_utc(r.expires_at)} but the process still runs: suspended?"
+            if r.expired(now)
+            else ""
+        )
+        + ")"
         for r in records
     )
+
+
+def _utc(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _run_blocking(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
@@ -1519,9 +1854,100 @@ def _note_reason(path: Path, reason: str) -> None:
         log.warning("could not record why %s is in quarantine: %s", path, exc)
 
 
+def _note_meta(path: Path, *, name: str, account_id: str | None) -> None:
+    """Record beside a quarantined login whose it is (best effort: the file says it too)."""
+    meta = {"account": name, "account_id": account_id}
+    try:
+        write_atomic(path.with_name(path.name + _META_SUFFIX), json.dumps(meta).encode() + b"\n")
+    except OSError as exc:
+        log.warning("could not record whose login %s is: %s", path, exc)
+
+
 def _release_quarantined(path: Path) -> None:
     path.unlink(missing_ok=True)
-    path.with_name(path.name + _REASON_SUFFIX).unlink(missing_ok=True)
+    for suffix in (_REASON_SUFFIX, _META_SUFFIX):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def _login_account_id(data: bytes) -> str | None:
+    """The account id of an auth.json, or None when it cannot be read as a login."""
+    try:
+        return identity_from_auth(data).account_id
+    except AuthError:
+        return None
+
+
+def _quarantined_account_id(path: Path) -> str | None:
+    """The account id recorded beside a quarantined login, else read from the login itself."""
+    with contextlib.suppress(OSError, ValueError, RecursionError, AttributeError):
+        meta = json.loads(path.with_name(path.name + _META_SUFFIX).read_bytes())
+        recorded = meta.get("account_id")
+        if isinstance(recorded, str) and recorded:
+            return recorded
+    try:
+        return _login_account_id(_read_auth_file(path))
+    except AuthError:
+        return None
+
+
+def _owner_in(state: _PoolState, account_id: str | None, folder: str) -> str | None:
+    """The account of ``state`` owning a login of ``account_id`` quarantined under ``folder``."""
+    if account_id is None:
+        return folder if folder in state.accounts else None
+    for account in state.accounts.values():
+        if account.identity.account_id == account_id:
+            return account.name
+    return None
+
+
+def _belongs(state: _PoolState, item: QuarantinedAuth, name: str) -> bool:
+    """Whether ``item`` is ``name``'s: its account's, or (no such account) filed under it."""
+    owner = _owner_in(state, item.account_id, item.account)
+    if name in state.accounts:
+        return owner == name
+    return owner is None and item.account == name
+
+
+def _no_owner_reason(account_id: str | None, name: str) -> str:
+    if account_id is None:
+        return f"no account named {name!r} is in the pool, and it cannot be read as a login"
+    return f"no account of the pool has its account id {account_id} (was {name!r} removed?)"
+
+
+def _drop_stale_held(home: Path) -> None:
+    """Delete the ``.auth.json.*.held`` copies in ``home`` that are provably redundant."""
+    auth = home / "auth.json"
+    with contextlib.suppress(OSError):
+        for held in home.glob(".auth.json.*.held"):
+            if _is_stale_copy(held, auth):
+                log.info("deleting %s, a leftover copy of an older login of %s", held, auth)
+                held.unlink(missing_ok=True)
+
+
+def _is_stale_copy(copy: Path, kept: Path) -> bool:
+    """Whether ``copy`` is an old, redundant duplicate of the login at ``kept``.
+
+    True only when ``copy`` is a regular file older than ``_STALE_TEMP_AGE``
+    and ``kept`` is the same file, or holds the same login or a newer one of
+    the same account: deleting ``copy`` then never loses a login.
+    """
+    try:
+        info = copy.lstat()
+        if not stat.S_ISREG(info.st_mode):
+            return False
+        # A hard link changes the ctime: a copy just made of an old file is new.
+        if time.time() - max(info.st_mtime, info.st_ctime) < _STALE_TEMP_AGE.total_seconds():
+            return False
+        if _same_file(copy, kept):
+            return True
+        mine = _read_auth_file(copy)
+        theirs = _read_auth_file(kept)
+    except (OSError, AuthError):
+        return False
+    if mine == theirs:
+        return True
+    mine_id, theirs_id = _login_account_id(mine), _login_account_id(theirs)
+    return mine_id is not None and mine_id == theirs_id and not _replaces(mine, theirs)
 
 
 def _is_quarantined_name(name: str) -> bool:

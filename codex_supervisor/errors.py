@@ -7,10 +7,12 @@ builtin fits, the error also inherits it, so ``except TimeoutError`` works::
 
     SupervisorError
     ├── ConfigError (ValueError)           bad configuration or arguments
+    │   └── AccountGone                    an account not (or no longer) in the pool
     ├── CodexCLIError                      the Codex binary itself
     │   ├── CodexNotFoundError (FileNotFoundError)
     │   └── UnsupportedCodexVersion        a version the feature table does not know
     ├── AuthError                          an auth.json we cannot use
+    │   └── LoginQuarantined               an account's newest login is not in its home
     ├── StateError                         a malformed or unreadable state file
     ├── LeaseError
     │   ├── LeaseTimeout (TimeoutError)    could not acquire in time
@@ -39,6 +41,7 @@ constructor argument), so they can cross process boundaries in tests and tools.
 from __future__ import annotations
 
 __all__ = [
+    "AccountGone",
     "AccountInUse",
     "AppServerError",
     "AuthError",
@@ -51,6 +54,7 @@ __all__ = [
     "LeaseError",
     "LeaseLost",
     "LeaseTimeout",
+    "LoginQuarantined",
     "ProcessError",
     "QuotaAuthExpired",
     "QuotaError",
@@ -76,6 +80,22 @@ class ConfigError(SupervisorError, ValueError):
     """Configuration or arguments that cannot be used."""
 
 
+class AccountGone(ConfigError):
+    """An account that is not (or no longer) in the pool: removed, or never added.
+
+    Raised where work was about to start on it (occupying it, preparing its
+    home), so the caller can choose another account. ``reason`` says more.
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(name, reason)
+        self.name = name
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"account {self.name!r} is not in the pool: {self.reason}"
+
+
 class CodexCLIError(SupervisorError):
     """A problem with the Codex CLI binary itself."""
 
@@ -98,6 +118,30 @@ class UnsupportedCodexVersion(CodexCLIError):
 
 class AuthError(SupervisorError):
     """An auth.json that is missing, malformed or unsafe to use."""
+
+
+class LoginQuarantined(AuthError):
+    """Codex must not start on ``account``: a newer login of it waits outside its home.
+
+    A pooled app-server refreshed the login into a file of its own that could
+    not be taken back into the account (it waits in quarantine at ``path``,
+    or in the kept spawn home ``path``). The account's own auth.json then
+    holds a spent refresh token: Codex started there would replay it, which
+    can revoke the whole login. ``reason`` says why it could not be taken
+    back; the library retries it on every choice of account.
+    """
+
+    def __init__(self, account: str, path: str, reason: str) -> None:
+        super().__init__(account, path, reason)
+        self.account = account
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (
+            f"account {self.account!r} is not used: a newer login of it waits at {self.path} "
+            f"({self.reason}); Codex there would refresh with a spent refresh token"
+        )
 
 
 class StateError(SupervisorError):

@@ -27,6 +27,7 @@ __all__ = [
     "QuotaUpdated",
     "Resumed",
     "Rotating",
+    "RotationBlocked",
     "SessionBound",
     "WaitingForReset",
     "log_sink",
@@ -160,6 +161,29 @@ class Resumed(Event):
     @property
     def message(self) -> str:
         return f"resumed session {self.session_id} on {self.account} (pid {self.pid})"
+
+
+@attrs.frozen(kw_only=True)
+class RotationBlocked(Event):
+    """The child cannot be moved: which conversation to resume is not known for sure.
+
+    Emitted once per distinct reason, e.g. after ``/new``, ``/resume`` or
+    ``/fork`` inside the TUI, when Codex writes two sessions at once, or when
+    no session could be bound at all. The child keeps running on its account
+    (it may still hit the account's limit); rotation comes back by itself
+    once the evidence names one session again. ``reason`` reads after
+    "because".
+    """
+
+    name: ClassVar[str] = "rotation_blocked"
+    account: str
+    session_id: str | None
+    reason: str
+
+    @property
+    def message(self) -> str:
+        session = f"session {self.session_id}" if self.session_id else "this run"
+        return f"rotation is off for {session} on {self.account} because {self.reason}"
 
 
 @attrs.frozen(kw_only=True)

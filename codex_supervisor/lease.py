@@ -20,6 +20,16 @@ Two mechanisms, for two kinds of claim (ARCHITECTURE.md, D6):
   asks :meth:`Lease.ensure_held`, which raises
   :class:`~codex_supervisor.errors.LeaseLost` in the caller's own task.
 
+  A *shared* lease is a presence claim ("a Codex child runs here"), not a
+  mutual exclusion among its holders, so losing it only because it lapsed
+  (its holder was suspended — SIGSTOP, a laptop asleep — for longer than the
+  TTL, or the backend failed for that long) is not final: the heartbeat takes
+  it again as soon as it can, as a new record of the same owner (a new
+  ``acquired_at``), logged as ``lease.reacquired``. Only when an exclusive
+  holder took the name meanwhile is the shared lease reported lost, for good.
+  An *exclusive* lease that lapsed stays lost: another holder may have acted
+  on the name in the gap, which no later claim can undo.
+
 Storage sits behind the small :class:`LeaseBackend` protocol. The
 :class:`FileLeaseBackend` keeps one JSON record per holder under a root folder
 and serialises every read-modify-write of one lease name under a
@@ -41,6 +51,12 @@ and serialises every read-modify-write of one lease name under a
 
 Expiry compares wall-clock times, so every user of one backend root must share
 a clock (one machine); deadlines and the heartbeat run on the monotonic clock.
+
+A record names its holder process by host, pid and — where the OS tells
+(Linux) — the process's start (boot id and start time), so
+:func:`holder_alive` can tell a lapsed record whose process still runs (a
+suspended holder, about to take its lease again) from one whose process is
+gone, even after the pid was reused.
 """
 
 from __future__ import annotations
@@ -48,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import json
 import logging
 import os
@@ -79,6 +96,7 @@ __all__ = [
     "LeaseRecord",
     "RenewOutcome",
     "acquire_lease",
+    "holder_alive",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,6 +108,9 @@ _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,127}")
 _MAX_RECORD_BYTES = 64 * 1024
 _RECORD_SUFFIX = ".json"
 _EXCLUSIVE_NOW = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+# Process states of /proc/PID/stat that are no running holder: zombie, dead.
+_GONE_STATES = frozenset({"Z", "X", "x"})
 
 
 def _or_system_clock(clock: Clock | None) -> Clock:
@@ -275,7 +296,13 @@ class RenewOutcome(enum.Enum):
 @final
 @attrs.frozen(kw_only=True)
 class LeaseRecord:
-    """One holder's claim on a lease name, as stored by a backend."""
+    """One holder's claim on a lease name, as stored by a backend.
+
+    ``pid_start`` is when the holder process started, as ``<boot id>/<start
+    time in clock ticks>`` (Linux; None elsewhere and in records of older
+    versions): with ``host`` and ``pid`` it names the process exactly, so a
+    pid reused later, or after a reboot, is not mistaken for the holder.
+    """
 
     name: str
     owner: str
@@ -285,6 +312,7 @@ class LeaseRecord:
     acquired_at: datetime
     expires_at: datetime
     purpose: str | None = None
+    pid_start: str | None = None
 
     def expired(self, now: datetime) -> bool:
         """Whether the claim has lapsed at wall-clock time ``now`` (aware UTC)."""
@@ -325,6 +353,15 @@ class LeaseBackend(Protocol):
 
     async def holders(self, name: str) -> list[LeaseRecord]:
         """The live (unexpired) records of ``name``."""
+        ...
+
+    async def records(self, name: str) -> list[LeaseRecord]:
+        """Every record of ``name`` still stored, lapsed ones included.
+
+        A lapsed record is one whose expiry passed and that nobody took over
+        yet: its holder died, or was suspended and will take the lease again
+        (shared) or find it lost (exclusive). :func:`holder_alive` tells which.
+        """
         ...
 
 
@@ -467,6 +504,15 @@ class FileLeaseBackend:
         live = [r for r in records if not r.expired(now)]
         return sorted(live, key=lambda r: (r.acquired_at, r.owner))
 
+    async def records(self, name: str) -> list[LeaseRecord]:
+        """Every readable record of ``name``, lapsed ones included, oldest first (no lock)."""
+        _check_id("name", name)
+        try:
+            records, _ = self._scan(self.root / name)
+        except OSError as exc:
+            raise errors.LeaseError(f"cannot list the records of {name!r}: {exc}") from exc
+        return sorted(records, key=lambda r: (r.acquired_at, r.owner))
+
     # -- under the name's lock ------------------------------------------------
 
     def _try_acquire_locked(
@@ -508,15 +554,17 @@ class FileLeaseBackend:
                 blocked = True
         if blocked:
             return None
+        pid = os.getpid()
         record = LeaseRecord(
             name=name,
             owner=owner,
             mode=mode,
-            pid=os.getpid(),
+            pid=pid,
             host=socket.gethostname(),
             acquired_at=now,
             expires_at=now + timedelta(seconds=ttl),
             purpose=purpose,
+            pid_start=_pid_start(pid),
         )
         self._write(folder, record)
         logger.debug("lease.record_written name=%s owner=%s mode=%s", name, owner, mode.value)
@@ -635,6 +683,74 @@ def _record_bytes(path: Path) -> tuple[bytes, float] | _Unreadable | None:
         os.close(fd)
 
 
+# --------------------------------------------------------------------------- #
+# Is the holder of a record still running?
+
+
+@functools.cache
+def _boot_id() -> str | None:
+    try:
+        return _BOOT_ID.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """The state letter and start time (clock ticks since boot) of ``pid``, from /proc."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(errors="replace")
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    fields = text.rpartition(")")[2].split()
+    if len(fields) < 20:
+        return None
+    return fields[0], fields[19]
+
+
+@functools.cache
+def _pid_start(pid: int) -> str | None:
+    """``<boot id>/<start ticks>`` of process ``pid`` (this one, when recording): Linux only."""
+    boot, found = _boot_id(), _proc_stat(pid)
+    if boot is None or found is None:
+        return None
+    return f"{boot}/{found[1]}"
+
+
+def holder_alive(record: LeaseRecord) -> bool | None:
+    """Whether the process that holds ``record`` still runs; None when it cannot be known.
+
+    Known only for a record written on this host: True while its process
+    exists and is no zombie — a stopped (suspended) process counts as
+    running — and, when the record names the process's start, only while the
+    pid still belongs to that very process. A record of another host answers
+    None.
+    """
+    if record.host != socket.gethostname():
+        return None
+    found = _proc_stat(record.pid)
+    if found is None:
+        # /proc answers and has no such process; without /proc, ask the kernel.
+        return False if _boot_id() is not None else _pid_exists(record.pid)
+    state, started = found
+    if state in _GONE_STATES:
+        return False
+    # A record of an older version names no start: the pid runs, perhaps as another program.
+    return record.pid_start is None or record.pid_start == f"{_boot_id()}/{started}"
+
+
+def _pid_exists(pid: int) -> bool | None:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by another user
+    except OSError:
+        return None
+    return True
+
+
 def _parse_record(data: object, path: Path) -> LeaseRecord:
     record = structure(data, LeaseRecord, what=f"lease record {path}")
     if record.name != path.parent.name or path.name != f"{record.owner}{_RECORD_SUFFIX}":
@@ -649,7 +765,15 @@ def _parse_record(data: object, path: Path) -> LeaseRecord:
 @final
 @attrs.define(eq=False)
 class Lease:
-    """A lease this process holds: its latest record, its heartbeat, whether it was lost."""
+    """A lease this process holds: its latest record, its heartbeat, whether it was lost.
+
+    A shared lease that lapsed is taken again by its heartbeat (see the
+    module notes): :attr:`record` is then the new claim (same owner, new
+    ``acquired_at``) and :attr:`reacquired` counts how often that happened.
+    During the gap :meth:`ensure_held` raises, as for any lease past its
+    local deadline; afterwards it passes again. :attr:`lost` is final for
+    both modes.
+    """
 
     _backend: LeaseBackend
     _record: LeaseRecord
@@ -661,6 +785,8 @@ class Lease:
     _local_deadline: float = attrs.field(default=0.0, repr=False)
     _lost_reason: str | None = attrs.field(default=None, init=False)
     _released: bool = attrs.field(default=False, init=False)
+    _reacquired: int = attrs.field(default=0, init=False)
+    _lapse_logged: bool = attrs.field(default=False, init=False, repr=False)
     _heartbeat: asyncio.Task[None] | None = attrs.field(default=None, init=False, repr=False)
 
     @property
@@ -703,6 +829,11 @@ class Lease:
         """Whether the lease was given back."""
         return self._released
 
+    @property
+    def reacquired(self) -> int:
+        """How often this shared lease lapsed and was taken again (each a new record)."""
+        return self._reacquired
+
     def ensure_held(self) -> None:
         """Raise :class:`~codex_supervisor.errors.LeaseLost` unless the lease is surely held.
 
@@ -717,7 +848,8 @@ class Lease:
         backend, or an event loop blocked for longer than the TTL): others may
         hold the lease by then, so holding it can no longer be proven. That
         case does not mark the lease :attr:`lost`, since a renewal still in
-        flight may yet succeed. A released lease raises
+        flight may yet succeed (or, for a shared lease, a lapsed one may be
+        taken again). A released lease raises
         :class:`~codex_supervisor.errors.LeaseError`.
         """
         if self._released:
@@ -775,8 +907,12 @@ class Lease:
         try:
             delay = interval
             while True:
-                # Wake no later than the local deadline, so loss is reported on time.
-                await self._clock.sleep(min(delay, max(0.0, self._local_deadline - self._now())))
+                # Wake no later than the local deadline, so loss is reported on time;
+                # a shared lease past it retries at the retry pace, not in a loop.
+                remaining = self._local_deadline - self._now()
+                if remaining <= 0 and self.mode is LeaseMode.SHARED:
+                    remaining = delay
+                await self._clock.sleep(min(delay, max(0.0, remaining)))
                 started = self._now()
                 try:
                     outcome, record = await self._backend.renew(self._record, self._ttl)
@@ -794,14 +930,28 @@ class Lease:
                     delay = interval
                     continue
                 if outcome is RenewOutcome.LOST:
-                    self._mark_lost("the backend reports the lease taken over, removed or expired")
-                    return
+                    reason = "the backend reports the lease taken over, removed or expired"
+                    if self.mode is not LeaseMode.SHARED:
+                        self._mark_lost(reason)
+                        return
+                    retaken = await self._retake()
+                    if retaken is False:
+                        self._mark_lost(
+                            f"{reason}, and it cannot be taken again: "
+                            "an exclusive holder took it meanwhile"
+                        )
+                        return
+                    delay = interval if retaken else interval / 2
+                    continue
                 if self._now() >= self._local_deadline:
-                    self._mark_lost(
-                        "renewals kept failing until the lease expired at "
-                        f"{self._record.expires_at.isoformat()}"
-                    )
-                    return
+                    if self.mode is not LeaseMode.SHARED:
+                        self._mark_lost(
+                            "renewals kept failing until the lease expired at "
+                            f"{self._record.expires_at.isoformat()}"
+                        )
+                        return
+                    # A shared lease is taken again once the backend answers.
+                    self._log_lapse("renewals kept failing")
                 logger.info("lease.renew_retry name=%s owner=%s", self.name, self.owner)
                 delay = interval / 2
         except asyncio.CancelledError:
@@ -811,6 +961,57 @@ class Lease:
             # heartbeat that stopped means the lease will lapse, so say so.
             logger.exception("lease.heartbeat_failed name=%s owner=%s", self.name, self.owner)
             self._mark_lost(f"heartbeat failed: {exc!r}")
+
+    async def _retake(self) -> bool | None:
+        """Take a lapsed shared lease again: True, False (an exclusive holder), None (retry)."""
+        self._log_lapse("its record lapsed")
+        started = self._now()
+        try:
+            record = await self._backend.try_acquire(
+                self.name,
+                owner=self.owner,
+                mode=self.mode,
+                ttl=self._ttl,
+                purpose=self._record.purpose,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning(
+                "lease.reacquire_error name=%s owner=%s", self.name, self.owner, exc_info=True
+            )
+            return None
+        if record is None:
+            return False
+        lapsed_at = self._record.expires_at
+        # No await since try_acquire returned: a cancellation cannot strand it.
+        self._record = record
+        self._local_deadline = started + self._ttl
+        self._reacquired += 1
+        self._lapse_logged = False
+        logger.warning(
+            "lease.reacquired name=%s owner=%s mode=%s lapsed_at=%s reacquired_at=%s",
+            self.name,
+            self.owner,
+            self.mode.value,
+            lapsed_at.isoformat(),
+            record.acquired_at.isoformat(),
+        )
+        return True
+
+    def _log_lapse(self, why: str) -> None:
+        if self._lapse_logged:
+            return
+        self._lapse_logged = True
+        logger.warning(
+            "lease.lapsed name=%s owner=%s mode=%s reason=%s expires_at=%s; "
+            "taking it again when possible",
+            self.name,
+            self.owner,
+            self.mode.value,
+            why,
+            self._record.expires_at.isoformat(),
+        )
 
     def _now(self) -> float:
         return self._clock.monotonic()

@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shlex
 import signal
+import sys
 import termios
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -423,11 +425,42 @@ async def launch(
             # touching it, and a terminal hang-up should reach the supervisor,
             # which then stops the child gracefully.
             start_new_session=process_group,
+            # Out of the terminal's reach, a group child must still end with
+            # the supervisor: a SIGKILLed supervisor (or its killed job) would
+            # otherwise leave it running on an account whose lease lapses.
+            preexec_fn=_die_with_parent() if process_group else None,
         )
     except OSError as exc:
         raise _launch_error(args[0], cwd, exc) from exc
     _log.debug("launched child %d (%s)", process.pid, args[0])
     return Child(process, args, process_group=process_group)
+
+
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A pre-exec step that has the child sent SIGTERM when its parent dies (Linux).
+
+    The death signal fires when the thread that forked the child ends, which
+    for :func:`launch` is the event loop's thread: a supervisor stops its
+    children before its loop ends anyway. Elsewhere there is no such call
+    (``None``); the lease's expiry still bounds what an orphan can do there.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def step() -> None:  # runs in the forked child: no allocation-heavy work, no logging
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the call took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return step
 
 
 def _launch_error(binary: str, cwd: str | os.PathLike[str] | None, exc: OSError) -> Exception:
@@ -535,6 +568,40 @@ class SignalWatcher:
                 self._loop.add_signal_handler(signal.SIGINT, handler, signal.SIGINT)
             except (RuntimeError, ValueError, OSError) as exc:
                 raise ProcessError(f"cannot change the SIGINT handler: {exc}") from exc
+
+    @contextlib.contextmanager
+    def relaying_stops(self, child: Child | None) -> Iterator[None]:
+        """While ``child`` runs in a process group of its own, Ctrl-Z stops it too.
+
+        The terminal's SIGTSTP reaches only the supervisor (the child's group
+        is not the terminal's). The supervisor then stops the child's group
+        with SIGSTOP, stops itself, and once continued (``fg``/``bg``)
+        continues the child: a suspended job is suspended as a whole. Nothing
+        to do for ``None``, a child in the supervisor's own group, or a
+        passive watcher.
+        """
+        loop = self._loop
+        if child is None or not child.process_group or loop is None or loop.is_closed():
+            yield
+            return
+        try:
+            loop.add_signal_handler(signal.SIGTSTP, self._suspend, child)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ProcessError(f"cannot install the SIGTSTP handler: {exc}") from exc
+        try:
+            yield
+        finally:
+            with contextlib.suppress(RuntimeError, ValueError, OSError):
+                if not loop.is_closed():
+                    loop.remove_signal_handler(signal.SIGTSTP)
+
+    @staticmethod
+    def _suspend(child: Child) -> None:
+        _log.info("suspended: stopping child %d with us", child.pid)
+        child.send_signal(signal.SIGSTOP)
+        os.kill(os.getpid(), signal.SIGSTOP)  # returns once we are continued
+        child.send_signal(signal.SIGCONT)
+        _log.info("continued: child %d continues with us", child.pid)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._received is None:

@@ -26,6 +26,13 @@ Rules it keeps:
 - **Cooldowns stay true.** One per (account, window); a synthetic ``other``
   block only when the reset time cannot be learned, even from a probe;
   reasons state absolute times.
+- **Never a spent refresh token.** An account whose newest login waits in
+  the pool's quarantine (a pooled app-server refreshed it into a file that
+  could not be taken back) is held back — left out of the candidates, with
+  the reason in :attr:`AccountSelector.held_back` — and the login is retried
+  (taken back) on every look while it waits, at most once a ``tick``. Codex
+  started there would refresh with the spent token left in the account's
+  home, and a replayed refresh token can revoke the whole login.
 
 Pool-file I/O runs in a worker thread (:func:`asyncio.to_thread`): the pool
 lock may wait, and the event loop must not.
@@ -43,7 +50,15 @@ from typing import final
 from ._tls import ssl_context
 from .accounts import Account, AccountPool, Cooldown
 from .clock import Clock, SystemClock
-from .errors import ConfigError, QuotaError, QuotaUnavailable, StateError
+from .errors import (
+    AuthError,
+    ConfigError,
+    LoginQuarantined,
+    QuotaError,
+    QuotaUnavailable,
+    StateError,
+    SupervisorError,
+)
 from .events import Event, QuotaUpdated, WaitingForReset
 from .policy import Candidate, RotationPolicy, TurnCosts, WaitUntil
 from .quota import QuotaService, UsageEndpointSource
@@ -101,6 +116,12 @@ class AccountSelector:
     often), ``watch_interval`` (how often a wait looks for pool-state and
     occupancy changes between ticks), ``refresh_interval`` (how often a wait
     re-probes every account, free).
+
+    ``hold_back`` lets the owner hold back more accounts: called with the
+    pool's accounts on every look, it returns the ones that must not run,
+    each with its :class:`~codex_supervisor.errors.LoginQuarantined` (the
+    :class:`~codex_supervisor.appserver.pool.AppServerPool` holds back the
+    accounts of spawn homes it had to keep).
     """
 
     def __init__(
@@ -118,6 +139,7 @@ class AccountSelector:
         watch_interval: float = 0.25,
         refresh_interval: float = 60.0,
         environ: Mapping[str, str] | None = None,
+        hold_back: Callable[[Sequence[Account]], Mapping[str, LoginQuarantined]] | None = None,
     ) -> None:
         for name, value in (
             ("stale_after", stale_after),
@@ -168,6 +190,16 @@ class AccountSelector:
         # threads would only queue on the pool's file lock, which waits by
         # polling (tens of milliseconds on the cutover's critical path).
         self._writing: asyncio.Lock | None = None
+        self.hold_back = hold_back
+        #: The accounts the last look left out of the candidates, and why: a
+        #: newer login of theirs waits outside their home (in quarantine).
+        self.held_back: dict[str, LoginQuarantined] = {}
+        # The quarantine as last looked at (listing, state token), what it
+        # held back, and when its logins were last retried.
+        self._quarantine_seen: object = None
+        self._quarantined: dict[str, LoginQuarantined] = {}
+        self._quarantine_tried = float("-inf")
+        self._held_logged: set[tuple[str, str]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -278,16 +310,25 @@ class AccountSelector:
         gets the dearest one learnt on the others (:meth:`TurnCosts.prior`):
         turn costs follow the conversation more than the account. Raises
         :class:`~codex_supervisor.errors.ConfigError` for an empty pool.
+
+        Accounts held back (a newer login of theirs waits in quarantine, or
+        the owner's ``hold_back`` says so) are left out — none at all when
+        every account is — after their quarantined logins were retried; the
+        reasons are in :attr:`held_back`. Raises
+        :class:`~codex_supervisor.errors.StateError` when the quarantine
+        cannot be read.
         """
         accounts = await self.accounts()
         if not accounts:
             raise ConfigError(f"the pool at {self.pool.root} has no accounts; add one first")
+        held = await self._held_back(accounts)
+        accounts = [a for a in accounts if a.name not in held]
         if probe:
             now = self.clock.now()
             due = [a.name for a in accounts if self._probe_due(a, now)]
             if due:
                 await self.refresh(due, budget=self.probe_budget if budget is None else budget)
-                accounts = await self.accounts()
+                accounts = [a for a in await self.accounts() if a.name not in held]
         now = self.clock.now()
         occupancy = await self._occupants(accounts)
         prior = self.costs.prior()
@@ -301,6 +342,79 @@ class AccountSelector:
             )
             for a in accounts
         ]
+
+    # -- accounts that must not run --------------------------------------------------
+
+    async def _held_back(self, accounts: Sequence[Account]) -> dict[str, LoginQuarantined]:
+        """The accounts to leave out of the candidates now (also kept in :attr:`held_back`)."""
+        held = dict(await self._quarantine_holds(accounts))
+        if self.hold_back is not None:
+            for name, why in self.hold_back(accounts).items():
+                held.setdefault(name, why)
+        for name, why in held.items():
+            if (name, why.path) not in self._held_logged:
+                self._held_logged.add((name, why.path))
+                log.error("%s; it is retried on every choice of account (see `status`)", why)
+        self.held_back = held
+        return held
+
+    async def _quarantine_holds(self, accounts: Sequence[Account]) -> dict[str, LoginQuarantined]:
+        # Directory reads on the loop: nothing in quarantine is the rule, and
+        # then that is all it costs.
+        listing = self.pool.quarantine_listing()
+        if not listing:
+            self._quarantine_seen, self._quarantined = None, {}
+            return {}
+        seen = (listing, self._state_token)
+        now = self.clock.monotonic()
+        if seen == self._quarantine_seen and (
+            not self._quarantined or now - self._quarantine_tried < self.tick
+        ):
+            return self._quarantined
+        # Retry them (the pool lock may wait: off the loop), then see whose
+        # logins still wait.
+        async with self._write_lock():
+            waiting = await asyncio.to_thread(self._retry_quarantined)
+        self._quarantine_tried = self.clock.monotonic()
+        names = {a.name for a in accounts}
+        holds: dict[str, LoginQuarantined] = {}
+        for owner, path, reason in waiting:
+            if owner in names and owner not in holds:
+                holds[owner] = LoginQuarantined(owner, path, f"in quarantine: {reason}")
+        self._quarantine_seen = (self.pool.quarantine_listing(), self._state_token)
+        self._quarantined = holds
+        return holds
+
+    def _retry_quarantined(self) -> list[tuple[str | None, str, str]]:
+        return [
+            (self.pool.owner_of(item), str(item.path), item.reason)
+            for item in self.pool.adopt_quarantined()
+        ]
+
+    def recheck_held_back(self) -> None:
+        """Forget what the last look held back: the next one retries the quarantine at once."""
+        self._quarantine_seen = None
+
+    def unavailable(
+        self, choice: WaitUntil, *, what: str = "no account can run"
+    ) -> SupervisorError:
+        """The error for a :class:`WaitUntil` :meth:`choose` returned, when waiting is no option.
+
+        An :class:`~codex_supervisor.errors.AuthError` when every account is
+        held back (:class:`~codex_supervisor.errors.LoginQuarantined` when
+        the pool has one account), else
+        :class:`~codex_supervisor.errors.QuotaUnavailable`.
+        """
+        held = list(self.held_back.values())
+        if held and self._every_account_held:
+            if len(held) == 1:  # a fresh one: the kept one is raised again and again
+                return LoginQuarantined(held[0].account, held[0].path, held[0].reason)
+            return AuthError(f"{what}: " + "; ".join(str(h) for h in held))
+        return QuotaUnavailable(f"{what}: {choice.reason}")
+
+    @property
+    def _every_account_held(self) -> bool:
+        return self._accounts is not None and all(a.name in self.held_back for a in self._accounts)
 
     def _probe_due(self, account: Account, now: datetime) -> bool:
         snapshot = self.snapshot(account)
@@ -464,16 +578,28 @@ class AccountSelector:
 
         ``avoid`` (the account just left) is passed over while any other
         account can run, and taken when none can — its own reset may well
-        come first. A wait therefore always covers every account.
+        come first. A wait therefore always covers every account. An account
+        held back (:attr:`held_back`) is never chosen; when every account is,
+        the wait is one ``tick`` (the next look retries their logins), and
+        its reason names them.
         """
         candidates = await self.candidates(probe=probe, budget=budget)
         now = self.clock.now()
+        held = "; ".join(str(h) for h in self.held_back.values())
+        if not candidates:  # every account is held back: look again in a tick
+            return WaitUntil(
+                until=now + timedelta(seconds=self.tick),
+                reason=f"no account can run now: {held}",
+            )
         names = {c.name for c in candidates}
         if avoid is not None and names - {avoid}:
             choice = self.policy.choose(candidates, now, exclude=[avoid])
             if isinstance(choice, str):
                 return choice
-        return self.policy.choose(candidates, now)
+        choice = self.policy.choose(candidates, now)
+        if isinstance(choice, WaitUntil) and held:
+            return WaitUntil(until=choice.until, reason=f"{choice.reason}; {held}")
+        return choice
 
     async def select(
         self,
@@ -490,7 +616,9 @@ class AccountSelector:
         ``refresh_interval`` (free). Cancel the task to stop waiting (nothing
         else runs meanwhile). Raises
         :class:`~codex_supervisor.errors.QuotaUnavailable` when ``wait`` is
-        false or ``max_wait`` seconds passed.
+        false or ``max_wait`` seconds passed — an
+        :class:`~codex_supervisor.errors.AuthError` instead when every
+        account is held back (:attr:`held_back`; see :meth:`unavailable`).
         """
         started = self.clock.monotonic()
         refreshed = started
@@ -503,11 +631,11 @@ class AccountSelector:
             if isinstance(choice, str):
                 return choice
             if not wait:
-                raise QuotaUnavailable(f"every account is blocked: {choice.reason}")
+                raise self.unavailable(choice, what="every account is blocked")
             waited = self.clock.monotonic() - started
             if max_wait is not None and waited >= max_wait:
-                raise QuotaUnavailable(
-                    f"every account is still blocked after {waited:.0f}s: {choice.reason}"
+                raise self.unavailable(
+                    choice, what=f"every account is still blocked after {waited:.0f}s"
                 )
             now = self.clock.now()
             left = max(0.0, (choice.until - now).total_seconds())

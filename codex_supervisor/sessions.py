@@ -18,9 +18,11 @@ Codex writes every session to ``sessions/YYYY/MM/DD/rollout-<local time>-<id>.js
   thing a supervisor must never do;
 - tells which sessions a running child writes (:meth:`SessionBinder.open_by`,
   :meth:`SessionBinder.still_writes`): a rollout it has open *for writing*
-  (``/proc/PID/fdinfo`` flags) or whose writer lock it holds. A rollout open
-  read-only is no evidence: ``codex fork`` reads its source and the resume
-  picker reads many. Two written sessions are ambiguous, never "the first".
+  (``/proc/PID/fdinfo`` flags) or whose writer lock it holds — "it" being the
+  child and the processes it started, as npm's ``codex`` is a node launcher
+  whose child is the native binary. A rollout open read-only is no evidence:
+  ``codex fork`` reads its source and the resume picker reads many. Two
+  written sessions are ambiguous, never "the first".
 
 Discovery looks at no more than two date folders for a new session and one for
 a UUIDv7 id, so its cost does not grow with the user's history. Symbolic links
@@ -39,7 +41,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, final
@@ -858,17 +860,20 @@ class SessionBinder:
     def still_writes(self, binding: Binding, pid: int) -> bool | None:
         """Whether process ``pid`` writes ``binding``'s session: ask right before a rotation.
 
-        Evidence: the holder of the thread writer lock (``pid`` or a process
-        it started), else a descriptor of ``pid`` open *for writing* on the
-        rollout (Codex 0.169.0 opens it ``O_RDWR|O_APPEND`` and keeps it open
-        while the thread is loaded). A descriptor open read-only is no
+        Evidence: the holder of the thread writer lock, else a descriptor open
+        *for writing* on the rollout (Codex 0.169.0 opens it
+        ``O_RDWR|O_APPEND`` and keeps it open while the thread is loaded) —
+        either in ``pid`` or in a process it started (npm's ``codex`` is a
+        node launcher whose child is the native binary), looked at in the same
+        process tree as :meth:`open_by`. A descriptor open read-only is no
         evidence. None when neither can be read (no ``/proc``, and the lock
         probe cannot name its holder): the caller keeps what it knew.
         """
         lock = writer_lock(self.codex_home, binding.session_id)
+        tree = _process_tree(pid)
         if lock.pid is not None:
-            return _descends_from(lock.pid, pid)
-        files = _open_files(pid, lambda target: target == str(binding.path))
+            return tree is not None and lock.pid in tree
+        files = None if tree is None else _open_files(tree, lambda t: t == str(binding.path))
         if files is None:
             return None
         return any(_writable(flags) for _, flags in files)
@@ -906,6 +911,11 @@ class SessionBinder:
         reads its source and the resume picker reads many, read-only. When
         ``pid`` writes several sessions the attempt is ``ambiguous`` and
         unbound, never "the first one found".
+
+        "``pid``" means ``pid`` and the processes it started (a bounded walk
+        of its process tree): npm's ``codex`` is a node launcher that holds
+        no rollout itself, and a check blind to its child would miss a
+        second session the native binary writes.
         """
         found = self._written_by(pid)
         if found is None:
@@ -932,11 +942,15 @@ class SessionBinder:
         )
 
     def _written_by(self, pid: int) -> tuple[dict[str, Path], int] | None:
-        """The rollouts ``pid`` writes by id, and how many more it only reads; None: no /proc."""
+        """The rollouts ``pid``'s process tree writes by id, and how many more it only reads.
+
+        None when ``/proc/PID`` cannot be read.
+        """
         root = str(self.sessions_dir) + os.sep
         locks = str(self.locks_dir) + os.sep
-        files = _open_files(pid, lambda target: target.startswith((root, locks)))
-        if files is None:
+        tree = _process_tree(pid)
+        files = None if tree is None else _open_files(tree, lambda t: t.startswith((root, locks)))
+        if tree is None or files is None:
             return None
         written: dict[str, Path] = {}
         read_only: dict[str, Path] = {}
@@ -958,7 +972,7 @@ class SessionBinder:
         # not: the lock may not be taken yet, or already released).
         for session_id in sorted(locked - written.keys()):
             lock = writer_lock(self.codex_home, session_id)
-            if lock.pid is None or not _descends_from(lock.pid, pid):
+            if lock.pid is None or lock.pid not in tree:
                 continue
             path = read_only.get(session_id)
             if path is None:
@@ -1010,20 +1024,68 @@ class SessionBinder:
         return None
 
 
-def _descends_from(child: int, ancestor: int) -> bool:
-    """Whether ``child`` is ``ancestor`` or one of its descendants (Linux /proc)."""
-    current = child
-    for _ in range(64):  # bounded: a corrupt /proc read never loops forever
-        if current == ancestor:
-            return True
-        if current <= 1:
-            return False
+#: The process tree of a child is looked at this deep below it and this wide
+#: at most: the node launcher, the native binary and a few of its helpers.
+_TREE_DEPTH = 4
+_TREE_LIMIT = 64
+
+
+@functools.cache
+def _has_children_files() -> bool:
+    """Whether this kernel lists a task's children in ``/proc`` (CONFIG_PROC_CHILDREN)."""
+    return Path("/proc/thread-self/children").exists()
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    """Every process's children, from each ``/proc/PID/stat``: the slow fallback."""
+    found: dict[int, list[int]] = {}
+    for entry in _scan_dir(Path("/proc")):
+        if not entry.name.isdigit():
+            continue
         try:
-            stat_line = Path(f"/proc/{current}/stat").read_text()
-            current = int(stat_line.rsplit(")", 1)[1].split()[1])
+            stat_line = Path(entry.path, "stat").read_text()
+            parent = int(stat_line.rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
-            return False
-    return False
+            continue  # exited meanwhile, or unreadable
+        found.setdefault(parent, []).append(int(entry.name))
+    return found
+
+
+def _children_of(pid: int) -> list[int]:
+    """The children of ``pid``, from ``/proc/PID/task/*/children``."""
+    children: list[int] = []
+    for task in _scan_dir(Path(f"/proc/{pid}/task")):
+        with contextlib.suppress(OSError, ValueError):
+            children.extend(int(c) for c in Path(task.path, "children").read_text().split())
+    return children
+
+
+def _process_tree(pid: int) -> list[int] | None:
+    """``pid`` and the processes it started, breadth first (Linux ``/proc``).
+
+    Bounded: ``_TREE_DEPTH`` levels and ``_TREE_LIMIT`` processes, so a
+    child running many helpers costs no more than that. None when ``pid``
+    itself cannot be read (not Linux, or no such process).
+    """
+    if not Path(f"/proc/{pid}").is_dir():
+        return None
+    by_parent = None if _has_children_files() else _children_by_parent()
+    tree = [pid]
+    level = [pid]
+    for _ in range(_TREE_DEPTH):
+        below: list[int] = []
+        for parent in level:
+            kids = _children_of(parent) if by_parent is None else by_parent.get(parent, [])
+            below.extend(k for k in kids if k not in tree and k not in below)
+        room = _TREE_LIMIT - len(tree)
+        if len(below) > room:
+            log.debug("process tree of pid %d: only %d processes looked at", pid, _TREE_LIMIT)
+        below = below[: max(room, 0)]
+        if not below:
+            break
+        tree.extend(below)
+        level = below
+    return tree
 
 
 def _fd_flags(pid: int, fd: str) -> int | None:
@@ -1049,33 +1111,40 @@ def _writable(flags: int | None) -> bool:
     return flags is not None and (flags & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
 
 
-def _open_files(pid: int, wanted: Callable[[str], bool]) -> list[tuple[Path, int | None]] | None:
-    """(target, open flags) of the descriptors of ``pid`` whose target is ``wanted``.
+def _open_files(
+    pids: Sequence[int], wanted: Callable[[str], bool]
+) -> list[tuple[Path, int | None]] | None:
+    """(target, open flags) of the descriptors of ``pids`` whose target is ``wanted``.
 
-    None when ``/proc/PID/fd`` cannot be read (not Linux, or no such process
-    of ours). Flags are None when unreadable, which counts as "not for
-    writing". A descriptor closed and reused between reading its target and
-    its flags is left out rather than paired with another file's flags.
+    None when the first process's ``/proc/PID/fd`` cannot be read (not Linux,
+    or no such process of ours); a later one that cannot be read (exited
+    meanwhile) adds nothing. Flags are None when unreadable, which counts as
+    "not for writing". A descriptor closed and reused between reading its
+    target and its flags is left out rather than paired with another file's
+    flags.
     """
-    try:
-        entries = list(os.scandir(f"/proc/{pid}/fd"))
-    except OSError:
-        return None
     files: list[tuple[Path, int | None]] = []
-    for entry in entries:
+    for index, pid in enumerate(pids):
         try:
-            target = str(Path(entry.path).readlink())
+            entries = list(os.scandir(f"/proc/{pid}/fd"))
         except OSError:
-            continue  # closed meanwhile
-        if not wanted(target):
+            if index == 0:
+                return None
             continue
-        flags = _fd_flags(pid, entry.name)
-        try:
-            if str(Path(entry.path).readlink()) != target:
+        for entry in entries:
+            try:
+                target = str(Path(entry.path).readlink())
+            except OSError:
+                continue  # closed meanwhile
+            if not wanted(target):
                 continue
-        except OSError:
-            continue
-        files.append((Path(target), flags))
+            flags = _fd_flags(pid, entry.name)
+            try:
+                if str(Path(entry.path).readlink()) != target:
+                    continue
+            except OSError:
+                continue
+            files.append((Path(target), flags))
     return files
 
 

@@ -44,7 +44,7 @@ from .codex_cli import (
     resume_argv,
 )
 from .config import child_environment
-from .errors import ConfigError
+from .errors import AccountGone, ConfigError, LoginQuarantined
 from .events import (
     AccountSelected,
     ChildExited,
@@ -55,6 +55,7 @@ from .events import (
     PrewarmStarted,
     Resumed,
     Rotating,
+    RotationBlocked,
     SessionBound,
     WaitingForReset,
 )
@@ -280,6 +281,8 @@ class _ChildRun:
     # The binding problem last logged (ambiguous, or stale before a
     # rotation): logged once, not on every poll.
     binding_problem: str | None = None
+    # Why rotation is off, each said once as a RotationBlocked event.
+    blocked_reasons: set[str] = attrs.Factory(set)
 
     @property
     def session_id(self) -> str | None:
@@ -366,7 +369,12 @@ class Supervisor:
     **What it raises.** :class:`~codex_supervisor.errors.ConfigError` (empty
     pool, bad arguments), :class:`~codex_supervisor.errors.QuotaUnavailable`
     (no account and no wait allowed, or ``max_wait`` passed),
-    :class:`~codex_supervisor.errors.CodexNotFoundError` /
+    :class:`~codex_supervisor.errors.AuthError` (the same, when every account
+    is held back because a newer login of it waits in the pool's quarantine:
+    :class:`~codex_supervisor.errors.LoginQuarantined` when there is one —
+    Codex never starts on such an account, whose home holds a spent refresh
+    token; with ``wait_for_reset`` the run waits for the login to be taken
+    back instead), :class:`~codex_supervisor.errors.CodexNotFoundError` /
     :class:`~codex_supervisor.errors.UnsupportedCodexVersion` (the binary), and
     :class:`~codex_supervisor.errors.ProcessError`. On every path the child is
     reaped, leases are released and the terminal is restored before it
@@ -598,6 +606,7 @@ class Supervisor:
         rotations = 0
         used: list[str] = []
         failures: dict[str, int] = {}
+        refused = 0  # launches refused in a row for a login in quarantine
 
         def result(code: int, sig: int | None = None) -> RunResult:
             return RunResult(
@@ -619,18 +628,48 @@ class Supervisor:
             used.append(account)
             # An exec resume drops -C: it runs in the session's folder itself.
             carries_cd = inv.cwd is not None and not (resumed and inv.is_exec)
-            outcome = await self._run_child(
-                inv,
-                argv,
-                account,
-                workdir,
-                session_id,
-                launch_cwd=base if carries_cd else workdir,
-                resumed=resumed,
-                prompt_in_argv=prompt_in_argv,
-                can_restart=budget > 0,
-                signals=signals,
-            )
+            try:
+                outcome = await self._run_child(
+                    inv,
+                    argv,
+                    account,
+                    workdir,
+                    session_id,
+                    launch_cwd=base if carries_cd else workdir,
+                    resumed=resumed,
+                    prompt_in_argv=prompt_in_argv,
+                    can_restart=budget > 0,
+                    signals=signals,
+                )
+            except LoginQuarantined as exc:
+                refusal: LoginQuarantined | None = exc
+            except AccountGone as exc:
+                # Removed from the pool after it was chosen (or during a
+                # crash restart's backoff): Codex never started on it.
+                used.pop()
+                chosen = await self._instead_of_gone(exc, signals, session_id)
+                if isinstance(chosen, int):
+                    return result(chosen, chosen - 128)
+                account = chosen
+                continue
+            else:
+                refusal = None
+            if refusal is not None:
+                # A newer login of it went to quarantine since it was chosen:
+                # its home holds a spent refresh token. Not launched; another
+                # account is chosen (the selector now holds this one back).
+                used.pop()
+                refused += 1
+                if refused > len(await self.selector.accounts()):
+                    raise refusal
+                log.error("not launching Codex on %s: %s", account, refusal)
+                self.selector.recheck_held_back()
+                selected = await self._select(signals, avoid=account)
+                if isinstance(selected, int):
+                    return result(selected, selected - 128)
+                account = selected
+                continue
+            refused = 0
             session_id = outcome.session_id or session_id
             if isinstance(outcome, _Interrupted):
                 return result(128 + int(outcome.signal), int(outcome.signal))
@@ -720,6 +759,23 @@ class Supervisor:
                 return outcome.successor
         return await self._select(signals, avoid=account)
 
+    async def _instead_of_gone(
+        self, gone: AccountGone, signals: SignalWatcher, session_id: str | None
+    ) -> str | int:
+        """Another account to launch on, when the chosen one left the pool first; or 128+signal.
+
+        Raises :class:`~codex_supervisor.errors.AccountGone` when no account is left.
+        """
+        if not await self.selector.accounts(fresh=True):
+            resume = f"; resume session {session_id} once one is added" if session_id else ""
+            raise AccountGone(
+                gone.name,
+                f"{gone.reason}, and no other account is left in the pool at "
+                f"{self.pool.root}{resume}",
+            ) from gone
+        log.warning("not launching Codex on %s (%s); choosing another account", gone.name, gone)
+        return await self._select(signals, avoid=gone.name)
+
     async def _run_child(
         self,
         inv: Invocation,
@@ -734,15 +790,18 @@ class Supervisor:
         can_restart: bool,
         signals: SignalWatcher,
     ) -> _Outcome:
-        # Links only, no lock: quick enough for the loop, and on the cutover path.
-        home = self.pool.prepare_home(account)
-        env = child_environment(home, self.environ)
         guard = TerminalGuard() if inv.is_interactive else None
         # A resumed exec gets its prompt in argv: it must not wait on stdin.
         stdin = subprocess.DEVNULL if inv.is_exec and resumed else None
+        # Occupy first, then prepare the home: an account removed before it
+        # was occupied raises AccountGone in either (never a fresh empty home
+        # without a login), and once occupied no `remove` can move it away.
         async with self.pool.occupy(
             account, purpose=f"codex {inv.mode.value}", ttl=self.config.lease_ttl
         ):
+            # A state read and links, no lock: quick enough for the cutover path.
+            home = self.pool.prepare_home(account)
+            env = child_environment(home, self.environ)
             if guard is not None:
                 guard.save()
             try:
@@ -784,6 +843,11 @@ class Supervisor:
         can_restart: bool,
         signals: SignalWatcher,
     ) -> _Outcome:
+        if self.pool.quarantine_listing():
+            # The last look before Codex starts there (its lease is held): a
+            # newer login of the account waiting in quarantine leaves a spent
+            # refresh token in its home. LoginQuarantined: choose another.
+            await asyncio.to_thread(self.pool.ensure_no_quarantine, account)
         launched_at = self.clock.now()
         # A headless exec leads a process group of its own, so a stop reaches
         # its whole tree (MCP servers, tool commands); the TUI must stay in the
@@ -824,7 +888,8 @@ class Supervisor:
                 bind_deadline=self.clock.monotonic() + self.config.bind_timeout,
                 last_passive=self.clock.monotonic(),
             )
-            outcome = await self._monitor(run, signals)
+            with signals.relaying_stops(child):
+                outcome = await self._monitor(run, signals)
         finally:
             if run is not None and run.prewarm is not None and not run.prewarm.done():
                 run.prewarm.cancel()
@@ -845,7 +910,9 @@ class Supervisor:
         return None if found is None else self.selector.snapshot(found)
 
     async def _monitor(self, run: _ChildRun, signals: SignalWatcher) -> _Outcome:
-        waiter = asyncio.ensure_future(run.child.wait())
+        # An exec's group is cleared once it exits: what it left running
+        # (a tool command, a server) has nobody left to serve.
+        waiter = asyncio.ensure_future(run.child.wait_group())
         stopper = asyncio.ensure_future(signals.wait())
         try:
             while True:
@@ -906,6 +973,9 @@ class Supervisor:
                         attempt.reason,
                     )
                     run.bind_deadline = float("inf")
+                    self._blocked(
+                        run, f"the session Codex writes could not be identified ({attempt.reason})"
+                    )
         if run.binding is not None and run.reader is None:
             run.reader = RolloutReader(run.binding.path, account=run.account)
             if run.known_session is not None or run.inv.mode in _CONTINUING:
@@ -927,8 +997,14 @@ class Supervisor:
         longer writes it but writes exactly one other session, it is rebound
         to that one and False is returned (decide again on that session's own
         state). When it writes none, or several, the rotation is refused
-        (logged once) and the child keeps running. Without ``/proc`` nothing
-        can be re-checked and the binding stands.
+        (logged once, and a :class:`~.events.RotationBlocked` event once per
+        reason) and the child keeps running. Without ``/proc`` nothing can be
+        re-checked and the binding stands.
+
+        No tie-break picks the "current" one of several written sessions:
+        switching back to a thread the TUI already has loaded (``/resume``)
+        writes nothing to its rollout, so which rollout grew last does not
+        tell which conversation is on screen.
         """
         binding = run.binding
         assert binding is not None  # a reader, so a decision, implies a binding
@@ -969,7 +1045,32 @@ class Supervisor:
         if run.binding_problem != problem:
             log.warning("%s", problem)
             run.binding_problem = problem
+        named = f"{'session' if len(others) == 1 else 'sessions'} {', '.join(others)}"
+        if writes is not False:
+            because = (
+                f"Codex also writes {named} (as after /new, /resume or /fork in the TUI) "
+                "and which one is the conversation cannot be told"
+            )
+        elif others:
+            because = (
+                f"Codex no longer writes it but {named}, "
+                "and which one is the conversation cannot be told"
+            )
+        else:
+            because = f"Codex does not write it now ({attempt.reason})"
+        self._blocked(run, because)
         return False
+
+    def _blocked(self, run: _ChildRun, reason: str) -> None:
+        """Tell the embedder (and the CLI's user) that rotation is off, once per reason."""
+        if reason in run.blocked_reasons:
+            return
+        run.blocked_reasons.add(reason)
+        self._emit(
+            RotationBlocked(
+                at=self.clock.now(), account=run.account, session_id=run.session_id, reason=reason
+            )
+        )
 
     def _bind_finished(self, run: _ChildRun) -> None:
         if run.binding is not None:

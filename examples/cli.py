@@ -55,7 +55,6 @@ from codex_supervisor.accounts import (
     AccountStatus,
     AuthMode,
     QuarantinedAuth,
-    identity_from_auth,
 )
 from codex_supervisor.config import default_base_codex_home, default_pool_root
 from codex_supervisor.errors import QuotaAuthExpired
@@ -66,6 +65,7 @@ from codex_supervisor.events import (
     PrewarmStarted,
     Resumed,
     Rotating,
+    RotationBlocked,
     WaitingForReset,
 )
 from codex_supervisor.lease import LeaseRecord
@@ -313,12 +313,20 @@ def cmd_accounts_import(args: argparse.Namespace) -> int:
     source = Path(args.auth_json).absolute()
     folder = pool.account_home(args.name).parent
     adopting = folder.exists()  # a folder outside the pool: adopted if it is this login's
+    dest = pool.account_home(args.name) / "auth.json"
+    before = _read_bytes(dest) if adopting else None
     account = pool.import_auth(args.name, source, copy=args.copy)
-    dest = pool.account_home(account.name) / "auth.json"
     if adopting:
         _say(f"ADOPTED the existing folder {folder} (it was not in the pool)")
     if source.exists() and source.samefile(dest):
         _say(f"KEPT {dest} (the file given)")
+    elif before is not None and _read_bytes(dest) == before:
+        # The folder's own login was as new or newer: nothing was copied or moved.
+        _say(f"KEPT {dest}: it is as new as {source} or newer; nothing was copied")
+        _warn(
+            f"{source} was left where it is: delete it or never run Codex with it again, "
+            "or whichever copy refreshes its single-use token second will be refused"
+        )
     elif not args.copy and source.exists():
         _say(f"KEPT {dest}: it is as new as {source} or newer")
         _warn(
@@ -335,6 +343,13 @@ def cmd_accounts_import(args: argparse.Namespace) -> int:
         _say(f"MOVED {source} to {dest} (the original path no longer exists)")
     _say(f"added account {account.name!r} ({_describe_account(account)})")
     return EXIT_OK
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def cmd_accounts_list(args: argparse.Namespace) -> int:
@@ -430,8 +445,12 @@ _Outcome = QuotaSnapshot | SupervisorError
 
 async def _gather_status(
     pool: AccountPool, *, refresh: bool, strategy: str
-) -> tuple[list[AccountStatus], dict[str, _Outcome], str | WaitUntil | None]:
-    """The pool as the supervisor sees it, through the same selector it chooses with."""
+) -> tuple[list[AccountStatus], dict[str, _Outcome], str | WaitUntil | None, dict[str, str]]:
+    """The pool as the supervisor sees it, through the same selector it chooses with.
+
+    Choosing retries the logins in quarantine, as a run would; the accounts
+    it still holds back come last, with why.
+    """
     selector = AccountSelector(pool, policy=RotationPolicy(strategy=strategy), probe_budget=60.0)
     outcomes: dict[str, _Outcome] = {}
     try:
@@ -449,10 +468,11 @@ async def _gather_status(
         choice: str | WaitUntil | None = None
         if pool.accounts():
             choice = await selector.choose(probe=False)
+        held = {name: str(why) for name, why in selector.held_back.items()}
     finally:
         await selector.aclose()
     # Read after recording, so what is shown is what the pool now holds.
-    return await pool.status(), outcomes, choice
+    return await pool.status(), outcomes, choice, held
 
 
 def _refresh_hint(error: SupervisorError) -> str:
@@ -462,9 +482,13 @@ def _refresh_hint(error: SupervisorError) -> str:
     return text
 
 
-def _print_status_account(entry: AccountStatus, outcome: _Outcome | None, now: datetime) -> None:
+def _print_status_account(
+    entry: AccountStatus, outcome: _Outcome | None, now: datetime, held: str | None
+) -> None:
     account = entry.account
     _say(f"{account.name} ({_describe_account(account)})")
+    if held is not None:
+        _say(f"  HELD BACK: {held}")
     if isinstance(outcome, SupervisorError):
         _say(f"  {_refresh_hint(outcome)}")
     snapshot = account.last_snapshot
@@ -497,38 +521,47 @@ def _print_status_account(entry: AccountStatus, outcome: _Outcome | None, now: d
         )
 
 
+def _quarantine_owner(item: QuarantinedAuth, accounts: dict[str, Account]) -> str | None:
+    """The account of the pool the quarantined login belongs to: the one of its account id."""
+    if item.account_id is None:
+        return item.account if item.account in accounts else None
+    owners = [a.name for a in accounts.values() if a.identity.account_id == item.account_id]
+    return owners[0] if owners else None
+
+
 def _quarantine_action(item: QuarantinedAuth, accounts: dict[str, Account]) -> str:
     """What to do about a login in quarantine (never by printing it)."""
-    account = accounts.get(item.account)
-    if account is None:
+    owner = _quarantine_owner(item, accounts)
+    if owner is None and item.account_id is None:
         return (
-            f"{item.account!r} is no longer in the pool: re-add it from this file with "
-            f"`{PROG} accounts import {item.account} --auth-json {item.path}`"
+            "it cannot be read as a login; look at it, and delete it if it holds none "
+            "(nothing takes it back by itself)"
         )
-    try:
-        theirs = identity_from_auth(item.path.read_bytes()).account_id
-    except (OSError, SupervisorError):
-        theirs = account.identity.account_id
-    if theirs != account.identity.account_id:
+    if owner is None:
+        name = item.account if item.account not in accounts else "NEWNAME"
         return (
-            f"it is not {item.account!r}'s login: add it as an account of its own "
-            f"(`{PROG} accounts import NAME --auth-json {item.path}`), or delete it if "
-            "that login is not wanted"
+            f"no account of the pool has its account id {item.account_id}: add it from this "
+            f"file with `{PROG} accounts import {name} --auth-json {item.path}` (any free "
+            "name), or delete it if that login is not wanted"
         )
     return (
-        f"an app-server pool takes it back into {item.account!r} by itself (on its next "
-        "spawn on that account or idle sweep) once the cause is gone; do not delete it: "
-        "it may be the account's only live login"
+        f"it is {owner!r}'s login (account id {item.account_id or 'unknown'}): taken back "
+        f"into {owner!r} by itself (on every run, spawn, `status` or idle sweep) once the "
+        f"cause is gone, and {owner!r} is not used until then; do not delete it: it may be "
+        "the account's only live login"
     )
 
 
 def _quarantined_json(item: QuarantinedAuth, accounts: dict[str, Account]) -> dict[str, Any]:
+    owner = _quarantine_owner(item, accounts)
     return {
         "account": item.account,
+        "account_id": item.account_id,
+        "owner": owner,
         "path": str(item.path),
         "reason": item.reason,
         "since": _iso(item.since),
-        "in_pool": item.account in accounts,
+        "in_pool": owner is not None,
         "action": _quarantine_action(item, accounts),
     }
 
@@ -553,7 +586,7 @@ def _print_quarantined(
 def cmd_status(args: argparse.Namespace) -> int:
     """``status``: usage windows, cooldowns and occupancy of every account."""
     pool = _pool(args)
-    entries, outcomes, choice = asyncio.run(
+    entries, outcomes, choice, held = asyncio.run(
         _gather_status(pool, refresh=args.refresh, strategy=args.strategy)
     )
     now = datetime.now(UTC)
@@ -570,6 +603,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "occupants": [_occupant_json(r) for r in entry.occupants],
                     "quota": None if snapshot is None else _snapshot_json(snapshot, now),
                     "refresh": _refresh_json(outcomes.get(entry.account.name)),
+                    "held_back": held.get(entry.account.name),
                 }
             )
         _print_json(
@@ -593,7 +627,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for index, entry in enumerate(entries):
         if index:
             _say()
-        _print_status_account(entry, outcomes.get(entry.account.name), now)
+        _print_status_account(
+            entry, outcomes.get(entry.account.name), now, held.get(entry.account.name)
+        )
     _say()
     if isinstance(choice, str):
         _say(f"next run: {choice}")
@@ -615,7 +651,9 @@ def _choice_json(choice: str | WaitUntil | None) -> dict[str, Any] | None:
 
 
 class _Notices:
-    """Rotations as one line on stderr; waits as a live countdown; with -v every event.
+    """Rotations and blocked rotations as one line on stderr; waits as a live countdown.
+
+    With -v every event.
 
     On a terminal the wait is one line rewritten every second; elsewhere
     (logs, pipes) its first line comes at once, then one every 30 seconds or
@@ -625,7 +663,8 @@ class _Notices:
     def __init__(self, verbosity: int, stream: Any = None) -> None:
         self.out = stream or sys.stderr
         self.verbosity = verbosity
-        self.live = bool(getattr(self.out, "isatty", lambda: False)()) and not verbosity
+        self.tty = bool(getattr(self.out, "isatty", lambda: False)())
+        self.live = self.tty and not verbosity
         self._until: datetime | None = None
         self._printed: float | None = None
         self._open = False
@@ -648,6 +687,15 @@ class _Notices:
                 file=self.out,
                 flush=True,
             )
+        elif isinstance(event, RotationBlocked):
+            # Said once per reason, while the TUI runs: a user who never sees
+            # it would watch the account run out with no rotation and no word
+            # why. The TUI keeps the terminal raw ("\n" alone does not return).
+            text = f"{PROG}: rotation is off for this session because {event.reason}"
+            if self.tty:
+                print(f"\r\033[K{text}", end="\r\n", file=self.out, flush=True)
+            else:
+                print(text, file=self.out, flush=True)
         elif self.verbosity:
             print(f"{PROG}: {event.name}: {event.message}", file=self.out, flush=True)
 

@@ -9,17 +9,23 @@ import errno
 import json
 import logging
 import os
+import re
+import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import attrs
 import pytest
 
 from codex_supervisor import accounts as accounts_module
 from codex_supervisor import errors
+from codex_supervisor._convert import unstructure
 from codex_supervisor._jwt import decode_jwt_claims
 from codex_supervisor.accounts import (
     AccountInUse,
@@ -76,6 +82,19 @@ def pool(tmp_path: Path, base_home: Path) -> AccountPool:
     return AccountPool(root=tmp_path / "pool", base_codex_home=base_home, clock=FakeClock(T0))
 
 
+def _added(pool: AccountPool, name: str, account_id: str | None = None) -> Path:
+    """Import a login as account ``name``; its home."""
+    pool.import_auth(name, _auth_file(pool.root.parent / f"login-{name}", account_id or name))
+    return pool.account_home(name)
+
+
+def _stranded_home(pool: AccountPool, name: str) -> Path:
+    """``<root>/accounts/<name>/home`` made by hand, outside the pool state (a leftover)."""
+    home = pool.account_home(name)
+    home.mkdir(mode=0o700, parents=True)
+    return home
+
+
 def _snapshot(account: str, at: datetime, used: float = 10.0) -> QuotaSnapshot:
     return QuotaSnapshot.from_rollout_rate_limits(
         {"primary": {"used_percent": used, "window_minutes": 300, "resets_at": 1795339672}},
@@ -119,13 +138,15 @@ def test_bad_account_names_are_refused(pool: AccountPool, name: str) -> None:
 
 def test_account_home_links_the_base_home(pool: AccountPool, base_home: Path) -> None:
     """An account home is 0700, links every base entry but auth.json, and shares sessions/."""
+    _added(pool, "work")
+    _added(pool, "play")
     home = pool.prepare_home("work")
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     shared = ("sessions", "archived_sessions", "thread-writer-locks")
     for entry in ("config.toml", "AGENTS.md", "prompts", *shared):
         assert (home / entry).is_symlink(), entry
         assert (home / entry).resolve() == (base_home / entry).resolve()
-    assert not (home / "auth.json").exists()
+    assert not (home / "auth.json").is_symlink()  # its own login, never the base one
     other = pool.prepare_home("play")
     (home / "sessions" / "rollout-x.jsonl").write_text("{}\n")
     assert (other / "sessions" / "rollout-x.jsonl").read_text() == "{}\n"
@@ -133,6 +154,7 @@ def test_account_home_links_the_base_home(pool: AccountPool, base_home: Path) ->
 
 def test_new_base_entries_are_linked_at_next_prepare(pool: AccountPool, base_home: Path) -> None:
     """Entries appearing in the base home later are linked; vanished ones are unlinked."""
+    _added(pool, "work")
     home = pool.prepare_home("work")
     (base_home / "skills").mkdir()
     (base_home / "AGENTS.md").unlink()
@@ -145,8 +167,10 @@ def test_real_files_in_an_account_home_are_left_alone(
     pool: AccountPool, base_home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A real file of the account home is never replaced by a link; a private sessions/ warns."""
-    home = pool.account_home("work")
-    (home / "sessions").mkdir(parents=True)
+    home = _added(pool, "work")
+    for linked in ("sessions", "config.toml"):
+        (home / linked).unlink()
+    (home / "sessions").mkdir()
     (home / "sessions" / "mine.jsonl").write_text("keep")
     (home / "config.toml").write_text("own = 1\n")
     with caplog.at_level(logging.WARNING, logger="codex_supervisor.accounts"):
@@ -659,7 +683,10 @@ def real_pool(tmp_path: Path, base_home: Path) -> AccountPool:
 def test_an_import_whose_state_cannot_be_saved_puts_everything_back(
     pool: AccountPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    """The save fails after the move: the file is back where it was, with its mode; no folder."""
+    """The save fails after the move: the file is back where it was, with its mode; no folder.
+
+    The OSError comes out as a StateError (the library's own tree) naming the import.
+    """
     pool.import_auth("other", _auth_file(tmp_path / "o", "acct-0"))
     src = _auth_file(tmp_path / "old-home", "acct-1")
     src.chmod(0o640)
@@ -669,7 +696,7 @@ def test_an_import_whose_state_cannot_be_saved_puts_everything_back(
         monkeypatch.setattr(accounts_module, "_rename_into", lambda src, dest: False)
     with monkeypatch.context() as patch:
         patch.setattr(AccountPool, "_save", _fail_save)
-        with pytest.raises(OSError, match="No space left"):
+        with pytest.raises(errors.StateError, match=r"import .* as account 'work'.*No space left"):
             pool.import_auth("work", src, copy=how == "copied")
     assert src.read_bytes() == content
     assert stat.S_IMODE(src.stat().st_mode) == 0o640
@@ -707,7 +734,7 @@ def test_a_reimport_adopts_a_stranded_folder_of_the_same_login(
     pool: AccountPool, tmp_path: Path
 ) -> None:
     """What a failed import of an older version left (a login in a folder outside the state)."""
-    stranded = _login_at(pool.prepare_home("work") / "auth.json", "acct-1", T0, "rt-stranded")
+    stranded = _login_at(_stranded_home(pool, "work") / "auth.json", "acct-1", T0, "rt-stranded")
     content = stranded.read_bytes()
 
     account = pool.import_auth("work", stranded)
@@ -723,20 +750,20 @@ def test_a_reimport_keeps_the_newer_login_and_refuses_another_accounts_folder(
     pool: AccountPool, tmp_path: Path
 ) -> None:
     """A stranded folder keeps its login unless the source is newer; a foreign one is refused."""
-    kept = _login_at(pool.prepare_home("a") / "auth.json", "acct-a", T0, "rt-kept")
+    kept = _login_at(_stranded_home(pool, "a") / "auth.json", "acct-a", T0, "rt-kept")
     older = _login_at(tmp_path / "older" / "auth.json", "acct-a", T0 - timedelta(days=1), "rt-o")
     pool.import_auth("a", older)
     assert older.exists()  # left where it was: not newer
     assert _refresh_token(kept) == "rt-kept"
 
-    replaced = _login_at(pool.prepare_home("b") / "auth.json", "acct-b", T0, "rt-old")
+    replaced = _login_at(_stranded_home(pool, "b") / "auth.json", "acct-b", T0, "rt-old")
     newer = _login_at(tmp_path / "newer" / "auth.json", "acct-b", T0 + timedelta(hours=1), "rt-n")
     pool.import_auth("b", newer)
     assert not newer.exists()  # moved in over the older login
     assert _refresh_token(replaced) == "rt-n"
     assert sorted(p.name for p in replaced.parent.glob("*auth.json*")) == ["auth.json"]
 
-    foreign = _login_at(pool.prepare_home("c") / "auth.json", "acct-x", T0, "rt-x")
+    foreign = _login_at(_stranded_home(pool, "c") / "auth.json", "acct-x", T0, "rt-x")
     src = _login_at(tmp_path / "c" / "auth.json", "acct-c", T0 + timedelta(hours=1), "rt-c")
     with pytest.raises(errors.ConfigError, match=r"holds another login \(account id acct-x\)"):
         pool.import_auth("c", src)
@@ -747,12 +774,12 @@ def test_a_reimport_keeps_the_newer_login_and_refuses_another_accounts_folder(
 
 def test_a_login_adopts_a_stranded_folder_of_the_same_account(pool: AccountPool) -> None:
     """A login under the name of a stranded folder of that account adopts it (newer login wins)."""
-    auth = pool.prepare_home("work") / "auth.json"
+    auth = _stranded_home(pool, "work") / "auth.json"
     _login_at(auth, "acct-1", T0 - timedelta(hours=1), "rt-stranded")
     pool.login("work", runner=_FakeLogin("acct-1"))
     assert [a.name for a in pool.accounts()] == ["work"]
     assert _refresh_token(auth) == "rt-acct-1"
-    _login_at(pool.prepare_home("play") / "auth.json", "acct-x", T0, "rt-x")
+    _login_at(_stranded_home(pool, "play") / "auth.json", "acct-x", T0, "rt-x")
     with pytest.raises(errors.ConfigError, match="holds another login"):
         pool.login("play", runner=_FakeLogin("acct-2"))
     assert [a.name for a in pool.accounts()] == ["work"]
@@ -891,7 +918,9 @@ def test_a_remove_whose_state_cannot_be_saved_puts_the_folder_back(
     auth = pool.account_home("work") / "auth.json"
     before = auth.read_bytes()
     monkeypatch.setattr(AccountPool, "_save", _fail_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(
+        errors.StateError, match=r"cannot be saved \(.*No space left.*nothing changed"
+    ):
         pool.remove("work")
     assert auth.read_bytes() == before
     assert [a.name for a in pool.accounts()] == ["work"]
@@ -901,7 +930,7 @@ def test_a_remove_whose_state_cannot_be_saved_puts_the_folder_back(
 
 def test_remove_sets_aside_a_folder_outside_the_pool(real_pool: AccountPool) -> None:
     """A stranded folder can be removed like an account; a name with neither is an error."""
-    auth = _login_at(real_pool.prepare_home("left") / "auth.json", "acct-1", T0, "rt-left")
+    auth = _login_at(_stranded_home(real_pool, "left") / "auth.json", "acct-1", T0, "rt-left")
     aside = real_pool.remove("left")
     assert aside.name.startswith(".removed-left-")
     assert _refresh_token(aside / "home" / "auth.json") == "rt-left"
@@ -936,3 +965,459 @@ async def test_the_last_occupant_sets_the_folder_aside_unless_it_was_adopted_bac
         assert [a.name for a in pool.accounts()] == ["play"]
     assert auth.is_file()  # back in the pool: left in place
     assert not (auth.parent.parent / "removed.json").exists()
+
+
+# -- a lapsed occupancy, a launch racing a removal, failed and crashed removals -------------
+
+_SUSPENDABLE = """
+import asyncio, sys
+from pathlib import Path
+from codex_supervisor.accounts import AccountPool
+
+async def main():
+    pool = AccountPool(root=Path(sys.argv[1]), base_codex_home=Path(sys.argv[2]))
+    lost = Path(sys.argv[3])
+    async with pool.occupy(
+        "work", purpose="codex tui", ttl=1.0, on_lost=lambda lease: lost.write_text("lost")
+    ) as lease:
+        print("held", flush=True)
+        await asyncio.to_thread(sys.stdin.read)
+    print(f"lost={lease.lost} reacquired={lease.reacquired}", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def _poll(predicate: object, what: str, limit: float = 60.0) -> None:
+    """Wait on the real clock until ``predicate()`` holds; generous, never a timing assertion."""
+    assert callable(predicate)
+    deadline = time.monotonic() + limit
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not within {limit:g}s"
+        time.sleep(0.02)
+
+
+def _live_holders(pool: AccountPool, name: str) -> list[LeaseRecord]:
+    return asyncio.run(pool.leases.holders(pool.lease_name(name)))
+
+
+def test_a_codex_suspended_past_its_lease_keeps_its_account_and_takes_the_lease_again(
+    real_pool: AccountPool, tmp_path: Path
+) -> None:
+    """SIGSTOP past the TTL: its record lapses, but `remove` (no --force) still refuses — the
+    process runs — and after SIGCONT it holds its occupancy again, never reported lost."""
+    pool = real_pool
+    pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
+    auth = pool.account_home("work") / "auth.json"
+    lost_flag = tmp_path / "lost"
+    with subprocess.Popen(
+        [sys.executable, "-c", _SUSPENDABLE, str(pool.root), str(pool.base_codex_home), lost_flag],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdin is not None
+        assert holder.stdout is not None
+        try:
+            assert holder.stdout.readline() == "held\n"
+            holder.send_signal(signal.SIGSTOP)  # a laptop lid closed
+            _poll(lambda: _live_holders(pool, "work") == [], "the stopped holder's lease lapsing")
+            [lapsed] = asyncio.run(pool.occupants("work"))
+            assert lapsed.pid == holder.pid
+            with pytest.raises(AccountInUse, match=rf"pid {holder.pid} .*lease lapsed at .*runs"):
+                pool.remove("work")
+            assert [a.name for a in pool.accounts()] == ["work"]
+            assert auth.is_file()
+            [status] = asyncio.run(pool.status())
+            assert [o.pid for o in status.occupants] == [holder.pid]
+
+            holder.send_signal(signal.SIGCONT)  # opened again
+            _poll(
+                lambda: lost_flag.exists() or [r.pid for r in _live_holders(pool, "work")] != [],
+                "the resumed holder taking its lease again",
+            )
+            assert not lost_flag.exists()
+            [again] = _live_holders(pool, "work")
+            assert (again.pid, again.owner) == (holder.pid, lapsed.owner)
+            assert again.acquired_at > lapsed.acquired_at
+            with pytest.raises(AccountInUse):
+                pool.remove("work")
+        finally:
+            holder.send_signal(signal.SIGCONT)
+            holder.stdin.close()
+            code = holder.wait(timeout=60)
+        assert code == 0
+        # Once at least (a loaded machine may starve it past its TTL again), never lost.
+        assert re.fullmatch(r"lost=False reacquired=[1-9]\d*\n", holder.stdout.read())
+    assert auth.is_file()
+    assert pool.remove("work").name.startswith(".removed-work-")  # nobody left: it goes
+
+
+@pytest.mark.anyio
+async def test_lapsed_records_count_as_occupants_only_while_their_process_runs(
+    real_pool: AccountPool, tmp_path: Path
+) -> None:
+    """A lapsed record of a running process (this one) keeps `remove` off the account; one whose
+    process is gone (a reaped child's pid) does not."""
+    pool = real_pool
+    pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
+    name = pool.lease_name("work")
+    mine = await pool.leases.try_acquire(name, owner="me", mode=LeaseMode.SHARED, ttl=0.05)
+    assert mine is not None
+    await asyncio.sleep(0.2)
+    assert await pool.leases.holders(name) == []
+    assert await pool.occupants("work") == [mine]
+    with pytest.raises(AccountInUse, match="lapsed"):
+        await asyncio.to_thread(pool.remove, "work")
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert dead.wait(timeout=60) == 0
+    gone = attrs.evolve(mine, pid=dead.pid)  # its pid, now free
+    (pool.root / "leases" / name / "me.json").write_text(json.dumps(unstructure(gone)))
+    assert await pool.occupants("work") == []
+    aside = await asyncio.to_thread(pool.remove, "work")
+    assert aside.name.startswith(".removed-work-")
+    assert await pool.leases.records(name) == []  # taken over, then released
+
+
+@pytest.mark.anyio
+async def test_a_launch_never_occupies_or_recreates_a_removed_account(
+    real_pool: AccountPool, tmp_path: Path
+) -> None:
+    """Removed before it was occupied: occupy gives the lease back and raises AccountGone;
+    prepare_home never makes an empty home outside the pool (Codex would ask for a login)."""
+    pool = real_pool
+    pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
+    account_dir = pool.root / "accounts" / "work"
+    aside = await asyncio.to_thread(pool.remove, "work")  # nobody occupied it yet
+    with pytest.raises(errors.AccountGone, match="'work' is not in the pool") as gone:
+        async with pool.occupy("work", purpose="codex exec"):
+            pytest.fail("occupied a removed account")
+    assert isinstance(gone.value, errors.ConfigError)
+    assert await pool.occupants("work") == []
+    with pytest.raises(errors.AccountGone):
+        async with pool.occupy_exclusively("work", purpose="probe"):
+            pytest.fail("occupied a removed account")
+    with pytest.raises(errors.AccountGone):
+        pool.prepare_home("work")
+    assert not account_dir.exists()
+    assert not account_dir.is_symlink()
+    assert (aside / "home" / "auth.json").is_file()
+    # A leftover folder outside the state is left as it is, too.
+    _stranded_home(pool, "left")
+    with pytest.raises(errors.AccountGone):
+        pool.prepare_home("left")
+    assert sorted(p.name for p in (pool.root / "accounts" / "left").iterdir()) == ["home"]
+    assert list((pool.root / "accounts" / "left" / "home").iterdir()) == []
+
+
+def test_prepare_home_of_an_account_whose_folder_vanished_is_a_state_error(
+    pool: AccountPool,
+) -> None:
+    """An account in the pool without its folder: a StateError, and no empty home is made."""
+    _added(pool, "work")
+    account_dir = pool.root / "accounts" / "work"
+    shutil.rmtree(account_dir)
+    with pytest.raises(errors.StateError, match="has no folder"):
+        pool.prepare_home("work")
+    assert not os.path.lexists(account_dir)
+
+
+def _failing_rename(name: str) -> object:
+    real = Path.rename
+
+    def rename(self: Path, target: str | os.PathLike[str]) -> Path:
+        if self.name == name:
+            raise PermissionError(errno.EPERM, "Operation not permitted (test)")
+        return real(self, target)
+
+    return rename
+
+
+def test_a_remove_whose_folder_cannot_be_set_aside_is_a_state_error_and_changes_nothing(
+    real_pool: AccountPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rename refused (an immutable folder): StateError, the account and its folder in place."""
+    pool = real_pool
+    pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
+    auth = pool.account_home("work") / "auth.json"
+    before = auth.read_bytes()
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "rename", _failing_rename("work"))
+        with pytest.raises(
+            errors.StateError,
+            match=r"cannot set aside its folder .*Operation not permitted.*stays in the pool",
+        ):
+            pool.remove("work")
+    assert [a.name for a in pool.accounts()] == ["work"]
+    assert auth.read_bytes() == before
+    assert not list((pool.root / "accounts").glob(".removed-*"))
+    assert asyncio.run(pool.occupants("work")) == []
+    assert pool.remove("work").name.startswith(".removed-work-")  # nothing stranded
+
+
+@pytest.mark.anyio
+async def test_a_forced_remove_whose_folder_cannot_be_marked_changes_nothing(
+    real_pool: AccountPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The removed.json of a removal in use cannot be written: StateError, still in the pool."""
+    pool = real_pool
+    pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
+
+    def no_space(account_dir: Path, now: datetime) -> bool:
+        raise OSError(errno.ENOSPC, "No space left on device (test)")
+
+    monkeypatch.setattr(accounts_module, "_mark_removed", no_space)
+    async with pool.occupy("work"):
+        with pytest.raises(errors.StateError, match=r"cannot mark .*No space left.*in the pool"):
+            await asyncio.to_thread(pool.remove, "work", force=True)
+        assert [a.name for a in pool.accounts()] == ["work"]
+    assert (pool.account_home("work") / "auth.json").is_file()
+    assert not (pool.root / "accounts" / "work" / "removed.json").exists()
+
+
+def test_remove_saves_the_state_before_it_moves_the_folder(
+    real_pool: AccountPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between the two steps must leave a folder outside the state (adoptable), never an
+    account listed without its folder; a state that cannot be put back says where things are."""
+    pool = real_pool
+    pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
+    listed_at_rename: list[list[str]] = []
+    real = Path.rename
+
+    def spy(self: Path, target: str | os.PathLike[str]) -> Path:
+        if self.name == "work":
+            listed_at_rename.append([a.name for a in pool.accounts()])
+        return real(self, target)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "rename", spy)
+        pool.remove("work")
+    assert listed_at_rename == [[]]
+
+    # The rename fails and so does putting the account back: out of the pool, folder in place.
+    pool.import_auth("play", _auth_file(tmp_path / "p", "acct-2"))
+    saves = 0
+    save = AccountPool._save
+
+    def first_save_only(self: AccountPool, state: object) -> None:
+        nonlocal saves
+        saves += 1
+        if saves > 1:
+            _fail_save(self, state)
+        save(self, state)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "rename", _failing_rename("play"))
+        patch.setattr(AccountPool, "_save", first_save_only)
+        with pytest.raises(errors.StateError, match=r"could not be restored.*adopts it"):
+            pool.remove("play")
+    assert pool.accounts() == []
+    assert [(f.name, f.kind) for f in pool.leftovers() if f.name == "play"] == [("play", "outside")]
+    pool.import_auth("play", pool.account_home("play") / "auth.json")  # adopted as it is
+    assert [a.name for a in pool.accounts()] == ["play"]
+
+
+def test_status_sets_aside_the_folder_whose_last_occupant_crashed(
+    real_pool: AccountPool, tmp_path: Path
+) -> None:
+    """Removed while in use, then its only occupant is SIGKILLed: once its lease lapses, the next
+    status sets the folder aside (nobody else would); leftovers() shows it all along."""
+    pool = real_pool
+    pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
+    account_dir = pool.root / "accounts" / "work"
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _SUSPENDABLE,
+            str(pool.root),
+            str(pool.base_codex_home),
+            tmp_path / "lost",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "held\n"
+        assert pool.remove("work", force=True) == account_dir
+        holder.kill()
+        holder.wait(timeout=60)
+    assert [(f.name, f.path, f.kind) for f in pool.leftovers()] == [("work", account_dir, "in_use")]
+    _poll(lambda: _live_holders(pool, "work") == [], "the dead holder's lease lapsing")
+    assert (account_dir / "removed.json").exists()  # nobody set it aside so far
+    assert asyncio.run(pool.status()) == []
+    assert not os.path.lexists(account_dir)
+    [left] = pool.leftovers()
+    assert (left.name, left.kind) == ("work", "set_aside")
+    assert left.path.name.startswith(".removed-work-")
+    assert _refresh_token(left.path / "home" / "auth.json") == "rt-acct-1"
+    assert not (left.path / "removed.json").exists()
+
+
+# -- logins in quarantine belong to an account id --------------------------------------------
+
+
+def _undated(path: Path, account_id: str, refresh_token: str) -> Path:
+    """A login of ``account_id`` without last_refresh: never adopted by itself (nothing
+    says it is newer), so in quarantine it stays."""
+    _auth_file(path.parent, account_id)
+    data = json.loads(path.read_text())
+    del data["last_refresh"]
+    data["tokens"]["refresh_token"] = refresh_token
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_quarantined_login_goes_to_the_account_of_its_id_whatever_its_name(
+    pool: AccountPool, tmp_path: Path
+) -> None:
+    """Quarantined for 'A', whose account id is no longer in the pool: re-added as 'work',
+    it is taken back into 'work' by itself; 'A' reused for another login is never held back."""
+    older = _login_at(tmp_path / "aside" / "auth.json", "acct-A", T0, "rt-old")
+    newer = _login_at(
+        tmp_path / "home-k" / "auth.json", "acct-A", T0 + timedelta(hours=1), "rt-new"
+    )
+    item = pool.take_back_auth("A", newer)
+    assert item is not None
+    assert item.account == "A"
+    assert item.account_id == "acct-A"
+    assert "no account of the pool has its account id acct-A" in item.reason
+    assert pool.owner_of(item) is None
+    [still] = pool.adopt_quarantined()
+    assert still.path == item.path
+    pool.ensure_no_quarantine("other")  # holds nobody back
+
+    pool.import_auth("work", older)  # the same login, under another name
+    assert [i.path for i in pool.quarantined("work")] == [item.path]
+    assert pool.owner_of(item) == "work"
+    pool.ensure_no_quarantine("work")  # taken back first, so nothing holds it back
+    assert _refresh_token(pool.account_home("work") / "auth.json") == "rt-new"
+    assert pool.quarantined() == []
+    assert list(item.path.parent.iterdir()) == [], "its notes go with it"
+
+    # One that stays (nothing says it is newer), filed under 'A'; 'A' becomes another login.
+    stuck = pool.take_back_auth("A", _undated(tmp_path / "h2" / "auth.json", "acct-A", "rt-x"))
+    assert stuck is not None
+    assert stuck.account_id == "acct-A"
+    pool.import_auth("A", _auth_file(tmp_path / "b", "acct-B"))
+    assert pool.quarantined("A") == []
+    assert pool.adopt_quarantined("A") == []
+    pool.ensure_no_quarantine("A")
+    with pytest.raises(errors.LoginQuarantined, match="no last_refresh") as raised:
+        pool.ensure_no_quarantine("work")
+    assert raised.value.account == "work"
+    assert raised.value.path == str(stuck.path)
+    assert isinstance(raised.value, errors.AuthError)
+
+
+def test_a_quarantined_login_of_an_id_no_longer_in_the_pool_is_imported_under_a_new_name(
+    pool: AccountPool, tmp_path: Path
+) -> None:
+    """The recovery `status` suggests: `accounts import NEWNAME --auth-json PATH`."""
+    _added(pool, "A", "acct-B")  # the name is taken by another login
+    login = _login_at(tmp_path / "home-k" / "auth.json", "acct-A", T0, "rt-live")
+    item = pool.take_back_auth("A", login)
+    assert item is not None
+    account = pool.import_auth("revived", item.path)
+    assert account.identity.account_id == "acct-A"
+    assert _refresh_token(pool.account_home("revived") / "auth.json") == "rt-live"
+    assert pool.adopt_quarantined() == []
+    assert list(item.path.parent.iterdir()) == []
+
+
+def test_the_account_id_of_a_quarantined_login_is_recorded_beside_it(
+    pool: AccountPool, tmp_path: Path
+) -> None:
+    """An unreadable login keeps the account id of the account it came from."""
+    _added(pool, "work", "acct-1")
+    junk = tmp_path / "home" / "auth.json"
+    junk.parent.mkdir()
+    junk.write_text("{not json")
+    junk.chmod(0o600)
+    item = pool.take_back_auth("work", junk)
+    assert item is not None
+    assert item.account_id == "acct-1"
+    meta = json.loads(item.path.with_name(item.path.name + ".meta").read_text())
+    assert meta == {"account": "work", "account_id": "acct-1"}
+    [listed] = pool.quarantined("work")
+    assert listed.account_id == "acct-1"
+    with pytest.raises(errors.LoginQuarantined):
+        pool.ensure_no_quarantine("work")
+
+
+def test_leftover_temporary_copies_of_logins_go_only_when_provably_redundant(
+    pool: AccountPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies left by a process that died halfway: old and redundant ones go, others stay."""
+    home = _added(pool, "work", "acct-1")
+    auth = home / "auth.json"
+
+    def copy_of(name: str, refreshed: datetime, refresh_token: str) -> Path:
+        made = _login_at(tmp_path / name / "auth.json", "acct-1", refreshed, refresh_token)
+        return made.rename(home / f".auth.json.{name}.held")
+
+    # A hard link to the current login, and an older login of the account: both redundant.
+    linked = home / ".auth.json.aaaa0000.held"
+    os.link(auth, linked)
+    older = copy_of("bbbb1111", T0 - timedelta(days=1), "rt-0")
+    # A newer login than the account's: its only copy, it stays.
+    newer = copy_of("cccc2222", T0 + timedelta(days=1), "rt-2")
+    pool.prepare_home("work")
+    assert linked.exists(), "written moments ago: maybe an import in flight"
+    assert older.exists()
+    later = time.time() + 3600
+    monkeypatch.setattr(accounts_module.time, "time", lambda: later)
+    pool.prepare_home("work")
+    assert not linked.exists()
+    assert not older.exists()
+    assert newer.exists()
+    assert _refresh_token(auth) != "rt-2"
+    assert auth.exists()
+
+    # In quarantine: a temporary copy whose login made it in goes; one that did not stays.
+    monkeypatch.undo()
+    item = pool.take_back_auth("work", _undated(tmp_path / "k" / "auth.json", "acct-1", "rt-q"))
+    assert item is not None
+    made_it = item.path.with_name(f".{item.path.name}.eeee4444.tmp")
+    os.link(item.path, made_it)
+    lost = item.path.with_name(f".{item.path.name[:-10]}x-auth.json.ffff5555.tmp")
+    lost.write_bytes(b"partial")
+    pool.adopt_quarantined()
+    assert made_it.exists(), "too new to tell"
+    monkeypatch.setattr(accounts_module.time, "time", lambda: later)
+    pool.adopt_quarantined()
+    assert not made_it.exists()
+    assert lost.exists()
+    assert item.path.exists()
+
+
+def test_a_relogin_whose_old_login_cannot_be_held_aside_is_a_state_error(
+    pool: AccountPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No hard link and no copy of the old login possible: StateError, nothing replaced."""
+    pool.login("work", runner=_FakeLogin("acct-1"))
+    auth = pool.account_home("work") / "auth.json"
+    before, state = auth.read_bytes(), pool.state_path.read_bytes()
+    link, write = os.link, accounts_module.write_atomic
+
+    def no_link(src: object, dst: object, *args: object, **kw: object) -> None:
+        if str(dst).endswith(".held"):
+            raise OSError(errno.EXDEV, "Invalid cross-device link (test)")
+        link(src, dst, *args, **kw)  # type: ignore[arg-type]
+
+    def no_copy(path: Path, data: bytes, **kw: object) -> None:
+        if path.name.endswith(".held"):
+            raise OSError(errno.ENOSPC, "No space left on device (test)")
+        write(path, data, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(accounts_module, "write_atomic", no_copy)
+    newer = _FakeLogin("acct-1", last_refresh=T0 + timedelta(hours=1))
+    with pytest.raises(errors.StateError, match=r"cannot keep a copy of .*auth.json.*No space"):
+        pool.login("work", runner=newer)
+    assert auth.read_bytes() == before
+    assert pool.state_path.read_bytes() == state
+    assert sorted(p.name for p in auth.parent.glob("*auth.json*")) == ["auth.json"]

@@ -512,6 +512,49 @@ async def test_connect_ws_refused_and_bad_urls(no_leaks: None) -> None:
     for url in ("wss://127.0.0.1:1", "http://127.0.0.1:1", "ws://127.0.0.1", "ws://h:x", "ws:///"):
         with pytest.raises(ConfigError):
             await AppServerClient.connect_ws(url)
+    # What urlsplit or the resolver refuse with a bare ValueError is a ConfigError too.
+    for url in (
+        "ws://[::1",  # "Invalid IPv6 URL"
+        "ws://[zz]:1/",
+        "ws://[::1]:1x",
+        "ws://127.0.0.1:99999/",
+        "ws://a\x00b:1/",  # "embedded null character", from getaddrinfo
+        "ws://a b:1/",
+        "ws://127.0.0.1:1/\r\nX: y",
+    ):
+        with pytest.raises(ConfigError, match="need a ws://HOST:PORT URL"):
+            await AppServerClient.connect_ws(url)
+
+
+async def test_connect_ws_never_follows_a_redirect(no_leaks: None) -> None:
+    """A redirect answered to the upgrade is a refusal: its target is never contacted.
+
+    websockets follows up to 10 redirects by default (WEBSOCKETS_MAX_REDIRECTS)
+    and has no argument to turn that off.
+    """
+    visits: list[str] = []
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        visits.append("target")
+        writer.close()
+
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        visits.append("redirect")
+        location = f"ws://127.0.0.1:{elsewhere.sockets[0].getsockname()[1]}/"
+        writer.write(
+            f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n".encode()
+        )
+        await writer.drain()
+        writer.close()
+
+    elsewhere = await asyncio.start_server(target, "127.0.0.1", 0)
+    server = await asyncio.start_server(redirect, "127.0.0.1", 0)
+    async with server, elsewhere:
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(TransportClosed, match="302"):
+            await AppServerClient.connect_ws(f"ws://127.0.0.1:{port}", timeout=10)
+    assert visits == ["redirect"]
 
 
 # -- run_turn ------------------------------------------------------------------

@@ -990,7 +990,7 @@ async def test_a_login_of_a_removed_account_stays_in_quarantine_until_it_is_impo
         await pool.shutdown("k")
         [item] = accounts.pool.quarantined()
         assert item.account == "alpha"
-        assert "no account named 'alpha'" in item.reason
+        assert "no account of the pool has its account id id-alpha" in item.reason
         assert_private(item, accounts.pool)
         # Retries keep it while the account is gone...
         [still] = await pool.retry_quarantined()
@@ -1099,26 +1099,208 @@ async def test_a_quarantined_login_the_account_has_outgrown_is_dropped_never_wri
         assert account_auth.read_bytes() == newest
 
 
+def login_copy(
+    accounts: AccountPool, name: str, where: Path, refresh_token: str, refreshed: str | None
+) -> Path:
+    """A copy of ``name``'s login with a new refresh token, refreshed on day ``refreshed``."""
+    data = json.loads((accounts.account_home(name) / "auth.json").read_text())
+    data.pop("last_refresh", None)
+    if refreshed is not None:
+        data["last_refresh"] = f"{refreshed}T00:00:00Z"
+    data["tokens"]["refresh_token"] = refresh_token
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / "auth.json"
+    path.write_text(json.dumps(data))
+    path.chmod(0o600)
+    return path
+
+
+def undated_login(accounts: AccountPool, name: str, where: Path, refresh_token: str) -> Path:
+    """A newer login of ``name`` that says nothing of when it was refreshed.
+
+    Nothing says it is newer than the account's own, so it is never adopted
+    by itself: in quarantine it stays, and keeps holding the account back.
+    """
+    return login_copy(accounts, name, where, refresh_token, None)
+
+
 async def test_no_server_starts_on_an_account_whose_login_waits_in_quarantine(
     pool_root: Path, launcher: FakeLauncher, accounts: Accounts, tmp_path: Path
 ) -> None:
     """A login of alpha that cannot be adopted: spawns go to beta, or fail when none can run."""
     accounts.add("alpha", five_hour_used=10)
     accounts.add("beta", five_hour_used=40)
-    stray = accounts.backend.write_auth(tmp_path / "stray", "id-beta")
-    # Not alpha's login at all: kept (it is a live login), never adopted into alpha.
+    stray = undated_login(accounts.pool, "alpha", tmp_path / "stray", "rt-undated")
     item = accounts.pool.take_back_auth("alpha", stray)
     assert item is not None
-    assert "another login" in item.reason
+    assert "no last_refresh" in item.reason
     assert stray.exists(), "the caller removes the source"
     async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
         handle = await pool.ensure("k", plain_build)
         assert handle.account == "beta"
+        assert pool.selector is not None
+        assert str(item.path) in str(pool.selector.held_back["alpha"])
         await pool.shutdown("k")
         accounts.pool.remove("beta")
-        with pytest.raises(errors.AuthError, match="quarantine"):
+        with pytest.raises(errors.LoginQuarantined, match="quarantine") as raised:
+            await pool.ensure("k", plain_build)
+        assert raised.value.account == "alpha"
+        assert raised.value.path == str(item.path)
+        assert len(launcher.requests) == 1
+
+
+async def test_a_login_left_in_a_home_goes_to_the_account_of_its_account_id(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts, tmp_path: Path
+) -> None:
+    """Not alpha's login at all, but beta's (newer): it goes into beta, not to quarantine."""
+    accounts.add("alpha")
+    accounts.add("beta")
+    newer = accounts.backend.write_auth(tmp_path / "stray", "id-beta")
+    data = json.loads(newer.read_text())
+    data["last_refresh"] = "2099-01-01T00:00:00Z"
+    data["tokens"]["refresh_token"] = "rt-beta-newer"
+    newer.write_text(json.dumps(data))
+    assert accounts.pool.take_back_auth("alpha", newer) is None
+    assert account_refresh_token(accounts.pool, "beta") == "rt-beta-newer"
+    assert account_refresh_token(accounts.pool, "alpha") != "rt-beta-newer"
+    assert accounts.pool.quarantined() == []
+
+
+async def test_a_safe_quarantined_login_that_cannot_be_deleted_stops_no_spawn(
+    pool_root: Path,
+    launcher: FakeLauncher,
+    accounts: Accounts,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Deleting a quarantined copy fails (a read-only folder): logged, the others go on."""
+    from codex_supervisor import accounts as accounts_module
+
+    accounts.add("alpha")
+    older = login_copy(accounts.pool, "alpha", pool_root.parent / "h1", "rt-older", "2000-01-01")
+    newer = login_copy(accounts.pool, "alpha", pool_root.parent / "h2", "rt-newer", "2099-01-01")
+    with pool_lock_held(accounts.pool):
+        first = accounts.pool.take_back_auth("alpha", older)
+        second = accounts.pool.take_back_auth("alpha", newer)
+    assert first is not None
+    assert second is not None
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
+        release = accounts_module._release_quarantined
+
+        def read_only(path: Path) -> None:
+            if path == first.path:
+                raise PermissionError(1, "Operation not permitted", str(path))
+            release(path)
+
+        monkeypatch.setattr(accounts_module, "_release_quarantined", read_only)
+        handle = await pool.ensure("k", plain_build)  # neither raises nor skips the second
+        assert handle.account == "alpha"
+        assert account_refresh_token(accounts.pool, "alpha") == "rt-newer"
+        assert [i.path for i in accounts.pool.quarantined()] == [first.path]
+        assert await pool.retry_quarantined() == []
+        assert await pool.retry_quarantined() == []
+    said = [r for r in caplog.records if "cannot be deleted" in r.getMessage()]
+    assert len(said) == 1, "said once, not on every sweep"
+    assert said[0].exc_info is None
+
+
+async def test_a_home_whose_login_could_not_be_saved_holds_its_account_back(
+    pool_root: Path, accounts: Accounts
+) -> None:
+    """No adopt, no quarantine after a failed spawn: the next spawn is not on that account."""
+    accounts.add("alpha", five_hour_used=10)
+    accounts.add("beta", five_hour_used=50)
+    accounts.pool.quarantine_path.write_text("not a folder")  # the quarantine cannot be written
+    seen: list[tuple[str, str]] = []
+    held = contextlib.ExitStack()
+
+    class RefreshThenFail(FakeAppServerLauncher):
+        async def __call__(self, request: LaunchRequest) -> Launched:
+            seen.append((request.key, refresh_token_in(request.home / "auth.json")))
+            if len(seen) == 1:
+                codex_wrote_auth(request.home, "rt-only-copy")
+                held.enter_context(pool_lock_held(accounts.pool))
+                raise errors.SpawnError(request.key, "died", -9, "")
+            return await super().__call__(request)
+
+    async with make_pool(pool_root, RefreshThenFail(), accounts=accounts.pool) as pool:
+        with held, pytest.raises(errors.SpawnError):
+            await pool.ensure("k1", plain_build)
+        [kept] = pool.kept_homes()
+        assert pool.kept_homes() == {kept: "alpha"}
+        assert refresh_token_in(kept / "auth.json") == "rt-only-copy"
+        with pool_lock_held(accounts.pool):  # still neither adoptable nor quarantinable
+            second = await pool.ensure("k2", plain_build)
+        assert second.account == "beta", "never alpha: its home holds a spent token"
+        assert seen[1][0] == "k2"
+        assert seen[1][1] != "rt-only-copy"
+        accounts.pool.quarantine_path.unlink()
+        assert await pool.retry_quarantined() == []
+        assert pool.kept_homes() == {}
+        assert not kept.exists(), "nothing was served from it: it goes once the login is safe"
+    assert account_refresh_token(accounts.pool, "alpha") == "rt-only-copy"
+
+
+async def test_a_home_neither_archived_nor_rescued_is_kept_and_holds_its_account_back(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Archiving fails and the login cannot be saved: the home stays, alpha is held back;
+    once the login is safe alpha runs again, and the home (never archived) still stays."""
+    accounts.add("alpha")
+
+    async def broken_put(*args: Any, **kwargs: Any) -> None:
+        raise errors.HomeStoreError("the store is down")
+
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
+        handle = await pool.ensure("k", plain_build)
+        codex_wrote_auth(handle.home, "rt-newer")
+        accounts.pool.quarantine_path.write_text("not a folder")
+        with monkeypatch.context() as patch, pool_lock_held(accounts.pool):
+            patch.setattr(LocalDirHomeStore, "put", broken_put)
+            await pool.shutdown("k")
+        assert pool.kept_homes() == {handle.home: "alpha"}
+        with pool_lock_held(accounts.pool), pytest.raises(errors.LoginQuarantined, match="kept"):
             await pool.ensure("k", plain_build)
         assert len(launcher.requests) == 1
+        accounts.pool.quarantine_path.unlink()
+        again = await pool.ensure("k", plain_build)
+        assert again.account == "alpha"
+        assert account_refresh_token(accounts.pool, "alpha") == "rt-newer"
+        assert handle.home.exists(), "its state was never archived: it is not deleted"
+
+
+async def test_a_kept_home_is_found_again_by_the_next_pool(
+    pool_root: Path,
+    launcher: FakeLauncher,
+    accounts: Accounts,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A pool closed with a home it could not save: the next pool holds alpha back from
+    its first spawn, takes the login back when it can, and leaves the home alone."""
+    accounts.add("alpha", five_hour_used=10)
+    accounts.add("beta", five_hour_used=50)
+    accounts.pool.quarantine_path.write_text("not a folder")
+    first = make_pool(pool_root, launcher, accounts=accounts.pool)
+    handle = await first.ensure("k", plain_build)
+    assert handle.account == "alpha"
+    codex_wrote_auth(handle.home, "rt-newer")
+    with pool_lock_held(accounts.pool):
+        await first.aclose()
+    assert handle.home.exists()
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as second:
+        with pool_lock_held(accounts.pool):
+            other = await second.ensure("k2", plain_build)
+        assert other.account == "beta"
+        assert second.kept_homes() == {handle.home: "alpha"}
+        assert any("found the spawn home" in r.getMessage() for r in caplog.records)
+        await second.shutdown("k2")
+        assert await second.retry_quarantined() == []  # the lock is free now
+        assert second.kept_homes() == {}
+        assert account_refresh_token(accounts.pool, "alpha") == "rt-newer"
+        assert handle.home.exists(), "a home found on disk is never deleted"
+        assert (await second.ensure("k3", plain_build)).account == "alpha"
+        await second.retry_quarantined()  # the same home is not taken again
+        assert second.kept_homes() == {}
 
 
 async def test_a_cancelled_aclose_leaves_no_server_running(
@@ -1253,3 +1435,26 @@ def test_line_splitter_bounds_lines_across_any_chunking() -> None:
             b"tail",
         ], size
         assert dropped == [101]
+
+
+async def test_the_app_server_quota_probe_never_boots_codex_on_a_spent_login(
+    accounts: Accounts, tmp_path: Path
+) -> None:
+    """A newer login of alpha waits in quarantine: the probe refuses before Codex starts."""
+    from codex_supervisor.appserver.quota_source import AppServerRateLimitsSource
+
+    accounts.add("alpha")
+    item = accounts.pool.take_back_auth(
+        "alpha", undated_login(accounts.pool, "alpha", tmp_path / "stray", "rt-undated")
+    )
+    assert item is not None
+    marker = tmp_path / "codex-started"
+    codex = tmp_path / "codex"
+    codex.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    codex.chmod(0o755)
+    source = AppServerRateLimitsSource(accounts.pool, codex=str(codex), timeout=5)
+    with pytest.raises(errors.QuotaUnavailable, match="quarantine") as raised:
+        await source.fetch("alpha")
+    assert str(item.path) in str(raised.value)
+    assert not marker.exists()
+    assert await accounts.pool.occupants("alpha") == [], "the probe's lease is let go"

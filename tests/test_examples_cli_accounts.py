@@ -30,7 +30,7 @@ ACCOUNT_KEYS = {
     "blocked_until",
     "cooldowns",
 }
-STATUS_ACCOUNT_KEYS = ACCOUNT_KEYS | {"home", "occupants", "quota", "refresh"}
+STATUS_ACCOUNT_KEYS = ACCOUNT_KEYS | {"home", "occupants", "quota", "refresh", "held_back"}
 QUOTA_KEYS = {
     "source",
     "observed_at",
@@ -283,6 +283,30 @@ def test_a_reimport_adopts_a_stranded_folder(cli: Cli, backend: FakeCodexBackend
     assert stranded.is_file()
     [account] = cli.json("accounts", "list", "--json")["accounts"]
     assert (account["name"], account["account_id"]) == ("alpha", "acct-a")
+
+
+def test_a_copy_import_that_keeps_the_folders_newer_login_says_nothing_was_copied(
+    cli: Cli, backend: FakeCodexBackend
+) -> None:
+    """`--copy` of an older login into a folder holding a newer one: KEPT, not COPIED."""
+    backend.add_account("acct-a")
+    older = _login_file(backend, cli.root, "acct-a")
+    data = json.loads(older.read_text())
+    data["last_refresh"] = "2000-01-01T00:00:00Z"
+    older.write_text(json.dumps(data))
+    home = cli.pool / "accounts" / "alpha" / "home"
+    home.mkdir(parents=True)
+    newer = backend.write_auth(home, "acct-a")
+    newer.chmod(0o600)
+    kept = newer.read_bytes()
+
+    result = cli("accounts", "import", "alpha", "--auth-json", str(older), "--copy")
+
+    assert result.returncode == 0, result.stderr
+    assert "COPIED" not in result.stdout
+    assert f"KEPT {newer}: it is as new as {older} or newer; nothing was copied" in result.stdout
+    assert newer.read_bytes() == kept
+    assert older.is_file()
 
 
 def test_pool_and_codex_home_default_to_the_environment(

@@ -10,6 +10,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codex_supervisor import errors
+from codex_supervisor import lease as lease_module
 from codex_supervisor._convert import structure, unstructure
 from codex_supervisor.lease import (
     FileLeaseBackend,
@@ -35,6 +37,7 @@ from codex_supervisor.lease import (
     LeaseRecord,
     RenewOutcome,
     acquire_lease,
+    holder_alive,
 )
 from codex_supervisor.testing import FakeClock
 
@@ -95,6 +98,9 @@ class ScriptedBackend:
         self.released.append(record)
 
     async def holders(self, name: str) -> list[LeaseRecord]:
+        return []
+
+    async def records(self, name: str) -> list[LeaseRecord]:
         return []
 
 
@@ -412,6 +418,8 @@ async def test_record_on_disk_round_trips(backend: FileLeaseBackend, tmp_path: P
     assert rec.acquired_at.tzinfo is not None
     assert rec.expires_at - rec.acquired_at == timedelta(seconds=30)
     assert rec.pid == os.getpid()
+    assert rec.pid_start is not None  # Linux: the holder process is named exactly
+    assert holder_alive(rec) is True
 
 
 @pytest.mark.anyio
@@ -695,6 +703,7 @@ _records = st.builds(
     acquired_at=_aware,
     expires_at=_aware,
     purpose=st.none() | st.text(max_size=30),
+    pid_start=st.none() | st.text(max_size=50),
 )
 
 
@@ -1256,3 +1265,204 @@ def test_torture_many_processes_one_exclusive_lease(
     # Recovery bound: TTL + one heartbeat interval, plus generous slack for
     # process scheduling on a loaded machine.
     assert max(recoveries) <= ttl + ttl / 3 + 3.0, (recoveries, context)
+
+
+# --------------------------------------------------------------------------- #
+# A lapsed lease: shared ones are taken again, exclusive ones stay lost
+
+
+@attrs.define
+class _GatedRenewals:
+    """A file backend whose renewals wait until the test opens the gate."""
+
+    inner: FileLeaseBackend
+    gate: asyncio.Event = attrs.field(factory=asyncio.Event)
+    entered: int = 0
+
+    async def try_acquire(
+        self, name: str, *, owner: str, mode: LeaseMode, ttl: float, purpose: str | None = None
+    ) -> LeaseRecord | None:
+        return await self.inner.try_acquire(name, owner=owner, mode=mode, ttl=ttl, purpose=purpose)
+
+    async def renew(self, record: LeaseRecord, ttl: float) -> tuple[RenewOutcome, LeaseRecord]:
+        self.entered += 1
+        await self.gate.wait()
+        return await self.inner.renew(record, ttl)
+
+    async def release(self, record: LeaseRecord) -> None:
+        await self.inner.release(record)
+
+    async def holders(self, name: str) -> list[LeaseRecord]:
+        return await self.inner.holders(name)
+
+    async def records(self, name: str) -> list[LeaseRecord]:
+        return await self.inner.records(name)
+
+
+@pytest.mark.anyio
+async def test_a_lapsed_shared_lease_is_taken_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Suspended past its TTL (the clock jumps under a sleeping heartbeat): the shared lease is
+    taken again as a new claim of the same owner, not reported lost."""
+    clock = FakeClock(datetime.now(UTC), monotonic_start=0.0)  # moves only when told
+    backend = FileLeaseBackend(tmp_path, clock=clock)
+    lost: list[Lease] = []
+    with caplog.at_level(logging.INFO, logger="codex_supervisor.lease"):
+        async with acquire_lease(
+            backend, "acct", mode=SHARED, ttl=3.0, clock=clock, purpose="codex", on_lost=lost.append
+        ) as lease:
+            first = lease.record
+            await clock.wait_for_sleepers()
+            clock.advance(10.0)  # the whole process slept through three TTLs
+            await _until(lambda: lease.reacquired == 1)
+            assert not lease.lost
+            lease.ensure_held()
+            again = lease.record
+            assert (again.owner, again.mode, again.purpose) == (first.owner, SHARED, "codex")
+            assert again.acquired_at > first.acquired_at  # a new claim, not the old one revived
+            assert await backend.holders("acct") == [again]
+    assert lost == []
+    assert await backend.records("acct") == []  # released: the new record went too
+    assert caplog.text.count("lease.lapsed") == 1
+    assert "lease.reacquired name=acct" in caplog.text
+    assert "lease.lost" not in caplog.text
+
+
+@pytest.mark.anyio
+async def test_a_lapsed_shared_lease_taken_exclusively_meanwhile_stays_lost(
+    tmp_path: Path,
+) -> None:
+    """An exclusive holder (a `remove`) took the lapsed name before the holder woke: lost, once,
+    and the exclusive claim is left alone."""
+    clock = FakeClock(datetime.now(UTC), monotonic_start=0.0)
+    backend = _GatedRenewals(FileLeaseBackend(tmp_path, clock=clock))
+    lost: list[Lease] = []
+    async with acquire_lease(
+        backend, "acct", mode=SHARED, ttl=3.0, clock=clock, on_lost=lost.append
+    ) as lease:
+        await clock.wait_for_sleepers()
+        clock.advance(10.0)
+        await _until(lambda: backend.entered == 1)  # the renewal is on its way...
+        taker = await backend.try_acquire("acct", owner="remover", mode=EXCLUSIVE, ttl=60.0)
+        assert taker is not None  # ...but the record had lapsed: taken over
+        backend.gate.set()
+        await _until(lambda: lease.lost)
+        assert lease.lost_reason is not None
+        assert "exclusive holder took it" in lease.lost_reason
+        assert lease.reacquired == 0
+        with pytest.raises(errors.LeaseLost):
+            lease.ensure_held()
+        task = lease._heartbeat
+        assert task is not None
+        await asyncio.wait({task}, timeout=10)
+        assert task.done()  # it stopped for good
+    assert lost == [lease]
+    assert await backend.holders("acct") == [taker]
+
+
+@pytest.mark.anyio
+async def test_an_exclusive_lease_that_lapsed_stays_lost(tmp_path: Path) -> None:
+    """The same lapse on an exclusive lease is a loss: nobody may hold it again unseen."""
+    clock = FakeClock(datetime.now(UTC), monotonic_start=0.0)
+    backend = FileLeaseBackend(tmp_path, clock=clock)
+    async with acquire_lease(backend, "acct", ttl=3.0, clock=clock) as lease:
+        await clock.wait_for_sleepers()
+        clock.advance(10.0)
+        await _until(lambda: lease.lost)
+        assert lease.reacquired == 0
+        assert await backend.holders("acct") == []
+        with pytest.raises(errors.LeaseLost):
+            lease.ensure_held()
+
+
+@pytest.mark.anyio
+async def test_a_shared_lease_outlives_a_backend_outage_longer_than_its_ttl(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Renewals failing past the expiry do not end a shared lease: it is taken again once the
+    backend answers, without spinning meanwhile (exclusive: see the test above for loss)."""
+    backend = ScriptedBackend(
+        clock, outcomes=[*[RenewOutcome.TRANSIENT] * 12, RenewOutcome.LOST, RenewOutcome.OK]
+    )
+    with caplog.at_level(logging.WARNING, logger="codex_supervisor.lease"):
+        async with acquire_lease(backend, "acct", mode=SHARED, ttl=3.0, clock=clock) as lease:
+            first = lease.record
+            await _until(lambda: lease.reacquired == 1)
+            assert clock.monotonic() > 3.0  # it was past its expiry meanwhile
+            assert not lease.lost
+            await _until(lambda: backend.renew_calls >= 16)  # renewing the new record
+            assert not lease.lost
+            assert lease.record.acquired_at > first.acquired_at
+    assert min(clock.sleeps) > 0  # never a busy loop, not even past the deadline
+    assert caplog.text.count("lease.lapsed") == 1
+    assert "lease.lost" not in caplog.text
+
+
+_SLEEPER = "import time; time.sleep(120)"
+
+
+def _record_of(pid: int, *, host: str | None = None, pid_start: str | None = None) -> LeaseRecord:
+    now = datetime.now(UTC)
+    return LeaseRecord(
+        name="acct",
+        owner="someone",
+        mode=SHARED,
+        pid=pid,
+        host=socket.gethostname() if host is None else host,
+        acquired_at=now - timedelta(minutes=2),
+        expires_at=now - timedelta(minutes=1),
+        pid_start=pid_start,
+    )
+
+
+def _proc_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
+@pytest.mark.anyio
+async def test_holder_alive_tells_a_suspended_holder_from_a_gone_one(
+    backend: FileLeaseBackend,
+) -> None:
+    """A lapsed record: its stopped process runs; a zombie, a reaped pid, a reused pid (another
+    start) do not; another host's record cannot be judged."""
+    mine = await backend.try_acquire("acct", owner="me", mode=SHARED, ttl=1.0)
+    assert mine is not None
+    assert holder_alive(mine) is True
+    assert holder_alive(attrs.evolve(mine, pid_start="another-boot/123")) is False
+    assert holder_alive(attrs.evolve(mine, host=mine.host + "-elsewhere")) is None
+    assert holder_alive(attrs.evolve(mine, pid_start=None)) is True  # an older record
+
+    proc = subprocess.Popen([sys.executable, "-c", _SLEEPER])
+    try:
+        proc.send_signal(signal.SIGSTOP)
+        _until_sync(lambda: _proc_state(proc.pid) == "T")
+        stopped = attrs.evolve(mine, pid=proc.pid, pid_start=_start_of(proc.pid))
+        assert holder_alive(stopped) is True
+        proc.kill()
+        _until_sync(lambda: _proc_state(proc.pid) == "Z")  # dead, not reaped yet
+        assert holder_alive(stopped) is False
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert holder_alive(stopped) is False
+    assert holder_alive(_record_of(proc.pid)) is False
+
+
+def _start_of(pid: int) -> str | None:
+    """The start stamp a record written by ``pid`` carries."""
+    return lease_module._pid_start.__wrapped__(pid)
+
+
+@pytest.mark.anyio
+async def test_records_lists_lapsed_claims_until_someone_takes_over(
+    backend: FileLeaseBackend, clock: FakeClock
+) -> None:
+    """records() shows an expired record that holders() hides, until an acquire removes it."""
+    old = await _acquire(backend, "old", SHARED, ttl=1.0)
+    clock.advance(2.0)
+    assert await backend.holders("acct") == []
+    assert await backend.records("acct") == [old]
+    new = await _acquire(backend, "new", SHARED, ttl=10.0)
+    assert await backend.records("acct") == [new]
+    assert await backend.records("nobody") == []

@@ -240,3 +240,46 @@ def test_converter_translates_bad_input_to_state_error(data: object) -> None:
     """Malformed JSON raises StateError, never a cattrs exception."""
     with pytest.raises(errors.StateError, match="malformed sample"):
         structure(data, _Sample, what="sample")
+
+
+_SUBMODULE_ACCESS = """
+import sys
+import codex_supervisor.appserver as appserver
+assert "codex_supervisor.appserver.client" not in sys.modules  # still lazy
+assert appserver.client is sys.modules["codex_supervisor.appserver.client"]
+assert appserver.client.AppServerClient is appserver.AppServerClient
+for name in ("broker", "homestore", "pool", "quota_source", "turns"):
+    assert getattr(appserver, name).__name__ == f"codex_supervisor.appserver.{name}"
+for name in ("no_such_module", "__wrapped__", "_private"):
+    try:
+        getattr(appserver, name)
+    except AttributeError as exc:
+        assert repr(name) in str(exc), exc
+    else:
+        raise AssertionError(name)
+assert not hasattr(appserver, "no_such_module")
+import codex_supervisor
+assert "codex_supervisor.sessions" not in sys.modules  # still lazy
+assert codex_supervisor.sessions.SessionBinder.__module__ == "codex_supervisor.sessions"
+assert codex_supervisor.appserver is appserver
+assert not hasattr(codex_supervisor, "no_such_module")
+print("ok")
+"""
+
+
+def test_the_lazy_packages_still_give_their_submodules() -> None:
+    """``import codex_supervisor.appserver as a; a.client`` works as it did before it was lazy.
+
+    So does ``codex_supervisor.sessions`` after a bare ``import codex_supervisor``.
+
+    In a fresh interpreter: here other tests have imported every submodule already.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", _SUBMODULE_ACCESS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "ok\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ import pytest
 from codex_supervisor import errors
 from codex_supervisor.accounts import AccountPool
 from codex_supervisor.events import Event, QuotaUpdated, WaitingForReset
+from codex_supervisor.lease import FileLock
 from codex_supervisor.policy import RotationPolicy, WaitUntil
 from codex_supervisor.quota import QuotaService
 from codex_supervisor.selection import AccountSelector
@@ -512,3 +514,98 @@ async def test_a_passed_reset_forces_one_early_probe_not_one_per_tick(
         await selector.candidates(probe=True)
         await selector.settle(5)
     assert usage.calls.count("alpha") == 2  # the first look, then once for the reset
+
+
+# -- accounts held back: a newer login waits in quarantine -------------------------------------
+
+
+def _quarantine_newer_login(pool: AccountPool, root: Path, name: str, *, dated: bool) -> Path:
+    """Put a newer login of ``name`` in quarantine, as a pooled app-server would.
+
+    ``dated``: it has a last_refresh, so it is taken back as soon as the pool
+    lock is free (quarantined for a busy lock); without, nothing says it is
+    newer and it stays.
+    """
+    home = root / f"spawn-{name}"
+    home.mkdir()
+    data = json.loads((pool.account_home(name) / "auth.json").read_text())
+    if dated:
+        data["last_refresh"] = "2099-01-01T00:00:00Z"
+    else:
+        del data["last_refresh"]
+    data["tokens"]["refresh_token"] = f"rt-{name}-newer"
+    (home / "auth.json").write_text(json.dumps(data))
+    (home / "auth.json").chmod(0o600)
+    timeout, pool.lock_timeout = pool.lock_timeout, 0.0
+    try:
+        with FileLock(pool.root / "pool.lock"):
+            item = pool.take_back_auth(name, home / "auth.json")
+    finally:
+        pool.lock_timeout = timeout
+    assert item is not None
+    return item.path
+
+
+def _refresh_token_of(pool: AccountPool, name: str) -> str:
+    token: str = json.loads((pool.account_home(name) / "auth.json").read_text())["tokens"][
+        "refresh_token"
+    ]
+    return token
+
+
+async def test_an_account_whose_newer_login_waits_in_quarantine_is_held_back(
+    selector: AccountSelector, pool: AccountPool, usage: FakeUsage, tmp_path: Path
+) -> None:
+    """alpha has the most room, but its home holds a spent token: beta is chosen."""
+    usage.answers = {"alpha": _snap("alpha", 10), "beta": _snap("beta", 60)}
+    path = _quarantine_newer_login(pool, tmp_path, "alpha", dated=False)
+    assert await selector.choose() == "beta"
+    assert [c.name for c in await selector.candidates()] == ["beta"]
+    held = selector.held_back["alpha"]
+    assert isinstance(held, errors.LoginQuarantined)
+    assert held.path == str(path)
+    assert "no last_refresh" in str(held)
+    assert "alpha" not in usage.calls, "a held-back account is not even probed"
+    # Deleting it (a person's decision) lets alpha run again, at the next look.
+    path.unlink()
+    assert await selector.choose() == "alpha"
+    assert selector.held_back == {}
+
+
+async def test_a_quarantined_login_is_taken_back_at_the_next_choice(
+    selector: AccountSelector, pool: AccountPool, usage: FakeUsage, tmp_path: Path
+) -> None:
+    """Quarantined for a busy pool lock: the next choice takes it back, and alpha runs on it."""
+    usage.answers = {"alpha": _snap("alpha", 10), "beta": _snap("beta", 60)}
+    path = _quarantine_newer_login(pool, tmp_path, "alpha", dated=True)
+    assert await selector.choose() == "alpha"
+    assert not path.exists()
+    assert _refresh_token_of(pool, "alpha") == "rt-alpha-newer"
+    assert selector.held_back == {}
+
+
+async def test_every_account_held_back_waits_or_fails_naming_the_login(
+    pool: AccountPool, usage: FakeUsage, events: Recorder, tmp_path: Path
+) -> None:
+    """Only alpha can run, and a newer login of it waits: no wait allowed raises
+    LoginQuarantined (an AuthError) naming the file; a wait ends once it is resolved."""
+    pool.remove("beta")
+    usage.answers = {"alpha": _snap("alpha", 10)}
+    path = _quarantine_newer_login(pool, tmp_path, "alpha", dated=False)
+    selector = AccountSelector(
+        pool, quota=QuotaService(usage, ttl=120.0), sink=events, tick=0.05, watch_interval=0.01
+    )
+    with pytest.raises(errors.LoginQuarantined, match="quarantine") as raised:
+        await selector.select(wait=False)
+    assert raised.value.path == str(path)
+    choice = await selector.choose()
+    assert isinstance(choice, WaitUntil)
+    assert str(path) in choice.reason
+    waiting = asyncio.create_task(selector.select())
+    async with asyncio.timeout(30):
+        await events.waiting.wait()
+    assert not waiting.done()
+    path.unlink()
+    async with asyncio.timeout(30):
+        assert await waiting == "alpha"
+    await selector.aclose()

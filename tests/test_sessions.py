@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fcntl
+import importlib.util
+import io
 import json
 import logging
 import os
@@ -20,9 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codex_supervisor import errors
+from codex_supervisor import sessions as sessions_module
 from codex_supervisor.accounts import AccountPool
 from codex_supervisor.codex_cli import parse_argv
-from codex_supervisor.events import CollectingSink, SessionBound
+from codex_supervisor.events import CollectingSink, RotationBlocked, SessionBound
 from codex_supervisor.sessions import (
     RateLimitsObserved,
     RolloutReader,
@@ -68,12 +71,24 @@ for line in sys.stdin:
 """
 
 
-class FdHolder:
-    """A real helper process that opens, locks and closes files when told: a stand-in child."""
+# A launcher like npm's `codex` (node running the native binary as its child):
+# it holds nothing itself; the process it starts opens and locks the files.
+_LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 
-    def __init__(self) -> None:
+
+class FdHolder:
+    """A real helper process that opens, locks and closes files when told: a stand-in child.
+
+    ``launchers`` puts that many launcher processes above it: ``pid`` is then
+    the outermost launcher's, which holds no file itself.
+    """
+
+    def __init__(self, *, launchers: int = 0) -> None:
+        argv = [sys.executable, "-c", _FD_HOLDER]
+        for _ in range(launchers):
+            argv = [sys.executable, "-c", _LAUNCHER, *argv]
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _FD_HOLDER],
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -631,6 +646,71 @@ def test_still_writes_follows_the_descriptor(tmp_path: Path) -> None:
     assert binder.still_writes(binding, pid) is None
 
 
+@pytest.mark.parametrize("children_files", [True, False], ids=["children", "stat-scan"])
+def test_a_launcher_s_child_is_seen_by_open_by_and_still_writes_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, children_files: bool
+) -> None:
+    """Under a launcher (npm's node `codex`), both checks read the process it started.
+
+    The launcher itself holds nothing. ``open_by`` once read only its
+    descriptors while ``still_writes`` took a lock held by any descendant:
+    after a ``/new`` the second session went unseen and the old one looked
+    still bound. Also without ``/proc/PID/task/*/children`` (a kernel built
+    without it), by every process's parent.
+    """
+    monkeypatch.setattr(sessions_module, "_has_children_files", lambda: children_files)
+    cwd = tmp_path / "work"
+    first, first_path = _write_rollout(tmp_path, cwd=cwd)
+    second, second_path = _write_rollout(tmp_path, cwd=cwd)
+    lock = tmp_path / "thread-writer-locks" / f"{first}.lock"
+    lock.parent.mkdir()
+    lock.touch()
+    binder = SessionBinder(tmp_path)
+    first_binding = binder.find_by_id(first)
+    assert first_binding is not None
+    with FdHolder(launchers=2) as child:  # two levels: `npx codex` and the like
+        assert binder.open_by(child.pid).binding is None
+        child.open(first_path, "rwa")
+        assert binder.find_open_by(child.pid) == first_binding
+        assert binder.still_writes(first_binding, child.pid) is True  # by the descriptor
+        child.open(lock, "rwa")
+        child.lock(lock)
+        assert writer_lock(tmp_path, first).pid not in (None, child.pid)
+        assert binder.still_writes(first_binding, child.pid) is True  # by the lock
+        # A /new: the old thread stays loaded, the new one is written beside it.
+        child.open(second_path, "rwa")
+        attempt = binder.open_by(child.pid)
+        assert attempt.ambiguous
+        assert attempt.binding is None
+        assert attempt.candidates == tuple(sorted((first, second)))
+        bound = binder.bind_new(cwd=cwd, launched_at=NOW, pid=child.pid)
+        assert bound.binding is None
+        assert bound.ambiguous
+        child.close(first_path)
+        child.close(lock)  # the lock goes with its descriptor
+        assert binder.still_writes(first_binding, child.pid) is False
+        assert binder.find_open_by(child.pid) == binder.find_by_id(second)
+    with FdHolder() as stranger:
+        assert binder.still_writes(first_binding, stranger.pid) is False
+
+
+def test_the_process_tree_walk_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deeper than the bound, a writer is not looked for (neither check sees it)."""
+    monkeypatch.setattr(sessions_module, "_TREE_DEPTH", 1)
+    cwd = tmp_path / "work"
+    ours, path = _write_rollout(tmp_path, cwd=cwd)
+    binder = SessionBinder(tmp_path)
+    binding = binder.find_by_id(ours)
+    assert binding is not None
+    with FdHolder(launchers=1) as near, FdHolder(launchers=2) as far:
+        near.open(path, "a")
+        far.open(path, "a")
+        assert binder.still_writes(binding, near.pid) is True
+        assert binder.find_open_by(near.pid) == binding
+        assert binder.still_writes(binding, far.pid) is False
+        assert binder.open_by(far.pid).binding is None
+
+
 def test_symlinks_inside_sessions_are_not_followed(tmp_path: Path) -> None:
     """A symlinked rollout or date folder inside sessions/ is ignored."""
     cwd = tmp_path / "work"
@@ -867,7 +947,98 @@ async def test_a_binding_with_no_single_writer_refuses_the_rotation(
         assert isinstance(outcome, _Rotate)
         assert outcome.session_id == third
         assert child.stops == 1
+    # Each problem told once to the embedder too, in words fit for "because".
+    assert isinstance(sup.sink, CollectingSink)
+    blocked = [e for e in sup.sink.events if isinstance(e, RotationBlocked)]
+    assert [(e.account, e.session_id) for e in blocked] == [("alpha", first)] * 3
+    assert f"Codex also writes session {second} (as after /new" in blocked[0].reason
+    assert f"no longer writes it but sessions {', '.join(sorted((second, third)))}," in (
+        blocked[1].reason
+    )
+    assert "Codex does not write it now (pid" in blocked[2].reason
     await sup.selector.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_new_conversation_under_a_launcher_refuses_the_rotation(
+    tmp_path: Path, backend: FakeCodexBackend
+) -> None:
+    """Under npm's node launcher, a /new is caught: no rotation, one RotationBlocked.
+
+    The writer lock of the bound session is held by the launcher's child, as
+    the native binary holds it; the launcher holds nothing.
+    """
+    sup = await _pressed_supervisor(tmp_path, backend)
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    first, first_path = _write_rollout(home, cwd=cwd)
+    second, second_path = _write_rollout(home, cwd=cwd)
+    lock = home / "thread-writer-locks" / f"{first}.lock"
+    lock.parent.mkdir()
+    lock.touch()
+    binder = SessionBinder(home)
+    with FdHolder(launchers=1) as holder:
+        child = _StandInChild(holder)
+        run = _child_run(child, binder, cwd)
+        holder.open(lock, "rwa")
+        holder.lock(lock)
+        holder.open(first_path, "rwa")
+        sup._bind(run)
+        assert run.session_id == first
+        holder.open(second_path, "rwa")  # the /new
+        for _ in range(3):
+            assert await sup._decide(run) is None
+        assert child.stops == 0  # the old conversation was not resumed
+        assert run.session_id == first
+    assert isinstance(sup.sink, CollectingSink)
+    [blocked] = sup.sink.of(RotationBlocked)
+    assert isinstance(blocked, RotationBlocked)
+    assert blocked.session_id == first
+    assert f"also writes session {second}" in blocked.reason
+    assert blocked.message.startswith(f"rotation is off for session {first} on alpha because")
+    await sup.selector.aclose()
+
+
+@pytest.mark.anyio
+async def test_no_session_bound_by_the_deadline_blocks_rotation_once(tmp_path: Path) -> None:
+    """A child nothing could be bound to: one RotationBlocked, no session named."""
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    pool = AccountPool(root=tmp_path / "pool", base_codex_home=tmp_path / "base")
+    sup = Supervisor(pool, config=SupervisorConfig(codex="codex"), sink=CollectingSink())
+    binder = SessionBinder(home)
+    with FdHolder() as holder:
+        run = _child_run(_StandInChild(holder), binder, cwd)
+        run.bind_deadline = 0.0  # already passed
+        sup._bind(run)
+        sup._bind(run)
+    assert run.binding is None
+    assert isinstance(sup.sink, CollectingSink)
+    [blocked] = sup.sink.of(RotationBlocked)
+    assert isinstance(blocked, RotationBlocked)
+    assert blocked.session_id is None
+    assert blocked.reason.startswith("the session Codex writes could not be identified (")
+    assert "this run" in blocked.message
+    await sup.selector.aclose()
+
+
+def test_the_cli_says_why_rotation_is_off(tmp_path: Path) -> None:
+    """examples/cli.py prints a RotationBlocked without -v, on a terminal with a carriage return."""
+    spec = importlib.util.spec_from_file_location(
+        "cli_example_notices", Path(__file__).resolve().parents[1] / "examples" / "cli.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    event = RotationBlocked(at=NOW, account="alpha", session_id="s", reason="it writes two")
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    said = "codex-supervisor: rotation is off for this session because it writes two"
+    for stream, line in ((io.StringIO(), f"{said}\n"), (Terminal(), f"\r\033[K{said}\r\n")):
+        cli._Notices(0, stream)(event)
+        assert stream.getvalue() == line
 
 
 @pytest.mark.anyio
@@ -967,6 +1138,10 @@ async def test_two_simulated_sessions_started_together_bind_by_pid(
         assert bindings[0].session_id != bindings[1].session_id
         for child, binding in zip(children, bindings, strict=True):
             assert writer_lock(home, binding.session_id).pid == child.pid
+        # A child takes its lock before it sends its prompt: wait for both prompts.
+        deadline = time.monotonic() + 20
+        while len(backend.responses_requests()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
         requests = backend.responses_requests()
         by_prompt = {r.input_texts[-1]: r.session_id for r in requests}
         assert by_prompt == {

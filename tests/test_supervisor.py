@@ -21,6 +21,7 @@ from codex_supervisor.codex_cli import parse_argv
 from codex_supervisor.events import (
     AccountSelected,
     ChildExited,
+    ChildLaunched,
     CollectingSink,
     Resumed,
     Rotating,
@@ -192,6 +193,93 @@ async def _until_waiting(world: World) -> None:
     while not world.sink.of(WaitingForReset):
         assert time.monotonic() < deadline, "the run never started waiting"
         await asyncio.sleep(0.01)
+
+
+def _quarantine_undated_login(world: World, name: str) -> Path:
+    """A newer login of ``name`` a pooled app-server could not take back: in quarantine.
+
+    It has no last_refresh, so nothing says it is newer than the account's own
+    and it stays there: the account's home holds a spent refresh token.
+    """
+    home = world.root / f"spawn-home-{name}-{len(list(world.root.glob('spawn-home-*')))}"
+    home.mkdir()
+    data = json.loads((world.pool.account_home(name) / "auth.json").read_text())
+    del data["last_refresh"]
+    data["tokens"]["refresh_token"] = f"rt-{name}-only-live-copy"
+    (home / "auth.json").write_text(json.dumps(data))
+    (home / "auth.json").chmod(0o600)
+    item = world.pool.take_back_auth(name, home / "auth.json")
+    assert item is not None
+    return item.path
+
+
+def _launched_on(world: World) -> list[str]:
+    return [e.account for e in world.sink.of(ChildLaunched)]  # type: ignore[attr-defined]
+
+
+async def test_a_run_never_starts_on_an_account_whose_newer_login_is_in_quarantine(
+    sim_world: World,
+) -> None:
+    """alpha has the most room, but a newer login of it waits in quarantine: the run is on beta."""
+    sim_world.add("alpha", five_hour_used=10)
+    sim_world.add("beta", five_hour_used=60)
+    _quarantine_undated_login(sim_world, "alpha")
+    result = await sim_world.supervisor().run(_exec("hello"), cwd=sim_world.work)
+    assert result.exit_code == 0
+    assert result.accounts == ("beta",)
+    assert _launched_on(sim_world) == ["beta"]
+    assert [r.account_id for r in sim_world.backend.responses_requests()] == ["id-beta"]
+    sim_world.backend.assert_no_replay()
+
+
+async def test_a_login_quarantined_after_the_choice_stops_the_launch_there(
+    sim_world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """alpha is chosen, then a newer login of it goes to quarantine before Codex starts:
+    Codex does not start on alpha; the run goes on beta."""
+    sim_world.add("alpha", five_hour_used=10)
+    sim_world.add("beta", five_hour_used=60)
+    quarantined: list[Path] = []
+
+    def sink(event: Any) -> None:
+        sim_world.sink(event)
+        if isinstance(event, AccountSelected) and event.account == "alpha" and not quarantined:
+            quarantined.append(_quarantine_undated_login(sim_world, "alpha"))
+
+    sup = sim_world.supervisor()
+    sup.sink = sink
+    result = await sup.run(_exec("hello"), cwd=sim_world.work)
+    assert quarantined, "alpha was chosen first"
+    assert result.exit_code == 0
+    assert result.accounts == ("beta",)
+    assert _launched_on(sim_world) == ["beta"]
+    assert [r.account_id for r in sim_world.backend.responses_requests()] == ["id-beta"]
+    assert "not launching Codex on alpha: account 'alpha' is not used" in caplog.text
+    assert str(quarantined[0]) in caplog.text
+
+
+async def test_the_only_account_held_back_fails_or_waits_and_never_launches(
+    sim_world: World,
+) -> None:
+    """Only alpha, and a newer login of it waits in quarantine: no wait allowed fails with
+    LoginQuarantined naming the file; a wait lasts until the login is dealt with."""
+    sim_world.add("alpha")
+    path = _quarantine_undated_login(sim_world, "alpha")
+    with pytest.raises(errors.LoginQuarantined, match="quarantine") as raised:
+        await sim_world.supervisor(wait_for_reset=False).run(_exec("x"), cwd=sim_world.work)
+    assert raised.value.path == str(path)
+    assert _launched_on(sim_world) == []
+    run = asyncio.create_task(
+        sim_world.supervisor(countdown_interval=0.05).run(_exec("x"), cwd=sim_world.work)
+    )
+    await _until_waiting(sim_world)
+    assert not run.done()
+    assert _launched_on(sim_world) == []
+    path.unlink()  # a person looked at it and dropped it
+    result = await asyncio.wait_for(run, 60)
+    assert result.exit_code == 0
+    assert _launched_on(sim_world) == ["alpha"]
+    assert sim_world.backend.responses_requests()[0].account_id == "id-alpha"
 
 
 async def test_exec_waits_for_its_own_reset_when_it_comes_first(sim_world: World) -> None:
@@ -635,3 +723,77 @@ def test_a_child_killed_by_a_signal_exits_as_a_shell_reports_it(
     result = sup.run_sync(command, cwd=sim_world.work)
     assert result.exit_code == 137
     assert result.signal is None
+
+
+def test_what_an_exec_leaves_running_ends_with_it(sim_world: World, tmp_path: Path) -> None:
+    """An exec that exits leaving a process of its group behind: that process is killed."""
+    sim_world.add("alpha")
+    left = tmp_path / "left.pid"
+
+    async def leaves_one(argv: Any, **kw: Any) -> Child:
+        script = f"sleep 300 & echo $! > {left}; exit 0"
+        return await launch(["sh", "-c", script], **kw)
+
+    sup = Supervisor(
+        sim_world.pool,
+        config=SupervisorConfig(codex=str(sim_world.codex), restart_budget=0),
+        environ=sim_world.env,
+        launcher=leaves_one,
+    )
+    result = sup.run_sync(_exec("hi"), cwd=sim_world.work)
+    assert result.exit_code == 0
+    pid = int(left.read_text())
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists():
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":  # killed, waiting for init to reap it
+            break
+        assert time.monotonic() < deadline, f"{pid} outlived the exec that started it"
+        time.sleep(0.05)
+
+
+def _removed_when_occupied(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Make the first occupy() find its account just removed (a remove racing the launch)."""
+    occupy = AccountPool.occupy
+    removed: list[Path] = []
+
+    def remove_then_occupy(self: AccountPool, name: str, **kw: Any) -> Any:
+        if not removed:
+            removed.append(self.remove(name))
+        return occupy(self, name, **kw)
+
+    monkeypatch.setattr(AccountPool, "occupy", remove_then_occupy)
+    return removed
+
+
+async def test_an_account_removed_before_its_launch_is_replaced_by_another(
+    sim_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chosen, then removed before Codex could occupy it: the run goes to another account, and
+    the removed one gets no new (empty, login-less) home outside the pool."""
+    sim_world.add("alpha", five_hour_used=10)
+    sim_world.add("beta", five_hour_used=50)
+    removed = _removed_when_occupied(monkeypatch)
+    result = await sim_world.supervisor().run(_exec("hello"), cwd=sim_world.work)
+    assert result.exit_code == 0
+    assert result.accounts == ("beta",)
+    assert [s.account for s in sim_world.sink.of(AccountSelected)] == ["alpha", "beta"]  # type: ignore[attr-defined]
+    [request] = sim_world.backend.responses_requests()
+    assert request.account_id == "id-beta"
+    [aside] = removed
+    assert aside.name.startswith(".removed-alpha-")
+    assert (aside / "home" / "auth.json").is_file()
+    assert not (sim_world.pool.root / "accounts" / "alpha").exists()
+
+
+async def test_a_run_whose_only_account_was_removed_before_its_launch_says_so(
+    sim_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No other account left: AccountGone says what happened; nothing was launched."""
+    sim_world.add("alpha")
+    _removed_when_occupied(monkeypatch)
+    with pytest.raises(errors.AccountGone, match=r"'alpha'.*no other account is left in the pool"):
+        await sim_world.supervisor().run(_exec("hello"), cwd=sim_world.work)
+    assert sim_world.backend.responses_requests() == []
+    assert sim_world.sink.of(ChildExited) == []
+    assert not (sim_world.pool.root / "accounts" / "alpha").exists()

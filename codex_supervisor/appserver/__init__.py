@@ -8,8 +8,9 @@ once, as ``__main__``, instead of after the package already imported it."""
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from .._lazy import resolve
 
 if TYPE_CHECKING:
     from .broker import BUSY_ERROR_CODE, AppServerBroker, BrokerAlreadyRunning
@@ -138,12 +139,7 @@ _EXPORTS: dict[str, str] = {
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # cached: __getattr__ runs once per name
-    return value
+    return resolve(__name__, _EXPORTS, globals(), name)
 
 
 def __dir__() -> list[str]:

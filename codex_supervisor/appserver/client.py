@@ -151,6 +151,19 @@ class _BoundedCloseConnection(ClientConnection):
 
 
 @final
+class _ConnectNoRedirect(websocket_connect):
+    """websockets' ``connect`` that never follows a redirect.
+
+    websockets (15.0 to at least 17.4) follows up to ``WEBSOCKETS_MAX_REDIRECTS``
+    (an environment variable, default 10) and has no argument to turn it off;
+    a redirect answered to the upgrade instead fails the handshake here, as
+    any other refusal does: the app-server never redirects.
+    """
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
+
+
 class _WebSocketLink:
     """A WebSocket as the client's transport: one JSON message per text frame.
 
@@ -552,16 +565,22 @@ class AppServerClient:
         its socket). A message over 64 MiB, a masked or malformed frame, or
         invalid UTF-8 in a text frame fails the connection (RFC 6455): every
         waiter then gets :class:`~codex_supervisor.errors.TransportClosed`.
+        A redirect answered to the upgrade is a refusal, never followed. A URL
+        that is no ``ws://HOST:PORT`` (a bad IPv6 literal or port, a space or
+        a control character) is a :class:`~codex_supervisor.errors.ConfigError`.
         """
-        parts = urlsplit(url)
+        bad = f"need a ws://HOST:PORT URL, got {url!r} (wss:// is not supported)"
+        if any(c.isspace() or not c.isprintable() for c in url):
+            raise ConfigError(f"{bad}: it holds a space or a control character")
         try:
-            port = parts.port
-        except ValueError:
-            port = None
-        if parts.scheme != "ws" or not parts.hostname or not port:
-            raise ConfigError(f"need a ws://HOST:PORT URL, got {url!r} (wss:// is not supported)")
+            parts = urlsplit(url)
+            host, port = parts.hostname, parts.port
+        except ValueError as exc:  # "Invalid IPv6 URL", a port out of range or not a number
+            raise ConfigError(f"{bad}: {exc}") from exc
+        if parts.scheme != "ws" or not host or not port:
+            raise ConfigError(bad)
         try:
-            connection = await websocket_connect(
+            connection = await _ConnectNoRedirect(
                 url,
                 proxy=None,
                 compression=None,
@@ -574,6 +593,8 @@ class AppServerClient:
             )
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise TransportClosed(f"cannot open {url}: {exc}") from exc
+        except ValueError as exc:  # an argument websockets or the resolver refused
+            raise ConfigError(f"cannot open {url!r}: {exc}") from exc
         link = _WebSocketLink(connection)
         client = cls(link, link, handler=handler, name=f"app-server[{url}]")
         if initialize:

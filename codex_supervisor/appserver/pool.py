@@ -32,9 +32,11 @@ keeps them:
   that fails (pool lock busy, account removed, unsafe mode) it is kept in the
   account pool's quarantine (:meth:`AccountPool.quarantined
   <codex_supervisor.accounts.AccountPool.quarantined>`) and retried on every
-  spawn of that account and every idle sweep; a home whose file could not
-  even be quarantined is kept. No server starts on an account whose login
-  waits in quarantine: it would refresh with a spent token.
+  choice of account and every idle sweep; a home whose file could not even
+  be quarantined is kept, and found again by a later pool (a scan of
+  ``<root>/homes/*/auth.json`` on the first spawn and every sweep). No server
+  starts on an account whose newest login waits in quarantine or in a kept
+  home: it would refresh with a spent token.
 - **Loopback tokens.** 32 random bytes (hex) per spawn, minted before
   ``build`` runs and given to the child's environment, so tools the server
   starts can call the gateway back; :meth:`AppServerPool.lookup_key_for_token`
@@ -60,9 +62,10 @@ import secrets
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, final
 
@@ -71,14 +74,14 @@ import httpx
 
 from .. import _toml
 from .._fs import write_atomic
-from ..accounts import AccountPool, QuarantinedAuth
+from ..accounts import Account, AccountPool, QuarantinedAuth, identity_from_auth
 from ..clock import Clock, SystemClock
 from ..config import ENV_BASE_CODEX_HOME, child_environment
 from ..errors import (
     AuthError,
     ConfigError,
     HomeNotFound,
-    QuotaUnavailable,
+    LoginQuarantined,
     SpawnError,
     StaleArchive,
     SupervisorError,
@@ -347,6 +350,31 @@ class _Entry:
     resources: contextlib.AsyncExitStack = attrs.field(factory=contextlib.AsyncExitStack)
 
 
+@attrs.define(eq=False)
+class _Kept:
+    """A spawn home kept because its auth.json could be neither taken back nor quarantined."""
+
+    #: The account it was spawned for (None: found on disk, no account owns it).
+    account: str | None
+    #: The account id of the login in it (None when it cannot be read).
+    account_id: str | None
+    #: Whether the home goes once its login is safe: only one this pool
+    #: archived (or that served nothing); a home found on disk may hold
+    #: state never archived, and one whose archiving failed does.
+    remove: bool
+
+
+def _login_id(auth: Path) -> str | None:
+    """The account id of the login at ``auth`` (a regular file), or None."""
+    try:
+        info = auth.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > 1024 * 1024:
+            return None
+        return identity_from_auth(auth.read_bytes()).account_id
+    except (OSError, SupervisorError):
+        return None
+
+
 def _retrieve(task: asyncio.Task[Any]) -> None:
     # Waiters see the outcome through shield(); this only keeps asyncio from
     # warning about an exception nobody awaited (every waiter cancelled).
@@ -404,6 +432,7 @@ class AppServerPool:
                 quota=quota,
                 clock=self.clock,
                 stale_after=config.quota_stale_after,
+                hold_back=self._kept_holds,
             )
         self._failures: dict[str, tuple[int, float]] = {}
         self._launcher: Launcher = launcher or launch_app_server
@@ -411,7 +440,11 @@ class AppServerPool:
         self._generations = itertools.count(1)
         self._avoid: dict[str, str] = {}
         #: Homes kept because their auth.json could not even be quarantined.
-        self._stranded: dict[Path, str] = {}
+        self._stranded: dict[Path, _Kept] = {}
+        # Homes found on disk whose login was found safe: (inode, size, mtime)
+        # of their auth.json then, so a later scan does not take it again.
+        self._safe_homes: dict[Path, tuple[int, int, int]] = {}
+        self._scanned = False
         self._closed = False
         for name in (ENV_BASE_CODEX_HOME, config.loopback_env):
             if name in config.extra_env:
@@ -433,12 +466,12 @@ class AppServerPool:
                 await self.shutdown_all()
             await self._retry_stranded()
         finally:
-            for home, account in self._stranded.items():
+            for home, kept in self._stranded.items():
                 self.log.error(
                     "the home %s stays: its auth.json may hold the only live refresh token "
                     "of %s, and could neither be taken back nor quarantined",
                     home,
-                    account,
+                    kept.account or f"account id {kept.account_id}",
                 )
             if self.selector is not None:
                 await self.selector.aclose()
@@ -448,6 +481,15 @@ class AppServerPool:
     def keys(self) -> list[str]:
         """Every key with an entry (starting, running or stopping)."""
         return list(self._entries)
+
+    def kept_homes(self) -> dict[Path, str | None]:
+        """Spawn homes kept because their login could be neither taken back nor quarantined.
+
+        Each with the account it belongs to (``None``: none of the pool).
+        Their accounts are held back until the login is safe
+        (:meth:`retry_quarantined`).
+        """
+        return {home: kept.account for home, kept in self._stranded.items()}
 
     def state(self, key: str) -> EntryState | None:
         """The state of ``key``'s entry, or ``None`` when it has none."""
@@ -502,9 +544,10 @@ class AppServerPool:
         fresh one spawned from the archive; an entry being stopped is waited
         for. Raises :class:`SpawnError` when the server cannot start,
         :class:`~codex_supervisor.errors.QuotaUnavailable` when every account
-        is blocked, :class:`~codex_supervisor.errors.AuthError` when the
-        only account that can run has a login in quarantine, and whatever
-        ``build`` or the home store raise.
+        is blocked, :class:`~codex_supervisor.errors.LoginQuarantined` (an
+        :class:`~codex_supervisor.errors.AuthError`) when every account is
+        held back because its newest login waits in quarantine or in a kept
+        home, and whatever ``build`` or the home store raise.
         """
         _check_key(key)
         spawned = 0
@@ -656,7 +699,7 @@ class AppServerPool:
                 if await self._rescue_auth(entry.home, entry.account):
                     await asyncio.to_thread(shutil.rmtree, entry.home, ignore_errors=True)
                 else:
-                    self._strand(entry.home, entry.account)
+                    self._strand(entry.home, entry.account, remove=True)
         finally:
             await entry.resources.aclose()
             if self._entries.get(entry.key) is entry:
@@ -689,37 +732,65 @@ class AppServerPool:
         return await self.selector.candidates(probe=True)
 
     async def _choose_account(self, avoid: str | None) -> str:
-        """The account to spawn on: the policy's, unless its newest login waits in quarantine.
+        """The account to spawn on: the policy's, never one whose newest login is elsewhere.
 
-        Codex on such an account would refresh with a spent refresh token (a
-        replay can revoke the whole login), so another account is taken, or
-        none.
+        The selector holds back every account with a login waiting in
+        quarantine or in a kept home; Codex there would refresh with a spent
+        refresh token (a replay can revoke the whole login). The account
+        chosen is checked once more right before it is used
+        (:meth:`AccountPool.ensure_no_quarantine
+        <codex_supervisor.accounts.AccountPool.ensure_no_quarantine>`): one
+        that fails is held back and another chosen.
         """
         assert self.accounts is not None
-        choice = await self._choose(avoid)
-        waiting = await asyncio.to_thread(self.accounts.adopt_quarantined, choice)
-        if not waiting:
-            return choice
-        other = await self._choose(choice)
-        if other != choice and not await asyncio.to_thread(self.accounts.adopt_quarantined, other):
-            self.log.error(
-                "not starting on %s: a login of it waits in quarantine (%s)",
-                choice,
-                waiting[0].path,
-            )
-            return other
-        raise AuthError(
-            f"account {choice!r} has a login in quarantine that could not be taken back "
-            f"({waiting[0].path}: {waiting[0].reason}); no other account can run"
-        )
+        assert self.selector is not None
+        if not self._scanned:
+            # Homes an earlier pool had to keep: held back from the first spawn on.
+            self._scanned = True
+            await self._scan_kept_homes()
+        if self._stranded:  # each spawn tries them again first
+            await self._retry_stranded()
+        refused: LoginQuarantined | None = None
+        for _ in range(len(await self.selector.accounts()) + 1):
+            choice = await self._choose(avoid)
+            if not self.accounts.quarantine_listing():  # the rule: nothing waits
+                return choice
+            try:
+                await asyncio.to_thread(self.accounts.ensure_no_quarantine, choice)
+            except LoginQuarantined as exc:
+                refused = exc
+            else:
+                return choice
+            self.log.error("not starting on %s: %s", choice, refused)
+            self.selector.recheck_held_back()
+        assert refused is not None
+        raise refused
 
     async def _choose(self, avoid: str | None) -> str:
         assert self.selector is not None
         # The account being left is taken back only when nothing else can run.
         choice = await self.selector.choose(avoid=avoid)
         if not isinstance(choice, str):
-            raise QuotaUnavailable(f"no account can run an app-server now: {choice.reason}")
+            raise self.selector.unavailable(choice, what="no account can run an app-server now")
         return choice
+
+    def _kept_holds(self, accounts: Sequence[Account]) -> dict[str, LoginQuarantined]:
+        """The accounts whose newest login is in a kept home (the selector's ``hold_back``)."""
+        by_id = {a.identity.account_id: a.name for a in accounts}
+        names = {a.name for a in accounts}
+        holds: dict[str, LoginQuarantined] = {}
+        for home, kept in self._stranded.items():
+            if kept.account_id is not None:
+                owner = by_id.get(kept.account_id)
+            else:
+                owner = kept.account if kept.account in names else None
+            if owner is not None and owner not in holds:
+                holds[owner] = LoginQuarantined(
+                    owner,
+                    str(home / "auth.json"),
+                    "in a spawn home kept because it could be neither taken back nor quarantined",
+                )
+        return holds
 
     def _link_auth(self, home: Path, account: str) -> None:
         assert self.accounts is not None
@@ -824,15 +895,19 @@ class AppServerPool:
             await self.store.put(entry.key, entry.home, version=entry.version)
         except StaleArchive as exc:
             self.log.warning("%s; keeping the home at %s instead", exc, entry.home)
-            return False
+            archived = False
         except Exception:
             self.log.exception(
                 "archiving the home of %r failed; it stays at %s", entry.key, entry.home
             )
-            return False
+            archived = False
+        else:
+            archived = True
         if not rescued:
-            self._strand(entry.home, entry.account)
-        return rescued
+            # Kept, and its account held back, until the login is safe; a
+            # home not archived stays even then (its state is nowhere else).
+            self._strand(entry.home, entry.account, remove=archived)
+        return archived and rescued
 
     async def _rescue_auth(self, home: Path, account: str | None) -> bool:
         """Save a login Codex left as a file in ``home``; False when the home must stay."""
@@ -840,10 +915,15 @@ class AppServerPool:
             return True
         return await asyncio.to_thread(self._take_back_auth, home, account)
 
-    def _strand(self, home: Path, account: str | None) -> None:
-        """Keep ``home``, which was to go, until its login is safe (:meth:`retry_quarantined`)."""
+    def _strand(self, home: Path, account: str | None, *, remove: bool) -> None:
+        """Keep ``home``, which was to go, until its login is safe (:meth:`retry_quarantined`).
+
+        Its account is held back meanwhile (by the login's account id).
+        """
         assert account is not None
-        self._stranded[home] = account
+        self._stranded[home] = _Kept(
+            account=account, account_id=_login_id(home / "auth.json"), remove=remove
+        )
 
     def _take_back_auth(self, home: Path, account: str) -> bool:
         assert self.accounts is not None
@@ -879,6 +959,7 @@ class AppServerPool:
         """
         if self.accounts is None:
             return []
+        await self._scan_kept_homes()
         await self._retry_stranded()
         try:
             return await asyncio.to_thread(self.accounts.adopt_quarantined)
@@ -887,13 +968,93 @@ class AppServerPool:
             return []
 
     async def _retry_stranded(self) -> None:
-        for home, account in list(self._stranded.items()):
-            if self._stranded.get(home) != account:
+        for home, kept in list(self._stranded.items()):
+            if self._stranded.get(home) is not kept:
                 continue  # released by a concurrent retry
-            saved = await asyncio.to_thread(self._take_back_auth, home, account)
-            if saved and self._stranded.pop(home, None) is not None:
+            if kept.account is None and kept.account_id is not None and self.selector:
+                # Found on disk for an account id the pool had not: imported since?
+                try:
+                    accounts = await self.selector.accounts()
+                except SupervisorError:
+                    self.log.exception("cannot read the accounts to retry %s", home)
+                    continue
+                owners = [a.name for a in accounts if a.identity.account_id == kept.account_id]
+                kept.account = owners[0] if owners else None
+            if kept.account is None:
+                continue  # no account of the pool owns it (yet): nothing to take it into
+            saved = await asyncio.to_thread(self._take_back_auth, home, kept.account)
+            if not saved or self._stranded.get(home) is not kept:
+                continue
+            del self._stranded[home]
+            if kept.remove:
                 self.log.info("the login in the kept home %s is safe now; removing it", home)
                 await asyncio.to_thread(shutil.rmtree, home, ignore_errors=True)
+                continue
+            with contextlib.suppress(OSError):
+                info = (home / "auth.json").lstat()
+                self._safe_homes[home] = (info.st_ino, info.st_size, info.st_mtime_ns)
+            self.log.warning(
+                "the login in the kept home %s is safe in %s now; the home stays (it may hold "
+                "state that was never archived): delete it when it is no longer needed",
+                home,
+                kept.account,
+            )
+
+    async def _scan_kept_homes(self) -> None:
+        """Find spawn homes with a login of their own that no live entry of this pool owns.
+
+        Left by an earlier pool (killed, or closed while a login could not
+        be saved) or kept when archiving failed: each may hold the only live
+        refresh token of its account, which is held back until the login is
+        taken back (:meth:`_retry_stranded`). Such a home is never removed.
+        """
+        assert self.accounts is not None
+        skip = {e.home for e in self._entries.values() if e.home is not None}
+        skip.update(self._stranded)
+        safe = dict(self._safe_homes)
+        accounts = self.accounts
+        homes = self.config.root / "homes"
+
+        def scan() -> list[tuple[Path, _Kept]]:
+            try:
+                candidates = sorted(homes.iterdir())
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+            by_id = {a.identity.account_id: a.name for a in accounts.accounts()}
+            found: list[tuple[Path, _Kept]] = []
+            for home in candidates:
+                if home in skip:
+                    continue
+                auth = home / "auth.json"
+                try:
+                    info = auth.lstat()
+                except OSError:
+                    continue
+                if not stat.S_ISREG(info.st_mode):
+                    continue  # a link into the account (or nothing to save)
+                if safe.get(home) == (info.st_ino, info.st_size, info.st_mtime_ns):
+                    continue
+                account_id = _login_id(auth)
+                owner = None if account_id is None else by_id.get(account_id)
+                found.append((home, _Kept(account=owner, account_id=account_id, remove=False)))
+            return found
+
+        try:
+            found = await asyncio.to_thread(scan)
+        except (SupervisorError, OSError):
+            self.log.exception("looking for kept spawn homes in %s failed", homes)
+            return
+        for home, kept in found:
+            if home in self._stranded or any(e.home == home for e in self._entries.values()):
+                continue  # taken by a spawn or a strand meanwhile
+            self._stranded[home] = kept
+            self.log.error(
+                "found the spawn home %s with a login of its own (%s): it may hold the only "
+                "live refresh token, so %s until it is taken back",
+                home,
+                f"account {kept.account!r}" if kept.account else f"account id {kept.account_id}",
+                "that account is not used" if kept.account else "the home is kept",
+            )
 
     async def shutdown(self, key: str) -> None:
         """Stop ``key``'s server (SIGTERM to its group, grace, SIGKILL), archive its home.

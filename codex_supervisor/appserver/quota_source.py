@@ -5,11 +5,15 @@ app-server in the account's home and asks it for the rate limits, which Codex
 reads from the usage endpoint with its own credentials. Booting Codex in a home
 may refresh that account's tokens, so the probe runs only when no process
 occupies the account, and holds the account's exclusive lease while it runs:
-no Codex child can start on the account (and race the refresh) meanwhile.
+no Codex child can start on the account (and race the refresh) meanwhile. Nor
+does it run while a newer login of the account waits in the pool's quarantine
+(:meth:`~codex_supervisor.accounts.AccountPool.ensure_no_quarantine`): the
+account's own auth.json then holds a spent refresh token.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import final
@@ -18,7 +22,15 @@ import attrs
 
 from ..accounts import AccountPool
 from ..clock import Clock, SystemClock
-from ..errors import AppServerError, LeaseTimeout, QuotaParseError, QuotaUnavailable
+from ..errors import (
+    AccountGone,
+    AppServerError,
+    LeaseTimeout,
+    LoginQuarantined,
+    QuotaParseError,
+    QuotaUnavailable,
+    StateError,
+)
 from ..snapshots import QuotaSnapshot
 from .client import AppServerClient
 
@@ -35,7 +47,8 @@ class AppServerRateLimitsSource:
     ``args`` go to ``codex app-server`` (e.g. ``--disable`` flags); ``timeout``
     bounds the whole probe. Raises
     :class:`~codex_supervisor.errors.QuotaUnavailable` when the account is
-    occupied or the app-server cannot answer.
+    occupied, a newer login of it waits in quarantine, or the app-server
+    cannot answer.
     """
 
     pool: AccountPool
@@ -60,8 +73,15 @@ class AppServerRateLimitsSource:
                 return await self._read(account)
         except LeaseTimeout as exc:
             raise QuotaUnavailable(f"{account!r} became occupied: {exc}") from exc
+        except (AccountGone, StateError) as exc:  # removed meanwhile, or no folder
+            raise QuotaUnavailable(f"no app-server for {account!r}: {exc}") from exc
 
     async def _read(self, account: str) -> QuotaSnapshot:
+        try:
+            # Under the exclusive lease: nothing can start on it meanwhile.
+            await asyncio.to_thread(self.pool.ensure_no_quarantine, account)
+        except LoginQuarantined as exc:
+            raise QuotaUnavailable(f"not booting an app-server in its home: {exc}") from exc
         home = self.pool.prepare_home(account)
         try:
             client = await AppServerClient.spawn(

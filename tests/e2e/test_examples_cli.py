@@ -155,35 +155,63 @@ def test_run_waits_with_a_countdown_until_the_earliest_reset(
 def test_status_shows_quarantined_logins_with_what_to_do(
     backend: FakeCodexBackend, tmp_path: Path
 ) -> None:
-    """`status` and `status --json` list logins in quarantine: where, since, why, what to do."""
-    pool = _pool_on(backend, tmp_path, alpha={})
+    """`status` and `status --json` list logins in quarantine: where, since, why, what to do.
+
+    A login no account owns (its account id left the pool) says how to import it; one of
+    an account of the pool holds that account back (HELD BACK), whatever name it was
+    quarantined under; one whose cause is gone is taken back by `status` itself.
+    """
+    pool = _pool_on(backend, tmp_path, alpha={}, beta={})
     backend.add_account("id-gone")
     gone = pool.take_back_auth("gone", backend.write_auth(tmp_path / "gone-home", "id-gone"))
     assert gone is not None
+    # A newer login of alpha that says nothing of when it was refreshed: it stays.
+    undated = backend.write_auth(tmp_path / "alpha-home", "id-alpha")
+    data = json.loads(undated.read_text())
+    del data["last_refresh"]
+    data["tokens"]["refresh_token"] = "rt-undated"
+    undated.write_text(json.dumps(data))
+    stuck = pool.take_back_auth("somename", undated)
+    assert stuck is not None
+    # A newer login of beta quarantined for a busy pool lock: taken back by `status`.
     pool.lock_timeout = 0.0
     with FileLock(pool.root / "pool.lock"):
-        busy = pool.take_back_auth("alpha", backend.write_auth(tmp_path / "alpha-home", "id-alpha"))
+        busy = pool.take_back_auth("beta", backend.write_auth(tmp_path / "beta-home", "id-beta"))
     assert busy is not None
+    busy_token = json.loads(busy.path.read_text())["tokens"]["refresh_token"]
     args = ["--pool", str(pool.root), "--codex-home", str(pool.base_codex_home), "status"]
     text = _cli(*args)
     assert text.returncode == 0, text.stderr
     out = text.stdout
     assert "QUARANTINED LOGINS: 2" in out
     assert f"gone: {gone.path}" in out
-    assert "why: could not take it back: no account named 'gone'" in out
+    assert "why: no account of the pool has its account id id-gone" in out
     assert f"accounts import gone --auth-json {gone.path}" in out
-    assert f"alpha: {busy.path}" in out
-    assert "takes it back into 'alpha' by itself" in out
+    assert f"somename: {stuck.path}" in out
+    assert "it is 'alpha''s login" in out
+    [held] = [line for line in out.splitlines() if "HELD BACK" in line]
+    assert "'alpha' is not used" in held
+    assert str(stuck.path) in held
+    assert "next run: beta" in out
+    assert not busy.path.exists()
+    beta_auth = pool.account_home("beta") / "auth.json"
+    assert json.loads(beta_auth.read_text())["tokens"]["refresh_token"] == busy_token
     as_json = _cli(*args, "--json")
     assert as_json.returncode == 0, as_json.stderr
     items = {q["account"]: q for q in json.loads(as_json.stdout)["quarantined"]}
-    assert set(items) == {"alpha", "gone"}
+    assert set(items) == {"somename", "gone"}
     assert items["gone"]["path"] == str(gone.path)
     assert items["gone"]["in_pool"] is False
-    assert items["alpha"]["in_pool"] is True
-    assert "could not acquire" in items["alpha"]["reason"]
-    assert items["alpha"]["since"].endswith("Z")
-    for item in (gone, busy):
+    assert items["gone"]["owner"] is None
+    assert items["gone"]["account_id"] == "id-gone"
+    assert items["somename"]["owner"] == "alpha"
+    assert items["somename"]["in_pool"] is True
+    assert "no last_refresh" in items["somename"]["reason"]
+    assert items["somename"]["since"].endswith("Z")
+    accounts = {a["name"]: a for a in json.loads(as_json.stdout)["accounts"]}
+    assert str(stuck.path) in accounts["alpha"]["held_back"]
+    assert accounts["beta"]["held_back"] is None
+    for item in (gone, stuck):
         token = json.loads(item.path.read_text())["tokens"]["refresh_token"]
         assert token not in out
         assert token not in as_json.stdout

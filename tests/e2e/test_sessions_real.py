@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -18,7 +19,9 @@ import pytest
 
 from codex_supervisor.accounts import AccountPool
 from codex_supervisor.codex_cli import parse_argv
+from codex_supervisor.events import CollectingSink, RotationBlocked
 from codex_supervisor.sessions import (
+    Binding,
     RateLimitsObserved,
     RolloutReader,
     SessionBinder,
@@ -267,11 +270,130 @@ async def test_a_fork_binds_its_own_session_never_its_source(
         assert tui.wait(timeout=10) == -signal.SIGINT
 
 
+def _launcher(codex_bin: Path) -> list[str]:
+    """npm's ``codex`` for ``codex_bin``: node running ``bin/codex.js`` of its package."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not on PATH (scripts/fetch-codex needs it too)", pytrace=False)
+    modules = next((p for p in codex_bin.parents if p.name == "node_modules"), None)
+    script = None if modules is None else modules / "@openai" / "codex" / "bin" / "codex.js"
+    if script is None or not script.is_file():
+        pytest.fail(f"no npm launcher beside {codex_bin}: run scripts/fetch-codex", pytrace=False)
+    return [node, str(script)]
+
+
+def _children(pid: int) -> list[int]:
+    return [
+        int(c)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for c in (task / "children").read_text().split()
+    ]
+
+
+def _start_and_new(
+    tui: PtyProcess, backend: FakeCodexBackend, binder: SessionBinder
+) -> tuple[Binding, str]:
+    """The first session of a TUI started with "hello one", then ``/new`` and "hello two"."""
+    _wait_for(
+        lambda: binder.find_open_by(tui.pid) is not None and bool(_sent(backend, "hello one")),
+        60,
+        "the first session and its prompt",
+    )
+    first = binder.find_open_by(tui.pid)
+    assert first is not None
+    assert _sent(backend, "hello one") == [first.session_id]
+    tui.expect("Hello from the fake backend", 60)
+    headers = tui.text.count("OpenAI Codex (v")
+    tui.write("/new")
+    tui.expect("start a new chat", 30)
+    tui.write("\r")
+    _wait_for(lambda: tui.text.count("OpenAI Codex (v") > headers, 30, "the new chat")
+    _type_prompt(tui, backend, "hello two")
+    [second] = _sent(backend, "hello two")
+    assert second is not None
+    assert second != first.session_id
+    _wait_for(lambda: binder.open_by(tui.pid).ambiguous, 60, "the second rollout")
+    return first, second
+
+
+def _run_of(tui: PtyProcess, binder: SessionBinder, binding: Binding, work: Path) -> _ChildRun:
+    return _ChildRun(
+        inv=parse_argv(["hello one"]),
+        child=tui.proc,  # type: ignore[arg-type]  # only its pid is used here
+        account="acct-a",
+        home=binder.codex_home,
+        workdir=work,
+        launched_at=datetime.now(UTC),
+        binder=binder,
+        binding=binding,
+        known_session=None,
+        prompt_in_argv=True,
+        bind_deadline=float("inf"),
+        last_passive=0.0,
+    )
+
+
 @pytest.mark.anyio
+@pytest.mark.parametrize("launcher", ["native", "npm"])
 async def test_new_in_the_tui_is_caught_before_a_rotation(
+    codex_bin: Path, tls_backend: FakeCodexBackend, world: Any, tmp_path: Path, launcher: str
+) -> None:
+    """After ``/new`` the 0.169.0 TUI writes two rollouts: ambiguous, and the rotation refused.
+
+    Also under npm's node launcher (``codex`` on an npm install, the default
+    ``SupervisorConfig.codex``): node runs the native binary as its child and
+    holds no rollout itself, so both checks must look at that child.
+    """
+    backend = tls_backend
+    backend.add_account("acct-a")
+    home = backend.write_codex_home(world.codex_home(), "acct-a")
+    env = world.env(home, backend, TERM="xterm-256color")
+    program = [str(codex_bin)] if launcher == "native" else _launcher(codex_bin)
+    argv = [*program, "--no-alt-screen", "--no-daemon", *offline_flags(), "hello one"]
+    binder = SessionBinder(home)
+    sink = CollectingSink()
+    sup = Supervisor(
+        AccountPool(root=tmp_path / "pool", base_codex_home=home),
+        config=SupervisorConfig(codex=str(codex_bin)),
+        environ=env,
+        sink=sink,
+    )
+    with PtyProcess(argv, env=env, cwd=world.work) as tui:
+        first, second = _start_and_new(tui, backend, binder)
+        if launcher == "npm":
+            # The case under test: node waits, its child writes (no execve in this node).
+            [native] = _children(tui.pid)
+            assert writer_lock(home, first.session_id).pid == native
+            assert not _open_flags(tui.pid, first.path)
+        attempt = binder.open_by(tui.pid)
+        assert attempt.binding is None
+        assert attempt.candidates == tuple(sorted((first.session_id, second)))
+        # The old thread stays loaded: "still writes it" alone would resume it.
+        assert binder.still_writes(first, tui.pid) is True
+        run = _run_of(tui, binder, first, world.work)
+        assert not sup._still_bound(run)
+        assert not sup._still_bound(run)
+        assert run.binding == first  # refused, not swapped for a guess
+        [blocked] = sink.of(RotationBlocked)
+        assert isinstance(blocked, RotationBlocked)
+        assert blocked.session_id == first.session_id
+        assert f"also writes session {second}" in blocked.reason
+        tui.send_signal(signal.SIGINT)
+        tui.wait(timeout=10)
+
+
+@pytest.mark.anyio
+async def test_switching_back_in_the_tui_writes_nothing(
     codex_bin: Path, tls_backend: FakeCodexBackend, world: Any, tmp_path: Path
 ) -> None:
-    """After ``/new`` the 0.169.0 TUI writes two rollouts: ambiguous, and the rotation refused."""
+    """Why no tie-break picks the "current" one of two written sessions.
+
+    After ``/new`` and a turn in the new chat, ``/resume`` back to the first
+    chat (still loaded) appends nothing to either rollout: the evidence a
+    tie-break would read ("only the new one started a turn since the old one
+    last grew") still points at the new chat while the first is on screen,
+    and the next prompt goes to the first.
+    """
     backend = tls_backend
     backend.add_account("acct-a")
     home = backend.write_codex_home(world.codex_home(), "acct-a")
@@ -284,46 +406,27 @@ async def test_new_in_the_tui_is_caught_before_a_rotation(
         environ=env,
     )
     with PtyProcess(argv, env=env, cwd=world.work) as tui:
-        _wait_for(
-            lambda: binder.find_open_by(tui.pid) is not None and bool(_sent(backend, "hello one")),
-            60,
-            "the first session and its prompt",
-        )
-        first = binder.find_open_by(tui.pid)
-        assert first is not None
-        assert _sent(backend, "hello one") == [first.session_id]
-        run = _ChildRun(
-            inv=parse_argv(["hello one"]),
-            child=tui.proc,  # type: ignore[arg-type]  # only its pid is used here
-            account="acct-a",
-            home=home,
-            workdir=world.work,
-            launched_at=datetime.now(UTC),
-            binder=binder,
-            binding=first,
-            known_session=None,
-            prompt_in_argv=True,
-            bind_deadline=float("inf"),
-            last_passive=0.0,
-        )
-        assert sup._still_bound(run)
-        tui.expect("Hello from the fake backend", 60)
+        first, second = _start_and_new(tui, backend, binder)
+        new = binder.find_by_id(second)
+        assert new is not None
+        tui.expect("Hello from the fake backend(.|\n)*Hello from the fake backend", 60)
+        _wait_for(lambda: _read(RolloutReader(new.path)).phase is TurnPhase.IDLE, 30, "turn end")
+        sizes = (first.path.stat().st_size, new.path.stat().st_size)
+        assert new.path.stat().st_mtime_ns >= first.path.stat().st_mtime_ns
         headers = tui.text.count("OpenAI Codex (v")
-        tui.write("/new")
-        tui.expect("start a new chat", 30)
+        mark = len(tui.text)
+        tui.write("/resume")
+        tui.expect("resume a saved chat", 30)
         tui.write("\r")
-        _wait_for(lambda: tui.text.count("OpenAI Codex (v") > headers, 30, "the new chat")
-        _type_prompt(tui, backend, "hello two")
-        [second] = _sent(backend, "hello two")
-        assert second is not None
-        assert second != first.session_id
-        _wait_for(lambda: binder.open_by(tui.pid).ambiguous, 60, "the second rollout")
-        attempt = binder.open_by(tui.pid)
-        assert attempt.binding is None
-        assert attempt.candidates == tuple(sorted((first.session_id, second)))
-        # The old thread stays loaded: "still writes it" alone would resume it.
-        assert binder.still_writes(first, tui.pid) is True
-        assert not sup._still_bound(run)
-        assert run.binding == first  # refused, not swapped for a guess
+        # (Drawn by cursor moves: the spaces may be missing once escapes are removed.)
+        _wait_for(lambda: bool(re.search(r"hello\s*one", tui.text[mark:])), 30, "the picker")
+        tui.write("\x1b[B")  # sorted by update: the new chat first, the first chat below
+        _wait_soft(lambda: False, 0.5)
+        tui.write("\r")
+        _wait_for(lambda: tui.text.count("OpenAI Codex (v") > headers, 30, "the first chat again")
+        assert (first.path.stat().st_size, new.path.stat().st_size) == sizes
+        assert not sup._still_bound(_run_of(tui, binder, first, world.work))
+        _type_prompt(tui, backend, "hello three")
+        assert _sent(backend, "hello three") == [first.session_id]
         tui.send_signal(signal.SIGINT)
-        assert tui.wait(timeout=10) == -signal.SIGINT
+        tui.wait(timeout=10)

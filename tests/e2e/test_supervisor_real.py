@@ -6,13 +6,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from codex_supervisor.accounts import AccountPool
@@ -123,6 +125,58 @@ async def test_forced_token_refresh_is_adopted_and_never_replayed(real: RealWorl
     accounts = [r.account_id for r in real.backend.responses_requests() if r.status == 200]
     assert accounts[-1] == "id-alpha"
     assert real.backend.account("id-alpha").refresh_count == 1
+    real.backend.assert_no_replay()
+
+
+@pytest.mark.anyio
+async def test_a_run_never_starts_codex_on_a_login_whose_newer_copy_is_in_quarantine(
+    real: RealWorld,
+) -> None:
+    """A pooled app-server refreshed alpha's login into a file of its own that waits in
+    quarantine: alpha's home holds the spent refresh token. The run goes to beta, and
+    nothing is replayed; once the quarantined login is taken back, alpha runs on it."""
+    real.add("alpha", five_hour_used=10)
+    real.add("beta", five_hour_used=60)
+    # Fresh quota of both on record: alpha, with the most room, is the one a run picks.
+    probing = real.supervisor().selector
+    await probing.refresh()
+    await probing.aclose()
+    assert real.pool.get("alpha").last_snapshot is not None
+    auth_path = real.pool.account_home("alpha") / "auth.json"
+    spent = json.loads(auth_path.read_text())
+    async with httpx.AsyncClient() as client:
+        refreshed = await client.post(
+            real.backend.token_url, json={"refresh_token": spent["tokens"]["refresh_token"]}
+        )
+    assert refreshed.status_code == 200
+    live = {**spent, "tokens": {**spent["tokens"], **refreshed.json()}}
+    del live["last_refresh"]  # nothing says it is newer: it stays in quarantine
+    spawn_home = real.root / "spawn-home"
+    spawn_home.mkdir()
+    (spawn_home / "auth.json").write_text(json.dumps(live))
+    (spawn_home / "auth.json").chmod(0o600)
+    item = real.pool.take_back_auth("alpha", spawn_home / "auth.json")
+    assert item is not None
+
+    result = await real.supervisor().run(_exec("not on alpha"), cwd=real.work)
+    assert result.exit_code == 0
+    assert result.accounts == ("beta",)
+    assert [e.account for e in real.sink.of(ChildLaunched)] == ["beta"]  # type: ignore[attr-defined]
+    assert {r.account_id for r in real.backend.responses_requests()} == {"id-beta"}
+    real.backend.assert_no_replay()
+
+    # Dealt with (here: the live login put in alpha's home, dated): alpha runs again.
+    live["last_refresh"] = "2099-01-01T00:00:00Z"
+    item.path.write_text(json.dumps(live))
+    result = await real.supervisor().run(_exec("on alpha again"), cwd=real.work)
+    assert result.exit_code == 0
+    assert result.accounts == ("alpha",)
+    assert real.pool.quarantined() == []
+    assert (
+        json.loads(auth_path.read_text())["tokens"]["refresh_token"]
+        == live["tokens"]["refresh_token"]
+    )
+    assert real.backend.responses_requests()[-1].account_id == "id-alpha"
     real.backend.assert_no_replay()
 
 
@@ -389,3 +443,61 @@ def test_headless_exec_leads_its_own_process_group_and_ctrl_c_ends_the_run(
     assert not Path(f"/proc/{pid}").exists()
     assert "TERMIOS_RESTORED True" in proc.text
     assert asyncio.run(real.pool.occupants("alpha")) == []
+
+
+def _state(pid: int) -> str:
+    """The one-letter state of ``pid`` (T: stopped), from /proc."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _until_state(pid: int, wanted: Callable[[str], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not wanted(_state(pid)):
+        assert time.monotonic() < deadline, f"{what}: state {_state(pid)}"
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _exec_in_a_terminal(tmp_path: Path, real: RealWorld) -> Iterator[tuple[PtyProcess, int]]:
+    """A supervised exec mid-turn under a pty: the terminal, and the exec's pid."""
+    real.add("alpha")
+    real.backend.script(Behaviour.stall())
+    argv, events = _driver(tmp_path, real, _exec("a long task"))
+    with PtyProcess(argv, env=dict(real.env, TERM="xterm-256color"), cwd=real.work) as proc:
+        _wait_for(
+            lambda: any(e["name"] == "session_bound" for e in _events(events)),
+            60,
+            "bind",
+            proc,
+            events,
+        )
+        yield proc, next(e["pid"] for e in _events(events) if e["name"] == "child_launched")
+
+
+def test_ctrl_z_suspends_a_headless_exec_with_its_supervisor(
+    tmp_path: Path, real: RealWorld
+) -> None:
+    """Ctrl-Z reaches only the supervisor; it stops the exec's group too, and continues it."""
+    with _exec_in_a_terminal(tmp_path, real) as (proc, pid):
+        proc.write("\x1a")
+        _until_state(proc.pid, lambda s: s == "T", "the supervisor stops")
+        _until_state(pid, lambda s: s == "T", "the exec stops with it")
+        os.kill(proc.pid, signal.SIGCONT)  # what the shell's fg/bg sends
+        _until_state(proc.pid, lambda s: s != "T", "the supervisor continues")
+        _until_state(pid, lambda s: s != "T", "the exec continues with it")
+        proc.write("\x03")
+        assert proc.wait(timeout=30) == 130
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_killed_supervisor_takes_its_headless_exec_with_it(
+    tmp_path: Path, real: RealWorld
+) -> None:
+    """SIGKILL of the supervisor: the exec (its own group, out of the job's reach) ends too."""
+    with _exec_in_a_terminal(tmp_path, real) as (proc, pid):
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and _state(pid) != "Z":
+            assert time.monotonic() < deadline, f"exec {pid} outlived its supervisor"
+            time.sleep(0.05)

@@ -68,7 +68,7 @@ from .lease import (
     LeaseMode,
     LeaseRecord,
     acquire_lease,
-    holder_alive,
+    claim_alive,
 )
 from .quota import QuotaSnapshot, UsageCredentials, WindowKind, read_chatgpt_base_url
 
@@ -1268,15 +1268,12 @@ class AccountPool:
     async def _claim_alone(self, name: str, *, purpose: str) -> LeaseRecord | None:
         """The exclusive occupancy of ``name`` now, without waiting; None if occupied.
 
-        Occupied means :meth:`occupants` names someone: the claim never takes
-        over the lapsed lease of a holder that still runs (suspended). Every
-        record seen then is either such an occupant (no claim) or lapsed with
-        its process gone, so taking it over is safe; a record written since
-        is live and refuses the claim. Held for a few file operations only,
-        so it has no heartbeat.
+        Occupied is what :meth:`occupants` reports, judged by the lease
+        backend itself under its lock, in the same step as the claim: a live
+        record, or a lapsed one whose holder still runs (suspended), refuses
+        it; only records of holders that are gone are taken over. Held for a
+        few file operations only, so it has no heartbeat.
         """
-        if await self.occupants(name):
-            return None
         return await self.leases.try_acquire(
             self.lease_name(name),
             owner=f"{purpose.replace(' ', '-')}-{os.getpid()}-{secrets.token_hex(4)}",
@@ -1439,8 +1436,10 @@ class AccountPool:
         lease is held — removed before a launch could occupy it — so the
         caller chooses another account; ``LeaseTimeout`` when an exclusive
         holder (a probe, a ``remove``) keeps it past ``timeout``. A lease that
-        lapses (this process suspended past ``ttl``) is taken again as it
-        resumes (see :mod:`.lease`).
+        lapses (this process suspended past ``ttl``) keeps counting as an
+        occupant meanwhile and is taken again as it resumes (see
+        :mod:`.lease`); if the account left the pool or was marked removed
+        meanwhile, the lease is reported lost (``on_lost``) instead.
         """
         return self._lease(
             name, LeaseMode.SHARED, purpose=purpose, ttl=ttl, timeout=timeout, on_lost=on_lost
@@ -1475,6 +1474,11 @@ class AccountPool:
         timeout: float,
         on_lost: Callable[[Lease], None] | None,
     ) -> AbstractAsyncContextManager[Lease]:
+        async def recheck(_lease: Lease) -> str | None:
+            # A lapsed occupancy taken again: the account may have left the pool
+            # in the gap (its lease held, a forced remove only marks it).
+            return await asyncio.to_thread(self._out_of_pool, name)
+
         claim = acquire_lease(
             self.leases,
             self.lease_name(name),
@@ -1483,9 +1487,18 @@ class AccountPool:
             timeout=timeout,
             purpose=purpose,
             on_lost=on_lost,
+            recheck=recheck,
             clock=self.clock,
         )
         return self._occupancy(name, claim)
+
+    def _out_of_pool(self, name: str) -> str | None:
+        """Why ``name`` no longer counts as an account of the pool, or None."""
+        if name not in self._load().accounts:
+            return f"account {name!r} is no longer in the pool"
+        if (self.root / "accounts" / name / _REMOVED_MARKER).exists():
+            return f"account {name!r} was removed while in use"
+        return None
 
     @contextlib.asynccontextmanager
     async def _occupancy(
@@ -1510,15 +1523,16 @@ class AccountPool:
         """Who occupies ``name``: its live leases, and lapsed ones whose process still runs.
 
         A lapsed record whose process still runs on this machine (see
-        :func:`~codex_supervisor.lease.holder_alive`) is a holder suspended
+        :func:`~codex_supervisor.lease.claim_alive`) is a holder suspended
         past its lease's TTL — SIGSTOP, a laptop asleep — that takes its
-        lease again as it resumes: it still occupies the account.
+        lease again as it resumes: it still occupies the account, and the
+        lease backend keeps its record and refuses exclusive claims alike.
         """
         now = self.clock.now()
         return [
             record
             for record in await self.leases.records(self.lease_name(name))
-            if not record.expired(now) or holder_alive(record) is True
+            if not record.expired(now) or claim_alive(record)
         ]
 
     async def status(self) -> list[AccountStatus]:

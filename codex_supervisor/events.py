@@ -22,6 +22,7 @@ __all__ = [
     "CollectingSink",
     "Event",
     "EventSink",
+    "OccupancyLost",
     "PrewarmReady",
     "PrewarmStarted",
     "QuotaUpdated",
@@ -217,6 +218,25 @@ class ChildExited(Event):
     def message(self) -> str:
         how = "was stopped" if self.stopped else "exited"
         return f"codex on {self.account} {how} with status {self.returncode}"
+
+
+@attrs.frozen(kw_only=True)
+class OccupancyLost(Event):
+    """The running child's occupancy lease on its account was lost, for good.
+
+    Other sessions no longer count this child as an occupant of the account
+    (for a ``remove``, a quota probe), or the account left the pool while
+    the lease had lapsed (the supervisor suspended past its TTL). The child
+    is not stopped for it; ``reason`` says what the lease backend reported.
+    """
+
+    name: ClassVar[str] = "occupancy_lost"
+    account: str
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"the occupancy lease of {self.account} was lost: {self.reason}"
 
 
 #: Receives every event; must not block (it runs on the supervisor's loop).

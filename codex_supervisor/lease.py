@@ -25,10 +25,18 @@ Two mechanisms, for two kinds of claim (ARCHITECTURE.md, D6):
   (its holder was suspended — SIGSTOP, a laptop asleep — for longer than the
   TTL, or the backend failed for that long) is not final: the heartbeat takes
   it again as soon as it can, as a new record of the same owner (a new
-  ``acquired_at``), logged as ``lease.reacquired``. Only when an exclusive
-  holder took the name meanwhile is the shared lease reported lost, for good.
-  An *exclusive* lease that lapsed stays lost: another holder may have acted
-  on the name in the gap, which no later claim can undo.
+  ``acquired_at``), logged as ``lease.reacquired``. It is taken again only
+  while its lapsed record is still on disk, unchanged: a record that is gone
+  or replaced means someone judged the claim dead and may have acted on the
+  name, so the lease is reported lost, for good. An *exclusive* lease that
+  lapsed stays lost: its holder may have been unsure of its claim in the
+  gap, which no later claim can undo.
+
+  A lapsed record whose holder still runs (:func:`claim_alive`: a holder
+  suspended past its TTL) still counts as held, in its mode, until its
+  holder releases it or dies: no acquirer deletes it, an exclusive acquirer
+  waits for it, and a shared one waits for a lapsed exclusive one. So a
+  suspended holder keeps its claim across the lapse, and everyone sees it.
 
 Storage sits behind the small :class:`LeaseBackend` protocol. The
 :class:`FileLeaseBackend` keeps one JSON record per holder under a root folder
@@ -36,8 +44,10 @@ and serialises every read-modify-write of one lease name under a
 :class:`FileLock`. Races it closes:
 
 * *Stealing a renewed lease*: expiry is judged only under the name's lock, on
-  the record as it is on disk then. A holder's renewal also takes the lock, so a
-  taker sees either the old record or the renewed one, never a stale copy.
+  the record as it is on disk then. A holder's renewal also takes the lock, so
+  a taker sees either the old record or the renewed one, never a stale copy.
+  A lapsed record is removed only when its holder is gone (or cannot be
+  judged: another host), never while it runs, suspended or not.
 * *Half-written records*: records are written whole — a temp file in the same
   folder, flushed and fsync'ed, then renamed over the record — so a crash or a
   failed write leaves the old record or none, never an empty or partial one.
@@ -73,7 +83,7 @@ import secrets
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -96,6 +106,7 @@ __all__ = [
     "LeaseRecord",
     "RenewOutcome",
     "acquire_lease",
+    "claim_alive",
     "holder_alive",
 ]
 
@@ -111,6 +122,9 @@ _EXCLUSIVE_NOW = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLO
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 # Process states of /proc/PID/stat that are no running holder: zombie, dead.
 _GONE_STATES = frozenset({"Z", "X", "x"})
+# (name, owner) of every lease a Lease of this process holds (its block not
+# left yet): which of this process's own lapsed records are still claims.
+_OPEN_LEASES: set[tuple[str, str]] = set()
 
 
 def _or_system_clock(clock: Clock | None) -> Clock:
@@ -339,8 +353,14 @@ class LeaseBackend(Protocol):
         mode: LeaseMode,
         ttl: float,
         purpose: str | None = None,
+        replaces: LeaseRecord | None = None,
     ) -> LeaseRecord | None:
-        """Claim ``name`` for ``owner`` now, or return None if it is held incompatibly."""
+        """Claim ``name`` for ``owner`` now, or return None if it is held incompatibly.
+
+        With ``replaces`` (a lapsed record of ``owner``) it takes that claim
+        again, as a new record, only while the record stored for ``owner``
+        is still that claim; None when it is gone or replaced.
+        """
         ...
 
     async def renew(self, record: LeaseRecord, ttl: float) -> tuple[RenewOutcome, LeaseRecord]:
@@ -439,11 +459,16 @@ class FileLeaseBackend:
         mode: LeaseMode,
         ttl: float,
         purpose: str | None = None,
+        replaces: LeaseRecord | None = None,
     ) -> LeaseRecord | None:
         """Claim ``name`` for ``owner`` now, or return None if it is held incompatibly.
 
         An owner that already holds a live record of ``name`` gets None too:
         owners identify one claim each (:func:`acquire_lease` makes them unique).
+        A lapsed record whose holder still runs (:func:`claim_alive`) counts as
+        held in its mode and is never removed; other lapsed records are.
+        With ``replaces`` (a lapsed record of ``owner``) it is a retake: None
+        unless the record stored for ``owner`` is still that very claim.
         """
         _check_id("name", name)
         _check_id("owner", owner)
@@ -452,11 +477,19 @@ class FileLeaseBackend:
             mode = LeaseMode(mode)
         except ValueError as exc:
             raise errors.ConfigError(f"unknown lease mode {mode!r}") from exc
+        if replaces is not None and (replaces.name, replaces.owner) != (name, owner):
+            raise errors.ConfigError("replaces must be a record of the same name and owner")
         folder = self._folder(name)
         try:
             async with self._lock(folder):
                 return self._try_acquire_locked(
-                    folder, name=name, owner=owner, mode=mode, ttl=ttl, purpose=purpose
+                    folder,
+                    name=name,
+                    owner=owner,
+                    mode=mode,
+                    ttl=ttl,
+                    purpose=purpose,
+                    replaces=replaces,
                 )
         except OSError as exc:
             raise errors.LeaseError(f"cannot acquire lease {name!r}: {exc}") from exc
@@ -524,16 +557,33 @@ class FileLeaseBackend:
         mode: LeaseMode,
         ttl: float,
         purpose: str | None,
+        replaces: LeaseRecord | None,
     ) -> LeaseRecord | None:
         self._remove_orphan_temps(folder)
         now = self.clock.now()
         records, unreadable = self._scan(folder)
+        if replaces is not None:
+            mine = next((r for r in records if r.owner == owner), None)
+            if mine is None or not mine.same_claim(replaces):
+                logger.info(
+                    "lease.retake_refused name=%s owner=%s reason=%s",
+                    name,
+                    owner,
+                    "its record is gone" if mine is None else "its record was replaced",
+                )
+                return None
         blocked = False
         for rec in records:
-            if rec.expired(now):
+            if rec.owner == owner:
+                # Our own lapsed record is overwritten below; a live one is
+                # another claim of this owner (or the one being taken again).
+                blocked = blocked or (replaces is None and not rec.expired(now))
+                continue
+            if rec.expired(now) and not claim_alive(rec):
                 # Stale takeover, only here under the lock: a renewal that
                 # landed before we took the lock is what we just read, so a
-                # lease renewed in time is never stolen.
+                # lease renewed in time is never stolen, and a holder that
+                # still runs (suspended) keeps its record.
                 (folder / f"{rec.owner}{_RECORD_SUFFIX}").unlink(missing_ok=True)
                 logger.info(
                     "lease.expired_removed name=%s owner=%s pid=%s host=%s expired_at=%s",
@@ -543,7 +593,14 @@ class FileLeaseBackend:
                     rec.host,
                     rec.expires_at.isoformat(),
                 )
-            elif rec.owner == owner or not _compatible(rec.mode, mode):
+            elif not _compatible(rec.mode, mode):
+                if rec.expired(now):
+                    logger.debug(
+                        "lease.lapsed_holder_blocks name=%s owner=%s pid=%s",
+                        name,
+                        rec.owner,
+                        rec.pid,
+                    )
                 blocked = True
         for junk in unreadable:
             if junk.garbage or now.timestamp() - junk.mtime > self.corrupt_grace:
@@ -720,13 +777,21 @@ def _pid_start(pid: int) -> str | None:
 def holder_alive(record: LeaseRecord) -> bool | None:
     """Whether the process that holds ``record`` still runs; None when it cannot be known.
 
-    Known only for a record written on this host: True while its process
+    Known only for a record written on this machine: True while its process
     exists and is no zombie — a stopped (suspended) process counts as
     running — and, when the record names the process's start, only while the
-    pid still belongs to that very process. A record of another host answers
-    None.
+    pid still belongs to that very process. A record whose start names this
+    boot of this machine is judged whatever host name it carries (a host
+    name may change while a holder is suspended, e.g. a laptop waking on
+    another network); otherwise a record of another host answers None.
     """
-    if record.host != socket.gethostname():
+    boot = _boot_id()
+    this_boot = (
+        boot is not None
+        and record.pid_start is not None
+        and record.pid_start.partition("/")[0] == boot
+    )
+    if not this_boot and record.host != socket.gethostname():
         return None
     found = _proc_stat(record.pid)
     if found is None:
@@ -737,6 +802,23 @@ def holder_alive(record: LeaseRecord) -> bool | None:
         return False
     # A record of an older version names no start: the pid runs, perhaps as another program.
     return record.pid_start is None or record.pid_start == f"{_boot_id()}/{started}"
+
+
+def claim_alive(record: LeaseRecord) -> bool:
+    """Whether a lapsed ``record`` is still somebody's claim: never to be removed by others.
+
+    True while its holder process runs (:func:`holder_alive`), suspended or
+    not, since it will take its lease again or find it lost as it resumes —
+    except for a record of this very process, which is a claim only while a
+    :class:`Lease` of it is open here (a record this process failed to
+    release, or wrote without a lease, is garbage once lapsed). False for a
+    holder that is gone or cannot be judged (another host).
+    """
+    if holder_alive(record) is not True:
+        return False
+    if record.pid == os.getpid():  # alive with our pid (and start): this process
+        return (record.name, record.owner) in _OPEN_LEASES
+    return True
 
 
 def _pid_exists(pid: int) -> bool | None:
@@ -773,6 +855,11 @@ class Lease:
     During the gap :meth:`ensure_held` raises, as for any lease past its
     local deadline; afterwards it passes again. :attr:`lost` is final for
     both modes.
+
+    ``recheck``, when given, runs after each such retake, before
+    :meth:`ensure_held` passes again: it returns why the claim no longer
+    counts (the lease is then reported lost) or None. An occupancy lease
+    uses it to see whether its account left the pool during the gap.
     """
 
     _backend: LeaseBackend
@@ -780,6 +867,9 @@ class Lease:
     _ttl: float
     _clock: Clock = attrs.field(repr=False)
     _on_lost: Callable[[Lease], object] | None = attrs.field(default=None, repr=False)
+    _recheck: Callable[[Lease], Awaitable[str | None]] | None = attrs.field(
+        default=None, repr=False
+    )
     # Monotonic time by which the current record surely expires: measured
     # from *before* the call that produced it, so it is never late.
     _local_deadline: float = attrs.field(default=0.0, repr=False)
@@ -935,11 +1025,8 @@ class Lease:
                         self._mark_lost(reason)
                         return
                     retaken = await self._retake()
-                    if retaken is False:
-                        self._mark_lost(
-                            f"{reason}, and it cannot be taken again: "
-                            "an exclusive holder took it meanwhile"
-                        )
+                    if isinstance(retaken, str):
+                        self._mark_lost(retaken)
                         return
                     delay = interval if retaken else interval / 2
                     continue
@@ -962,17 +1049,24 @@ class Lease:
             logger.exception("lease.heartbeat_failed name=%s owner=%s", self.name, self.owner)
             self._mark_lost(f"heartbeat failed: {exc!r}")
 
-    async def _retake(self) -> bool | None:
-        """Take a lapsed shared lease again: True, False (an exclusive holder), None (retry)."""
+    async def _retake(self) -> bool | str | None:
+        """Take a lapsed shared lease again: True, None (retry later), or why it cannot be.
+
+        Only while its lapsed record is still stored unchanged: one that is
+        gone or replaced was judged dead by someone, who may have acted on
+        the name (an exclusive holder, a removal) in the gap.
+        """
         self._log_lapse("its record lapsed")
         started = self._now()
+        lapsed = self._record
         try:
             record = await self._backend.try_acquire(
                 self.name,
                 owner=self.owner,
                 mode=self.mode,
                 ttl=self._ttl,
-                purpose=self._record.purpose,
+                purpose=lapsed.purpose,
+                replaces=lapsed,
             )
         except asyncio.CancelledError:
             raise
@@ -982,10 +1076,21 @@ class Lease:
             )
             return None
         if record is None:
-            return False
-        lapsed_at = self._record.expires_at
+            return "it lapsed and its record is gone or was replaced: taken over meanwhile"
         # No await since try_acquire returned: a cancellation cannot strand it.
         self._record = record
+        if self._recheck is not None:
+            try:
+                why = await self._recheck(self)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning(
+                    "lease.recheck_error name=%s owner=%s", self.name, self.owner, exc_info=True
+                )
+                why = f"it could not be confirmed to still count ({exc!r})"
+            if why is not None:
+                return f"it lapsed and was taken again, but {why}"
         self._local_deadline = started + self._ttl
         self._reacquired += 1
         self._lapse_logged = False
@@ -994,7 +1099,7 @@ class Lease:
             self.name,
             self.owner,
             self.mode.value,
-            lapsed_at.isoformat(),
+            lapsed.expires_at.isoformat(),
             record.acquired_at.isoformat(),
         )
         return True
@@ -1041,6 +1146,11 @@ def _default_owner() -> str:
     return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
+def _in_force(records: list[LeaseRecord], now: datetime) -> list[LeaseRecord]:
+    """The records that still hold their name: live, or lapsed with a running holder."""
+    return [r for r in records if not r.expired(now) or claim_alive(r)]
+
+
 def _describe(records: list[LeaseRecord]) -> str | None:
     if not records:
         return None
@@ -1059,6 +1169,7 @@ async def acquire_lease(
     owner: str | None = None,
     purpose: str | None = None,
     on_lost: Callable[[Lease], object] | None = None,
+    recheck: Callable[[Lease], Awaitable[str | None]] | None = None,
     clock: Clock | None = None,
 ) -> AsyncIterator[Lease]:
     """Hold lease ``name`` for the ``async with`` block, renewing it at ttl/3.
@@ -1073,6 +1184,7 @@ async def acquire_lease(
     :meth:`Lease.ensure_held` where the claim matters (it raises
     :class:`~codex_supervisor.errors.LeaseLost`). Leaving the block stops the
     heartbeat and releases the lease (a failed release is logged, not raised).
+    ``recheck``: see :class:`Lease` (shared leases taken again after a lapse).
     """
     _check_ttl(ttl)
     if timeout < 0:
@@ -1090,17 +1202,30 @@ async def acquire_lease(
         remaining = deadline - clock.monotonic()
         if remaining <= 0:
             try:
-                holder = _describe(await backend.holders(name))
+                holder = _describe(_in_force(await backend.records(name), clock.now()))
             except errors.LeaseError:
                 holder = None
             raise errors.LeaseTimeout(name, timeout, holder=holder)
         await clock.sleep(min(poll, remaining))
     # No await between getting the record and the try below, so a
     # cancellation cannot strand the record we just wrote.
-    lease = Lease(backend, record, ttl, clock, on_lost=on_lost, local_deadline=started + ttl)
+    lease = Lease(
+        backend,
+        record,
+        ttl,
+        clock,
+        on_lost=on_lost,
+        recheck=recheck,
+        local_deadline=started + ttl,
+    )
+    key = (name, owner)
+    _OPEN_LEASES.add(key)
     logger.info("lease.acquired name=%s owner=%s mode=%s ttl=%s", name, owner, mode.value, ttl)
     lease._start()  # noqa: SLF001 - the context manager is the lease's owner
     try:
         yield lease
     finally:
-        await lease._close()  # noqa: SLF001
+        try:
+            await lease._close()  # noqa: SLF001
+        finally:
+            _OPEN_LEASES.discard(key)

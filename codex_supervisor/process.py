@@ -398,7 +398,11 @@ async def launch(
     redirect. Without ``process_group`` the child stays in the supervisor's
     process group — the interactive TUI must, to own the terminal. With it,
     the child leads a new session and process group (headless and app-server
-    children), and :meth:`Child.stop` signals the whole group.
+    children), and :meth:`Child.stop` signals the whole group. Out of the
+    terminal's reach, such a child is also sent SIGTERM when the thread that
+    launched it ends (Linux): launch it from a thread that outlives it (an
+    event loop's, as every caller in the library does), never from a
+    short-lived worker such as :func:`asyncio.to_thread`.
 
     Raises :class:`CodexNotFoundError` when the binary is missing or not
     executable, :class:`ProcessError` on any other failure to start.
@@ -577,11 +581,19 @@ class SignalWatcher:
         is not the terminal's). The supervisor then stops the child's group
         with SIGSTOP, stops itself, and once continued (``fg``/``bg``)
         continues the child: a suspended job is suspended as a whole. Nothing
-        to do for ``None``, a child in the supervisor's own group, or a
-        passive watcher.
+        to do for ``None``, a child in the supervisor's own group, a passive
+        watcher, or a supervisor started with SIGTSTP ignored.
         """
         loop = self._loop
-        if child is None or not child.process_group or loop is None or loop.is_closed():
+        previous = signal.getsignal(signal.SIGTSTP)
+        if (
+            child is None
+            or not child.process_group
+            or loop is None
+            or loop.is_closed()
+            or previous == signal.SIG_IGN  # whoever started us chose so
+            or _is_asyncio_handler(previous)  # someone else's callback, not ours to take
+        ):
             yield
             return
         try:
@@ -594,6 +606,8 @@ class SignalWatcher:
             with contextlib.suppress(RuntimeError, ValueError, OSError):
                 if not loop.is_closed():
                     loop.remove_signal_handler(signal.SIGTSTP)
+                if previous is not None:  # the embedder's own handler, or the default
+                    signal.signal(signal.SIGTSTP, previous)
 
     @staticmethod
     def _suspend(child: Child) -> None:

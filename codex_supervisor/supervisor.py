@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -51,6 +52,7 @@ from .events import (
     ChildLaunched,
     Event,
     EventSink,
+    OccupancyLost,
     PrewarmReady,
     PrewarmStarted,
     Resumed,
@@ -59,6 +61,7 @@ from .events import (
     SessionBound,
     WaitingForReset,
 )
+from .lease import Lease
 from .policy import (
     USAGE_LIMIT_ERRORS,
     Continue,
@@ -797,7 +800,10 @@ class Supervisor:
         # was occupied raises AccountGone in either (never a fresh empty home
         # without a login), and once occupied no `remove` can move it away.
         async with self.pool.occupy(
-            account, purpose=f"codex {inv.mode.value}", ttl=self.config.lease_ttl
+            account,
+            purpose=f"codex {inv.mode.value}",
+            ttl=self.config.lease_ttl,
+            on_lost=functools.partial(self._occupancy_lost, account),
         ):
             # A state read and links, no lock: quick enough for the cutover path.
             home = self.pool.prepare_home(account)
@@ -825,6 +831,21 @@ class Supervisor:
             finally:
                 if guard is not None:
                     guard.restore()
+
+    def _occupancy_lost(self, account: str, lease: Lease) -> None:
+        """The child's occupancy lease was lost for good: say so loudly, once.
+
+        Nothing else is done to the child: stopping Codex mid-turn would cost
+        the user more than the lost claim does.
+        """
+        reason = lease.lost_reason or "unknown"
+        log.error(
+            "the occupancy lease of account %r was lost (%s): other sessions no longer "
+            "see this Codex on it, so a remove or a quota probe may proceed meanwhile",
+            account,
+            reason,
+        )
+        self._emit(OccupancyLost(at=self.clock.now(), account=account, reason=reason))
 
     async def _launch_and_follow(
         self,

@@ -25,6 +25,7 @@ import pytest
 
 from codex_supervisor import accounts as accounts_module
 from codex_supervisor import errors
+from codex_supervisor import lease as lease_module
 from codex_supervisor._convert import unstructure
 from codex_supervisor._jwt import decode_jwt_claims
 from codex_supervisor.accounts import (
@@ -978,7 +979,10 @@ async def main():
     pool = AccountPool(root=Path(sys.argv[1]), base_codex_home=Path(sys.argv[2]))
     lost = Path(sys.argv[3])
     async with pool.occupy(
-        "work", purpose="codex tui", ttl=1.0, on_lost=lambda lease: lost.write_text("lost")
+        "work",
+        purpose="codex tui",
+        ttl=1.0,
+        on_lost=lambda lease: lost.write_text(lease.lost_reason or "lost"),
     ) as lease:
         print("held", flush=True)
         await asyncio.to_thread(sys.stdin.read)
@@ -1057,18 +1061,29 @@ def test_a_codex_suspended_past_its_lease_keeps_its_account_and_takes_the_lease_
 async def test_lapsed_records_count_as_occupants_only_while_their_process_runs(
     real_pool: AccountPool, tmp_path: Path
 ) -> None:
-    """A lapsed record of a running process (this one) keeps `remove` off the account; one whose
-    process is gone (a reaped child's pid) does not."""
+    """A lapsed record of a running process (another one, suspended) keeps `remove` off the
+    account; one whose process is gone (a reaped child's pid) does not."""
     pool = real_pool
     pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
     name = pool.lease_name("work")
-    mine = await pool.leases.try_acquire(name, owner="me", mode=LeaseMode.SHARED, ttl=0.05)
-    assert mine is not None
-    await asyncio.sleep(0.2)
-    assert await pool.leases.holders(name) == []
-    assert await pool.occupants("work") == [mine]
-    with pytest.raises(AccountInUse, match="lapsed"):
-        await asyncio.to_thread(pool.remove, "work")
+    written = await pool.leases.try_acquire(name, owner="me", mode=LeaseMode.SHARED, ttl=0.05)
+    assert written is not None
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        sleeper.send_signal(signal.SIGSTOP)
+        # The record as that process would have written it: its pid and start.
+        mine = attrs.evolve(
+            written, pid=sleeper.pid, pid_start=lease_module._pid_start.__wrapped__(sleeper.pid)
+        )
+        (pool.root / "leases" / name / "me.json").write_text(json.dumps(unstructure(mine)))
+        await asyncio.sleep(0.2)
+        assert await pool.leases.holders(name) == []
+        assert await pool.occupants("work") == [mine]
+        with pytest.raises(AccountInUse, match="lapsed"):
+            await asyncio.to_thread(pool.remove, "work")
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=60)
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     assert dead.wait(timeout=60) == 0
@@ -1421,3 +1436,106 @@ def test_a_relogin_whose_old_login_cannot_be_held_aside_is_a_state_error(
     assert auth.read_bytes() == before
     assert pool.state_path.read_bytes() == state
     assert sorted(p.name for p in auth.parent.glob("*auth.json*")) == ["auth.json"]
+
+
+def _suspended_holder(pool: AccountPool, lost_flag: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _SUSPENDABLE, str(pool.root), str(pool.base_codex_home), lost_flag],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def _occupy_and_leave(pool: AccountPool, name: str) -> None:
+    async with pool.occupy(name, purpose="codex exec", ttl=30.0):
+        pass
+
+
+async def _probe(pool: AccountPool, name: str) -> None:
+    async with pool.occupy_exclusively(name, purpose="quota probe", timeout=0.5):
+        pytest.fail("probed an account a suspended Codex occupies")
+
+
+def test_another_session_does_not_erase_a_suspended_codex(
+    real_pool: AccountPool, tmp_path: Path
+) -> None:
+    """Another session occupying the account and leaving while a Codex is suspended past its
+    TTL leaves its lapsed record alone: `remove`, a status sweep and a quota probe still see
+    it, and it takes its lease again as it resumes, never lost."""
+    pool = real_pool
+    pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
+    auth = pool.account_home("work") / "auth.json"
+    lost_flag = tmp_path / "lost"
+    with _suspended_holder(pool, lost_flag) as holder:
+        assert holder.stdin is not None
+        assert holder.stdout is not None
+        try:
+            assert holder.stdout.readline() == "held\n"
+            holder.send_signal(signal.SIGSTOP)  # Ctrl-Z of a long exec
+            _poll(lambda: _live_holders(pool, "work") == [], "the stopped holder's lease lapsing")
+            [lapsed] = asyncio.run(pool.occupants("work"))
+            asyncio.run(_occupy_and_leave(pool, "work"))  # another session came and went
+            assert asyncio.run(pool.occupants("work")) == [lapsed]
+            with pytest.raises(AccountInUse, match=rf"pid {holder.pid} .*lease lapsed"):
+                pool.remove("work")
+            with pytest.raises(errors.LeaseTimeout, match=rf"pid {holder.pid} "):
+                asyncio.run(_probe(pool, "work"))
+            [status] = asyncio.run(pool.status())
+            assert [o.pid for o in status.occupants] == [holder.pid]
+            assert [a.name for a in pool.accounts()] == ["work"]
+            assert auth.is_file()
+
+            holder.send_signal(signal.SIGCONT)
+            _poll(
+                lambda: lost_flag.exists() or [r.pid for r in _live_holders(pool, "work")] != [],
+                "the resumed holder taking its lease again",
+            )
+            assert not lost_flag.exists()
+        finally:
+            holder.send_signal(signal.SIGCONT)
+            holder.stdin.close()
+            code = holder.wait(timeout=60)
+        assert code == 0
+        assert re.fullmatch(r"lost=False reacquired=[1-9]\d*\n", holder.stdout.read())
+    assert not lost_flag.exists()
+    assert pool.remove("work").name.startswith(".removed-work-")
+
+
+def test_a_suspended_codex_whose_account_was_force_removed_finds_its_lease_lost(
+    real_pool: AccountPool, tmp_path: Path
+) -> None:
+    """`remove --force` while a Codex is suspended: its folder stays marked through a late
+    launch and a status sweep; as it resumes it takes its record again but sees the account
+    out of the pool and reports the lease lost; its exit then sets the folder aside."""
+    pool = real_pool
+    pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
+    account_dir = pool.root / "accounts" / "work"
+    lost_flag = tmp_path / "lost"
+    with _suspended_holder(pool, lost_flag) as holder:
+        assert holder.stdin is not None
+        assert holder.stdout is not None
+        try:
+            assert holder.stdout.readline() == "held\n"
+            holder.send_signal(signal.SIGSTOP)
+            _poll(lambda: _live_holders(pool, "work") == [], "the stopped holder's lease lapsing")
+            assert pool.remove("work", force=True) == account_dir  # marked, stays
+            with pytest.raises(errors.AccountGone):
+                asyncio.run(_occupy_and_leave(pool, "work"))
+            asyncio.run(pool.status())  # the sweep
+            assert [(f.name, f.kind) for f in pool.leftovers()] == [("work", "in_use")]
+            assert (account_dir / "home" / "auth.json").is_file()
+
+            holder.send_signal(signal.SIGCONT)
+            _poll(lost_flag.exists, "the resumed holder reporting its lease lost")
+            assert "no longer in the pool" in lost_flag.read_text()
+            assert account_dir.is_dir()  # it still runs there
+        finally:
+            holder.send_signal(signal.SIGCONT)
+            holder.stdin.close()
+            code = holder.wait(timeout=60)
+        assert code == 0
+        assert holder.stdout.read() == "lost=True reacquired=0\n"
+    [left] = pool.leftovers()
+    assert left.kind == "set_aside"
+    assert (left.path / "home" / "auth.json").is_file()

@@ -1458,3 +1458,21 @@ async def test_the_app_server_quota_probe_never_boots_codex_on_a_spent_login(
     assert str(item.path) in str(raised.value)
     assert not marker.exists()
     assert await accounts.pool.occupants("alpha") == [], "the probe's lease is let go"
+
+
+async def test_a_login_quarantined_while_a_spawn_waits_stops_it_before_codex_starts(
+    pool_root: Path, launcher: FakeLauncher, accounts: Accounts, tmp_path: Path
+) -> None:
+    """Quarantined after the choice (during the config builder): checked again before launch."""
+    accounts.add("alpha")
+
+    def build(context: SpawnContext) -> SpawnConfig:
+        stray = undated_login(accounts.pool, "alpha", tmp_path / "stray", "rt-undated")
+        assert accounts.pool.take_back_auth("alpha", stray) is not None
+        return SpawnConfig(config={"model": "m"})
+
+    async with make_pool(pool_root, launcher, accounts=accounts.pool) as pool:
+        with pytest.raises(errors.LoginQuarantined):
+            await pool.ensure("k", build)
+        assert launcher.requests == []
+        assert pool.state("k") is None

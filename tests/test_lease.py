@@ -37,6 +37,7 @@ from codex_supervisor.lease import (
     LeaseRecord,
     RenewOutcome,
     acquire_lease,
+    claim_alive,
     holder_alive,
 )
 from codex_supervisor.testing import FakeClock
@@ -68,6 +69,7 @@ class ScriptedBackend:
         mode: LeaseMode,
         ttl: float,
         purpose: str | None = None,
+        replaces: LeaseRecord | None = None,
     ) -> LeaseRecord | None:
         now = self.clock.now()
         return LeaseRecord(
@@ -1280,9 +1282,18 @@ class _GatedRenewals:
     entered: int = 0
 
     async def try_acquire(
-        self, name: str, *, owner: str, mode: LeaseMode, ttl: float, purpose: str | None = None
+        self,
+        name: str,
+        *,
+        owner: str,
+        mode: LeaseMode,
+        ttl: float,
+        purpose: str | None = None,
+        replaces: LeaseRecord | None = None,
     ) -> LeaseRecord | None:
-        return await self.inner.try_acquire(name, owner=owner, mode=mode, ttl=ttl, purpose=purpose)
+        return await self.inner.try_acquire(
+            name, owner=owner, mode=mode, ttl=ttl, purpose=purpose, replaces=replaces
+        )
 
     async def renew(self, record: LeaseRecord, ttl: float) -> tuple[RenewOutcome, LeaseRecord]:
         self.entered += 1
@@ -1333,8 +1344,9 @@ async def test_a_lapsed_shared_lease_is_taken_again(
 async def test_a_lapsed_shared_lease_taken_exclusively_meanwhile_stays_lost(
     tmp_path: Path,
 ) -> None:
-    """An exclusive holder (a `remove`) took the lapsed name before the holder woke: lost, once,
-    and the exclusive claim is left alone."""
+    """While its holder runs, a lapsed shared record refuses an exclusive claim; once someone
+    judged it dead (its record gone) and an exclusive holder (a `remove`) took the name, the
+    holder waking finds it lost, once, and leaves the exclusive claim alone."""
     clock = FakeClock(datetime.now(UTC), monotonic_start=0.0)
     backend = _GatedRenewals(FileLeaseBackend(tmp_path, clock=clock))
     lost: list[Lease] = []
@@ -1344,12 +1356,16 @@ async def test_a_lapsed_shared_lease_taken_exclusively_meanwhile_stays_lost(
         await clock.wait_for_sleepers()
         clock.advance(10.0)
         await _until(lambda: backend.entered == 1)  # the renewal is on its way...
+        # ...the record lapsed, but its holder (this process, the lease open) runs:
+        assert await backend.try_acquire("acct", owner="remover", mode=EXCLUSIVE, ttl=60.0) is None
+        assert await backend.records("acct") == [lease.record]
+        (tmp_path / "acct" / f"{lease.owner}.json").unlink()  # judged dead by someone
         taker = await backend.try_acquire("acct", owner="remover", mode=EXCLUSIVE, ttl=60.0)
-        assert taker is not None  # ...but the record had lapsed: taken over
+        assert taker is not None
         backend.gate.set()
         await _until(lambda: lease.lost)
         assert lease.lost_reason is not None
-        assert "exclusive holder took it" in lease.lost_reason
+        assert "record is gone or was replaced" in lease.lost_reason
         assert lease.reacquired == 0
         with pytest.raises(errors.LeaseLost):
             lease.ensure_held()
@@ -1430,7 +1446,12 @@ async def test_holder_alive_tells_a_suspended_holder_from_a_gone_one(
     assert mine is not None
     assert holder_alive(mine) is True
     assert holder_alive(attrs.evolve(mine, pid_start="another-boot/123")) is False
-    assert holder_alive(attrs.evolve(mine, host=mine.host + "-elsewhere")) is None
+    # This boot of this machine, whatever its host name says now (renamed while suspended):
+    assert holder_alive(attrs.evolve(mine, host=mine.host + "-renamed")) is True
+    # Another machine (another boot, another name), or no start to tell: cannot be judged.
+    other = attrs.evolve(mine, host=mine.host + "-elsewhere", pid_start="another-boot/123")
+    assert holder_alive(other) is None
+    assert holder_alive(attrs.evolve(mine, host=mine.host + "-elsewhere", pid_start=None)) is None
     assert holder_alive(attrs.evolve(mine, pid_start=None)) is True  # an older record
 
     proc = subprocess.Popen([sys.executable, "-c", _SLEEPER])
@@ -1466,3 +1487,200 @@ async def test_records_lists_lapsed_claims_until_someone_takes_over(
     new = await _acquire(backend, "new", SHARED, ttl=10.0)
     assert await backend.records("acct") == [new]
     assert await backend.records("nobody") == []
+
+
+# --------------------------------------------------------------------------- #
+# A lapsed record whose holder still runs is still a claim (never taken over)
+
+
+@pytest.fixture
+def suspended() -> Iterator[subprocess.Popen[bytes]]:
+    """Another process, stopped (a Codex suspended by Ctrl-Z); killed and reaped at the end."""
+    proc = subprocess.Popen([sys.executable, "-c", _SLEEPER])
+    try:
+        proc.send_signal(signal.SIGSTOP)
+        _until_sync(lambda: _proc_state(proc.pid) == "T")
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+
+
+async def _lapsed_record_of(
+    backend: FileLeaseBackend,
+    clock: FakeClock,
+    proc: subprocess.Popen[bytes],
+    owner: str,
+    mode: LeaseMode,
+) -> LeaseRecord:
+    """A record of ``owner`` as process ``proc`` would have written it, lapsed by now."""
+    written = await _acquire(backend, owner, mode, ttl=1.0)
+    theirs = attrs.evolve(written, pid=proc.pid, pid_start=_start_of(proc.pid))
+    (backend.root / "acct" / f"{owner}.json").write_text(json.dumps(unstructure(theirs)))
+    clock.advance(2.0)
+    assert await backend.holders("acct") == []
+    return theirs
+
+
+@pytest.mark.anyio
+async def test_a_shared_acquire_keeps_the_lapsed_record_of_a_running_holder(
+    backend: FileLeaseBackend, clock: FakeClock, suspended: subprocess.Popen[bytes]
+) -> None:
+    """Another session's shared occupy never erases the record of a suspended holder; an
+    exclusive claim waits for it; once its process is gone it is garbage, taken over."""
+    theirs = await _lapsed_record_of(backend, clock, suspended, "codex", SHARED)
+    other = await _acquire(backend, "other", SHARED, ttl=10.0)
+    assert await backend.records("acct") == [theirs, other]
+    await backend.release(other)
+    assert await backend.records("acct") == [theirs]
+    assert await backend.try_acquire("acct", owner="remove", mode=EXCLUSIVE, ttl=10.0) is None
+    assert await backend.records("acct") == [theirs]
+
+    suspended.kill()
+    suspended.wait(timeout=60)
+    remover = await _acquire(backend, "remove", EXCLUSIVE, ttl=10.0)
+    assert await backend.records("acct") == [remover]
+
+
+@pytest.mark.anyio
+async def test_a_lapsed_exclusive_record_of_a_running_holder_blocks_everyone(
+    backend: FileLeaseBackend, clock: FakeClock, suspended: subprocess.Popen[bytes]
+) -> None:
+    """A `remove` or a probe suspended mid-way still acts as it resumes: nobody occupies the
+    name meanwhile (it finds its own claim lost when it renews)."""
+    theirs = await _lapsed_record_of(backend, clock, suspended, "probe", EXCLUSIVE)
+    for mode in (SHARED, EXCLUSIVE):
+        assert await backend.try_acquire("acct", owner="late", mode=mode, ttl=10.0) is None
+    assert await backend.records("acct") == [theirs]
+    outcome, _ = await backend.renew(theirs, 10.0)
+    assert outcome is RenewOutcome.LOST  # its exclusive claim lapsed: lost, never revived
+
+
+@pytest.mark.anyio
+async def test_a_timeout_names_a_lapsed_holder_that_runs(
+    tmp_path: Path, clock: FakeClock, suspended: subprocess.Popen[bytes]
+) -> None:
+    """The LeaseTimeout of a waiter names the suspended holder that keeps it waiting."""
+    backend = FileLeaseBackend(tmp_path, clock=clock)
+    await _lapsed_record_of(backend, clock, suspended, "codex", SHARED)
+    with pytest.raises(errors.LeaseTimeout, match=rf"codex \(pid {suspended.pid} "):
+        async with acquire_lease(backend, "acct", timeout=0.2, clock=clock):
+            pytest.fail("took the name of a running holder")
+
+
+@pytest.mark.anyio
+async def test_own_lapsed_records_count_only_while_their_lease_is_open(
+    tmp_path: Path,
+) -> None:
+    """This process's lapsed record is a claim while its Lease block runs; a record it wrote
+    without a lease (or failed to release) is garbage once lapsed, so nothing is stuck on it."""
+    clock = FakeClock(datetime.now(UTC), monotonic_start=0.0)
+    backend = _GatedRenewals(FileLeaseBackend(tmp_path, clock=clock))
+    async with acquire_lease(backend, "acct", mode=SHARED, ttl=3.0, clock=clock) as lease:
+        await clock.wait_for_sleepers()
+        clock.advance(10.0)
+        await _until(lambda: backend.entered == 1)  # lapsed, its renewal held at the gate
+        assert claim_alive(lease.record)
+        assert await backend.try_acquire("acct", owner="x", mode=EXCLUSIVE, ttl=1.0) is None
+        stray = await backend.try_acquire("acct", owner="stray", mode=SHARED, ttl=1.0)
+        assert stray is not None
+        clock.advance(2.0)
+        assert not claim_alive(stray)
+        assert claim_alive(lease.record)
+        backend.gate.set()
+        await _until(lambda: lease.reacquired == 1)
+        assert not lease.lost
+    assert not claim_alive(lease.record)  # the block is over
+    taker = await backend.try_acquire("acct", owner="x", mode=EXCLUSIVE, ttl=1.0)
+    assert taker is not None
+    assert await backend.records("acct") == [taker]  # the stray record went as garbage
+
+
+@pytest.mark.anyio
+async def test_a_retake_needs_the_lapsed_record_unchanged(
+    backend: FileLeaseBackend, clock: FakeClock
+) -> None:
+    """try_acquire(replaces=...) takes a lapsed claim again only while its record is on disk as
+    it was: not once gone, not once replaced; never for another owner's record."""
+    first = await _acquire(backend, "me", SHARED, ttl=1.0)
+    clock.advance(2.0)
+    again = await backend.try_acquire("acct", owner="me", mode=SHARED, ttl=5.0, replaces=first)
+    assert again is not None
+    assert again.acquired_at > first.acquired_at
+    assert await backend.records("acct") == [again]
+    # The older claim is replaced now: it cannot be taken again.
+    assert (
+        await backend.try_acquire("acct", owner="me", mode=SHARED, ttl=5.0, replaces=first) is None
+    )
+    assert await backend.records("acct") == [again]
+    await backend.release(again)
+    assert (
+        await backend.try_acquire("acct", owner="me", mode=SHARED, ttl=5.0, replaces=again) is None
+    )
+    assert await backend.records("acct") == []
+    with pytest.raises(errors.ConfigError, match="same name and owner"):
+        await backend.try_acquire("acct", owner="you", mode=SHARED, ttl=5.0, replaces=again)
+
+
+@pytest.mark.anyio
+async def test_a_lapsed_shared_lease_whose_record_is_gone_is_lost_not_retaken(
+    tmp_path: Path,
+) -> None:
+    """Its record erased during the lapse (someone judged the holder dead, then maybe acted):
+    lost for good, even though nothing blocks a new claim now."""
+    clock = FakeClock(datetime.now(UTC), monotonic_start=0.0)
+    backend = _GatedRenewals(FileLeaseBackend(tmp_path, clock=clock))
+    lost: list[Lease] = []
+    async with acquire_lease(
+        backend, "acct", mode=SHARED, ttl=3.0, clock=clock, on_lost=lost.append
+    ) as lease:
+        await clock.wait_for_sleepers()
+        clock.advance(10.0)
+        await _until(lambda: backend.entered == 1)
+        (tmp_path / "acct" / f"{lease.owner}.json").unlink()
+        backend.gate.set()
+        await _until(lambda: lease.lost)
+        assert lease.reacquired == 0
+        assert await backend.records("acct") == []  # not written again
+        with pytest.raises(errors.LeaseLost, match="gone or was replaced"):
+            lease.ensure_held()
+    assert lost == [lease]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("verdict", ["gone", "raises", None])
+async def test_a_retaken_lease_is_rechecked_before_it_counts_again(
+    tmp_path: Path, verdict: str | None
+) -> None:
+    """recheck runs after a retake: a reason (or an error) reports the lease lost; None keeps it."""
+    clock = FakeClock(datetime.now(UTC), monotonic_start=0.0)
+    backend = FileLeaseBackend(tmp_path, clock=clock)
+    seen: list[LeaseRecord] = []
+
+    async def recheck(lease: Lease) -> str | None:
+        seen.append(lease.record)
+        if verdict == "raises":
+            raise OSError("state unreadable")
+        return None if verdict is None else "the account left the pool"
+
+    lost: list[Lease] = []
+    async with acquire_lease(
+        backend, "acct", mode=SHARED, ttl=3.0, clock=clock, on_lost=lost.append, recheck=recheck
+    ) as lease:
+        first = lease.record
+        await clock.wait_for_sleepers()
+        clock.advance(10.0)
+        await _until(lambda: lease.lost or lease.reacquired == 1)
+        [retaken] = seen
+        assert retaken.acquired_at > first.acquired_at
+        if verdict is None:
+            assert not lease.lost
+            lease.ensure_held()
+        else:
+            assert lost == [lease]
+            with pytest.raises(errors.LeaseLost, match="taken again, but"):
+                lease.ensure_held()
+            assert lease.reacquired == 0
+            # The record stays (the holder still runs there) until the block ends.
+            assert await backend.records("acct") == [retaken]
+    assert await backend.records("acct") == []

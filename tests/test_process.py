@@ -104,7 +104,7 @@ def stray_pids() -> Iterator[list[int]]:
 @pytest.fixture
 def saved_signal_handlers() -> Iterator[None]:
     """Put back the dispositions of the signals SignalWatcher touches."""
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP)
     before = {sig: signal.getsignal(sig) for sig in sigs}
     yield
     for sig, handler in before.items():
@@ -733,3 +733,25 @@ async def test_wait_group_kills_what_a_dead_leader_left_behind(tmp_path: Path) -
         await asyncio.sleep(0.01)
     else:
         pytest.fail(f"the leftover child {orphan} is still running")
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("saved_signal_handlers")
+async def test_relaying_stops_respects_the_sigtstp_disposition_it_found() -> None:
+    """Ignored SIGTSTP stays ignored; an embedder's handler is back once the child is gone."""
+
+    def own_handler(signum: int, frame: object) -> None:
+        """The embedding program's own."""
+
+    child = await launch(["sleep", "30"], env=_base_env(), process_group=True)
+    try:
+        async with SignalWatcher() as watcher:
+            signal.signal(signal.SIGTSTP, signal.SIG_IGN)
+            with watcher.relaying_stops(child):
+                assert signal.getsignal(signal.SIGTSTP) == signal.SIG_IGN
+            signal.signal(signal.SIGTSTP, own_handler)
+            with watcher.relaying_stops(child):
+                assert signal.getsignal(signal.SIGTSTP) is not own_handler
+            assert signal.getsignal(signal.SIGTSTP) is own_handler
+    finally:
+        await child.stop()

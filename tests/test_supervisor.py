@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,11 +25,13 @@ from codex_supervisor.events import (
     ChildExited,
     ChildLaunched,
     CollectingSink,
+    OccupancyLost,
     Resumed,
     Rotating,
     SessionBound,
     WaitingForReset,
 )
+from codex_supervisor.lease import Lease
 from codex_supervisor.policy import TurnCosts
 from codex_supervisor.process import Child, SignalWatcher, launch
 from codex_supervisor.quota import WindowKind
@@ -797,3 +801,38 @@ async def test_a_run_whose_only_account_was_removed_before_its_launch_says_so(
     assert sim_world.backend.responses_requests() == []
     assert sim_world.sink.of(ChildExited) == []
     assert not (sim_world.pool.root / "accounts" / "alpha").exists()
+
+
+async def test_a_lost_occupancy_lease_is_said_loudly_and_the_child_runs_on(
+    sim_world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The child's occupancy lease reported lost (e.g. its account left the pool during a
+    suspend): logged at ERROR and emitted as OccupancyLost; the child is not stopped for it."""
+    sim_world.add("alpha")
+    occupy = AccountPool.occupy
+    why = "it lapsed and was taken again, but account 'alpha' is no longer in the pool"
+
+    def occupy_then_lose(self: AccountPool, name: str, **kw: Any) -> Any:
+        claim = occupy(self, name, **kw)
+
+        @contextlib.asynccontextmanager
+        async def losing() -> AsyncIterator[Lease]:
+            async with claim as lease:
+                lease._mark_lost(why)  # as the heartbeat reports it
+                yield lease
+
+        return losing()
+
+    monkeypatch.setattr(AccountPool, "occupy", occupy_then_lose)
+    with caplog.at_level(logging.ERROR, logger="codex_supervisor.supervisor"):
+        result = await sim_world.supervisor().run(_exec("hello"), cwd=sim_world.work)
+    assert result.exit_code == 0
+    [lost] = sim_world.sink.of(OccupancyLost)
+    assert isinstance(lost, OccupancyLost)
+    assert (lost.account, lost.reason) == ("alpha", why)
+    assert "no longer in the pool" in lost.message
+    [logged] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "occupancy lease of account 'alpha' was lost" in logged.getMessage()
+    [exited] = sim_world.sink.of(ChildExited)
+    assert isinstance(exited, ChildExited)
+    assert (exited.returncode, exited.stopped) == (0, False)

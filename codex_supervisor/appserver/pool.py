@@ -650,6 +650,12 @@ class AppServerPool:
             ready_timeout=self.config.ready_timeout,
             ready_interval=self.config.ready_interval,
         )
+        accounts = self.accounts
+        if entry.account is not None and accounts is not None and accounts.quarantine_listing():
+            # Once more with the occupancy lease held, right before Codex
+            # starts: a newer login may have been quarantined while the lease,
+            # the store or the config builder kept this spawn waiting.
+            await asyncio.to_thread(accounts.ensure_no_quarantine, entry.account)
         launched = await self._launcher(request)
         entry.process = launched.process
         entry.launched = launched

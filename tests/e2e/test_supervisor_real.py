@@ -371,17 +371,8 @@ def test_sigterm_stops_codex_releases_leases_and_exits_143(
     """SIGTERM to a supervised TUI: Codex is gone, leases released, exit 143."""
     world = tls_real
     world.add("alpha")
-    argv, events = _driver(tmp_path, world, ["--no-alt-screen", *offline_flags(), "hello"])
-    env = dict(world.env, TERM="xterm-256color")
-    with PtyProcess(argv, env=env, cwd=world.work) as tui:
-        _wait_for(
-            lambda: any(e["name"] == "session_bound" for e in _events(events)),
-            60,
-            "bind",
-            tui,
-            events,
-        )
-        pid = next(e["pid"] for e in _events(events) if e["name"] == "child_launched")
+    argv = ["--no-alt-screen", *offline_flags(), "hello"]
+    with _bound_in_a_terminal(tmp_path, world, argv) as (tui, pid):
         tui.send_signal(signal.SIGTERM)
         assert tui.wait(timeout=30) == 143
     assert not Path(f"/proc/{pid}").exists()
@@ -421,19 +412,7 @@ def test_headless_exec_leads_its_own_process_group_and_ctrl_c_ends_the_run(
     tmp_path: Path, real: RealWorld
 ) -> None:
     """Under a terminal, exec runs in a group of its own; Ctrl-C stops it through us: 130."""
-    real.add("alpha")
-    real.backend.script(Behaviour.stall())
-    argv, events = _driver(tmp_path, real, _exec("a long task"))
-    env = dict(real.env, TERM="xterm-256color")
-    with PtyProcess(argv, env=env, cwd=real.work) as proc:
-        _wait_for(
-            lambda: any(e["name"] == "session_bound" for e in _events(events)),
-            60,
-            "bind",
-            proc,
-            events,
-        )
-        pid = next(e["pid"] for e in _events(events) if e["name"] == "child_launched")
+    with _exec_in_a_terminal(tmp_path, real) as (proc, pid):
         # Its own group, so a stop reaches the whole tree; not the terminal's
         # foreground group, so the terminal's Ctrl-C reaches only the supervisor.
         assert _pgrp(pid) == pid
@@ -458,12 +437,12 @@ def _until_state(pid: int, wanted: Callable[[str], bool], what: str) -> None:
 
 
 @contextlib.contextmanager
-def _exec_in_a_terminal(tmp_path: Path, real: RealWorld) -> Iterator[tuple[PtyProcess, int]]:
-    """A supervised exec mid-turn under a pty: the terminal, and the exec's pid."""
-    real.add("alpha")
-    real.backend.script(Behaviour.stall())
-    argv, events = _driver(tmp_path, real, _exec("a long task"))
-    with PtyProcess(argv, env=dict(real.env, TERM="xterm-256color"), cwd=real.work) as proc:
+def _bound_in_a_terminal(
+    tmp_path: Path, world: RealWorld, argv: list[str]
+) -> Iterator[tuple[PtyProcess, int]]:
+    """A supervised run under a pty, once its session is bound: the terminal, Codex's pid."""
+    driver, events = _driver(tmp_path, world, argv)
+    with PtyProcess(driver, env=dict(world.env, TERM="xterm-256color"), cwd=world.work) as proc:
         _wait_for(
             lambda: any(e["name"] == "session_bound" for e in _events(events)),
             60,
@@ -472,6 +451,15 @@ def _exec_in_a_terminal(tmp_path: Path, real: RealWorld) -> Iterator[tuple[PtyPr
             events,
         )
         yield proc, next(e["pid"] for e in _events(events) if e["name"] == "child_launched")
+
+
+def _exec_in_a_terminal(
+    tmp_path: Path, real: RealWorld
+) -> contextlib.AbstractContextManager[tuple[PtyProcess, int]]:
+    """A supervised exec mid-turn (the backend never answers) under a pty."""
+    real.add("alpha")
+    real.backend.script(Behaviour.stall())
+    return _bound_in_a_terminal(tmp_path, real, _exec("a long task"))
 
 
 def test_ctrl_z_suspends_a_headless_exec_with_its_supervisor(

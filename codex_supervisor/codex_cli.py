@@ -2,10 +2,11 @@
 
 The supervisor never passes the user's argv to Codex blindly and never guesses
 from the first word. :func:`parse_argv` reads argv the way Codex's own parser
-(clap) does for the pinned version, using one table of options
+(clap) does for each tested version, using one table of options
 (:data:`_OPTIONS`, taken from ``codex --help``, ``codex resume --help``,
 ``codex fork --help``, ``codex exec --help`` and ``codex exec resume --help`` of
-0.169.0), and returns an :class:`Invocation`:
+0.169.0) and the changes of each later release, and returns an
+:class:`Invocation`:
 
 - ``codex [OPTIONS] [PROMPT]`` is a new interactive session, with or without a
   PROMPT and with any options (``codex "fix it"`` and ``codex -m X "fix it"``
@@ -20,6 +21,12 @@ from the first word. :func:`parse_argv` reads argv the way Codex's own parser
 account (``resume <id>``, never ``--last``, never the original prompt).
 :func:`detect_version` runs ``codex --version``; :func:`features_for` maps a
 version to what it needs, from a small table.
+
+Versions: :data:`MINIMUM_VERSION` is the oldest supported release (older ones
+are refused); :data:`TESTED_CODEX_VERSIONS` lists the releases the test suite
+runs against, each with its own grammar (:data:`_GRAMMAR_CHANGES`); a newer
+release is never refused, it runs with the newest tested release's rules and
+a logged warning.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from .errors import CodexCLIError, CodexNotFoundError, ConfigError, UnsupportedC
 
 __all__ = [
     "MINIMUM_VERSION",
+    "TESTED_CODEX_VERSIONS",
     "CodexVersion",
     "Invocation",
     "Mode",
@@ -65,6 +73,55 @@ class Mode(enum.Enum):
     EXEC = "exec"
     EXEC_RESUME = "exec_resume"
     PASSTHROUGH = "passthrough"  # run once, unsupervised
+
+
+# -- versions -----------------------------------------------------------------
+
+_VERSION_RE = re.compile(r"(?<![\w.])v?(\d{1,9})\.(\d{1,9})\.(\d{1,9})(?![\d])")
+
+
+@final
+@attrs.frozen(order=True)
+class CodexVersion:
+    """A Codex CLI release number; ordered, printed as ``0.169.0``."""
+
+    major: int
+    minor: int
+    patch: int
+
+    @classmethod
+    def parse(cls, text: str) -> CodexVersion:
+        """Read ``codex-cli 0.169.0`` or ``0.169.0`` (a prerelease suffix is ignored)."""
+        found = _VERSION_RE.search(text)
+        if found is None:
+            raise CodexCLIError(f"no Codex version in {text[:200]!r}")
+        major, minor, patch = (int(part) for part in found.groups())
+        return cls(major, minor, patch)
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}"
+
+
+#: The oldest Codex the supervisor drives (the oldest *supported* version):
+#: :func:`features_for` refuses anything older with
+#: :class:`~codex_supervisor.errors.UnsupportedCodexVersion`. From 0.157.0 the
+#: TUI reads the account through HTTPS workspace discovery (the behaviour the
+#: fake backend and the interactive run are built around), and 0.157.0's
+#: ``--help`` shows the same TUI grammar as 0.169.0, ``--no-daemon`` included.
+#: It is supported but not tested end to end: it was checked by its ``--help``
+#: and ``features list`` alone.
+MINIMUM_VERSION = CodexVersion(0, 157, 0)
+
+#: The Codex releases the test suite runs against, oldest first: the one
+#: source of truth for CI (``scripts/test`` runs the real-binary tests once per
+#: version), ``scripts/fetch-codex`` (its default is the first), the README's
+#: support table and the untested-version warning of :func:`features_for`.
+#: Adding a release is routine: ``scripts/new-codex-version X.Y.Z`` shows what
+#: changed; update the grammar and version tables below, then append it here.
+TESTED_CODEX_VERSIONS: tuple[str, ...] = ("0.169.0", "0.171.0")
+
+_TESTED = frozenset(CodexVersion.parse(v) for v in TESTED_CODEX_VERSIONS)
+_NEWEST_TESTED = max(_TESTED)
 
 
 # -- the option table ---------------------------------------------------------
@@ -141,9 +198,10 @@ def _opt(
 
 
 #: Every option of codex-cli 0.169.0 (0.157.0 has the same set minus exec's
-#: --trust and --cyber-access-program). ``where`` is exactly the set of
-#: ``--help`` pages that list it; tests/e2e/test_codex_cli_real.py checks this
-#: table against the real binary in both directions.
+#: --trust and --cyber-access-program); later releases apply
+#: :data:`_GRAMMAR_CHANGES`. ``where`` is exactly the set of ``--help`` pages
+#: that list it; tests/e2e/test_codex_cli_real.py checks each tested version's
+#: table against that version's binary in both directions.
 _OPTIONS: tuple[_Spec, ...] = (
     _opt("-c", "--config", value=True, where=_ANYWHERE),
     _opt(None, "--enable", value=True, where=_ANYWHERE),
@@ -186,12 +244,6 @@ _OPTIONS: tuple[_Spec, ...] = (
     _opt("-V", "--version", value=False, where=_TUI_EXEC, role=_Role.HELP),
 )
 
-_BY_NAME: dict[str, _Spec] = {name: spec for spec in _OPTIONS for name in spec.names}
-_CONFIG = _BY_NAME["--config"]
-_ENABLE = _BY_NAME["--enable"]
-_DISABLE = _BY_NAME["--disable"]
-_NO_DAEMON = _BY_NAME["--no-daemon"]
-
 #: Subcommands that change the context; every other known one is passed through.
 _SUBCOMMANDS: dict[_Context, dict[str, _Context]] = {
     _ROOT: {"exec": _EXEC, "e": _EXEC, "resume": _RESUME, "fork": _FORK},
@@ -211,6 +263,128 @@ _PASSTHROUGH_SUBCOMMANDS: dict[_Context, frozenset[str]] = {
     _EXEC: frozenset({"fork", "review", "help"}),
 }
 # fmt: on
+
+
+@final
+@attrs.frozen(kw_only=True)
+class _GrammarChange:
+    """How the command line of release ``since`` differs from the release before it."""
+
+    since: CodexVersion
+    # New options, or new definitions (by long name) of existing ones.
+    options: tuple[_Spec, ...] = ()
+    removed_options: frozenset[str] = frozenset()  # long names
+    added_subcommands: Mapping[_Context, frozenset[str]] = attrs.field(factory=dict)
+    removed_subcommands: Mapping[_Context, frozenset[str]] = attrs.field(factory=dict)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class _Grammar:
+    """The options and pass-through subcommands of the releases from ``since`` on."""
+
+    since: CodexVersion
+    options: tuple[_Spec, ...]
+    passthrough: Mapping[_Context, frozenset[str]]
+    by_name: Mapping[str, _Spec] = attrs.field(init=False, eq=False, repr=False)
+
+    @by_name.default
+    def _index(self) -> Mapping[str, _Spec]:
+        return {name: spec for spec in self.options for name in spec.names}
+
+
+#: Every change of the command line since 0.169.0, oldest first, each checked
+#: against the real binary's ``--help`` pages and ``completion bash``
+#: (``scripts/new-codex-version`` prints them for a new release). A version
+#: uses the table of the newest change at or below it.
+_GRAMMAR_CHANGES: tuple[_GrammarChange, ...] = (
+    _GrammarChange(
+        since=CodexVersion(0, 171, 0),
+        # `codex exec` and `codex exec resume` gained --remote <ADDR> and
+        # --remote-auth-token-env <ENV_VAR> ("Connect to an existing app server").
+        options=(
+            _opt(None, "--remote", value=True, where=_ANYWHERE, role=_Role.REMOTE),
+            _opt(None, "--remote-auth-token-env", value=True, where=_ANYWHERE),
+        ),
+        removed_subcommands={_ROOT: frozenset({"stdio-to-uds"})},
+    ),
+)
+
+
+def _apply(grammar: _Grammar, change: _GrammarChange) -> _Grammar:
+    replaced = {spec.long: spec for spec in change.options}
+    options = [
+        replaced.pop(spec.long, spec)
+        for spec in grammar.options
+        if spec.long not in change.removed_options
+    ]
+    contexts = set(grammar.passthrough) | set(change.added_subcommands)
+    passthrough = {
+        ctx: (grammar.passthrough.get(ctx, frozenset()) | change.added_subcommands.get(ctx, set()))
+        - change.removed_subcommands.get(ctx, frozenset())
+        for ctx in contexts
+    }
+    return _Grammar(
+        since=change.since, options=(*options, *replaced.values()), passthrough=passthrough
+    )
+
+
+def _union(grammars: Sequence[_Grammar]) -> _Grammar:
+    """What any of ``grammars`` accepts: an option or a subcommand of any of them is known."""
+    merged: dict[str, _Spec] = {}
+    for grammar in grammars:
+        for spec in grammar.options:
+            old = merged.setdefault(spec.long, spec)
+            if old == spec:
+                continue
+            # A release that changed an option's arity would need its own parse
+            # of an untagged argv; none has, and the tables must say so.
+            if (old.short, old.takes_value, old.role) != (spec.short, spec.takes_value, spec.role):
+                raise AssertionError(f"{spec.long} changed its shape between releases")
+            merged[spec.long] = attrs.evolve(
+                old, where=old.where | spec.where, greedy_in=old.greedy_in | spec.greedy_in
+            )
+    contexts = {ctx for grammar in grammars for ctx in grammar.passthrough}
+    return _Grammar(
+        since=grammars[0].since,
+        options=tuple(merged.values()),
+        passthrough={
+            ctx: frozenset().union(*(g.passthrough.get(ctx, frozenset()) for g in grammars))
+            for ctx in contexts
+        },
+    )
+
+
+def _build_grammars() -> tuple[_Grammar, ...]:
+    grammars = [
+        _Grammar(since=MINIMUM_VERSION, options=_OPTIONS, passthrough=_PASSTHROUGH_SUBCOMMANDS)
+    ]
+    for change in sorted(_GRAMMAR_CHANGES, key=lambda c: c.since):
+        grammars.append(_apply(grammars[-1], change))
+    return tuple(grammars)
+
+
+_GRAMMARS = _build_grammars()
+#: The grammar of an argv whose Codex version is not known: the union of all.
+#: Conservative both ways: an option of any release is read with its arity (a
+#: PROMPT after a value-taking option is never misread), and a subcommand of
+#: any release is passed through rather than taken for a PROMPT.
+_ANY_VERSION = _union(_GRAMMARS)
+
+
+def _grammar(version: CodexVersion | None) -> _Grammar:
+    """The grammar ``version`` accepts (None: the union of every known release)."""
+    if version is None:
+        return _ANY_VERSION
+    fitting = [g for g in _GRAMMARS if g.since <= version]
+    return fitting[-1] if fitting else _GRAMMARS[0]
+
+
+_BY_NAME: Mapping[str, _Spec] = _ANY_VERSION.by_name
+_CONFIG = _BY_NAME["--config"]
+_ENABLE = _BY_NAME["--enable"]
+_DISABLE = _BY_NAME["--disable"]
+_NO_DAEMON = _BY_NAME["--no-daemon"]
 #: Positional arguments each context takes (PROMPT; or SESSION_ID and PROMPT).
 _MAX_POSITIONALS = {_ROOT: 1, _EXEC: 1, _RESUME: 2, _FORK: 2, _EXEC_RESUME: 2}
 _MODES = {
@@ -359,12 +533,12 @@ def _shown(token: str) -> str:
     return name if len(name) <= 60 else name[:57] + "..."
 
 
-def _read_option(args: Sequence[str], i: int, ctx: _Context) -> tuple[_Opt, int]:
+def _read_option(args: Sequence[str], i: int, ctx: _Context, grammar: _Grammar) -> tuple[_Opt, int]:
     """Read the option at ``args[i]`` as clap would in ``ctx``; return it and the next index."""
     word = args[i]
     is_long = word.startswith("--")
     name = word.partition("=")[0] if is_long else word[:2]
-    spec = _BY_NAME.get(name)
+    spec = grammar.by_name.get(name)
     if spec is None or ctx not in spec.where:
         raise _Unsupported(f"{_shown(name)} is not an option of `{ctx.value}`")
     if not spec.takes_value:
@@ -402,15 +576,18 @@ def _attached_value(word: str) -> str | None:
     return None
 
 
-def _enter_subcommand(ctx: _Context, word: str, *, has_positional: bool) -> _Context | None:
+def _enter_subcommand(
+    ctx: _Context, word: str, grammar: _Grammar, *, has_positional: bool
+) -> _Context | None:
     """The context ``word`` switches to, None if it is a positional; raises for pass-through."""
     if ctx not in _SUBCOMMANDS:
         return None
-    if word not in _SUBCOMMANDS[ctx] and word not in _PASSTHROUGH_SUBCOMMANDS[ctx]:
+    passthrough = grammar.passthrough.get(ctx, frozenset())
+    if word not in _SUBCOMMANDS[ctx] and word not in passthrough:
         return None
     if has_positional:
         raise _Unsupported(f"a PROMPT before the subcommand {word!r}")
-    if word in _PASSTHROUGH_SUBCOMMANDS[ctx]:
+    if word in passthrough:
         raise _Unsupported(f"`{ctx.value} {word}` is not supervised", subcommand=word)
     return _SUBCOMMANDS[ctx][word]
 
@@ -437,7 +614,7 @@ def _last_value(opts: list[_Opt], role: _Role) -> str | None:
     return found[-1] if found else None
 
 
-def _classify(args: tuple[str, ...]) -> Invocation:
+def _classify(args: tuple[str, ...], grammar: _Grammar) -> Invocation:
     ctx = _ROOT
     global_opts: list[_Opt] = []
     command_opts: list[_Opt] = []
@@ -451,7 +628,7 @@ def _classify(args: tuple[str, ...]) -> Invocation:
         elif word == "--":
             options_ended = True
         elif _is_option_like(word):
-            opt, i = _read_option(args, i, ctx)
+            opt, i = _read_option(args, i, ctx, grammar)
             assert opt.spec is not None
             if opt.spec.role is _Role.HELP:
                 raise _Unsupported(f"{opt.spec.long} prints and exits")
@@ -462,7 +639,7 @@ def _classify(args: tuple[str, ...]) -> Invocation:
         # clap tries a word as a subcommand before taking it as a positional,
         # even after a PROMPT (`codex hi resume` runs resume); `--` stops that.
         elif (
-            entered := _enter_subcommand(ctx, word, has_positional=bool(positionals))
+            entered := _enter_subcommand(ctx, word, grammar, has_positional=bool(positionals))
         ) is not None:
             ctx = entered
         else:
@@ -471,7 +648,7 @@ def _classify(args: tuple[str, ...]) -> Invocation:
             raise _Unsupported(f"too many arguments for `{ctx.value}`")
         i += 1
 
-    last = any(o.spec is _BY_NAME["--last"] for o in command_opts)
+    last = any(o.spec is not None and o.spec.long == "--last" for o in command_opts)
     session_ref, prompt = _assign_positionals(ctx, positionals, last=last)
     # A subcommand's -C overrides the root's, as Codex merges them.
     cwd = _last_value(command_opts, _Role.CWD)
@@ -483,21 +660,27 @@ def _classify(args: tuple[str, ...]) -> Invocation:
         prompt=prompt,
         session_ref=session_ref,
         last=last,
-        all_sessions=any(o.spec is _BY_NAME["--all"] for o in command_opts),
+        all_sessions=any(o.spec is not None and o.spec.long == "--all" for o in command_opts),
         cwd=cwd if cwd is not None else _last_value(global_opts, _Role.CWD),
     )
 
 
-def parse_argv(argv: Sequence[str]) -> Invocation:
+def parse_argv(argv: Sequence[str], *, version: CodexVersion | None = None) -> Invocation:
     """Classify a Codex command line (without the program name); never raises.
 
     Anything this module cannot read with certainty — an unknown option, a
     shape Codex would refuse, a subcommand that is not supervised — comes back
     as :attr:`Mode.PASSTHROUGH` with a ``reason``.
+
+    ``version`` (from :func:`detect_version`) selects that release's grammar:
+    ``codex exec --remote-auth-token-env VAR hi`` is an exec on 0.171.0 and an
+    unknown option on 0.169.0. Without it, the argv is read by the union of
+    every known release, which reads every known option with its arity and
+    passes through any word that is a subcommand in some release.
     """
     args = tuple(str(a) for a in argv)
     try:
-        return _classify(args)
+        return _classify(args, _grammar(version))
     except _Unsupported as exc:
         return Invocation(
             mode=Mode.PASSTHROUGH, argv=args, reason=str(exc), subcommand=exc.subcommand
@@ -507,31 +690,7 @@ def parse_argv(argv: Sequence[str]) -> Invocation:
         return Invocation(mode=Mode.PASSTHROUGH, argv=args, reason=f"unreadable argv ({exc!r})")
 
 
-# -- versions -----------------------------------------------------------------
-
-_VERSION_RE = re.compile(r"(?<![\w.])v?(\d{1,9})\.(\d{1,9})\.(\d{1,9})(?![\d])")
-
-
-@final
-@attrs.frozen(order=True)
-class CodexVersion:
-    """A Codex CLI release number; ordered, printed as ``0.169.0``."""
-
-    major: int
-    minor: int
-    patch: int
-
-    @classmethod
-    def parse(cls, text: str) -> CodexVersion:
-        """Read ``codex-cli 0.169.0`` or ``0.169.0`` (a prerelease suffix is ignored)."""
-        found = _VERSION_RE.search(text)
-        if found is None:
-            raise CodexCLIError(f"no Codex version in {text[:200]!r}")
-        major, minor, patch = (int(part) for part in found.groups())
-        return cls(major, minor, patch)
-
-    def __str__(self) -> str:
-        return f"{self.major}.{self.minor}.{self.patch}"
+# -- what each version needs ---------------------------------------------------
 
 
 @final
@@ -547,6 +706,9 @@ class VersionFeatures:
     # thread, so a cross-account resume passes --disable cli_resume_account_check.
     # An older version rejects that flag ("Unknown feature flag").
     resume_account_check_feature: bool
+    # Newer than every release in TESTED_CODEX_VERSIONS: it runs with the
+    # newest tested release's needs and grammar, and a warning is logged once.
+    newer_than_tested: bool = False
 
 
 @final
@@ -557,43 +719,53 @@ class _Needs:
     resume_account_check_feature: bool
 
 
-#: The oldest Codex the supervisor drives. From 0.157.0 the TUI reads the account
-#: through HTTPS workspace discovery (the behaviour the fake backend and the
-#: interactive run are built around), and 0.157.0's ``--help`` shows the same TUI
-#: grammar as 0.169.0, ``--no-daemon`` included. Only 0.169.0 is tested end to
-#: end; 0.157.0 was checked by its ``--help`` and ``features list`` alone.
-MINIMUM_VERSION = CodexVersion(0, 157, 0)
-
 #: What each known version needs, oldest first; a version uses the last row at
 #: or below it.
 _VERSION_TABLE: tuple[_Needs, ...] = (
     # --no-daemon exists; cli_resume_account_check does not (checked on 0.157.0).
     _Needs(since=MINIMUM_VERSION, tui_no_daemon=True, resume_account_check_feature=False),
-    # Both (checked on 0.169.0, the pinned version).
+    # Both (checked on 0.169.0; 0.171.0 needs the same).
     _Needs(since=CodexVersion(0, 169, 0), tui_no_daemon=True, resume_account_check_feature=True),
 )
+
+_warned_untested: set[CodexVersion] = set()
 
 
 def features_for(version: CodexVersion) -> VersionFeatures:
     """What ``version`` needs; :class:`UnsupportedCodexVersion` if it is too old.
 
-    A version newer than any in the table gets the newest row's needs and a
-    logged warning: Codex moves fast, and refusing a newer release would break
-    every user on the day it ships.
+    A version below :data:`MINIMUM_VERSION` is refused. A version newer than
+    the newest in :data:`TESTED_CODEX_VERSIONS` is never refused — Codex moves
+    fast, and refusing a newer release would break every user on the day it
+    ships: it gets the newest row's needs, ``newer_than_tested`` set, and a
+    WARNING ``codex_cli.version_newer_than_tested`` logged once per version
+    and process. A version between the oldest supported and the newest tested
+    that is not itself tested runs silently with the row at or below it.
     """
     if version < MINIMUM_VERSION:
         raise UnsupportedCodexVersion(str(version), str(MINIMUM_VERSION))
     row = [needs for needs in _VERSION_TABLE if needs.since <= version][-1]
-    newest = _VERSION_TABLE[-1].since
-    if version > newest:
-        logger.warning(
-            "codex_cli.version_newer_than_known version=%s newest_known=%s", version, newest
-        )
     return VersionFeatures(
         version=version,
         tui_no_daemon=row.tui_no_daemon,
         resume_account_check_feature=row.resume_account_check_feature,
+        newer_than_tested=_warn_if_untested(version),
     )
+
+
+def _warn_if_untested(version: CodexVersion) -> bool:
+    """Whether ``version`` is newer than every tested release; warns once per version."""
+    if version <= _NEWEST_TESTED:
+        return False
+    if version not in _warned_untested:
+        _warned_untested.add(version)
+        logger.warning(
+            "codex_cli.version_newer_than_tested version=%s newest_tested=%s"
+            " (runs with the newest tested release's rules; never refused)",
+            version,
+            _NEWEST_TESTED,
+        )
+    return True
 
 
 def _tail(data: bytes, limit: int = 800) -> str:
@@ -616,6 +788,9 @@ async def detect_version(
 ) -> CodexVersion:
     """Run ``codex --version`` and read the version; the child is always reaped.
 
+    A version newer than every one in :data:`TESTED_CODEX_VERSIONS` is
+    returned like any other, with a WARNING logged once (see
+    :func:`features_for`); detection never refuses a version.
     A missing or non-executable binary raises :class:`CodexNotFoundError`; a
     timeout, a non-zero exit or output without a version raises
     :class:`CodexCLIError` carrying the end of stderr.
@@ -650,12 +825,14 @@ async def detect_version(
     if proc.returncode != 0:
         raise CodexCLIError(f"`{program} --version` exited with {proc.returncode}: {_tail(stderr)}")
     try:
-        return CodexVersion.parse(stdout.decode("utf-8", errors="replace"))
+        version = CodexVersion.parse(stdout.decode("utf-8", errors="replace"))
     except CodexCLIError as exc:
         raise CodexCLIError(
             f"`{program} --version` printed no version: {_tail(stdout, 200)!r};"
             f" stderr: {_tail(stderr)}"
         ) from exc
+    _warn_if_untested(version)
+    return version
 
 
 # -- building command lines ------------------------------------------------------

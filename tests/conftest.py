@@ -8,17 +8,31 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
+from codex_supervisor.codex_cli import TESTED_CODEX_VERSIONS, CodexVersion
 from codex_supervisor.testing import FakeCodexBackend, hermetic_env
 
 REPO = Path(__file__).resolve().parent.parent
-PINNED_CODEX_VERSION = "0.169.0"
+#: The version the suite runs against unless CODEX_SUPERVISOR_TEST_CODEX_BIN
+#: names another binary: the oldest tested one (scripts/fetch-codex's default).
+PINNED_CODEX_VERSION = TESTED_CODEX_VERSIONS[0]
+#: Set (to 1) to run against a binary of a version that is not tested yet:
+#: scripts/new-codex-version does, to show a new release's drift.
+UNTESTED_OK_ENV = "CODEX_SUPERVISOR_TEST_UNTESTED_CODEX"
 _DEFAULT_BIN = (
     REPO
     / ".cache/codex"
     / PINNED_CODEX_VERSION
     / "node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
 )
+
+
+# Every property test draws the same examples on every run, without a local
+# example database and without per-example deadlines: CI must be deterministic,
+# on a loaded machine too. Files choose their own example counts.
+settings.register_profile("deterministic", derandomize=True, database=None, deadline=None)
+settings.load_profile("deterministic")
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +43,11 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def codex_bin() -> Path:
-    """The real pinned Codex CLI binary; a missing binary fails, never skips."""
+    """The real Codex CLI binary of a tested version; a missing binary fails, never skips.
+
+    By default the first of TESTED_CODEX_VERSIONS; CODEX_SUPERVISOR_TEST_CODEX_BIN
+    names another (scripts/test runs the real-binary tests once per tested version).
+    """
     override = os.environ.get("CODEX_SUPERVISOR_TEST_CODEX_BIN")
     path = Path(override) if override else _DEFAULT_BIN
     if not (path.is_file() and os.access(path, os.X_OK)):
@@ -41,9 +59,24 @@ def codex_bin() -> Path:
     out = subprocess.run(
         [str(path), "--version"], capture_output=True, text=True, timeout=30, check=False
     ).stdout.strip()
-    if out != f"codex-cli {PINNED_CODEX_VERSION}":
-        pytest.fail(f"expected codex-cli {PINNED_CODEX_VERSION} at {path}, got {out!r}")
+    version = out.removeprefix("codex-cli ")
+    if version not in TESTED_CODEX_VERSIONS and not os.environ.get(UNTESTED_OK_ENV):
+        pytest.fail(
+            f"{path} is {out!r}, not one of the tested versions {', '.join(TESTED_CODEX_VERSIONS)}"
+            " (codex_supervisor.codex_cli.TESTED_CODEX_VERSIONS). To try a new release run"
+            f" scripts/new-codex-version VERSION, or set {UNTESTED_OK_ENV}=1.",
+            pytrace=False,
+        )
     return path
+
+
+@pytest.fixture(scope="session")
+def codex_version(codex_bin: Path) -> str:
+    """The version of :func:`codex_bin`, e.g. ``"0.171.0"``."""
+    out = subprocess.run(
+        [str(codex_bin), "--version"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    return str(CodexVersion.parse(out))
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import time
 import uuid
@@ -13,16 +14,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from codex_supervisor import codex_cli
 from codex_supervisor.codex_cli import (
     _OPTIONS,
     _PASSTHROUGH_SUBCOMMANDS,
     _SUBCOMMANDS,
     MINIMUM_VERSION,
+    TESTED_CODEX_VERSIONS,
     CodexVersion,
     Invocation,
     Mode,
     VersionFeatures,
     _Context,
+    _grammar,
     _Role,
     _Spec,
     detect_version,
@@ -614,17 +618,145 @@ def test_features_too_old() -> None:
     assert isinstance(info.value, CodexCLIError)
 
 
-def test_features_newer_than_known_warns(caplog: pytest.LogCaptureFixture) -> None:
-    """A newer version is never refused: it gets the newest needs and a logged warning."""
+@pytest.fixture
+def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget which untested versions this process already warned about."""
+    monkeypatch.setattr(codex_cli, "_warned_untested", set())
+
+
+@pytest.mark.usefixtures("fresh_warnings")
+def test_features_newer_than_tested_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A newer version is never refused: the newest needs, a flag, and one logged warning."""
     with caplog.at_level(logging.WARNING, logger="codex_supervisor.codex_cli"):
         features = features_for(CodexVersion(0, 200, 0))
     assert features.tui_no_daemon
     assert features.resume_account_check_feature
-    assert "codex_cli.version_newer_than_known" in caplog.text
+    assert features.newer_than_tested
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "codex_cli.version_newer_than_tested version=0.200.0" in record.getMessage()
+    assert f"newest_tested={TESTED_CODEX_VERSIONS[-1]}" in record.getMessage()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="codex_supervisor.codex_cli"):
-        features_for(CodexVersion(0, 169, 0))
+        assert features_for(CodexVersion(0, 200, 0)).newer_than_tested  # once per version
+        assert features_for(CodexVersion(0, 170, 0)).newer_than_tested is False  # in between
+        for version in TESTED_CODEX_VERSIONS:
+            assert features_for(CodexVersion.parse(version)).newer_than_tested is False
     assert caplog.text == ""
+
+
+def test_tested_versions_are_one_ordered_list() -> None:
+    """The tested versions are distinct, oldest first, and all supported."""
+    parsed = [CodexVersion.parse(v) for v in TESTED_CODEX_VERSIONS]
+    assert [str(v) for v in parsed] == list(TESTED_CODEX_VERSIONS)
+    assert parsed == sorted(set(parsed))
+    assert parsed[0] >= MINIMUM_VERSION
+
+
+_VERSION_CELL = re.compile(r"[`*]*(\d+\.\d+\.\d+)[`*]*")
+
+
+def _readme_versions() -> dict[str, list[str]]:
+    """The rows of the README's tables whose first cell is a version, by version, in order."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    rows: dict[str, list[str]] = {}
+    for line in readme.splitlines():
+        if not line.startswith("|"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        found = _VERSION_CELL.fullmatch(cells[0])
+        if found:
+            rows[found.group(1)] = cells
+    return rows
+
+
+def test_readme_support_table_names_exactly_the_tested_versions() -> None:
+    """The README's support table: the oldest supported, then exactly the tested versions."""
+    rows = _readme_versions()
+    assert list(rows) == [str(MINIMUM_VERSION), *TESTED_CODEX_VERSIONS]
+    assert "oldest supported" in rows[str(MINIMUM_VERSION)][1]
+    assert all("tested" in rows[v][1] for v in TESTED_CODEX_VERSIONS)
+
+
+@pytest.mark.parametrize("version", [str(MINIMUM_VERSION), *TESTED_CODEX_VERSIONS])
+def test_readme_support_table_says_what_each_version_needs(version: str) -> None:
+    """Each row names exactly the flags the version table adds for that version."""
+    features = features_for(CodexVersion.parse(version))
+    needs = _readme_versions()[version][2]
+    assert ("`--no-daemon`" in needs) is features.tui_no_daemon
+    assert ("`--disable cli_resume_account_check`" in needs) is (
+        features.resume_account_check_feature
+    )
+
+
+# -- one grammar per version ----------------------------------------------------------
+
+V169_, V171_ = CodexVersion(0, 169, 0), CodexVersion(0, 171, 0)
+TOKEN_ENV = ["exec", "--remote-auth-token-env", "TOK", "hi"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "version", "mode", "prompt"),
+    [
+        # 0.171.0 gave exec --remote-auth-token-env <ENV_VAR>; 0.169.0 refuses it.
+        (TOKEN_ENV, V169_, Mode.PASSTHROUGH, None),
+        (TOKEN_ENV, V171_, Mode.EXEC, "hi"),
+        (TOKEN_ENV, None, Mode.EXEC, "hi"),
+        (
+            ["exec", "resume", "--remote-auth-token-env", "TOK", SID, "hi"],
+            V171_,
+            Mode.EXEC_RESUME,
+            "hi",
+        ),
+        # --remote drives someone else's app server: never supervised, in any version.
+        (["exec", "--remote", "ws://127.0.0.1:1", "hi"], V169_, Mode.PASSTHROUGH, None),
+        (["exec", "--remote", "ws://127.0.0.1:1", "hi"], V171_, Mode.PASSTHROUGH, None),
+        (["exec", "--remote", "ws://127.0.0.1:1", "hi"], None, Mode.PASSTHROUGH, None),
+        # 0.171.0 dropped `stdio-to-uds`: there the word is a PROMPT, as for Codex.
+        (["stdio-to-uds"], V169_, Mode.PASSTHROUGH, None),
+        (["stdio-to-uds"], V171_, Mode.INTERACTIVE, "stdio-to-uds"),
+        (["stdio-to-uds"], None, Mode.PASSTHROUGH, None),
+        # Untested versions: older ones read like the oldest table, newer like the newest.
+        (["stdio-to-uds"], CodexVersion(0, 150, 0), Mode.PASSTHROUGH, None),
+        (["stdio-to-uds"], CodexVersion(0, 170, 9), Mode.PASSTHROUGH, None),
+        (TOKEN_ENV, CodexVersion(0, 300, 0), Mode.EXEC, "hi"),
+    ],
+)
+def test_parse_follows_the_grammar_of_the_version(
+    argv: list[str], version: CodexVersion | None, mode: Mode, prompt: str | None
+) -> None:
+    """Each release is read by its own grammar; without a version, by the union of all."""
+    inv = parse_argv(argv, version=version)
+    assert inv.mode is mode, inv.reason
+    assert inv.prompt == prompt
+
+
+def test_a_prompt_after_a_new_value_option_is_never_misread() -> None:
+    """The value of a value-taking option of 0.171.0 is not taken for the PROMPT."""
+    inv = parse_argv(["exec", "--remote-auth-token-env", "TOK", "-m", "X", "do it"], version=V171_)
+    assert (inv.mode, inv.prompt) == (Mode.EXEC, "do it")
+    assert inv.command_options == ("--remote-auth-token-env", "TOK", "-m", "X")
+    out = resume_argv(inv, SID, features_for(V171_), prompt="next")
+    assert out == [*NO_CHECK, "exec", "resume", *inv.command_options, SID, "next"]
+    again = parse_argv(out, version=V171_)
+    assert (again.mode, again.session_ref, again.prompt) == (Mode.EXEC_RESUME, SID, "next")
+    assert again.has_option("--remote-auth-token-env")
+
+
+def test_the_grammars_differ_only_where_codex_changed() -> None:
+    """0.171.0's table is 0.169.0's plus exec's --remote options, minus stdio-to-uds."""
+    old, new = _grammar(V169_), _grammar(V171_)
+    assert old.options == _OPTIONS
+    assert old.passthrough == _PASSTHROUGH_SUBCOMMANDS
+    changed = {s.long: s for s in new.options}.items() - {s.long: s for s in old.options}.items()
+    assert {name for name, _ in changed} == {"--remote", "--remote-auth-token-env"}
+    for name, spec in changed:
+        assert spec.where - old.by_name[name].where == {_Context.EXEC, _Context.EXEC_RESUME}
+    assert old.passthrough[_Context.ROOT] - new.passthrough[_Context.ROOT] == {"stdio-to-uds"}
+    assert new.passthrough[_Context.EXEC] == old.passthrough[_Context.EXEC]
+    union = _grammar(None)
+    assert union.passthrough[_Context.ROOT] == old.passthrough[_Context.ROOT]
+    assert union.by_name["--remote-auth-token-env"] == new.by_name["--remote-auth-token-env"]
 
 
 # -- detect_version ------------------------------------------------------------------
@@ -642,6 +774,22 @@ async def test_detect_version_reads_the_version(tmp_path: Path) -> None:
     """``codex --version`` output is parsed, and the argument really is --version."""
     codex = _fake_codex(tmp_path, '[ "$1" = --version ] && echo "codex-cli 0.169.0"')
     assert await detect_version(codex) == CodexVersion(0, 169, 0)
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("fresh_warnings")
+async def test_detect_version_warns_about_a_newer_version_and_returns_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A version newer than every tested one is returned (never refused), with one warning."""
+    codex = _fake_codex(tmp_path, 'echo "codex-cli 0.999.1"')
+    with caplog.at_level(logging.WARNING, logger="codex_supervisor.codex_cli"):
+        assert await detect_version(codex) == CodexVersion(0, 999, 1)
+        assert await detect_version(codex) == CodexVersion(0, 999, 1)
+        assert features_for(CodexVersion(0, 999, 1)).newer_than_tested
+    assert [r.getMessage().split()[0] for r in caplog.records] == [
+        "codex_cli.version_newer_than_tested"
+    ]
 
 
 @pytest.mark.anyio
@@ -727,10 +875,10 @@ async def test_detect_version_bad_timeout(tmp_path: Path) -> None:
 # -- properties ------------------------------------------------------------------------
 
 _WORDS = sorted(
-    {name for spec in _OPTIONS for name in spec.names}
-    | {f"{spec.long}=x" for spec in _OPTIONS}
+    {name for spec in _grammar(None).options for name in spec.names}
+    | {f"{spec.long}=x" for spec in _grammar(None).options}
     | {name for subs in _SUBCOMMANDS.values() for name in subs}
-    | {name for subs in _PASSTHROUGH_SUBCOMMANDS.values() for name in subs}
+    | {name for subs in _grammar(None).passthrough.values() for name in subs}
     | {"--", "-", "", "-=", "--=", "---", "-mX", "-Vh", "-hX", "=", SID}
 )
 _ANY_WORD = st.one_of(st.sampled_from(_WORDS), st.text(max_size=12))
@@ -761,7 +909,8 @@ _PROMPT = st.text(alphabet="abc -:!?", max_size=10).map(lambda s: f"P:{s}")
 @st.composite
 def _option(draw: st.DrawFn, ctx: _Context, roles: frozenset[_Role]) -> list[str]:
     """One option valid in ``ctx``, in one of the spellings clap accepts."""
-    candidates = [s for s in _OPTIONS if ctx in s.where and s.role in roles]
+    # Every release's options: an argv of unknown version is read by their union.
+    candidates = [s for s in _grammar(None).options if ctx in s.where and s.role in roles]
     spec: _Spec = draw(st.sampled_from(candidates))
     if not spec.takes_value:
         return [spec.long]

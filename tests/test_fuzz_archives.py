@@ -39,11 +39,8 @@ from codex_supervisor.appserver.homestore import (
     unpack_home,
 )
 
-# Deterministic in CI: the same examples on every run, no example database.
+# Deterministic in CI through the profile tests/conftest.py loads.
 FUZZ = settings(
-    deadline=None,
-    derandomize=True,
-    database=None,
     max_examples=120,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -23,7 +23,7 @@ from codex_supervisor.testing import (
     offline_flags,
     write_auth_json,
 )
-from codex_supervisor.testing.simulator import CLI_VERSION
+from codex_supervisor.testing.simulator import CLI_VERSION, SIMULATED_VERSIONS, VERSION_ENV
 
 ROLLOUT_NAME = re.compile(
     r"rollout-(\d{4})-(\d{2})-(\d{2})T\d{2}-\d{2}-\d{2}-"
@@ -126,6 +126,92 @@ def test_version(sim: Path) -> None:
     )
     assert out.returncode == 0
     assert out.stdout == f"codex-cli {CLI_VERSION}\n"
+
+
+def _run_as(
+    version: str | None, args: list[str], world: Any, home: Path, backend: FakeCodexBackend
+) -> subprocess.CompletedProcess[str]:
+    """Run a simulator installed to impersonate ``version``, hermetically."""
+    sim = install_simulator(world.root / f"bin-{version}", version=version)
+    return subprocess.run(
+        [str(sim), *args],
+        cwd=world.work,
+        env=world.env(home, backend),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("version", [*SIMULATED_VERSIONS, "0.300.2", "0.100.0"])
+def test_impersonates_any_version(
+    version: str, world: Any, home: Path, backend: FakeCodexBackend
+) -> None:
+    """``install_simulator(version=...)``: --version and session_meta.cli_version follow."""
+    out = _run_as(version, ["--version"], world, home, backend)
+    assert (out.returncode, out.stdout) == (0, f"codex-cli {version}\n")
+    turn = _run_as(version, [*EXEC, "hi"], world, home, backend)
+    assert turn.returncode == 0, turn.stderr
+    (path,) = rollouts(home)
+    meta = json.loads(path.read_text(encoding="utf-8").splitlines()[0])["payload"]
+    assert meta["cli_version"] == version
+    assert f"OpenAI Codex v{version} " in turn.stderr
+
+
+def test_the_version_variable_overrides_the_default(sim: Path, tmp_path: Path) -> None:
+    """Without a pinned version the script follows $CODEX_SIMULATOR_VERSION, else 0.169.0."""
+    assert SIMULATED_VERSIONS == ("0.169.0", "0.171.0")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    for given, shown in ((None, CLI_VERSION), ("0.171.0", "0.171.0")):
+        extra = {VERSION_ENV: given} if given else {}
+        out = subprocess.run(
+            [str(sim), "--version"],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert out.stdout == f"codex-cli {shown}\n"
+    bad = subprocess.run(
+        [str(sim), "--version"],
+        env={**env, VERSION_ENV: "latest"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "is not a version" in bad.stderr
+    with pytest.raises(ValueError, match="not a Codex version"):
+        install_simulator(tmp_path / "bad", version="0.171")
+
+
+@pytest.mark.parametrize(("version", "accepted"), [("0.169.0", False), ("0.171.0", True)])
+def test_exec_remote_options_follow_the_release(
+    version: str, accepted: bool, world: Any, home: Path, backend: FakeCodexBackend
+) -> None:
+    """0.171.0 gave `exec` --remote-auth-token-env; 0.169.0 refuses it as clap does."""
+    out = _run_as(version, [*EXEC, "--remote-auth-token-env", "TOK", "hi"], world, home, backend)
+    if accepted:
+        assert out.returncode == 0, out.stderr
+    else:
+        assert out.returncode == 2
+        assert "unexpected argument '--remote-auth-token-env' found" in out.stderr
+
+
+@pytest.mark.parametrize(("version", "is_prompt"), [("0.169.0", False), ("0.171.0", True)])
+def test_stdio_to_uds_follows_the_release(
+    version: str, is_prompt: bool, world: Any, home: Path, backend: FakeCodexBackend
+) -> None:
+    """0.171.0 dropped `stdio-to-uds`: there the word is a PROMPT, as for Codex."""
+    out = _run_as(version, [*offline_flags(), "stdio-to-uds"], world, home, backend)
+    assert out.returncode == 0, out.stderr
+    prompts = [t for r in backend.responses_requests() for t in r.input_texts]
+    assert ("stdio-to-uds" in prompts) is is_prompt
+    assert ("is not simulated" in out.stderr) is not is_prompt
 
 
 @pytest.mark.parametrize(

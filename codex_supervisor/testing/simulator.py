@@ -1,4 +1,4 @@
-"""A stand-in for the ``codex`` binary (Codex CLI 0.169.0) for fast tests and demos.
+"""A stand-in for the ``codex`` binary (Codex CLI 0.169.0 and 0.171.0) for fast tests and demos.
 
 Run it as ``python -m codex_supervisor.testing.simulator ARGS``, or let
 :func:`install_simulator` write a ``codex`` script that does. It follows the
@@ -8,8 +8,12 @@ does (auth.json tokens or an API key, single-use refresh tokens, the Responses
 SSE stream and its ``x-codex-*`` quota headers) and writes rollout files in the
 real format, so code that drives Codex can be tested in milliseconds.
 
-What it mirrors from the real 0.169.0 binary (checked against it, see
-``tests/e2e/test_simulator_drift.py``):
+It impersonates 0.169.0 by default and any release in
+:data:`SIMULATED_VERSIONS` when ``$CODEX_SIMULATOR_VERSION`` names it
+(``install_simulator(version=...)`` writes that into the script): ``--version``,
+``session_meta.cli_version``, the banner, the user agent and the version's
+command-line differences follow. What it mirrors from the real binaries
+(checked against each tested version, see ``tests/e2e/test_simulator_drift.py``):
 
 - the rollout path, the line envelope (``timestamp``, ``ordinal``, ``type``,
   ``payload``, plus ``metadata`` on ``response_item`` lines) and the payload
@@ -61,10 +65,49 @@ from ._tokens import AUTH_CLAIMS_KEY, decode_jwt_claims
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
-__all__ = ["CLI_VERSION", "main"]
+__all__ = ["CLI_VERSION", "SIMULATED_VERSIONS", "VERSION_ENV", "main"]
 
-#: The Codex CLI version the simulator imitates (``codex --version``).
+#: The Codex CLI version the simulator imitates by default (``codex --version``).
 CLI_VERSION = "0.169.0"
+#: The environment variable that makes the simulator impersonate another
+#: release (``install_simulator(version=...)`` sets it in the script).
+VERSION_ENV = "CODEX_SIMULATOR_VERSION"
+
+
+@dataclass(frozen=True)
+class _Release:
+    """What differs, for the simulator, between the releases it impersonates."""
+
+    # `codex exec` and `exec resume` accept --remote / --remote-auth-token-env (0.171.0).
+    exec_remote: bool
+    # The hidden `stdio-to-uds` subcommand exists (gone in 0.171.0).
+    stdio_to_uds: bool
+
+
+_RELEASES: dict[tuple[int, int, int], _Release] = {
+    (0, 169, 0): _Release(exec_remote=False, stdio_to_uds=True),
+    (0, 171, 0): _Release(exec_remote=True, stdio_to_uds=False),
+}
+#: The releases whose command line the simulator follows exactly (each tested
+#: against the real binary of that version). Any other ``X.Y.Z`` is accepted and
+#: behaves like the newest of these at or below it (or the oldest).
+SIMULATED_VERSIONS: tuple[str, ...] = tuple(".".join(map(str, v)) for v in sorted(_RELEASES))
+_VERSION_TEXT = re.compile(r"(\d{1,9})\.(\d{1,9})\.(\d{1,9})")
+
+
+def _version() -> str:
+    """The version to impersonate: ``$CODEX_SIMULATOR_VERSION`` or :data:`CLI_VERSION`."""
+    return os.environ.get(VERSION_ENV) or CLI_VERSION
+
+
+def _release() -> _Release:
+    found = _VERSION_TEXT.fullmatch(_version())
+    if found is None:
+        raise _Exit(2, f"codex simulator: {VERSION_ENV} is not a version: {_version()!r}")
+    wanted = tuple(int(part) for part in found.groups())
+    known = [v for v in sorted(_RELEASES) if v <= wanted] or [min(_RELEASES)]
+    return _RELEASES[known[-1]]
+
 
 _CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
 # What 0.169.0 reports for a model it has no metadata for (any fake model).
@@ -138,6 +181,8 @@ _FLAG_OPTIONS = {
     "-V": "version",
     "--version": "version",
 }
+# Root-only options until 0.171.0, then accepted by `exec` and `exec resume` too.
+_EXEC_REMOTE = frozenset({"--remote", "--remote-auth-token-env"})
 _CHOICES = {
     "sandbox": ("read-only", "workspace-write", "danger-full-access"),
     "approval": ("untrusted", "on-failure", "on-request", "never"),
@@ -232,7 +277,7 @@ def _parse_argv(argv: Sequence[str]) -> _Invocation:
             i = _parse_option(inv, arg, args, i)
             continue
         if not inv.positionals and _enters_subcommand(inv, arg):
-            if inv.command[0] in _OTHER_COMMANDS or inv.command == ("help",):
+            if inv.command[0] in _other_commands() or inv.command == ("help",):
                 inv.rest = args[i:]
                 break
             continue
@@ -240,8 +285,12 @@ def _parse_argv(argv: Sequence[str]) -> _Invocation:
     return inv
 
 
+def _other_commands() -> frozenset[str]:
+    return _OTHER_COMMANDS | ({"stdio-to-uds"} if _release().stdio_to_uds else set())
+
+
 def _enters_subcommand(inv: _Invocation, arg: str) -> bool:
-    if not inv.command and (arg in _OTHER_COMMANDS or arg in ("exec", "e", "resume", "help")):
+    if not inv.command and (arg in _other_commands() or arg in ("exec", "e", "resume", "help")):
         inv.command = ("exec",) if arg == "e" else (arg,)
         return True
     if inv.command == ("exec",) and arg == "resume":
@@ -258,6 +307,8 @@ def _parse_option(inv: _Invocation, arg: str, args: list[str], i: int) -> int:
     else:
         name, rest = arg[:2], arg[2:]
         attached = (rest.removeprefix("=") or None) if rest else None
+    if name in _EXEC_REMOTE and inv.command[:1] == ("exec",) and not _release().exec_remote:
+        _usage_error(f"unexpected argument '{name}' found")
     if name in _VALUE_OPTIONS:
         canonical = _VALUE_OPTIONS[name]
         if attached is None:
@@ -1054,7 +1105,7 @@ class _ModelClient:
             "thread-id": session_id,
             "x-client-request-id": session_id,
             "originator": self.originator,
-            "user-agent": f"{self.originator}/{CLI_VERSION} (codex_supervisor simulator)",
+            "user-agent": f"{self.originator}/{_version()} (codex_supervisor simulator)",
             "accept": "text/event-stream",
         }
 
@@ -1186,7 +1237,7 @@ class _Session:
             timestamp=_utc_stamp(started),
             cwd=str(self.settings.cwd),
             originator=self.settings.originator,
-            cli_version=CLI_VERSION,
+            cli_version=_version(),
             source=self.settings.source,
             thread_source="user",
             model_provider=provider.provider_id,
@@ -1530,7 +1581,7 @@ def _banner(run: _Run, session_id: str, prompt: str) -> str:
     settings = run.settings
     return "\n".join(
         [
-            f"OpenAI Codex v{CLI_VERSION} (codex_supervisor simulator)",
+            f"OpenAI Codex v{_version()} (codex_supervisor simulator)",
             "--------",
             f"workdir: {settings.cwd}",
             f"model: {settings.model}",
@@ -1576,7 +1627,7 @@ def _reply(outcome: _Outcome) -> None:
 def _run_other(inv: _Invocation) -> int:
     name = inv.command[0]
     if name == "help":
-        _out(_USAGE.format(version=CLI_VERSION))
+        _out(_USAGE.format(version=_version()))
         return 0
     if name == "login":
         _err("codex login is not supported by the simulator")
@@ -1587,12 +1638,12 @@ def _run_other(inv: _Invocation) -> int:
 
 def _dispatch(inv: _Invocation) -> int:
     if "version" in inv.flags:
-        _out(f"codex-cli {CLI_VERSION}\n")
+        _out(f"codex-cli {_version()}\n")
         return 0
     if "help" in inv.flags:
-        _out(_USAGE.format(version=CLI_VERSION))
+        _out(_USAGE.format(version=_version()))
         return 0
-    if inv.command and inv.command[0] in (*_OTHER_COMMANDS, "help"):
+    if inv.command and inv.command[0] in (*_other_commands(), "help"):
         return _run_other(inv)
     if inv.command and inv.command[0] == "exec":
         return _run_exec(inv)
@@ -1602,6 +1653,7 @@ def _dispatch(inv: _Invocation) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the simulator on ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     try:
+        _release()  # a bad $CODEX_SIMULATOR_VERSION stops it before anything runs
         return _dispatch(_parse_argv(sys.argv[1:] if argv is None else argv))
     except _Exit as exc:
         if exc.message:

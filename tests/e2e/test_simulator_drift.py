@@ -1,9 +1,10 @@
 """Drift checks: the simulator's rollouts against the real Codex CLI's.
 
-The same scripted ``codex exec`` turn runs through the real pinned binary and
-through the simulator, each with its own fresh CODEX_HOME and its own account
-on one backend, both accounts with identical quota. The rollouts must agree on
-everything codex_supervisor reads.
+The same scripted ``codex exec`` turn runs through the real binary under test
+(each tested version in turn, see scripts/test) and through the simulator
+impersonating that same version, each with its own fresh CODEX_HOME and its
+own account on one backend, both accounts with identical quota. The rollouts
+must agree on everything codex_supervisor reads.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def compare(real_home: Path, sim_home: Path) -> tuple[list[dict[str, Any]], list
 
 @pytest.fixture
 def pair(
-    backend: FakeCodexBackend, world: Any, tmp_path: Path
+    backend: FakeCodexBackend, world: Any, tmp_path: Path, codex_version: str
 ) -> tuple[Path, Path, Callable[..., subprocess.CompletedProcess[str]]]:
     """Two fresh CODEX_HOMEs with equal quota, and a runner for the simulator."""
     now = int(time.time())
@@ -145,7 +146,7 @@ def pair(
         )
     real_home = backend.write_codex_home(world.codex_home("real-home"), REAL)
     sim_home = backend.write_codex_home(world.codex_home("sim-home"), SIM)
-    sim = install_simulator(tmp_path / "bin")
+    sim = install_simulator(tmp_path / "bin", version=codex_version)
 
     def run_sim(args: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -223,3 +224,27 @@ def test_exec_resume_matches_the_real_binary(
         texts = requests[-1].input_texts
         assert texts[-1] == "second"
         assert "first" in texts
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [*EXEC, "--remote-auth-token-env", "TOK", "--help"],
+        [*EXEC, "resume", "--remote-auth-token-env", "TOK", "--help"],
+        ["--version"],
+    ],
+    ids=["exec", "exec resume", "version"],
+)
+def test_command_line_matches_the_real_binary(
+    argv: list[str],
+    pair: tuple[Path, Path, Callable[..., subprocess.CompletedProcess[str]]],
+    run_codex: Callable[..., subprocess.CompletedProcess[str]],
+    backend: FakeCodexBackend,
+) -> None:
+    """The simulator accepts or refuses the version's command-line changes as the binary does."""
+    real_home, _, run_sim = pair
+    real = run_codex(argv, codex_home=real_home, backend=backend)
+    sim = run_sim(argv)
+    assert sim.returncode == real.returncode, (real.stderr[-500:], sim.stderr[-500:])
+    if argv == ["--version"]:
+        assert sim.stdout == real.stdout

@@ -27,6 +27,11 @@ Figures for the supervisor process over the idle window:
 - ``idle_model_requests``: ``/v1/responses`` requests in the window (must be 0).
 
     python benchmarks/bench_overhead.py [--seconds S] [--codex PATH] [--poll-interval S]
+        [--safety-poll S] [--no-watch] [--lease-ttl S]
+
+By default the supervisor sleeps until the rollout or the pool state is
+written, looking anyway every ``--safety-poll`` seconds; ``--no-watch``
+measures the plain poll every ``--poll-interval`` seconds instead.
 
 ``--codex`` defaults to the Codex simulator, whose interactive mode reads
 prompts from stdin; the real TUI needs a terminal and does not fit here.
@@ -80,6 +85,9 @@ def _driver(cfg: dict[str, Any]) -> int:
             codex=cfg["codex"],
             poll_interval=cfg["poll_interval"],
             quota_stale_after=cfg["quota_stale_after"],
+            watch_files=cfg["watch_files"],
+            safety_poll=cfg["safety_poll"],
+            lease_ttl=cfg["lease_ttl"],
         )
         supervisor = Supervisor(pool, config=config, sink=sink, environ=cfg["env"])
         code = supervisor.run_sync(cfg["argv"], cwd=cfg["cwd"]).exit_code
@@ -163,6 +171,9 @@ def bench_idle(args: argparse.Namespace, tmp: Path) -> None:
             "cwd": str(work),
             "poll_interval": args.poll,
             "quota_stale_after": args.quota_stale_after,
+            "watch_files": args.watch_files,
+            "safety_poll": args.safety_poll,
+            "lease_ttl": args.lease_ttl,
         }
         child_log = (tmp / "supervisor.log").open("wb")
         read_end, write_end = os.pipe()
@@ -203,6 +214,9 @@ def bench_idle(args: argparse.Namespace, tmp: Path) -> None:
             codex=str(args.codex) if args.codex else "simulator",
             accounts=args.accounts,
             poll_interval_s=args.poll,
+            watch_files=args.watch_files,
+            safety_poll_s=args.safety_poll,
+            lease_ttl_s=args.lease_ttl,
             quota_stale_after_s=args.quota_stale_after,
             cpu_s=round(cpu1 - cpu0, 3),
             cpu_percent=round(100 * (cpu1 - cpu0) / elapsed, 3),
@@ -231,6 +245,22 @@ def main() -> None:
     )
     parser.add_argument("--accounts", type=int, default=2)
     parser.add_argument("--poll-interval", type=float, default=defaults.poll_interval, dest="poll")
+    parser.add_argument(
+        "--safety-poll", type=float, default=defaults.safety_poll, dest="safety_poll"
+    )
+    parser.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=defaults.lease_ttl,
+        dest="lease_ttl",
+        help="the occupancy lease's TTL; it is renewed (a small write) at a third of it",
+    )
+    parser.add_argument(
+        "--no-watch",
+        action="store_false",
+        dest="watch_files",
+        help="poll every --poll-interval instead of waking on rollout writes",
+    )
     parser.add_argument(
         "--quota-stale-after",
         type=float,

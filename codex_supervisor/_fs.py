@@ -41,11 +41,14 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically, with permissions ``mode``.
 
     On any failure the temporary file is removed and the previous content of
-    ``path`` (if any) is left untouched; the exception propagates.
+    ``path`` (if any) is left untouched; the exception propagates. Without
+    ``durable`` nothing is fsynced: the replacement is still atomic for every
+    reader, only a crash of the whole machine may lose it (for records that
+    mean nothing after a reboot, such as lease heartbeats).
     """
     # A dot-prefixed temp name never matches a "*.json" glob of real files.
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
@@ -56,7 +59,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         temp.replace(path)
@@ -66,4 +70,5 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)

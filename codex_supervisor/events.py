@@ -19,6 +19,7 @@ __all__ = [
     "AccountSelected",
     "ChildExited",
     "ChildLaunched",
+    "CodexVersionUntested",
     "CollectingSink",
     "Event",
     "EventSink",
@@ -162,6 +163,26 @@ class Resumed(Event):
     @property
     def message(self) -> str:
         return f"resumed session {self.session_id} on {self.account} (pid {self.pid})"
+
+
+@attrs.frozen(kw_only=True)
+class CodexVersionUntested(Event):
+    """The Codex CLI is newer than every release the library was tested with.
+
+    It is never refused: it runs with the newest tested release's rules
+    (argv grammar, flags). Emitted once per run, before the first launch.
+    """
+
+    name: ClassVar[str] = "codex_version_untested"
+    version: str
+    newest_tested: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"Codex {self.version} is newer than the newest tested release "
+            f"({self.newest_tested}); running it with that release's rules"
+        )
 
 
 @attrs.frozen(kw_only=True)

@@ -49,13 +49,14 @@ and serialises every read-modify-write of one lease name under a
   A lapsed record is removed only when its holder is gone (or cannot be
   judged: another host), never while it runs, suspended or not.
 * *Half-written records*: records are written whole — a temp file in the same
-  folder, flushed and fsync'ed, then renamed over the record — so a crash or a
-  failed write leaves the old record or none, never an empty or partial one.
+  folder, renamed over the record — so a crashed or failed write leaves the old
+  record or none, never an empty or partial one. They are not fsynced: only a
+  machine crash could lose a write, and a lease means nothing after a reboot.
 * *Renewing someone else's claim*: a renewal re-reads the record under the lock
   and answers LOST when it is gone, replaced (other owner or a newer
   acquisition) or already expired, instead of resurrecting it.
 * *A cancelled acquire leaving a claim behind*: each backend operation does its
-  file I/O (a folder scan and one small fsync'ed write) with no await point
+  file I/O (a folder scan and one small write) with no await point
   once the lock is held, so cancellation can only land while waiting for the
   lock, before anything was written.
 
@@ -702,7 +703,10 @@ class FileLeaseBackend:
 
     def _write(self, folder: Path, record: LeaseRecord) -> None:
         data = (json.dumps(unstructure(record), sort_keys=True) + "\n").encode()
-        write_atomic(folder / f"{record.owner}{_RECORD_SUFFIX}", data, mode=0o644)
+        # Not fsynced: a lease means nothing after the machine restarts (its
+        # holder is gone; the boot id says so), and an fsync per heartbeat
+        # costs an idle session its wake-ups.
+        write_atomic(folder / f"{record.owner}{_RECORD_SUFFIX}", data, mode=0o644, durable=False)
 
     def _remove_orphan_temps(self, folder: Path) -> None:
         # Temp files are only written under this lock, so any seen while we

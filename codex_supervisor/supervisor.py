@@ -33,9 +33,11 @@ from typing import Any, Protocol, TypeAlias, TypeVar, final
 
 import attrs
 
+from ._watch import ChangeWatcher
 from .accounts import AccountPool
 from .clock import Clock, SystemClock
 from .codex_cli import (
+    TESTED_CODEX_VERSIONS,
     Invocation,
     Mode,
     detect_version,
@@ -50,6 +52,7 @@ from .events import (
     AccountSelected,
     ChildExited,
     ChildLaunched,
+    CodexVersionUntested,
     Event,
     EventSink,
     OccupancyLost,
@@ -157,7 +160,16 @@ class SupervisorConfig:
     ``codex``: the Codex binary (``codex`` on PATH).
     ``continuation_prompt``: sent when a turn that failed on the usage limit
     is resumed on the successor.
-    ``poll_interval``: seconds between looks at the rollout (0.25).
+    ``poll_interval``: seconds between looks at the child's open files
+    while its session is not bound yet, and at the rollout when writes
+    cannot be watched (0.25).
+    ``watch_files``: once the session is bound, sleep until its rollout or
+    the pool state is written (watchdog: inotify, FSEvents, kqueue) instead
+    of polling (True). When the watcher cannot start the run polls every
+    ``poll_interval`` and says why in a WARNING.
+    ``safety_poll``: while watching, look anyway at least this often
+    (seconds; 5): what no file write announces (another session's lease, a
+    reset time passing) is noticed within it.
     ``quota_stale_after``: quota older than this (seconds) is refreshed from
     the usage endpoint, which spends no quota (120).
     ``bind_timeout``: how long to look for the child's session (30).
@@ -177,6 +189,8 @@ class SupervisorConfig:
     codex: str = attrs.field(default="codex", validator=_text)
     continuation_prompt: str = attrs.field(default=DEFAULT_CONTINUATION_PROMPT, validator=_text)
     poll_interval: float = attrs.field(default=0.25, validator=_positive)
+    watch_files: bool = True
+    safety_poll: float = attrs.field(default=5.0, validator=_positive)
     quota_stale_after: float = attrs.field(default=120.0, validator=_non_negative)
     bind_timeout: float = attrs.field(default=30.0, validator=_positive)
     restart_budget: int = attrs.field(default=8, validator=_count)
@@ -599,7 +613,16 @@ class Supervisor:
         # Even `codex --version` gets the child environment: no variable of the
         # library's own reaches any process it starts.
         version_env = child_environment(self.pool.base_codex_home, self.environ)
-        features = features_for(await detect_version(self.config.codex, env=version_env))
+        version = await detect_version(self.config.codex, env=version_env)
+        features = features_for(version)
+        if features.newer_than_tested:
+            self._emit(
+                CodexVersionUntested(
+                    at=self.clock.now(),
+                    version=str(version),
+                    newest_tested=TESTED_CODEX_VERSIONS[-1],
+                )
+            )
         session_id = self._initial_session(inv, workdir)
         argv = launch_argv(inv, features)
         budget = self.config.restart_budget
@@ -930,13 +953,44 @@ class Supervisor:
         found = next((a for a in await self.selector.accounts() if a.name == account), None)
         return None if found is None else self.selector.snapshot(found)
 
+    def _watcher(self, changed: asyncio.Event) -> ChangeWatcher | None:
+        """A watcher that sets ``changed`` on the loop, or None when watching is off."""
+        if not self.config.watch_files:
+            return None
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:  # on the watcher's thread
+            loop.call_soon_threadsafe(changed.set)
+
+        return ChangeWatcher(wake)
+
+    def _next_look(self, run: _ChildRun, *, watching: bool) -> float:
+        """Seconds the follow loop may sleep unless something wakes it."""
+        poll = self.config.poll_interval
+        if not watching:
+            # Binding looks at /proc, which announces nothing: poll (it
+            # ends within seconds, bound or given up); so does a run whose
+            # watcher could not start.
+            return poll
+        # The quota staleness probe is due at a known time: look then.
+        due = run.last_passive + self.config.quota_stale_after - self.clock.monotonic()
+        return max(poll, min(self.config.safety_poll, due))
+
     async def _monitor(self, run: _ChildRun, signals: SignalWatcher) -> _Outcome:
         # An exec's group is cleared once it exits: what it left running
         # (a tool command, a server) has nobody left to serve.
         waiter = asyncio.ensure_future(run.child.wait_group())
         stopper = asyncio.ensure_future(signals.wait())
+        # Woken by writes to the rollout and the pool state (another
+        # process's cooldown, a probe's result) instead of a fast poll.
+        changed = asyncio.Event()
+        watcher = self._watcher(changed)
+        woken = asyncio.ensure_future(changed.wait())
         try:
             while True:
+                if watcher is not None:
+                    changed.clear()
+                    watcher.rearm()  # before reading: a write from now on wakes again
                 self._bind(run)
                 await self._follow(run)
                 if run.child.returncode is not None or waiter.done():
@@ -958,15 +1012,29 @@ class Supervisor:
                     outcome = await self._decide(run)
                     if outcome is not None:
                         return outcome
+                binding = run.binding is None and math.isfinite(run.bind_deadline)
+                watching = watcher is not None and not binding and watcher.track(self._watched(run))
+                if woken.done():
+                    woken = asyncio.ensure_future(changed.wait())
                 await asyncio.wait(
-                    {waiter, stopper},
-                    timeout=self.config.poll_interval,
+                    {waiter, stopper, woken},
+                    timeout=self._next_look(run, watching=watching),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
         finally:
             stopper.cancel()
+            woken.cancel()
             if not waiter.done():
                 waiter.cancel()
+            if watcher is not None:
+                watcher.close()
+
+    def _watched(self, run: _ChildRun) -> list[Path]:
+        """The files whose writes wake the follow loop: the rollout (once bound), the pool state."""
+        files = [self.pool.state_path]
+        if run.binding is not None:
+            files.append(run.binding.path)
+        return files
 
     def _bind(self, run: _ChildRun) -> None:
         if run.binding is None:
@@ -1120,11 +1188,14 @@ class Supervisor:
             elif isinstance(record, TurnStarted):
                 run.turns_started += 1
                 await self._learn_turn_cost(run)
-            elif isinstance(record, TurnCompleted) and record.error is None:
-                # The usage endpoint also sees what the rollout cannot (the
-                # TUI's side requests): read it, free, before the next turn.
-                # (After a failed turn the rollout's own evidence decides.)
-                self.selector.probe_in_background(run.account)
+            elif isinstance(record, TurnCompleted):
+                # (bench_follow.py times this record against the write it saw.)
+                log.debug("turn ended in session %s on %s", run.session_id, run.account)
+                if record.error is None:
+                    # The usage endpoint also sees what the rollout cannot (the
+                    # TUI's side requests): read it, free, before the next turn.
+                    # (After a failed turn the rollout's own evidence decides.)
+                    self.selector.probe_in_background(run.account)
 
     async def _learn_turn_cost(self, run: _ChildRun) -> None:
         # From one turn start to the next on the same account (in this child

@@ -530,10 +530,7 @@ async def test_renew_transient_on_io_error(
     assert rec is not None
     before = (tmp_path / "leases" / "acct" / "a.json").read_bytes()
 
-    def broken_fsync(fd: int) -> None:
-        raise OSError(errno.EIO, "injected")
-
-    monkeypatch.setattr(os, "fsync", broken_fsync)
+    _fail_half_write(monkeypatch)
     outcome, returned = await backend.renew(rec, 10.0)
     monkeypatch.undo()
     assert outcome is RenewOutcome.TRANSIENT
@@ -580,7 +577,23 @@ def _fail_rename(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("inject", [_fail_fsync, _fail_half_write, _fail_rename])
+async def test_lease_writes_never_flush_to_disk(
+    backend: FileLeaseBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acquire, renew and release write no fsync: a heartbeat must not wake an idle disk.
+
+    A lease means nothing after the machine restarts, so only atomicity matters.
+    """
+    _fail_fsync(monkeypatch)
+    record = await _acquire(backend, "a")
+    assert record is not None
+    outcome, renewed = await backend.renew(record, 30.0)
+    assert outcome is RenewOutcome.OK
+    await backend.release(renewed)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("inject", [_fail_half_write, _fail_rename])
 async def test_failed_write_leaves_no_record_and_no_temp_file(
     backend: FileLeaseBackend,
     tmp_path: Path,

@@ -19,11 +19,12 @@ import pytest
 
 from codex_supervisor import errors
 from codex_supervisor.accounts import AccountPool
-from codex_supervisor.codex_cli import parse_argv
+from codex_supervisor.codex_cli import TESTED_CODEX_VERSIONS, parse_argv
 from codex_supervisor.events import (
     AccountSelected,
     ChildExited,
     ChildLaunched,
+    CodexVersionUntested,
     CollectingSink,
     OccupancyLost,
     Resumed,
@@ -836,3 +837,22 @@ async def test_a_lost_occupancy_lease_is_said_loudly_and_the_child_runs_on(
     [exited] = sim_world.sink.of(ChildExited)
     assert isinstance(exited, ChildExited)
     assert (exited.returncode, exited.stopped) == (0, False)
+
+
+async def test_a_codex_newer_than_every_tested_release_runs_and_is_announced(
+    sim_world: World, tmp_path: Path
+) -> None:
+    """An untested (newer) Codex is never refused: one event says which rules it runs with."""
+    sim_world.add("alpha")
+    newer = tmp_path / "codex-newer"
+    newer.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "--version" ]; then echo "codex-cli 9.0.0"; exit 0; fi\n'
+        f'exec "{sim_world.codex}" "$@"\n'
+    )
+    newer.chmod(0o755)
+    result = await sim_world.supervisor(codex=str(newer)).run(_exec("hi"), cwd=sim_world.work)
+    assert result.exit_code == 0
+    [event] = sim_world.sink.of(CodexVersionUntested)
+    assert (event.version, event.newest_tested) == ("9.0.0", TESTED_CODEX_VERSIONS[-1])
+    assert "9.0.0" in event.message

@@ -68,3 +68,12 @@ def test_bench_overhead_reports_an_idle_session_without_model_requests(tmp_path:
     assert line["idle_model_requests"] == 0
     assert line["exit_code"] == 143
     assert line["peak_rss_mib"] > 0
+
+
+def test_bench_follow_reports_both_modes() -> None:
+    """bench_follow.py: a turn end written to the rollout is seen, woken and polled."""
+    figures = _run("bench_follow.py", "--turns", "2")
+    for mode in ("follow_watch", "follow_poll"):
+        line = figures[mode]
+        assert line["turns"] == 2
+        assert set(line["task_complete_to_seen"]) == {"median_ms", "max_ms"}

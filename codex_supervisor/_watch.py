@@ -43,6 +43,20 @@ __all__ = ["ChangeWatcher"]
 
 log = logging.getLogger(__name__)
 
+
+class _QuietStop(logging.Filter):
+    """Drops watchdog's ERROR about events queued while its thread stops.
+
+    Harmless (the watch is being closed as the child exits) but, with no
+    handler configured, Python prints it on stderr over the Codex screen.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "when the thread is inactive" not in record.getMessage()
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_QuietStop())
+
 #: The events that mean "the file's content may have changed"; opens and
 #: read-only closes (the follower's own reads) are left out of the kernel mask.
 _WRITES: list[type[FileSystemEvent]] = [
@@ -99,6 +113,10 @@ class ChangeWatcher:
         self.failed: str | None = None
         #: Wake-ups delivered so far (for tests and diagnostics).
         self.wakeups = 0
+        #: Bumped each time the set of watched files changes: a write just
+        #: before the new watch was in place is not announced, so the caller
+        #: looks once more before it sleeps.
+        self.generation = 0
 
     @property
     def active(self) -> bool:
@@ -154,6 +172,7 @@ class ChangeWatcher:
             self._stop()
             return False
         self._tracked = wanted
+        self.generation += 1
         return True
 
     def close(self) -> None:

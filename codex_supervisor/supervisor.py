@@ -615,6 +615,13 @@ class Supervisor:
         version_env = child_environment(self.pool.base_codex_home, self.environ)
         version = await detect_version(self.config.codex, env=version_env)
         features = features_for(version)
+        # The first reading used every release's grammar; this Codex's own may
+        # differ (an option newer than it, a subcommand it still has).
+        own = parse_argv(inv.argv, version=version)
+        if own.mode is Mode.PASSTHROUGH:
+            log.info("codex %s reads this command line differently: %s", version, own.reason)
+            return await self._passthrough(own, base, signals)
+        inv = own
         if features.newer_than_tested:
             self._emit(
                 CodexVersionUntested(
@@ -976,6 +983,22 @@ class Supervisor:
         due = run.last_passive + self.config.quota_stale_after - self.clock.monotonic()
         return max(poll, min(self.config.safety_poll, due))
 
+    def _blind(self, run: _ChildRun, slept_watching: bool, announced: bool, offset: int) -> bool:  # noqa: FBT001
+        """Whether a sleep on the watcher ended by time with rollout lines no event announced.
+
+        Then the watch is blind (its folder was replaced, a filesystem that
+        sends no events): said once, and the run polls from then on.
+        """
+        reader = run.reader
+        if not slept_watching or announced or reader is None or not reader.offset > offset >= 0:
+            return False
+        log.warning(
+            "the rollout of session %s was written without a file event; polling every %gs instead",
+            run.session_id,
+            self.config.poll_interval,
+        )
+        return True
+
     async def _monitor(self, run: _ChildRun, signals: SignalWatcher) -> _Outcome:
         # An exec's group is cleared once it exits: what it left running
         # (a tool command, a server) has nobody left to serve.
@@ -986,6 +1009,8 @@ class Supervisor:
         changed = asyncio.Event()
         watcher = self._watcher(changed)
         woken = asyncio.ensure_future(changed.wait())
+        slept_watching = False  # the last sleep relied on the watcher
+        offset = -1  # the rollout's read offset when that sleep began
         try:
             while True:
                 if watcher is not None:
@@ -993,6 +1018,10 @@ class Supervisor:
                     watcher.rearm()  # before reading: a write from now on wakes again
                 self._bind(run)
                 await self._follow(run)
+                announced = woken.done() or changed.is_set()
+                if watcher is not None and self._blind(run, slept_watching, announced, offset):
+                    watcher.close()
+                    watcher = None
                 if run.child.returncode is not None or waiter.done():
                     code = await waiter
                     self._bind_finished(run)
@@ -1013,13 +1042,17 @@ class Supervisor:
                     if outcome is not None:
                         return outcome
                 binding = run.binding is None and math.isfinite(run.bind_deadline)
+                generation = watcher.generation if watcher is not None else 0
                 watching = watcher is not None and not binding and watcher.track(self._watched(run))
                 if woken.done():
                     woken = asyncio.ensure_future(changed.wait())
+                # A new watch: a write just before it was in place went unannounced.
+                fresh = watching and watcher is not None and watcher.generation != generation
+                timeout = 0.0 if fresh else self._next_look(run, watching=watching)
+                slept_watching = watching and timeout > 0
+                offset = run.reader.offset if run.reader is not None else -1
                 await asyncio.wait(
-                    {waiter, stopper, woken},
-                    timeout=self._next_look(run, watching=watching),
-                    return_when=asyncio.FIRST_COMPLETED,
+                    {waiter, stopper, woken}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
         finally:
             stopper.cancel()

@@ -138,9 +138,7 @@ async def _append_a_turn_and_see_it(
         config=SupervisorConfig(
             codex=str(install_simulator(tmp_path / "bin")),
             poll_interval=0.05,
-            safety_poll=HOUR,
-            quota_stale_after=HOUR,
-            **config,
+            **{"safety_poll": HOUR, "quota_stale_after": HOUR, **config},
         ),
         sink=sink,
         environ={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **backend.codex_env()},
@@ -230,3 +228,26 @@ def test_config_validates_the_safety_poll() -> None:
 
     with pytest.raises(ConfigError, match="safety_poll"):
         SupervisorConfig(safety_poll=0)
+
+
+@pytest.mark.timeout(60)
+async def test_a_blind_watch_is_noticed_and_the_run_polls(
+    tmp_path: Path,
+    backend: FakeCodexBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A watch that announces nothing (a replaced folder, a filesystem without events).
+
+    The safety look finds lines no event announced: one WARNING, then polling.
+    """
+
+    class Blind(ChangeWatcher):
+        def _changed(self) -> None:
+            pass  # events are lost
+
+    monkeypatch.setattr("codex_supervisor.supervisor.ChangeWatcher", Blind)
+    with caplog.at_level(logging.WARNING, logger="codex_supervisor.supervisor"):
+        await _append_a_turn_and_see_it(tmp_path, backend, safety_poll=0.2)
+    blind = [r for r in caplog.records if "without a file event" in r.getMessage()]
+    assert len(blind) == 1

@@ -856,3 +856,20 @@ async def test_a_codex_newer_than_every_tested_release_runs_and_is_announced(
     [event] = sim_world.sink.of(CodexVersionUntested)
     assert (event.version, event.newest_tested) == ("9.0.0", TESTED_CODEX_VERSIONS[-1])
     assert "9.0.0" in event.message
+
+
+@pytest.mark.parametrize(("version", "supervised"), [("0.169.0", False), ("0.171.0", True)])
+async def test_the_command_line_is_read_with_the_running_codex_s_grammar(
+    sim_world: World, tmp_path: Path, version: str, supervised: bool
+) -> None:
+    """`exec --remote-auth-token-env VAR`: an exec on 0.171.0, an unknown option on 0.169.0.
+
+    0.169.0 would refuse it at once: it is passed through as it is, with no
+    account chosen or occupied for a run that cannot start.
+    """
+    sim_world.add("alpha")
+    codex = install_simulator(tmp_path / f"bin-{version}", version=version)
+    argv = _exec("--remote-auth-token-env", "TOKEN_VAR", "fix it")
+    result = await sim_world.supervisor(codex=str(codex)).run(argv, cwd=sim_world.work)
+    assert result.accounts == (("alpha",) if supervised else ())
+    assert (result.exit_code == 0) is supervised

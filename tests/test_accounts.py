@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import errno
 import json
 import logging
@@ -16,7 +17,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -802,6 +803,26 @@ asyncio.run(main())
 """
 
 
+@contextlib.contextmanager
+def _occupant(pool: AccountPool, name: str) -> Iterator[subprocess.Popen[str]]:
+    """Another process occupying ``name`` until its stdin is closed (closed on the way out)."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(pool.root), str(pool.base_codex_home), name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdin is not None
+        assert holder.stdout is not None
+        try:
+            assert holder.stdout.readline() == "held\n"
+            yield holder
+        finally:
+            if not holder.stdin.closed:
+                holder.stdin.close()
+            holder.wait(timeout=60)
+
+
 def test_remove_refuses_an_account_in_use_and_force_leaves_the_session_alone(
     real_pool: AccountPool, tmp_path: Path
 ) -> None:
@@ -811,16 +832,10 @@ def test_remove_refuses_an_account_in_use_and_force_leaves_the_session_alone(
     pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
     home = pool.account_home("work")
     auth = home / "auth.json"
-    with subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(pool.root), str(pool.base_codex_home), "work"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as holder:
+    with _occupant(pool, "work") as holder:
         assert holder.stdin is not None
         assert holder.stdout is not None
         try:
-            assert holder.stdout.readline() == "held\n"
             before = auth.read_bytes()
             with pytest.raises(
                 AccountInUse,
@@ -859,15 +874,7 @@ def test_a_forced_removal_whose_occupant_left_meanwhile_sets_the_folder_aside(
     pool.import_auth("work", _auth_file(tmp_path / "h", "acct-1"))
     home = pool.account_home("work")
     remove_locked = AccountPool._remove_locked
-    with subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(pool.root), str(pool.base_codex_home), "work"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as holder:
-        assert holder.stdin is not None
-        assert holder.stdout is not None
-        assert holder.stdout.readline() == "held\n"
+    with _occupant(pool, "work") as holder:
 
         def spy(self: AccountPool, name: str, *, in_use: bool) -> Path:
             assert in_use

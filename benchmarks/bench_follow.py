@@ -14,6 +14,11 @@ reader returns the ``TurnCompleted``).
 Modes: ``follow_watch`` (the default: woken by the rollout write) and
 ``follow_poll`` (``watch_files=False``: a look every ``poll_interval``).
 
+``hook_run``: what the supervisor's session hook costs Codex per event, which
+it waits for (a ``Stop`` hook runs before every ``task_complete``): the hook
+command run through ``sh -c`` as Codex runs it, a Stop payload with a 4 KB
+answer on stdin, until it exits.
+
     python benchmarks/bench_follow.py [--turns N] [--poll-interval S] [--mode watch|poll]
 """
 
@@ -25,6 +30,7 @@ import json
 import logging
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import threading
@@ -38,6 +44,7 @@ from typing import Any
 from _bench import account_pool, emit, ms, quiet_stdio
 
 from codex_supervisor.events import CollectingSink, SessionBound
+from codex_supervisor.hooks import HookInbox, hook_command
 from codex_supervisor.process import Child, launch
 from codex_supervisor.supervisor import Supervisor, SupervisorConfig
 from codex_supervisor.testing import (
@@ -162,6 +169,37 @@ def main() -> None:
                 poll_interval_s=args.poll,
                 task_complete_to_seen=ms(delays),
             )
+        emit(out, "hook_run", runs=args.turns, hook_run=ms(_hook_runs(tmp, args.turns)))
+
+
+def _hook_runs(tmp: Path, runs: int) -> list[float]:
+    """Seconds each run of the session hook takes, payload in and exit, as Codex waits for it."""
+    inbox = HookInbox(tmp)
+    command = hook_command(inbox.path)
+    if command is None:
+        raise SystemExit("no Python to run the hook with")
+    payload = json.dumps(
+        {
+            "session_id": str(uuid.uuid4()),
+            "turn_id": str(uuid.uuid4()),
+            "transcript_path": str(tmp / "rollout.jsonl"),
+            "cwd": str(tmp),
+            "hook_event_name": "Stop",
+            "model": "gpt-5-codex",
+            "permission_mode": "default",
+            "stop_hook_active": False,
+            "last_assistant_message": "x" * 4096,
+        }
+    ).encode()
+    took = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(["/bin/sh", "-c", command], input=payload, check=True)
+        took.append(time.perf_counter() - start)
+    if len(inbox.read()) != runs:
+        raise SystemExit("the hook did not record every run")
+    inbox.close()
+    return took
 
 
 if __name__ == "__main__":

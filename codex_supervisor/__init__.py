@@ -16,7 +16,8 @@ the module named after its concern:
     quota       the usage endpoint source, QuotaService (cache, single flight)
     policy      Pressure, Decision, RotationPolicy (pure, open for subclassing)
     selection   choosing an account: candidates, probing, cooldowns, waits
-    sessions    rollout reader, SessionBinder, TurnState
+    sessions    rollout reader, SessionBinder, TurnState, the /proc seam
+    hooks       Codex's SessionStart/Stop hooks for a child: flags, trust, inbox
     codex_cli   Codex argv grammar, resume argv, version/feature table
     process     child launch/stop, terminal guard, signal escalation
     events      typed event records, EventSink

@@ -66,7 +66,11 @@ class AccountSelected(Event):
 
 @attrs.frozen(kw_only=True)
 class ChildLaunched(Event):
-    """Codex was started on an account."""
+    """Codex was started on an account.
+
+    ``argv`` is Codex's command line without the program and without the
+    ``-c`` flags that give it the session hooks (see :mod:`.hooks`).
+    """
 
     name: ClassVar[str] = "child_launched"
     account: str

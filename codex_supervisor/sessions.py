@@ -53,6 +53,7 @@ from .errors import QuotaParseError, SessionError
 from .snapshots import QuotaSnapshot
 
 __all__ = [
+    "ENV_NO_PROC",
     "BindAttempt",
     "Binding",
     "RateLimitsObserved",
@@ -67,8 +68,10 @@ __all__ = [
     "TurnStarted",
     "TurnState",
     "WriterLock",
+    "first_turn_start",
     "is_session_id",
     "parse_line",
+    "proc_available",
     "read_session_meta",
     "writer_lock",
 ]
@@ -137,6 +140,8 @@ class SessionMeta:
     model_provider: str | None = None
     creator_account_id: str | None = None
     timestamp: datetime | None = None
+    #: A thread a subagent runs inside another session (its ``source`` names the parent).
+    subagent: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -251,6 +256,7 @@ def _meta(payload: dict[str, Any]) -> SessionMeta | None:
         model_provider=_str(payload.get("model_provider")),
         creator_account_id=_str(payload.get("creator_account_id")),
         timestamp=_time(payload.get("timestamp")),
+        subagent=isinstance(payload.get("source"), dict) and "subagent" in payload["source"],
     )
 
 
@@ -485,8 +491,24 @@ class WriterLock:
     pid: int | None = None
 
 
+#: Set (to anything but ``""`` or ``"0"``), the session code reads nothing
+#: from ``/proc``: it works as on macOS, where Codex's hooks are the evidence
+#: of which session a child writes. The test suite runs the real-binary
+#: rotations this way too.
+ENV_NO_PROC = "CODEX_SUPERVISOR_NO_PROC"
+
+
+def proc_available() -> bool:
+    """Whether the session code may read ``/proc`` (Linux, and not switched off)."""
+    if os.environ.get(ENV_NO_PROC, "") not in ("", "0"):
+        return False
+    return Path("/proc/self").is_dir()
+
+
 def _proc_locks() -> list[tuple[int, int, int, int]] | None:
     """(pid, major, minor, inode) of every flock on the system; None if unknown."""
+    if not proc_available():
+        return None
     try:
         text = Path("/proc/locks").read_text()
     except OSError:
@@ -568,6 +590,9 @@ class BindAttempt:
     #: Several sessions qualified and nothing told them apart: a caller must
     #: not fall back to a weaker rule that would pick one of them.
     ambiguous: bool = False
+    #: The evidence may bind on a later look: the rollout, or its first line,
+    #: is not written yet.
+    pending: bool = False
 
 
 def _uuid7_time(session_id: str) -> datetime | None:
@@ -642,6 +667,36 @@ def read_session_meta(path: Path) -> SessionMeta | None:
         return None
     record = parse_line(line, account="") if isinstance(line, dict) else None
     return record if isinstance(record, SessionMeta) else None
+
+
+#: How much of a rollout :func:`first_turn_start` reads at most.
+_HEAD_LIMIT = 256 * 1024
+
+
+def first_turn_start(path: Path) -> datetime | None:
+    """When the first turn of a rollout started (its first ``task_started``), or None.
+
+    Reads the head of the file only (256 KiB): None also when the first turn
+    marker lies further in, or the file cannot be read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            head = fh.read(_HEAD_LIMIT)
+    except OSError:
+        return None
+    for raw in head.split(b"\n"):
+        if b"task_started" not in raw and b"turn_started" not in raw:
+            continue
+        with contextlib.suppress(ValueError, RecursionError):
+            line = json.loads(raw)
+            record = parse_line(line, account="") if isinstance(line, dict) else None
+            if isinstance(record, TurnStarted):
+                return record.at
+    return None
 
 
 def _same_dir(a: str | None, b: Path) -> bool:
@@ -749,7 +804,7 @@ class SessionBinder:
                     return found
         return None
 
-    def bind_new(  # noqa: PLR0912 - one branch per piece of evidence, kept in one place
+    def bind_new(
         self,
         *,
         cwd: Path | str,
@@ -771,6 +826,31 @@ class SessionBinder:
         be seen writing: only sessions no live process holds are candidates,
         and a lone one binds (two finished in the folder stay unbound).
         """
+        matches, examined = self._new_matches(
+            cwd=cwd, launched_at=launched_at, exclude=exclude, finished_only=finished_only
+        )
+        ids = tuple(sorted(m.session_id for m in matches))
+        if not matches:
+            return BindAttempt(
+                binding=None, reason="no new session in this folder yet", files_examined=examined
+            )
+        return self._confirm(matches, ids, pid, examined)
+
+    def new_sessions(self, *, cwd: Path | str, launched_at: datetime) -> list[Binding]:
+        """Every session created in ``cwd`` since ``launched_at`` (the rule of :meth:`bind_new`)."""
+        found, _ = self._new_matches(
+            cwd=cwd, launched_at=launched_at, exclude=(), finished_only=False
+        )
+        return found
+
+    def _new_matches(
+        self,
+        *,
+        cwd: Path | str,
+        launched_at: datetime,
+        exclude: Iterable[str],
+        finished_only: bool,
+    ) -> tuple[list[Binding], int]:
         if launched_at.tzinfo is None:
             raise SessionError("launched_at must be an aware datetime")
         folder_cwd = Path(cwd)
@@ -805,11 +885,11 @@ class SessionBinder:
                 if finished_only and writer_lock(self.codex_home, session_id).held:
                     continue
                 matches.append(Binding(session_id=session_id, path=path, meta=meta))
-        ids = tuple(sorted(m.session_id for m in matches))
-        if not matches:
-            return BindAttempt(
-                binding=None, reason="no new session in this folder yet", files_examined=examined
-            )
+        return matches, examined
+
+    def _confirm(
+        self, matches: list[Binding], ids: tuple[str, ...], pid: int | None, examined: int
+    ) -> BindAttempt:
         if pid is None:
             if len(matches) == 1:
                 return BindAttempt(
@@ -852,6 +932,54 @@ class SessionBinder:
             files_examined=examined,
             ambiguous=len(ours) > 1,
         )
+
+    def from_hook(self, session_id: str, transcript_path: str | None) -> BindAttempt:
+        """The session a hook of the child's own reported (see :mod:`.hooks`): exact evidence.
+
+        Codex names the thread whose turn starts or ends and its rollout. The
+        rollout must be a file of this home's ``sessions`` folder named after
+        that id (else it is looked up by id) whose ``session_meta`` is written
+        (else the attempt is ``pending``: look again). Only a conversation's
+        thread binds, one whose ``source`` is a plain name (``cli``,
+        ``exec``, ...): a subagent's thread (or any other kind Codex starts
+        inside a session) is not the conversation on screen.
+        """
+        if not is_session_id(session_id):
+            return BindAttempt(binding=None, reason=f"a hook named no session id: {session_id!r}")
+        found = self._reported(session_id, transcript_path) or self.find_by_id(session_id)
+        if found is not None and found.meta is None:
+            self._meta_cache.pop(found.path, None)  # read again on the next look
+        if found is None or found.meta is None:
+            return BindAttempt(
+                binding=None,
+                reason=f"a hook named session {session_id}, whose rollout is not written yet",
+                pending=True,
+            )
+        if found.meta.subagent or found.meta.source is None:
+            return BindAttempt(
+                binding=None,
+                reason=f"a hook named session {session_id}, a thread that is not a conversation",
+            )
+        return BindAttempt(
+            binding=found,
+            reason=f"Codex's hook named session {session_id}",
+            candidates=(session_id,),
+        )
+
+    def _reported(self, session_id: str, transcript_path: str | None) -> Binding | None:
+        if not transcript_path:
+            return None
+        with contextlib.suppress(OSError, ValueError):
+            path = Path(transcript_path)
+            real = path.resolve(strict=True)
+            name = _ROLLOUT_RE.fullmatch(real.name)
+            inside = real.is_relative_to(self.sessions_dir) or real.is_relative_to(
+                self.archived_dir
+            )
+            if name and name.group(7) == session_id and inside and real.is_file():
+                self._meta_cache.pop(real, None)  # a rollout only just started
+                return Binding(session_id=session_id, path=real, meta=self._meta(real))
+        return None
 
     def _owned_by(self, binding: Binding, pid: int) -> bool:
         """Whether ``pid`` (or a process it started) is shown to write ``binding``'s rollout."""
@@ -1067,7 +1195,7 @@ def _process_tree(pid: int) -> list[int] | None:
     child running many helpers costs no more than that. None when ``pid``
     itself cannot be read (not Linux, or no such process).
     """
-    if not Path(f"/proc/{pid}").is_dir():
+    if not proc_available() or not Path(f"/proc/{pid}").is_dir():
         return None
     by_parent = None if _has_children_files() else _children_by_parent()
     tree = [pid]
@@ -1123,6 +1251,8 @@ def _open_files(
     target and its flags is left out rather than paired with another file's
     flags.
     """
+    if not proc_available():
+        return None
     files: list[tuple[Path, int | None]] = []
     for index, pid in enumerate(pids):
         try:

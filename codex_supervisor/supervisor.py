@@ -64,6 +64,15 @@ from .events import (
     SessionBound,
     WaitingForReset,
 )
+from .hooks import (
+    HookEvent,
+    HookInbox,
+    hook_flags,
+    hooks_trusted,
+    overridden_by,
+    switched_off_in_config,
+    trust_flags,
+)
 from .lease import Lease
 from .policy import (
     USAGE_LIMIT_ERRORS,
@@ -84,10 +93,14 @@ from .sessions import (
     RateLimitsObserved,
     RolloutReader,
     SessionBinder,
+    TurnAborted,
     TurnCompleted,
     TurnPhase,
     TurnStarted,
+    first_turn_start,
     is_session_id,
+    proc_available,
+    writer_lock,
 )
 from .snapshots import QuotaSnapshot
 
@@ -105,6 +118,13 @@ _T = TypeVar("_T")
 _CREDENTIAL_COMMANDS = frozenset({"login", "logout"})
 #: Invocations that continue a session whose rollout already holds turns.
 _CONTINUING = frozenset({Mode.RESUME, Mode.EXEC_RESUME, Mode.FORK})
+#: A turn marker this long before a child's launch is still taken for the child's own
+#: (a rollout's clock and ours may differ a little).
+_OWN_TURN_SLACK = timedelta(seconds=1)
+#: Without /proc, a session of the child's folder whose first turn started this
+#: recently (seconds), named by no hook yet, holds a rotation back: it may be the
+#: child's own turn starting, whose SessionStart hook is on its way.
+_UNNAMED_QUIET = 3.0
 #: Turn starts further apart than this are not one turn's cost.
 _MAX_TURN_GAP = timedelta(minutes=30)
 
@@ -163,6 +183,10 @@ class SupervisorConfig:
     ``poll_interval``: seconds between looks at the child's open files
     while its session is not bound yet, and at the rollout when writes
     cannot be watched (0.25).
+    ``session_hooks``: give each child Codex's own hooks (``SessionStart``,
+    ``Stop``, trusted through ``-c`` flags, no file of the user's touched)
+    that report which session it runs: exact on every platform, and the
+    only evidence where there is no ``/proc`` (True).
     ``watch_files``: once the session is bound, sleep until its rollout or
     the pool state is written (watchdog: inotify, FSEvents, kqueue) instead
     of polling (True). When the watcher cannot start the run polls every
@@ -190,6 +214,7 @@ class SupervisorConfig:
     continuation_prompt: str = attrs.field(default=DEFAULT_CONTINUATION_PROMPT, validator=_text)
     poll_interval: float = attrs.field(default=0.25, validator=_positive)
     watch_files: bool = True
+    session_hooks: bool = True
     safety_poll: float = attrs.field(default=5.0, validator=_positive)
     quota_stale_after: float = attrs.field(default=120.0, validator=_non_negative)
     bind_timeout: float = attrs.field(default=30.0, validator=_positive)
@@ -300,6 +325,14 @@ class _ChildRun:
     binding_problem: str | None = None
     # Why rotation is off, each said once as a RotationBlocked event.
     blocked_reasons: set[str] = attrs.Factory(set)
+    # Where this child's session hooks report (None: hooks off for this run).
+    hooks: HookInbox | None = None
+    # Without /proc the bind clock starts when a new session first appears.
+    clock_waits_for_session: bool = False
+    # Every session this child's hooks named, and one named but not readable yet.
+    hook_sessions: set[str] = attrs.Factory(set)
+    pending_hook: HookEvent | None = None
+    pending_since: float = 0.0
 
     @property
     def session_id(self) -> str | None:
@@ -443,6 +476,8 @@ class Supervisor:
         # for the account the session runs on (dropped when it moves, so
         # time spent elsewhere never counts as a turn).
         self._turn_base: dict[str, QuotaSnapshot] = {}
+        # Why this run's children get no session hooks (None: they do).
+        self._hooks_off: str | None = "not decided yet"
         self._stop_requested: signal.Signals | None = None
         self._waiting_logged = False
 
@@ -632,6 +667,7 @@ class Supervisor:
             )
         session_id = self._initial_session(inv, workdir)
         argv = launch_argv(inv, features)
+        self._hooks_off = await self._hooks_decision(inv, str(version), version_env)
         budget = self.config.restart_budget
         resumed = False
         prompt_in_argv = inv.prompt is not None or inv.is_exec
@@ -809,6 +845,24 @@ class Supervisor:
         log.warning("not launching Codex on %s (%s); choosing another account", gone.name, gone)
         return await self._select(signals, avoid=gone.name)
 
+    async def _hooks_decision(
+        self, inv: Invocation, version: str, env: Mapping[str, str]
+    ) -> str | None:
+        """Why this run's children get no session hooks, or None when they do."""
+        if not self.config.session_hooks:
+            return "session hooks are switched off (SupervisorConfig.session_hooks)"
+        why = overridden_by(inv.argv)
+        if why is None and switched_off_in_config(self.pool.base_codex_home):
+            why = f"hooks are switched off in {self.pool.base_codex_home / 'config.toml'}"
+        if why is not None:
+            log.info("no session hooks for this run: %s", why)
+            return why
+        if version not in TESTED_CODEX_VERSIONS and not await hooks_trusted(
+            self.config.codex, version, environ=env
+        ):
+            return f"codex {version} does not trust the supervisor's hooks"
+        return None
+
     async def _run_child(
         self,
         inv: Invocation,
@@ -899,17 +953,23 @@ class Supervisor:
             # newer login of the account waiting in quarantine leaves a spent
             # refresh token in its home. LoginQuarantined: choose another.
             await asyncio.to_thread(self.pool.ensure_no_quarantine, account)
+        hooks, flags = self._session_hooks(home, inv, session_id)
         launched_at = self.clock.now()
         # A headless exec leads a process group of its own, so a stop reaches
         # its whole tree (MCP servers, tool commands); the TUI must stay in the
         # terminal's foreground group.
-        child = await self._launch(
-            [self.config.codex, *argv],
-            env=env,
-            cwd=launch_cwd,
-            stdin=stdin,
-            process_group=not inv.is_interactive,
-        )
+        try:
+            child = await self._launch(
+                [self.config.codex, *flags, *argv],
+                env=env,
+                cwd=launch_cwd,
+                stdin=stdin,
+                process_group=not inv.is_interactive,
+            )
+        except BaseException:
+            if hooks is not None:
+                hooks.close()
+            raise
         run: _ChildRun | None = None
         try:
             # From here on the child is stopped and reaped whatever happens.
@@ -936,16 +996,22 @@ class Supervisor:
                 known_session=session_id,
                 prompt_in_argv=prompt_in_argv,
                 can_restart=can_restart,
-                bind_deadline=self.clock.monotonic() + self.config.bind_timeout,
+                bind_deadline=self._bind_deadline(hooks),
                 last_passive=self.clock.monotonic(),
+                hooks=hooks,
+                clock_waits_for_session=hooks is not None and not proc_available(),
             )
             with signals.relaying_stops(child):
                 outcome = await self._monitor(run, signals)
         finally:
             if run is not None and run.prewarm is not None and not run.prewarm.done():
                 run.prewarm.cancel()
-            if child.returncode is None:
-                await child.stop(self.config.stop)
+            try:
+                if child.returncode is None:
+                    await child.stop(self.config.stop)
+            finally:
+                if hooks is not None:
+                    hooks.close()
         self._emit(
             ChildExited(
                 at=self.clock.now(),
@@ -955,6 +1021,49 @@ class Supervisor:
             )
         )
         return outcome
+
+    def _session_hooks(
+        self, home: Path, inv: Invocation, session_id: str | None
+    ) -> tuple[HookInbox | None, list[str]]:
+        """An inbox and the ``-c`` flags that make one child's hooks report to it, if on.
+
+        An exec of a known session (every rotation's successor) needs none:
+        it runs that one session, found by id, and its first model request
+        need not wait for a hook. A child without our hooks still gets the
+        user's hook trust re-keyed to its home (unless its command line sets
+        ``hooks.state`` itself), so the user's own hooks run there.
+        """
+        base = self.pool.base_codex_home
+        users_own = [] if overridden_by(inv.argv) is not None else trust_flags(base, home)
+        if self._hooks_off is not None or (inv.is_exec and session_id is not None):
+            return None, users_own
+        try:
+            inbox = HookInbox(self.pool.root / "hooks")
+        except OSError as exc:
+            log.warning("no session hooks for this child: %s", exc)
+            return None, users_own
+        flags = hook_flags(inbox.path, base_home=base, account_home=home)
+        if flags is None:
+            inbox.close()
+            log.warning(
+                "no session hooks for this child: no Python to run them with, "
+                "or a path that cannot be passed to Codex (%s)",
+                inbox.path,
+            )
+            return None, users_own
+        return inbox, flags
+
+    def _bind_deadline(self, hooks: HookInbox | None) -> float:
+        """When to give up looking for the child's session (monotonic).
+
+        With ``/proc`` the child is seen writing it within seconds. Without,
+        only a hook names it, at the session's first turn, which may be long
+        after launch (a TUI waiting for its first prompt): the clock starts
+        when a new session appears (see :meth:`_bind`).
+        """
+        if hooks is not None and not proc_available():
+            return math.inf
+        return self.clock.monotonic() + self.config.bind_timeout
 
     async def _newest(self, account: str) -> QuotaSnapshot | None:
         found = next((a for a in await self.selector.accounts() if a.name == account), None)
@@ -1041,7 +1150,10 @@ class Supervisor:
                     outcome = await self._decide(run)
                     if outcome is not None:
                         return outcome
-                binding = run.binding is None and math.isfinite(run.bind_deadline)
+                # Looking for the child's session in /proc, which announces nothing.
+                binding = (
+                    run.binding is None and math.isfinite(run.bind_deadline) and proc_available()
+                )
                 generation = watcher.generation if watcher is not None else 0
                 watching = watcher is not None and not binding and watcher.track(self._watched(run))
                 if woken.done():
@@ -1063,13 +1175,20 @@ class Supervisor:
                 watcher.close()
 
     def _watched(self, run: _ChildRun) -> list[Path]:
-        """The files whose writes wake the follow loop: the rollout (once bound), the pool state."""
+        """The files whose writes wake the follow loop.
+
+        The pool state, the rollout once bound, and the child's hook inbox.
+        """
         files = [self.pool.state_path]
         if run.binding is not None:
             files.append(run.binding.path)
+        if run.hooks is not None:
+            files.append(run.hooks.path)
         return files
 
     def _bind(self, run: _ChildRun) -> None:
+        if self._follow_hooks(run):
+            return
         if run.binding is None:
             # Only a rollout the child writes (open for writing, or its writer
             # lock held) binds. When it writes several, nothing binds: the
@@ -1088,6 +1207,10 @@ class Supervisor:
                 if attempt.ambiguous and run.binding_problem != attempt.reason:
                     log.warning("session not bound yet: %s", attempt.reason)
                     run.binding_problem = attempt.reason
+                if run.clock_waits_for_session and attempt.candidates:
+                    # A session appeared: its SessionStart hook is due now.
+                    run.clock_waits_for_session = False
+                    run.bind_deadline = self.clock.monotonic() + self.config.bind_timeout
                 if self.clock.monotonic() > run.bind_deadline and run.child.returncode is None:
                     log.warning(
                         "no session found for pid %d (%s); rotation is off for this run",
@@ -1095,19 +1218,127 @@ class Supervisor:
                         attempt.reason,
                     )
                     run.bind_deadline = float("inf")
-                    self._blocked(
-                        run, f"the session Codex writes could not be identified ({attempt.reason})"
-                    )
-        if run.binding is not None and run.reader is None:
+                    self._blocked(run, self._unidentified(run, attempt.reason))
+        self._open_reader(run)
+
+    def _unidentified(self, run: _ChildRun, reason: str) -> str:
+        """Why the session a child writes could not be identified, for RotationBlocked."""
+        if proc_available():
+            return f"the session Codex writes could not be identified ({reason})"
+        if run.hooks is None:
+            return (
+                "the session Codex writes could not be identified: this system has no /proc "
+                f"to read it from, and no session hooks ({self._hooks_off})"
+            )
+        return (
+            "the session Codex writes could not be identified: no hook of this Codex has "
+            f"named it within {self.config.bind_timeout:g}s of a new session appearing in "
+            "its folder (Codex's hooks may be switched off in its config; rotation comes "
+            "back on if one names it later)"
+        )
+
+    def _follow_hooks(self, run: _ChildRun) -> bool:
+        """Bind (or rebind) to the session the child's newest hook names; True when it did.
+
+        A hook is Codex naming the thread whose turn starts or ends, in this
+        child: exact. Each event is acted on once, newest first: a subagent's
+        thread is passed over for the event before it; a session whose
+        rollout is not written yet stays pending (looked at again, and no
+        rotation meanwhile) until it binds, a newer event replaces it or
+        ``bind_timeout`` passes. When the newest names another session than
+        the bound one (the TUI's ``/new``, ``/resume``, ``/fork`` followed by
+        a turn), the run follows that one; before a rotation
+        :meth:`_still_bound` still refuses while ``/proc`` shows the child
+        writing several.
+        """
+        if run.hooks is None:
+            return False
+        new = run.hooks.read()
+        run.hook_sessions.update(e.session_id for e in new)
+        waiting = run.pending_hook
+        events = [*reversed(new), *([waiting] if waiting is not None else [])]
+        run.pending_hook = None
+        bound = run.binding
+        for event in events:
+            if bound is not None and event.session_id == bound.session_id:
+                return False
+            attempt = run.binder.from_hook(event.session_id, event.transcript_path)
+            found = attempt.binding
+            if found is not None:
+                return self._hook_bound(run, found, attempt.reason)
+            if run.binding_problem != attempt.reason:
+                log.warning("session hook not followed: %s", attempt.reason)
+                run.binding_problem = attempt.reason
+            if attempt.pending:
+                if event is not waiting:
+                    run.pending_since = self.clock.monotonic()
+                if self.clock.monotonic() - run.pending_since < self.config.bind_timeout:
+                    run.pending_hook = event
+                return False
+        return False
+
+    def _hook_bound(self, run: _ChildRun, found: Binding, reason: str) -> bool:
+        bound = run.binding
+        run.binding = found
+        run.binding_problem = None
+        if bound is None:
+            self._bound(run.account, found, reason)
+            self._open_reader(run)
+            return True
+        log.info(
+            "Codex's hook names session %s instead of %s: following it",
+            found.session_id,
+            bound.session_id,
+        )
+        self._bound(run.account, found, f"{reason} (was {bound.session_id})")
+        self._adopt(run, found)
+        return True
+
+    def _adopt(self, run: _ChildRun, binding: Binding) -> None:
+        """Follow ``binding``, a session the child writes, found after its launch.
+
+        Its turns from before the launch are not this child's evidence (their
+        rate limits were written under other accounts, their failures are
+        old); turns started since are the child's own — counted (a failure
+        among them can still rotate the session) and, while one runs, never
+        cut by a rotation. A turn marker from before the launch still open is
+        a dead writer's.
+        """
+        run.reader = RolloutReader(binding.path, account=run.account)
+        since = run.launched_at - _OWN_TURN_SLACK
+        own = False
+        own_completed = 0
+        for record in run.reader.read():
+            if isinstance(record, TurnStarted):
+                own = record.at is None or record.at >= since
+                run.turns_started += own
+            elif isinstance(record, TurnCompleted | TurnAborted):
+                own_completed += own and isinstance(record, TurnCompleted)
+                own = False
+            elif isinstance(record, RateLimitsObserved) and own and record.snapshot.is_main_quota:
+                run.rollout_quota = record.snapshot
+        run.turns_at_launch = run.reader.state.turns_completed - own_completed
+        # Only a dangling marker from before the launch may be taken for a dead writer's.
+        run.caught_up = not own
+
+    def _open_reader(self, run: _ChildRun) -> None:
+        if run.binding is None or run.reader is not None:
+            return
+        if run.known_session is not None:
+            # Known before launch (a resume by id, every rotation's successor):
+            # catch up without attributing its old rate limits (written under
+            # earlier accounts), its old turns or its old failed turns to this
+            # child.
             run.reader = RolloutReader(run.binding.path, account=run.account)
-            if run.known_session is not None or run.inv.mode in _CONTINUING:
-                # An existing session (known before launch, or found after it
-                # by name, picker or fork): catch up without attributing its
-                # old rate limits (written under earlier accounts), its old
-                # turns or its old failed turns to this child.
-                run.reader.read()
-                run.turns_at_launch = run.reader.state.turns_completed
-                run.caught_up = True
+            run.reader.read()
+            run.turns_at_launch = run.reader.state.turns_completed
+            run.caught_up = True
+        elif run.inv.mode in _CONTINUING:
+            # An existing session found after the launch (by name, picker or
+            # fork): what it shows since the launch is this child's.
+            self._adopt(run, run.binding)
+        else:
+            run.reader = RolloutReader(run.binding.path, account=run.account)
 
     def _still_bound(self, run: _ChildRun) -> bool:
         """Right before a rotation: does the child write its bound session, and no other?
@@ -1128,8 +1359,14 @@ class Supervisor:
         writes nothing to its rollout, so which rollout grew last does not
         tell which conversation is on screen.
         """
+        if self._follow_hooks(run):
+            return False  # a hook named another session just now: decide on that one
+        if run.pending_hook is not None:
+            return False  # a hook named a session not written yet: wait for it
         binding = run.binding
         assert binding is not None  # a reader, so a decision, implies a binding
+        if not proc_available():
+            return self._no_other_loaded(run, binding)
         pid = run.child.pid
         writes = run.binder.still_writes(binding, pid)
         attempt = run.binder.open_by(pid)
@@ -1150,10 +1387,7 @@ class Supervisor:
                 run.account, found, f"rebound: pid {pid} writes it instead of {binding.session_id}"
             )
             # Its earlier turns and rate limits are not this child's new evidence.
-            run.reader = RolloutReader(found.path, account=run.account)
-            run.reader.read()
-            run.turns_at_launch = run.reader.state.turns_completed
-            run.caught_up = True
+            self._adopt(run, found)
             return False
         why = (
             f"it also writes {', '.join(others)}: which one is the conversation cannot be told"
@@ -1183,6 +1417,52 @@ class Supervisor:
         self._blocked(run, because)
         return False
 
+    def _no_other_loaded(self, run: _ChildRun, binding: Binding) -> bool:
+        """Without /proc: is the bound session the only one the child may be in?
+
+        Another session this child's hooks named whose thread is still loaded
+        (its writer lock held: the TUI keeps it after ``/new``, and goes back
+        to it with ``/resume`` without a hook until that turn ends) means the
+        conversation on screen cannot be told: refused, said once. A session
+        created in the child's folder since its launch, named by no hook yet,
+        loaded, whose first turn started within the last seconds may be the
+        child's own turn starting (its SessionStart follows within
+        milliseconds): not now, look again. (Another Codex's conversation in
+        the same folder holds nothing back once its first turn is seconds old.)
+        """
+        home = run.binder.codex_home
+        loaded = sorted(
+            sid for sid in run.hook_sessions - {binding.session_id} if writer_lock(home, sid).held
+        )
+        if loaded:
+            named = f"{'session' if len(loaded) == 1 else 'sessions'} {', '.join(loaded)}"
+            because = (
+                f"Codex also has {named} loaded (as after /new, /resume or /fork in the TUI) "
+                "and which one is the conversation cannot be told"
+            )
+            problem = f"not rotating: session {binding.session_id} is bound but {because}"
+            if run.binding_problem != problem:
+                log.warning("%s", problem)
+                run.binding_problem = problem
+            self._blocked(run, because)
+            return False
+        fresh = self.clock.now().timestamp() - _UNNAMED_QUIET
+        for other in run.binder.new_sessions(cwd=run.workdir, launched_at=run.launched_at):
+            if other.session_id == binding.session_id or other.session_id in run.hook_sessions:
+                continue
+            try:
+                if other.path.stat().st_mtime < fresh:
+                    continue  # quiet: no turn is starting there
+            except OSError:
+                continue
+            started = first_turn_start(other.path)
+            if started is not None and started.timestamp() < fresh:
+                continue  # a conversation busy for a while, not one starting
+            if writer_lock(home, other.session_id).held:
+                log.info("not rotating yet: session %s just started here", other.session_id)
+                return False
+        return True
+
     def _blocked(self, run: _ChildRun, reason: str) -> None:
         """Tell the embedder (and the CLI's user) that rotation is off, once per reason."""
         if reason in run.blocked_reasons:
@@ -1195,7 +1475,7 @@ class Supervisor:
         )
 
     def _bind_finished(self, run: _ChildRun) -> None:
-        if run.binding is not None:
+        if self._follow_hooks(run) or run.binding is not None:
             return
         # A quick child may exit between two looks: its writer evidence is
         # gone, so only a lone finished session binds.

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import settings
 
 from codex_supervisor.codex_cli import TESTED_CODEX_VERSIONS, CodexVersion
+from codex_supervisor.sessions import ENV_NO_PROC
 from codex_supervisor.testing import FakeCodexBackend, hermetic_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,3 +152,19 @@ def run_codex(
         )
 
     return run
+
+
+@pytest.fixture(params=["proc", "no-proc"])
+def proc_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test that takes it runs twice: with /proc, and as on macOS without it.
+
+    "no-proc" sets :data:`~codex_supervisor.sessions.ENV_NO_PROC` for this
+    process (and so for a driver process started with its environment): the
+    session code then reads nothing from /proc and only Codex's hooks tell
+    which session a child writes.
+    """
+    if request.param == "no-proc":
+        monkeypatch.setenv(ENV_NO_PROC, "1")
+    else:
+        monkeypatch.delenv(ENV_NO_PROC, raising=False)
+    return str(request.param)

@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -26,7 +27,9 @@ from codex_supervisor import sessions as sessions_module
 from codex_supervisor.accounts import AccountPool
 from codex_supervisor.codex_cli import parse_argv
 from codex_supervisor.events import CollectingSink, RotationBlocked, SessionBound
+from codex_supervisor.hooks import HookInbox
 from codex_supervisor.sessions import (
+    ENV_NO_PROC,
     RateLimitsObserved,
     RolloutReader,
     SessionBinder,
@@ -36,6 +39,7 @@ from codex_supervisor.sessions import (
     TurnPhase,
     TurnStarted,
     is_session_id,
+    proc_available,
     read_session_meta,
     writer_lock,
 )
@@ -1192,3 +1196,487 @@ def test_reader_skips_a_non_ascii_type_prefix(tmp_path: Path) -> None:
         fh.write(_event("task_started", turn_id="after").encode())
     records = RolloutReader(path).read()
     assert [type(r) for r in records] == [SessionMeta, TurnStarted]
+
+
+# -- without /proc: the seam and Codex's hooks as the evidence ---------------------------------
+
+
+def _old_turn(turn: str) -> str:
+    """A finished turn from an hour before any launch in these tests."""
+    hour_ago = NOW - timedelta(hours=1)
+    return _line("event_msg", {"type": "task_started", "turn_id": turn}, hour_ago) + _line(
+        "event_msg", {"type": "task_complete", "turn_id": turn}, hour_ago
+    )
+
+
+def _hook(inbox: HookInbox, event: str, session_id: str, path: Path | None = None) -> None:
+    record = {"event": event, "session_id": session_id}
+    if path is not None:
+        record["transcript_path"] = str(path)
+    with inbox.path.open("a") as out:
+        out.write(json.dumps(record) + "\n")
+
+
+def test_the_seam_hides_proc_from_every_piece_of_evidence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ENV_NO_PROC set, a child writing its rollout and holding its lock shows nothing."""
+    cwd = tmp_path / "work"
+    ours, path = _write_rollout(tmp_path, cwd=cwd)
+    lock = tmp_path / "thread-writer-locks" / f"{ours}.lock"
+    lock.parent.mkdir()
+    lock.touch()
+    binder = SessionBinder(tmp_path)
+    with FdHolder() as child:
+        child.open(path, "a")
+        child.open(lock, "rwa")
+        child.lock(lock)
+        assert proc_available()
+        assert binder.open_by(child.pid).binding is not None
+        assert writer_lock(tmp_path, ours).pid == child.pid
+        monkeypatch.setenv(ENV_NO_PROC, "1")
+        assert not proc_available()
+        attempt = binder.open_by(child.pid)
+        assert attempt.binding is None
+        assert "cannot be read" in attempt.reason
+        assert binder.bind_new(cwd=cwd, launched_at=NOW, pid=child.pid).binding is None
+        [binding] = [binder.find_by_id(ours)]
+        assert binding is not None
+        assert binder.still_writes(binding, child.pid) is None  # unknown, not "no"
+        # The lock probe still says "held" (as on macOS), but not by whom.
+        held = writer_lock(tmp_path, ours)
+        assert (held.held, held.pid) == (True, None)
+        monkeypatch.setenv(ENV_NO_PROC, "0")
+        assert proc_available()
+
+
+def test_a_hook_binds_only_a_rollout_of_this_home_named_after_its_id(tmp_path: Path) -> None:
+    cwd = tmp_path / "work"
+    ours, path = _write_rollout(tmp_path, cwd=cwd)
+    other, other_path = _write_rollout(tmp_path / "elsewhere", cwd=cwd)
+    binder = SessionBinder(tmp_path)
+    bound = binder.from_hook(ours, str(path)).binding
+    assert bound is not None
+    assert (bound.session_id, bound.path) == (ours, path.resolve())
+    # A path that does not match the id, or lies outside: looked up by id instead.
+    assert binder.from_hook(ours, str(other_path)).binding == bound
+    assert binder.from_hook(ours, "/etc/passwd").binding == bound
+    assert binder.from_hook(ours, None).binding == bound
+    # An id with no rollout here, or no id at all: nothing binds.
+    assert binder.from_hook(other, str(other_path)).binding is None
+    assert binder.from_hook("not-an-id", str(path)).binding is None
+    assert binder.from_hook("", None).binding is None
+
+
+def test_a_subagents_thread_never_binds(tmp_path: Path) -> None:
+    cwd = tmp_path / "work"
+    sub, path = _write_rollout(tmp_path, cwd=cwd)
+    meta = json.loads(path.read_text())
+    meta["payload"]["source"] = {"subagent": {"thread_spawn": {"parent_thread_id": "x"}}}
+    path.write_text(json.dumps(meta) + "\n")
+    attempt = SessionBinder(tmp_path).from_hook(sub, str(path))
+    assert attempt.binding is None
+    assert "not a conversation" in attempt.reason
+
+
+@pytest.mark.anyio
+async def test_without_proc_a_hook_binds_rebinds_and_the_rotation_goes_ahead(
+    tmp_path: Path, backend: FakeCodexBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on macOS: the hook binds; a hook naming another session moves the binding."""
+    monkeypatch.setenv(ENV_NO_PROC, "1")
+    sup = await _pressed_supervisor(tmp_path, backend)
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    done = _old_turn("t1")
+    first, first_path = _write_rollout(home, cwd=cwd, extra=done)
+    second, second_path = _write_rollout(home, cwd=cwd, extra=done)
+    inbox = HookInbox(tmp_path)
+    with FdHolder() as holder:
+        child = _StandInChild(holder)
+        run = _child_run(child, SessionBinder(home), cwd)
+        run.hooks = inbox
+        sup._bind(run)
+        assert run.binding is None  # nothing to go by yet
+        _hook(inbox, "SessionStart", first, first_path)
+        _hook(inbox, "Stop", first, first_path)
+        sup._bind(run)
+        assert run.session_id == first
+        # A turn in another conversation of the same TUI (after /new).
+        _hook(inbox, "SessionStart", second, second_path)
+        sup._bind(run)
+        assert run.session_id == second
+        assert run.reader is not None
+        assert run.reader.path == second_path.resolve()
+        assert run.turns_at_launch == 1  # its earlier turns are not this child's evidence
+        outcome = await sup._decide(run)
+        assert isinstance(outcome, _Rotate)
+        assert outcome.session_id == second
+    inbox.close()
+    assert isinstance(sup.sink, CollectingSink)
+    reasons = [(e.session_id, e.reason) for e in sup.sink.of(SessionBound)]  # type: ignore[attr-defined]
+    assert reasons == [
+        (first, f"Codex's hook named session {first}"),
+        (second, f"Codex's hook named session {second} (was {first})"),
+    ]
+    await sup.selector.aclose()
+
+
+@pytest.mark.anyio
+async def test_with_proc_a_hook_cannot_talk_a_rotation_past_two_written_sessions(
+    tmp_path: Path, backend: FakeCodexBackend
+) -> None:
+    """The hook moves the binding to the new conversation; /proc still sees both: no rotation."""
+    sup = await _pressed_supervisor(tmp_path, backend)
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    first, first_path = _write_rollout(home, cwd=cwd)
+    second, second_path = _write_rollout(home, cwd=cwd)
+    inbox = HookInbox(tmp_path)
+    with FdHolder() as holder:
+        child = _StandInChild(holder)
+        run = _child_run(child, SessionBinder(home), cwd)
+        run.hooks = inbox
+        holder.open(first_path, "a")
+        sup._bind(run)
+        assert run.session_id == first
+        holder.open(second_path, "a")
+        _hook(inbox, "SessionStart", second, second_path)
+        sup._bind(run)
+        assert run.session_id == second
+        assert await sup._decide(run) is None
+        assert child.stops == 0
+    inbox.close()
+    assert isinstance(sup.sink, CollectingSink)
+    [blocked] = sup.sink.of(RotationBlocked)
+    assert f"also writes session {first}" in blocked.reason  # type: ignore[attr-defined]
+    await sup.selector.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("hooks", [True, False])
+async def test_without_proc_an_unbound_child_says_why_rotation_is_off(
+    tmp_path: Path,
+    backend: FakeCodexBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    hooks: bool,
+) -> None:
+    """No hook by the deadline (which waits for a session to appear): one RotationBlocked."""
+    monkeypatch.setenv(ENV_NO_PROC, "1")
+    sup = await _pressed_supervisor(tmp_path, backend)
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    inbox = HookInbox(tmp_path) if hooks else None
+    if not hooks:
+        sup._hooks_off = "session hooks are switched off (SupervisorConfig.session_hooks)"
+    with FdHolder() as holder:
+        run = _child_run(_StandInChild(holder), SessionBinder(home), cwd)
+        run.hooks = inbox
+        run.bind_deadline = sup._bind_deadline(inbox)
+        run.clock_waits_for_session = inbox is not None
+        assert math.isinf(run.bind_deadline) == hooks
+        if hooks:
+            # A TUI waiting for its first prompt: no session yet, so no clock, no warning.
+            sup._bind(run)
+            assert math.isinf(run.bind_deadline)
+            _write_rollout(home, cwd=cwd)  # a session appears: its hook is due now
+            sup._bind(run)
+            assert math.isfinite(run.bind_deadline)
+        run.bind_deadline = 0.0  # the deadline passes
+        sup._bind(run)
+        sup._bind(run)
+    assert run.binding is None
+    assert isinstance(sup.sink, CollectingSink)
+    [blocked] = sup.sink.of(RotationBlocked)
+    reason = blocked.reason  # type: ignore[attr-defined]
+    if hooks:
+        assert "no hook of this Codex has named it within 30s of a new session appearing" in reason
+    else:
+        assert "this system has no /proc to read it from, and no session hooks (" in reason
+    if inbox is not None:
+        inbox.close()
+    await sup.selector.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_hook_naming_an_unknown_session_is_logged_once(
+    tmp_path: Path, backend: FakeCodexBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    sup = await _pressed_supervisor(tmp_path, backend)
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    inbox = HookInbox(tmp_path)
+    with FdHolder() as holder:
+        run = _child_run(_StandInChild(holder), SessionBinder(home), cwd)
+        run.hooks = inbox
+        _hook(inbox, "SessionStart", "01a22c33-7e06-70a2-9074-21dda48f0185")
+        with caplog.at_level(logging.WARNING, "codex_supervisor.supervisor"):
+            for _ in range(3):
+                sup._bind(run)
+    assert run.binding is None
+    said = [r for r in caplog.records if "session hook not followed" in r.getMessage()]
+    assert len(said) == 1
+    inbox.close()
+    await sup.selector.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_hook_arriving_right_before_a_rotation_is_read_first(
+    tmp_path: Path, backend: FakeCodexBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SessionStart written between the loop's look and the decision moves the binding first."""
+    monkeypatch.setenv(ENV_NO_PROC, "1")
+    sup = await _pressed_supervisor(tmp_path, backend)
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    done = _event("task_started", turn_id="t1") + _event("task_complete", turn_id="t1")
+    first, first_path = _write_rollout(home, cwd=cwd, extra=done)
+    second, second_path = _write_rollout(home, cwd=cwd, extra=_event("task_started", turn_id="t2"))
+    inbox = HookInbox(tmp_path)
+    with FdHolder() as holder:
+        child = _StandInChild(holder)
+        run = _child_run(child, SessionBinder(home), cwd)
+        run.hooks = inbox
+        _hook(inbox, "Stop", first, first_path)
+        sup._bind(run)
+        assert run.session_id == first
+        _hook(inbox, "SessionStart", second, second_path)  # a turn starts after /new
+        assert await sup._decide(run) is None  # not the idle first conversation
+        assert run.session_id == second
+        assert await sup._decide(run) is None  # the second one's turn runs: wait for it
+        assert child.stops == 0
+    inbox.close()
+    await sup.selector.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_rebinding_never_cuts_the_turn_in_flight_there(
+    tmp_path: Path, backend: FakeCodexBackend
+) -> None:
+    """Rebound through /proc to a session whose turn runs: the turn is the child's, let it end."""
+    sup = await _pressed_supervisor(tmp_path, backend)
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    first, first_path = _write_rollout(home, cwd=cwd)
+    second, second_path = _write_rollout(home, cwd=cwd, extra=_event("task_started", turn_id="t"))
+    with FdHolder() as holder:
+        child = _StandInChild(holder)
+        run = _child_run(child, SessionBinder(home), cwd)
+        holder.open(first_path, "a")
+        sup._bind(run)
+        assert run.session_id == first
+        holder.close(first_path)
+        holder.open(second_path, "a")
+        assert await sup._decide(run) is None  # rebound
+        assert run.session_id == second
+        assert await sup._decide(run) is None  # its turn runs
+        assert child.stops == 0
+        with second_path.open("a") as out:
+            out.write(_event("task_complete", turn_id="t"))
+        await sup._follow(run)
+        assert isinstance(await sup._decide(run), _Rotate)  # at its end
+    await sup.selector.aclose()
+
+
+def _held_lock(home: Path, holder: FdHolder, session_id: str) -> Path:
+    lock = home / "thread-writer-locks" / f"{session_id}.lock"
+    lock.parent.mkdir(exist_ok=True)
+    lock.touch()
+    holder.open(lock, "rwa")
+    holder.lock(lock)
+    return lock
+
+
+@pytest.mark.anyio
+async def test_without_proc_another_loaded_conversation_named_by_a_hook_refuses(
+    tmp_path: Path, backend: FakeCodexBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bound to B after /new; A is still loaded (the TUI can go back to it unseen): no rotation."""
+    monkeypatch.setenv(ENV_NO_PROC, "1")
+    sup = await _pressed_supervisor(tmp_path, backend)
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    first, first_path = _write_rollout(home, cwd=cwd, extra=_old_turn("a"))
+    second, second_path = _write_rollout(home, cwd=cwd, extra=_old_turn("b"))
+    inbox = HookInbox(tmp_path)
+    with FdHolder() as holder:
+        child = _StandInChild(holder)
+        run = _child_run(child, SessionBinder(home), cwd)
+        run.hooks = inbox
+        lock = _held_lock(home, holder, first)
+        _held_lock(home, holder, second)
+        _hook(inbox, "Stop", first, first_path)
+        _hook(inbox, "Stop", second, second_path)
+        sup._bind(run)
+        assert run.session_id == second
+        for _ in range(2):
+            assert await sup._decide(run) is None
+        assert child.stops == 0
+        holder.close(lock)  # A unloaded: B is the only conversation left
+        outcome = await sup._decide(run)
+        assert isinstance(outcome, _Rotate)
+        assert outcome.session_id == second
+    inbox.close()
+    assert isinstance(sup.sink, CollectingSink)
+    [blocked] = sup.sink.of(RotationBlocked)
+    assert f"Codex also has session {first} loaded" in blocked.reason  # type: ignore[attr-defined]
+    await sup.selector.aclose()
+
+
+@pytest.mark.anyio
+async def test_without_proc_a_session_just_started_here_holds_the_rotation_back(
+    tmp_path: Path, backend: FakeCodexBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its SessionStart may be on its way: not now, and no "rotation is off" for it.
+
+    Another Codex's conversation in the same folder, busy for a while, holds
+    nothing back.
+    """
+    monkeypatch.setenv(ENV_NO_PROC, "1")
+    sup = await _pressed_supervisor(tmp_path, backend)
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    ours, path = _write_rollout(home, cwd=cwd, extra=_old_turn("a"))
+    just_now = _line("event_msg", {"type": "task_started", "turn_id": "n"}, datetime.now(UTC))
+    busy, busy_path = _write_rollout(home, cwd=cwd, extra=_old_turn("b") + _old_turn("c"))
+    inbox = HookInbox(tmp_path)
+    with FdHolder() as holder:
+        child = _StandInChild(holder)
+        run = _child_run(child, SessionBinder(home), cwd)
+        run.hooks = inbox
+        _held_lock(home, holder, busy)
+        _hook(inbox, "Stop", ours, path)
+        sup._bind(run)
+        assert run.session_id == ours
+        started, started_path = _write_rollout(home, cwd=cwd, extra=just_now)
+        _held_lock(home, holder, started)
+        assert await sup._decide(run) is None
+        assert child.stops == 0
+        old = time.time() - 60  # its first turn started a minute ago: not one starting now
+        started_path.write_text(
+            started_path.read_text().replace(
+                just_now,
+                _line(
+                    "event_msg",
+                    {"type": "task_started", "turn_id": "n"},
+                    NOW - timedelta(minutes=1),
+                ),
+            )
+        )
+        assert busy_path.stat().st_mtime > old  # written just now, but busy for an hour
+        assert isinstance(await sup._decide(run), _Rotate)
+    inbox.close()
+    assert isinstance(sup.sink, CollectingSink)
+    assert sup.sink.of(RotationBlocked) == []
+    await sup.selector.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_resumed_session_bound_by_its_hook_keeps_its_turn_in_flight(
+    tmp_path: Path, backend: FakeCodexBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`codex resume` (picker): SessionStart follows its turn start; that turn is the child's."""
+    monkeypatch.setenv(ENV_NO_PROC, "1")
+    sup = await _pressed_supervisor(tmp_path, backend)
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    ours, path = _write_rollout(
+        home, cwd=cwd, extra=_old_turn("old") + _event("task_started", turn_id="new")
+    )
+    inbox = HookInbox(tmp_path)
+    with FdHolder() as holder:
+        child = _StandInChild(holder)
+        run = _child_run(child, SessionBinder(home), cwd)
+        run.inv = parse_argv(["resume"])
+        run.hooks = inbox
+        _hook(inbox, "SessionStart", ours, path)
+        sup._bind(run)
+        assert run.session_id == ours
+        assert run.turns_at_launch == 1  # the old turn is not this child's
+        assert await sup._decide(run) is None  # never cut
+        assert child.stops == 0
+        with path.open("a") as out:
+            out.write(_event("task_complete", turn_id="new"))
+        await sup._follow(run)
+        assert isinstance(await sup._decide(run), _Rotate)
+    inbox.close()
+    await sup.selector.aclose()
+
+
+def test_a_rebinding_after_the_turn_ended_keeps_its_usage_limit_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Stop read after its task_complete landed: that failed turn is the child's evidence."""
+    monkeypatch.setenv(ENV_NO_PROC, "1")
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    first, first_path = _write_rollout(home, cwd=cwd, extra=_old_turn("a"))
+    failed = _event("task_started", turn_id="t") + _event(
+        "task_complete", turn_id="t", error={"codex_error_info": "usage_limit_exceeded"}
+    )
+    second, second_path = _write_rollout(home, cwd=cwd, extra=_old_turn("b") + failed)
+    pool = AccountPool(root=tmp_path / "pool", base_codex_home=tmp_path / "base")
+    sup = Supervisor(pool, config=SupervisorConfig(codex="codex"), sink=CollectingSink())
+    inbox = HookInbox(tmp_path)
+    with FdHolder() as holder:
+        run = _child_run(_StandInChild(holder), SessionBinder(home), cwd)
+        run.hooks = inbox
+        _hook(inbox, "Stop", first, first_path)
+        sup._bind(run)
+        _hook(inbox, "Stop", second, second_path)
+        sup._bind(run)
+    inbox.close()
+    assert run.session_id == second
+    assert run.turns_at_launch == 1
+    assert run.limit_failure() == "usage_limit_exceeded"
+
+
+@pytest.mark.anyio
+async def test_a_hook_is_acted_on_once_and_never_fights_proc(
+    tmp_path: Path, backend: FakeCodexBackend
+) -> None:
+    """The last hook named A, /proc shows the child writing only B: rebound to B once, and stays."""
+    sup = await _pressed_supervisor(tmp_path, backend)
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    first, first_path = _write_rollout(home, cwd=cwd)
+    second, second_path = _write_rollout(home, cwd=cwd)
+    inbox = HookInbox(tmp_path)
+    with FdHolder() as holder:
+        child = _StandInChild(holder)
+        run = _child_run(child, SessionBinder(home), cwd)
+        run.hooks = inbox
+        _hook(inbox, "SessionStart", first, first_path)
+        holder.open(second_path, "a")
+        for _ in range(4):
+            sup._bind(run)
+            await sup._decide(run)
+        assert run.session_id == second
+    inbox.close()
+    assert isinstance(sup.sink, CollectingSink)
+    assert [e.session_id for e in sup.sink.of(SessionBound)] == [first, second]  # type: ignore[attr-defined]
+    await sup.selector.aclose()
+
+
+def test_newest_first_past_a_subagent_and_a_rollout_not_written_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_NO_PROC, "1")
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    ours, path = _write_rollout(home, cwd=cwd)
+    sub, sub_path = _write_rollout(home, cwd=cwd)
+    meta = json.loads(sub_path.read_text())
+    meta["payload"]["source"] = {"subagent": "review"}
+    sub_path.write_text(json.dumps(meta) + "\n")
+    pool = AccountPool(root=tmp_path / "pool", base_codex_home=tmp_path / "base")
+    sup = Supervisor(pool, config=SupervisorConfig(codex="codex"), sink=CollectingSink())
+    inbox = HookInbox(tmp_path)
+    with FdHolder() as holder:
+        run = _child_run(_StandInChild(holder), SessionBinder(home), cwd)
+        run.hooks = inbox
+        _hook(inbox, "SessionStart", ours, path)
+        _hook(inbox, "Stop", sub, sub_path)  # a subagent's turn ends after ours started
+        sup._bind(run)
+        assert run.session_id == ours
+        # A session whose rollout has no first line yet: pending, bound once it has.
+        later, later_path = _write_rollout(home, cwd=cwd)
+        content = later_path.read_text()
+        later_path.write_text("")
+        _hook(inbox, "SessionStart", later, later_path)
+        sup._bind(run)
+        assert run.session_id == ours
+        assert run.pending_hook is not None
+        later_path.write_text(content)
+        sup._bind(run)
+        assert run.session_id == later
+        assert run.pending_hook is None
+    inbox.close()

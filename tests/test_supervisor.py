@@ -43,6 +43,12 @@ from codex_supervisor.testing import Behaviour, FakeCodexBackend, install_simula
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(autouse=True)
+def _with_and_without_proc(proc_mode: str) -> str:
+    """Every test here runs twice: with /proc, and as on macOS (hooks only)."""
+    return proc_mode
+
+
 class World:
     """A pool of accounts on a fake backend, and a supervisor factory."""
 

@@ -28,7 +28,13 @@ command-line differences follow. What it mirrors from the real binaries
 - the thread writer lock ``$CODEX_HOME/thread-writer-locks/<id>.lock``: held
   with ``flock`` while the thread is loaded, deleted on a clean exit, left
   unlocked by a kill; a second writer is refused;
-- SIGINT, SIGTERM and SIGHUP end it by their default action, without cleanup.
+- SIGINT, SIGTERM and SIGHUP end it by their default action, without cleanup;
+- command hooks given with ``-c hooks.SessionStart=…`` / ``-c hooks.Stop=…``
+  (the session-flags layer) run when trusted by a ``-c hooks.state={…}`` entry
+  with Codex's hash, through ``sh -c`` with the JSON payload on stdin:
+  SessionStart once, when the process's first turn starts (``source``
+  ``startup`` or ``resume``), Stop at each turn's end, before
+  ``task_complete``. Hooks in config files are not run.
 
 What it does not do: tools, sandboxing, compaction, the TUI screen (the
 interactive mode reads one prompt per stdin line and prints each reply on
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import ipaddress
 import itertools
 import json
@@ -47,6 +54,7 @@ import os
 import re
 import signal
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -1187,6 +1195,8 @@ class _Settings:
     turn_trigger: str
     approval: str
     sandbox: str
+    #: Trusted session-flags hooks: event name -> [(command, timeout seconds)].
+    hooks: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
 
 
 class _Session:
@@ -1209,6 +1219,31 @@ class _Session:
         self.client = client
         self.history_sequence = history.history_sequence
         self.sampled_through = history.sampled_through
+        self.hook_source = "resume" if history.next_ordinal else "startup"
+        self.hooks_started = False
+
+    def _hook(self, event: str, **fields: Any) -> None:
+        """Run the trusted command hooks of ``event`` as Codex does (sh -c, JSON on stdin)."""
+        payload = {
+            "session_id": self.session_id,
+            "transcript_path": str(self.rollout.path),
+            "cwd": str(self.settings.cwd),
+            "hook_event_name": event,
+            "model": self.settings.model,
+            "permission_mode": "default",
+            **fields,
+        }
+        for command, timeout in self.settings.hooks.get(event, []):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(
+                    ["/bin/sh", "-c", command],
+                    input=json.dumps(payload).encode(),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    cwd=self.settings.cwd,
+                    timeout=timeout,
+                    check=False,
+                )
 
     def _write_item(self, payload: dict[str, Any]) -> None:
         # 0.169.0 puts history bookkeeping in a top-level "metadata" key of
@@ -1287,6 +1322,9 @@ class _Session:
         self._write_item({**user_item, "id": f"msg_{_uuid7()}"})
         self._item_completed(turn_id, "UserMessage", _uuid7(), [{"type": "text", "text": prompt}])
         self.items.append(user_item)
+        if not self.hooks_started:
+            self.hooks_started = True
+            self._hook("SessionStart", source=self.hook_source)
         outcome = self.client.request(self.session_id, self._body(turn_id))
         if outcome.error is None:
             self._record_reply(turn_id, outcome)
@@ -1294,6 +1332,12 @@ class _Session:
             self.rollout.event(
                 {"type": "token_count", "info": None, "rate_limits": outcome.rate_limits}
             )
+        self._hook(
+            "Stop",
+            turn_id=turn_id,
+            stop_hook_active=False,
+            last_assistant_message=outcome.text if outcome.error is None else None,
+        )
         complete: dict[str, Any] = {
             "type": "task_complete",
             "root_turn_id": turn_id,
@@ -1491,9 +1535,55 @@ def _prepare(inv: _Invocation, *, interactive: bool) -> _Run:
         or ("danger-full-access" if bypass else str(config.get("sandbox_mode") or ""))
         or "read-only",
     )
+    settings.hooks = _flag_hooks(inv)
     auth = _Auth(home, provider)
     auth.refresh_if_stale()
     return _Run(home=home, provider=provider, auth=auth, settings=settings)
+
+
+_FLAG_SOURCE = "/<session-flags>/config.toml"
+_HOOK_EVENTS = {"SessionStart": "session_start", "Stop": "stop"}
+
+
+def _hook_hash(label: str, command: str, timeout: int) -> str:
+    """Codex's trust hash of one command handler in a matcher-less group."""
+    identity = {
+        "event_name": label,
+        "hooks": [{"type": "command", "command": command, "timeout": timeout, "async": False}],
+    }
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _flag_hooks(inv: _Invocation) -> dict[str, list[tuple[str, int]]]:
+    """The command hooks ``-c hooks.<Event>=…`` gives that ``-c hooks.state`` trusts."""
+    given: dict[str, Any] = {}
+    state: dict[str, Any] = {}
+    for override in inv.values.get("config", []):
+        key, _, raw = override.partition("=")
+        key = key.strip()
+        with contextlib.suppress(tomllib.TOMLDecodeError):
+            if key == "hooks.state":
+                value = tomllib.loads(f"v = {raw}")["v"]  # the last one wins, as in Codex
+                state = value if isinstance(value, dict) else {}
+            elif key.removeprefix("hooks.") in _HOOK_EVENTS:
+                given[key.removeprefix("hooks.")] = tomllib.loads(f"v = {raw}")["v"]
+    trusted: dict[str, list[tuple[str, int]]] = {}
+    for event, groups in given.items():
+        label = _HOOK_EVENTS[event]
+        for g, group in enumerate(groups if isinstance(groups, list) else []):
+            handlers = group.get("hooks") if isinstance(group, dict) else None
+            for h, handler in enumerate(handlers if isinstance(handlers, list) else []):
+                if not isinstance(handler, dict) or handler.get("type") != "command":
+                    continue
+                command, timeout = handler.get("command"), handler.get("timeout", 600)
+                if not isinstance(command, str) or not isinstance(timeout, int):
+                    continue
+                entry = state.get(f"{_FLAG_SOURCE}:{label}:{g}:{h}")
+                digest = entry.get("trusted_hash") if isinstance(entry, dict) else None
+                if digest == _hook_hash(label, command, timeout):
+                    trusted.setdefault(event, []).append((command, timeout))
+    return trusted
 
 
 @contextlib.contextmanager

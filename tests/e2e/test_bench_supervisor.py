@@ -38,9 +38,11 @@ def test_bench_cutover_prints_both_modes_and_the_bare_resume(tmp_path: Path) -> 
             assert set(line[key]) == {"median_ms", "max_ms"}
         assert len(line["usage_requests"]) == 1
         assert len(line["successor_usage_requests"]) == 1
-    # Pre-warmed: nothing to ask on the critical path; cold: the successor is probed there.
+    # Pre-warmed: nothing to ask on the critical path. Cold: the successor is
+    # probed there, unless the pre-warm the 429 started finished first (a new
+    # session's Stop hook runs before Codex exits): once at most.
     assert figures["cutover_prewarmed"]["usage_requests"] == [0]
-    assert figures["cutover_cold"]["successor_usage_requests"] == [1]
+    assert figures["cutover_cold"]["successor_usage_requests"] in ([0], [1])
     assert set(figures["bare_exec_resume_start"]["spawn_to_first_request"]) == {
         "median_ms",
         "max_ms",
@@ -73,6 +75,8 @@ def test_bench_overhead_reports_an_idle_session_without_model_requests(tmp_path:
 def test_bench_follow_reports_both_modes() -> None:
     """bench_follow.py: a turn end written to the rollout is seen, woken and polled."""
     figures = _run("bench_follow.py", "--turns", "2")
+    assert figures["hook_run"]["runs"] == 2
+    assert set(figures["hook_run"]["hook_run"]) == {"median_ms", "max_ms"}
     for mode in ("follow_watch", "follow_poll"):
         line = figures[mode]
         assert line["turns"] == 2

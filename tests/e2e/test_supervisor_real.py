@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from codex_supervisor.accounts import AccountPool
-from codex_supervisor.events import ChildLaunched, CollectingSink
+from codex_supervisor.events import ChildLaunched, CollectingSink, SessionBound
 from codex_supervisor.quota import WindowKind
+from codex_supervisor.sessions import ENV_NO_PROC
 from codex_supervisor.supervisor import Supervisor, SupervisorConfig
 from codex_supervisor.testing import (
     Behaviour,
@@ -70,8 +71,14 @@ def _exec(*rest: str) -> list[str]:
 
 
 @pytest.mark.anyio
-async def test_exec_usage_limit_despite_usage_endpoint_resumes_on_b(real: RealWorld) -> None:
-    """A's usage endpoint says 50 % but its model request gets 429: the run ends on B, exit 0."""
+async def test_exec_usage_limit_despite_usage_endpoint_resumes_on_b(
+    real: RealWorld, proc_mode: str
+) -> None:
+    """A's usage endpoint says 50 % but its model request gets 429: the run ends on B, exit 0.
+
+    Also without /proc (as on macOS), where only Codex's SessionStart hook
+    names the session the 429 interrupted.
+    """
     real.add("alpha", five_hour_used=50)
     real.add("beta", five_hour_used=60)
     real.backend.script(Behaviour.usage_limit(), account_id="id-alpha")
@@ -94,6 +101,10 @@ async def test_exec_usage_limit_despite_usage_endpoint_resumes_on_b(real: RealWo
     reset = real.backend.account("id-alpha").windows[0].resets_at
     assert abs(cooldown.blocked_until.timestamp() - reset) < 2
     real.backend.assert_no_replay()
+    [bound, *_] = real.sink.of(SessionBound)
+    assert bound.session_id == requests[0].session_id  # type: ignore[attr-defined]
+    if proc_mode == "no-proc":
+        assert bound.reason.startswith("Codex's hook named session")  # type: ignore[attr-defined]
 
 
 @pytest.mark.anyio
@@ -233,7 +244,9 @@ log = open(cfg["events"], "a", buffering=1)
 
 def sink(event):
     record = {"name": event.name, "at": event.at.timestamp(), "message": event.message}
-    for key in ("account", "to_account", "from_account", "session_id", "successor", "pid"):
+    for key in (
+        "account", "to_account", "from_account", "session_id", "successor", "pid", "reason"
+    ):
         if hasattr(event, key):
             record[key] = getattr(event, key)
     log.write(json.dumps(record) + "\n")
@@ -287,13 +300,21 @@ def _type(tui: PtyProcess, backend: FakeCodexBackend, text: str, timeout: float 
             time.sleep(0.05)
 
 
+def _terminal_env(world: RealWorld) -> dict[str, str]:
+    """The environment a driver runs in: the world's, a terminal, and the /proc mode of the test."""
+    env = dict(world.env, TERM="xterm-256color")
+    if os.environ.get(ENV_NO_PROC):
+        env[ENV_NO_PROC] = os.environ[ENV_NO_PROC]
+    return env
+
+
 def _driver(
     tmp_path: Path, world: RealWorld, argv: list[str], strategy: str = "headroom"
 ) -> tuple[list[str], Path]:
     script = tmp_path / "driver.py"
     script.write_text(_DRIVER)
     events = tmp_path / "events.jsonl"
-    env = dict(world.env, TERM="xterm-256color")
+    env = _terminal_env(world)
     cfg = {
         "pool": str(world.pool.root),
         "base": str(world.base),
@@ -314,9 +335,12 @@ def tls_real(tmp_path: Path, tls_backend: FakeCodexBackend, codex_bin: Path) -> 
 
 
 def test_interactive_rotation_prewarms_resumes_and_restores_the_terminal(
-    tmp_path: Path, tls_real: RealWorld
+    tmp_path: Path, tls_real: RealWorld, proc_mode: str
 ) -> None:
-    """Turns on A pre-warm then rotate at the boundary; a typed prompt is answered by B."""
+    """Turns on A pre-warm then rotate at the boundary; a typed prompt is answered by B.
+
+    Also without /proc (as on macOS): Codex's hooks name the session.
+    """
     world = tls_real
     # Turn 1 takes A to 91 % (pre-warm margin), the TUI's title request to
     # 93 %, turn 2 to 95 %: at the threshold, so A rotates once turn 2 ends.
@@ -326,7 +350,7 @@ def test_interactive_rotation_prewarms_resumes_and_restores_the_terminal(
     argv, events = _driver(
         tmp_path, world, ["--no-alt-screen", *offline_flags(), "first prompt"], strategy="drain"
     )
-    env = dict(world.env, TERM="xterm-256color")
+    env = _terminal_env(world)
     with PtyProcess(argv, env=env, cwd=world.work) as tui:
         # Turn 1 (and the TUI's title request) push A to the pre-warm margin.
         _wait_for(
@@ -363,6 +387,10 @@ def test_interactive_rotation_prewarms_resumes_and_restores_the_terminal(
     assert code == 143
     assert "TERMIOS_RESTORED True" in tui.text
     assert b"\x1b[?2004l" in tui.raw_output  # bracketed paste switched off again
+    bound = next(e for e in log if e["name"] == "session_bound")
+    assert bound["session_id"] == session
+    if proc_mode == "no-proc":
+        assert bound["reason"].startswith("Codex's hook named session")
 
 
 def test_sigterm_stops_codex_releases_leases_and_exits_143(

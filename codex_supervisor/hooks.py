@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -351,19 +353,42 @@ def overridden_by(argv: Sequence[str]) -> str | None:
 _PREFIX: Final = "hooks-"
 
 
+_ALIVE: Final = ".alive"
+#: An inbox folder without its lock file (a process killed while making it) is
+#: left this long (seconds) before it is swept.
+_UNFINISHED_AGE: Final = 24 * 3600
+
+
 def _sweep(parent: Path) -> None:
-    """Remove the inbox folders of processes that are gone (killed before they closed them)."""
+    """Remove the inbox folders nobody holds any more (processes killed before closing them).
+
+    A live inbox holds an exclusive ``flock`` on its ``.alive`` file: that,
+    not a pid, says whether its owner lives (a pid means nothing in another
+    pid namespace or on another machine sharing the pool).
+    """
     with contextlib.suppress(OSError):
         for entry in os.scandir(parent):
-            pid = entry.name.removeprefix(_PREFIX).split("-", 1)[0]
-            if not entry.name.startswith(_PREFIX) or not pid.isdigit():
-                continue
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
+            ours = entry.name.startswith(_PREFIX) and entry.is_dir(follow_symlinks=False)
+            if ours and _abandoned(Path(entry.path)):
                 shutil.rmtree(entry.path, ignore_errors=True)
-            except (PermissionError, OverflowError):
-                pass
+
+
+def _abandoned(folder: Path) -> bool:
+    try:
+        fd = os.open(folder / _ALIVE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        with contextlib.suppress(OSError):
+            return time.time() - folder.stat().st_mtime > _UNFINISHED_AGE
+        return False
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # held: its owner lives
+    finally:
+        os.close(fd)  # (releases the lock just taken)
+    return True
 
 
 @final
@@ -371,12 +396,13 @@ class HookInbox:
     """The private folder one child's hooks write to, and a reader of what they wrote.
 
     The folder is made in ``parent`` (the pool's own private folder; the
-    system's temporary folder by default) only for its owner (0700), named
-    after this process, and removed by :meth:`close`; folders left by a
-    process that died without closing them are removed by the next inbox
-    made there. :meth:`read` returns the events appended since the last read,
-    in the order the hooks ran; a half-written last line waits for the next
-    read, and malformed or over-long lines are skipped (logged).
+    system's temporary folder by default) only for its owner (0700), and
+    removed by :meth:`close`; it holds a lock while it is open, and folders
+    whose lock nobody holds (a process that died without closing them) are
+    removed by the next inbox made there. :meth:`read` returns the events
+    appended since the last read, in the order the hooks ran; a half-written
+    last line waits for the next read, and malformed or over-long lines are
+    skipped (logged).
     """
 
     def __init__(self, parent: Path | str | None = None) -> None:
@@ -387,9 +413,17 @@ class HookInbox:
         if parent is None:
             prefix = f"codex-supervisor-{prefix}"
         self.folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-        self.path = self.folder / "events.jsonl"
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        os.close(fd)
+        try:
+            self._alive = os.open(
+                self.folder / _ALIVE, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+            )
+            fcntl.flock(self._alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.path = self.folder / "events.jsonl"
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
         self._offset = 0
         self._partial = b""
         self.latest: HookEvent | None = None
@@ -416,6 +450,9 @@ class HookInbox:
     def close(self) -> None:
         """Remove the folder (a hook that runs later writes nowhere: it never creates files)."""
         shutil.rmtree(self.folder, ignore_errors=True)
+        if self._alive >= 0:
+            os.close(self._alive)
+            self._alive = -1
 
 
 def _event(line: bytes) -> HookEvent | None:

@@ -68,8 +68,8 @@ __all__ = [
     "TurnStarted",
     "TurnState",
     "WriterLock",
-    "first_turn_start",
     "is_session_id",
+    "last_turn_start",
     "parse_line",
     "proc_available",
     "read_session_meta",
@@ -669,15 +669,17 @@ def read_session_meta(path: Path) -> SessionMeta | None:
     return record if isinstance(record, SessionMeta) else None
 
 
-#: How much of a rollout :func:`first_turn_start` reads at most.
-_HEAD_LIMIT = 256 * 1024
+#: How many lock files :meth:`SessionBinder.loaded_here` looks at, at most.
+_MAX_LOCKS = 512
+#: How much of a rollout's end :func:`last_turn_start` reads at most.
+_TAIL_LIMIT = 256 * 1024
 
 
-def first_turn_start(path: Path) -> datetime | None:
-    """When the first turn of a rollout started (its first ``task_started``), or None.
+def last_turn_start(path: Path) -> datetime | None:
+    """When the last turn of a rollout started (its last ``task_started``), or None.
 
-    Reads the head of the file only (256 KiB): None also when the first turn
-    marker lies further in, or the file cannot be read.
+    Reads the end of the file only (256 KiB): None also when no turn marker
+    lies there, or the file cannot be read.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -685,10 +687,12 @@ def first_turn_start(path: Path) -> datetime | None:
         return None
     try:
         with os.fdopen(fd, "rb") as fh:
-            head = fh.read(_HEAD_LIMIT)
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - _TAIL_LIMIT))
+            tail = fh.read(_TAIL_LIMIT)
     except OSError:
         return None
-    for raw in head.split(b"\n"):
+    for raw in reversed(tail.split(b"\n")):
         if b"task_started" not in raw and b"turn_started" not in raw:
             continue
         with contextlib.suppress(ValueError, RecursionError):
@@ -836,11 +840,29 @@ class SessionBinder:
             )
         return self._confirm(matches, ids, pid, examined)
 
-    def new_sessions(self, *, cwd: Path | str, launched_at: datetime) -> list[Binding]:
-        """Every session created in ``cwd`` since ``launched_at`` (the rule of :meth:`bind_new`)."""
-        found, _ = self._new_matches(
-            cwd=cwd, launched_at=launched_at, exclude=(), finished_only=False
-        )
+    def loaded_here(self, *, cwd: Path | str, written_since: float) -> list[Binding]:
+        """Sessions of ``cwd`` some process has loaded now (writer lock held), written lately.
+
+        From the held writer locks (a bounded look: the first 512 lock files),
+        each rollout found by id, kept when its ``session_meta`` names ``cwd``
+        and it was modified at or after ``written_since`` (a Unix time). Needs
+        no ``/proc``: the lock is probed with ``flock``.
+        """
+        found: list[Binding] = []
+        folder = Path(cwd)
+        for index, entry in enumerate(_scan_dir(self.locks_dir)):
+            if index >= _MAX_LOCKS:
+                log.debug("loaded sessions: only %d lock files looked at", _MAX_LOCKS)
+                break
+            name = _LOCK_RE.fullmatch(entry.name)
+            if name is None or not writer_lock(self.codex_home, name.group(1)).held:
+                continue
+            binding = self._in_uuid7_days(name.group(1), set())
+            if binding is None or binding.meta is None or not _same_dir(binding.meta.cwd, folder):
+                continue
+            with contextlib.suppress(OSError):
+                if binding.path.stat().st_mtime >= written_since:
+                    found.append(binding)
         return found
 
     def _new_matches(

@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -93,12 +94,11 @@ from .sessions import (
     RateLimitsObserved,
     RolloutReader,
     SessionBinder,
-    TurnAborted,
     TurnCompleted,
     TurnPhase,
     TurnStarted,
-    first_turn_start,
     is_session_id,
+    last_turn_start,
     proc_available,
     writer_lock,
 )
@@ -118,8 +118,8 @@ _T = TypeVar("_T")
 _CREDENTIAL_COMMANDS = frozenset({"login", "logout"})
 #: Invocations that continue a session whose rollout already holds turns.
 _CONTINUING = frozenset({Mode.RESUME, Mode.EXEC_RESUME, Mode.FORK})
-#: A turn marker this long before a child's launch is still taken for the child's own
-#: (a rollout's clock and ours may differ a little).
+#: A session whose first line is older than a child's launch by more than this
+#: existed before it (a rollout's clock and ours may differ a little).
 _OWN_TURN_SLACK = timedelta(seconds=1)
 #: Without /proc, a session of the child's folder whose first turn started this
 #: recently (seconds), named by no hook yet, holds a rotation back: it may be the
@@ -185,8 +185,10 @@ class SupervisorConfig:
     cannot be watched (0.25).
     ``session_hooks``: give each child Codex's own hooks (``SessionStart``,
     ``Stop``, trusted through ``-c`` flags, no file of the user's touched)
-    that report which session it runs: exact on every platform, and the
-    only evidence where there is no ``/proc`` (True).
+    that report which session it runs: the evidence where there is no
+    ``/proc`` (macOS). None (the default): only there — with ``/proc`` they
+    would add nothing it does not show, and cost each turn's end ~16 ms and
+    ``codex exec`` four ``hook:`` lines on stderr; True: always; False: never.
     ``watch_files``: once the session is bound, sleep until its rollout or
     the pool state is written (watchdog: inotify, FSEvents, kqueue) instead
     of polling (True). When the watcher cannot start the run polls every
@@ -214,7 +216,7 @@ class SupervisorConfig:
     continuation_prompt: str = attrs.field(default=DEFAULT_CONTINUATION_PROMPT, validator=_text)
     poll_interval: float = attrs.field(default=0.25, validator=_positive)
     watch_files: bool = True
-    session_hooks: bool = True
+    session_hooks: bool | None = None
     safety_poll: float = attrs.field(default=5.0, validator=_positive)
     quota_stale_after: float = attrs.field(default=120.0, validator=_non_negative)
     bind_timeout: float = attrs.field(default=30.0, validator=_positive)
@@ -849,8 +851,10 @@ class Supervisor:
         self, inv: Invocation, version: str, env: Mapping[str, str]
     ) -> str | None:
         """Why this run's children get no session hooks, or None when they do."""
-        if not self.config.session_hooks:
+        if self.config.session_hooks is False:
             return "session hooks are switched off (SupervisorConfig.session_hooks)"
+        if self.config.session_hooks is None and proc_available():
+            return "/proc shows which session Codex writes"
         why = overridden_by(inv.argv)
         if why is None and switched_off_in_config(self.pool.base_codex_home):
             why = f"hooks are switched off in {self.pool.base_codex_home / 'config.toml'}"
@@ -1265,7 +1269,7 @@ class Supervisor:
             attempt = run.binder.from_hook(event.session_id, event.transcript_path)
             found = attempt.binding
             if found is not None:
-                return self._hook_bound(run, found, attempt.reason)
+                return self._hook_bound(run, found, attempt.reason, event)
             if run.binding_problem != attempt.reason:
                 log.warning("session hook not followed: %s", attempt.reason)
                 run.binding_problem = attempt.reason
@@ -1277,13 +1281,13 @@ class Supervisor:
                 return False
         return False
 
-    def _hook_bound(self, run: _ChildRun, found: Binding, reason: str) -> bool:
+    def _hook_bound(self, run: _ChildRun, found: Binding, reason: str, hook: HookEvent) -> bool:
         bound = run.binding
         run.binding = found
         run.binding_problem = None
         if bound is None:
             self._bound(run.account, found, reason)
-            self._open_reader(run)
+            self._open_reader(run, hook)
             return True
         log.info(
             "Codex's hook names session %s instead of %s: following it",
@@ -1291,37 +1295,46 @@ class Supervisor:
             bound.session_id,
         )
         self._bound(run.account, found, f"{reason} (was {bound.session_id})")
-        self._adopt(run, found)
+        self._adopt(run, found, hook)
         return True
 
-    def _adopt(self, run: _ChildRun, binding: Binding) -> None:
-        """Follow ``binding``, a session the child writes, found after its launch.
+    def _adopt(self, run: _ChildRun, binding: Binding, hook: HookEvent | None = None) -> None:
+        """Follow ``binding``, an existing session the child is shown to be in now.
 
-        Its turns from before the launch are not this child's evidence (their
-        rate limits were written under other accounts, their failures are
-        old); turns started since are the child's own — counted (a failure
-        among them can still rotate the session) and, while one runs, never
-        cut by a rotation. A turn marker from before the launch still open is
-        a dead writer's.
+        What the session holds is not this child's evidence (rate limits
+        written under other accounts, failures of other runs), except its
+        own turns: the one in flight (the child writes the session now, so
+        it is not a dead writer's, and no rotation cuts it), the last one
+        when a SessionStart named it (the hook ran as that turn started) and,
+        for a Stop, the turn it names and any after it. Those are counted (a
+        usage-limit failure among them still rotates the session).
         """
         run.reader = RolloutReader(binding.path, account=run.account)
-        since = run.launched_at - _OWN_TURN_SLACK
-        own = False
-        own_completed = 0
+        turns: list[tuple[str | None, bool]] = []  # (turn id, completed)
+        quota: list[QuotaSnapshot | None] = []  # the main quota each turn reported
         for record in run.reader.read():
             if isinstance(record, TurnStarted):
-                own = record.at is None or record.at >= since
-                run.turns_started += own
-            elif isinstance(record, TurnCompleted | TurnAborted):
-                own_completed += own and isinstance(record, TurnCompleted)
-                own = False
-            elif isinstance(record, RateLimitsObserved) and own and record.snapshot.is_main_quota:
-                run.rollout_quota = record.snapshot
-        run.turns_at_launch = run.reader.state.turns_completed - own_completed
-        # Only a dangling marker from before the launch may be taken for a dead writer's.
+                turns.append((record.turn_id, False))
+                quota.append(None)
+            elif isinstance(record, TurnCompleted) and turns:
+                turns[-1] = (turns[-1][0], True)
+            elif isinstance(record, RateLimitsObserved) and turns and record.snapshot.is_main_quota:
+                quota[-1] = record.snapshot
+        in_flight = run.reader.state.phase is TurnPhase.IN_TURN
+        first_own = len(turns) - 1 if in_flight else len(turns)
+        if hook is not None and hook.event == "Stop" and hook.turn_id is not None:
+            ids = [turn_id for turn_id, _ in turns]
+            if hook.turn_id in ids:
+                first_own = min(first_own, ids.index(hook.turn_id))
+        elif hook is not None and hook.event == "SessionStart" and turns:
+            first_own = min(first_own, len(turns) - 1)
+        own = turns[max(first_own, 0) :] if turns else []
+        run.turns_started += len(own)
+        run.turns_at_launch = run.reader.state.turns_completed - sum(done for _, done in own)
+        run.rollout_quota = next((q for q in reversed(quota[first_own:]) if q), run.rollout_quota)
         run.caught_up = not own
 
-    def _open_reader(self, run: _ChildRun) -> None:
+    def _open_reader(self, run: _ChildRun, hook: HookEvent | None = None) -> None:
         if run.binding is None or run.reader is not None:
             return
         if run.known_session is not None:
@@ -1333,12 +1346,19 @@ class Supervisor:
             run.reader.read()
             run.turns_at_launch = run.reader.state.turns_completed
             run.caught_up = True
-        elif run.inv.mode in _CONTINUING:
+        elif run.inv.mode in _CONTINUING or self._older_than_launch(run, run.binding):
             # An existing session found after the launch (by name, picker or
-            # fork): what it shows since the launch is this child's.
-            self._adopt(run, run.binding)
+            # fork, or a TUI's /resume): only its own turns are this child's.
+            self._adopt(run, run.binding, hook)
         else:
             run.reader = RolloutReader(run.binding.path, account=run.account)
+
+    @staticmethod
+    def _older_than_launch(run: _ChildRun, binding: Binding) -> bool:
+        """Whether the session existed before the child was launched (its first line says)."""
+        meta = binding.meta
+        created = meta.timestamp if meta is not None else None
+        return created is not None and created < run.launched_at - _OWN_TURN_SLACK
 
     def _still_bound(self, run: _ChildRun) -> bool:
         """Right before a rotation: does the child write its bound session, and no other?
@@ -1424,11 +1444,11 @@ class Supervisor:
         (its writer lock held: the TUI keeps it after ``/new``, and goes back
         to it with ``/resume`` without a hook until that turn ends) means the
         conversation on screen cannot be told: refused, said once. A session
-        created in the child's folder since its launch, named by no hook yet,
-        loaded, whose first turn started within the last seconds may be the
-        child's own turn starting (its SessionStart follows within
+        of the child's folder, named by no hook yet, loaded, whose last turn
+        started within the last seconds may be the child's own turn starting
+        after a ``/new`` or ``/resume`` (its SessionStart follows within
         milliseconds): not now, look again. (Another Codex's conversation in
-        the same folder holds nothing back once its first turn is seconds old.)
+        the same folder holds a rotation back for those seconds at most.)
         """
         home = run.binder.codex_home
         loaded = sorted(
@@ -1446,20 +1466,14 @@ class Supervisor:
                 run.binding_problem = problem
             self._blocked(run, because)
             return False
-        fresh = self.clock.now().timestamp() - _UNNAMED_QUIET
-        for other in run.binder.new_sessions(cwd=run.workdir, launched_at=run.launched_at):
+        # File times and rollout stamps are the real clock's, not the injectable one's.
+        fresh = time.time() - _UNNAMED_QUIET
+        for other in run.binder.loaded_here(cwd=run.workdir, written_since=fresh):
             if other.session_id == binding.session_id or other.session_id in run.hook_sessions:
                 continue
-            try:
-                if other.path.stat().st_mtime < fresh:
-                    continue  # quiet: no turn is starting there
-            except OSError:
-                continue
-            started = first_turn_start(other.path)
-            if started is not None and started.timestamp() < fresh:
-                continue  # a conversation busy for a while, not one starting
-            if writer_lock(home, other.session_id).held:
-                log.info("not rotating yet: session %s just started here", other.session_id)
+            started = last_turn_start(other.path)
+            if started is not None and started.timestamp() >= fresh:
+                log.info("not rotating yet: a turn just started in session %s", other.session_id)
                 return False
         return True
 

@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -373,17 +374,25 @@ def test_a_vanished_script_never_exits_2_even_under_set_e(
     assert (done.returncode, done.stdout) == (0, b"")
 
 
-def test_inboxes_of_dead_processes_are_swept(tmp_path: Path) -> None:
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True
-    )
-    gone = tmp_path / f"hooks-{int(dead.stdout)}-abc"
-    alive = tmp_path / f"hooks-{os.getpid()}-abc"
+def test_inboxes_nobody_holds_are_swept(tmp_path: Path) -> None:
+    """Liveness is the inbox's lock, not a pid (another pid namespace, another machine)."""
+    held = HookInbox(tmp_path)
+    dropped = HookInbox(tmp_path)
+    os.close(dropped._alive)
+    dropped._alive = -1
+    unfinished = tmp_path / "hooks-1-abc"  # killed while making it: no lock file yet
+    unfinished.mkdir()
     other = tmp_path / "not-an-inbox"
-    for folder in (gone, alive, other):
-        folder.mkdir()
-    inbox = HookInbox(tmp_path)
-    assert not gone.exists()
-    assert alive.exists()
+    other.mkdir()
+    fresh = HookInbox(tmp_path)
+    assert held.folder.exists()
+    assert fresh.folder.exists()
+    assert not dropped.folder.exists()
+    assert unfinished.exists()  # young: left alone
     assert other.exists()
-    assert inbox.folder.name.startswith(f"hooks-{os.getpid()}-")
+    day_old = time.time() - 2 * 24 * 3600
+    os.utime(unfinished, (day_old, day_old))
+    HookInbox(tmp_path)
+    assert not unfinished.exists()
+    held.close()
+    assert not held.folder.exists()

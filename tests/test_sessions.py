@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib.util
 import io
@@ -1201,6 +1202,15 @@ def test_reader_skips_a_non_ascii_type_prefix(tmp_path: Path) -> None:
 # -- without /proc: the seam and Codex's hooks as the evidence ---------------------------------
 
 
+async def _settle(sup: Supervisor, run: _ChildRun) -> None:
+    """End what a decision started in the background (a pre-warm's probes), then the selector."""
+    if run.prewarm is not None:
+        run.prewarm.cancel()
+        with contextlib.suppress(BaseException):
+            await run.prewarm
+    await sup.selector.aclose()
+
+
 def _old_turn(turn: str) -> str:
     """A finished turn from an hour before any launch in these tests."""
     hour_ago = NOW - timedelta(hours=1)
@@ -1209,10 +1219,18 @@ def _old_turn(turn: str) -> str:
     )
 
 
-def _hook(inbox: HookInbox, event: str, session_id: str, path: Path | None = None) -> None:
+def _hook(
+    inbox: HookInbox,
+    event: str,
+    session_id: str,
+    path: Path | None = None,
+    turn_id: str | None = None,
+) -> None:
     record = {"event": event, "session_id": session_id}
     if path is not None:
         record["transcript_path"] = str(path)
+    if turn_id is not None:
+        record["turn_id"] = turn_id
     with inbox.path.open("a") as out:
         out.write(json.dumps(record) + "\n")
 
@@ -1287,9 +1305,10 @@ async def test_without_proc_a_hook_binds_rebinds_and_the_rotation_goes_ahead(
     monkeypatch.setenv(ENV_NO_PROC, "1")
     sup = await _pressed_supervisor(tmp_path, backend)
     home, cwd = tmp_path / "child-home", tmp_path / "work"
-    done = _old_turn("t1")
-    first, first_path = _write_rollout(home, cwd=cwd, extra=done)
-    second, second_path = _write_rollout(home, cwd=cwd, extra=done)
+    first, first_path = _write_rollout(home, cwd=cwd, extra=_old_turn("t1"))
+    # An older conversation the TUI resumes: its new turn starts.
+    running = _old_turn("t2") + _event("task_started", turn_id="t3")
+    second, second_path = _write_rollout(home, cwd=cwd, extra=running)
     inbox = HookInbox(tmp_path)
     with FdHolder() as holder:
         child = _StandInChild(holder)
@@ -1298,16 +1317,20 @@ async def test_without_proc_a_hook_binds_rebinds_and_the_rotation_goes_ahead(
         sup._bind(run)
         assert run.binding is None  # nothing to go by yet
         _hook(inbox, "SessionStart", first, first_path)
-        _hook(inbox, "Stop", first, first_path)
+        _hook(inbox, "Stop", first, first_path, turn_id="t1")
         sup._bind(run)
         assert run.session_id == first
-        # A turn in another conversation of the same TUI (after /new).
+        # A turn in another conversation of the same TUI (after /resume).
         _hook(inbox, "SessionStart", second, second_path)
         sup._bind(run)
         assert run.session_id == second
         assert run.reader is not None
         assert run.reader.path == second_path.resolve()
-        assert run.turns_at_launch == 1  # its earlier turns are not this child's evidence
+        assert run.turns_at_launch == 1  # its earlier turn is not this child's evidence
+        assert await sup._decide(run) is None  # its own turn runs
+        with second_path.open("a") as out:
+            out.write(_event("task_complete", turn_id="t3"))
+        await sup._follow(run)
         outcome = await sup._decide(run)
         assert isinstance(outcome, _Rotate)
         assert outcome.session_id == second
@@ -1318,7 +1341,7 @@ async def test_without_proc_a_hook_binds_rebinds_and_the_rotation_goes_ahead(
         (first, f"Codex's hook named session {first}"),
         (second, f"Codex's hook named session {second} (was {first})"),
     ]
-    await sup.selector.aclose()
+    await _settle(sup, run)
 
 
 @pytest.mark.anyio
@@ -1441,7 +1464,7 @@ async def test_a_hook_arriving_right_before_a_rotation_is_read_first(
         assert await sup._decide(run) is None  # the second one's turn runs: wait for it
         assert child.stops == 0
     inbox.close()
-    await sup.selector.aclose()
+    await _settle(sup, run)
 
 
 @pytest.mark.anyio
@@ -1469,7 +1492,7 @@ async def test_a_rebinding_never_cuts_the_turn_in_flight_there(
             out.write(_event("task_complete", turn_id="t"))
         await sup._follow(run)
         assert isinstance(await sup._decide(run), _Rotate)  # at its end
-    await sup.selector.aclose()
+    await _settle(sup, run)
 
 
 def _held_lock(home: Path, holder: FdHolder, session_id: str) -> Path:
@@ -1591,7 +1614,7 @@ async def test_a_resumed_session_bound_by_its_hook_keeps_its_turn_in_flight(
         await sup._follow(run)
         assert isinstance(await sup._decide(run), _Rotate)
     inbox.close()
-    await sup.selector.aclose()
+    await _settle(sup, run)
 
 
 def test_a_rebinding_after_the_turn_ended_keeps_its_usage_limit_failure(
@@ -1613,7 +1636,7 @@ def test_a_rebinding_after_the_turn_ended_keeps_its_usage_limit_failure(
         run.hooks = inbox
         _hook(inbox, "Stop", first, first_path)
         sup._bind(run)
-        _hook(inbox, "Stop", second, second_path)
+        _hook(inbox, "Stop", second, second_path, turn_id="t")
         sup._bind(run)
     inbox.close()
     assert run.session_id == second
@@ -1680,3 +1703,28 @@ def test_newest_first_past_a_subagent_and_a_rollout_not_written_yet(
         assert run.session_id == later
         assert run.pending_hook is None
     inbox.close()
+
+
+def test_a_tui_that_resumes_an_old_session_does_not_take_its_old_failure(tmp_path: Path) -> None:
+    """Bound through /proc to a session older than the launch: its failed turn is not ours."""
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    hour_ago = NOW - timedelta(hours=1)
+    failed = _line("event_msg", {"type": "task_started", "turn_id": "t"}, hour_ago) + _line(
+        "event_msg",
+        {
+            "type": "task_complete",
+            "turn_id": "t",
+            "error": {"codex_error_info": "usage_limit_exceeded"},
+        },
+        hour_ago,
+    )
+    old, path = _write_rollout(home, cwd=cwd, at=hour_ago, extra=failed)
+    pool = AccountPool(root=tmp_path / "pool", base_codex_home=tmp_path / "base")
+    sup = Supervisor(pool, config=SupervisorConfig(codex="codex"), sink=CollectingSink())
+    with FdHolder() as holder:
+        run = _child_run(_StandInChild(holder), SessionBinder(home), cwd)
+        holder.open(path, "a")  # the TUI's /resume of it
+        sup._bind(run)
+    assert run.session_id == old
+    assert run.turns_at_launch == 1
+    assert run.limit_failure() is None

@@ -33,8 +33,8 @@ command-line differences follow. What it mirrors from the real binaries
   (the session-flags layer) run when trusted by a ``-c hooks.state={…}`` entry
   with Codex's hash, through ``sh -c`` with the JSON payload on stdin:
   SessionStart once, when the process's first turn starts (``source``
-  ``startup`` or ``resume``), Stop at each turn's end, before
-  ``task_complete``. Hooks in config files are not run.
+  ``startup`` or ``resume``), Stop at the end of each turn that did not
+  fail, before ``task_complete``. Hooks in config files are not run.
 
 What it does not do: tools, sandboxing, compaction, the TUI screen (the
 interactive mode reads one prompt per stdin line and prints each reply on
@@ -1332,12 +1332,10 @@ class _Session:
             self.rollout.event(
                 {"type": "token_count", "info": None, "rate_limits": outcome.rate_limits}
             )
-        self._hook(
-            "Stop",
-            turn_id=turn_id,
-            stop_hook_active=False,
-            last_assistant_message=outcome.text if outcome.error is None else None,
-        )
+        if outcome.error is None:  # Codex runs no Stop hook for a failed turn
+            self._hook(
+                "Stop", turn_id=turn_id, stop_hook_active=False, last_assistant_message=outcome.text
+            )
         complete: dict[str, Any] = {
             "type": "task_complete",
             "root_turn_id": turn_id,

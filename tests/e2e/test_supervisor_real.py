@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -517,3 +518,74 @@ def test_a_killed_supervisor_takes_its_headless_exec_with_it(
         while Path(f"/proc/{pid}").exists() and _state(pid) != "Z":
             assert time.monotonic() < deadline, f"exec {pid} outlived its supervisor"
             time.sleep(0.05)
+
+
+def _new_chat(tui: PtyProcess, events: Path) -> None:
+    """``/new`` in the TUI, typed again until its new chat's header shows."""
+    deadline = time.monotonic() + 60
+    while True:
+        headers = tui.text.count("OpenAI Codex (v")
+        tui.write("/new")
+        time.sleep(0.5)
+        tui.write("\r")
+        with contextlib.suppress(AssertionError):
+            _wait_for(
+                functools.partial(lambda seen: tui.text.count("OpenAI Codex (v") > seen, headers),
+                5,
+                "/new",
+                tui,
+                events,
+            )
+            return
+        assert time.monotonic() < deadline, tui.text[-3000:]
+        tui.write("\x15")  # clear whatever the composer holds
+
+
+def test_without_proc_a_new_chat_in_the_tui_holds_the_rotation_back(
+    tmp_path: Path, tls_real: RealWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on macOS: after /new and a turn there, the old thread stays loaded: no rotation.
+
+    The hooks name both conversations; the old one's writer lock, probed with
+    flock, shows Codex still has it loaded, so which one is on screen cannot be
+    told: one RotationBlocked, and Codex keeps running on alpha.
+    """
+    monkeypatch.setenv(ENV_NO_PROC, "1")
+    world = tls_real
+    world.add("alpha", five_hour_used=89, per_request_percent=2)
+    world.add("beta", five_hour_used=10, per_request_percent=1)
+    argv, events = _driver(
+        tmp_path, world, ["--no-alt-screen", *offline_flags(), "first prompt"], strategy="drain"
+    )
+    with PtyProcess(argv, env=_terminal_env(world), cwd=world.work) as tui:
+        _wait_for(
+            lambda: any(e["name"] == "session_bound" for e in _events(events)),
+            60,
+            "the first session",
+            tui,
+            events,
+        )
+        tui.expect("Hello from the fake backend", 60)
+        _new_chat(tui, events)
+        _type(tui, world.backend, "second prompt")
+        _wait_for(
+            lambda: any(e["name"] == "rotation_blocked" for e in _events(events)),
+            60,
+            "the refusal",
+            tui,
+            events,
+        )
+        tui.send_signal(signal.SIGTERM)
+        code = tui.wait(timeout=30)
+    log = _events(events)
+    requests = world.backend.responses_requests()
+    first = next(r.session_id for r in requests if "first prompt" in r.input_texts)
+    second = next(r.session_id for r in requests if "second prompt" in r.input_texts)
+    assert first != second
+    bound = [e["session_id"] for e in log if e["name"] == "session_bound"]
+    assert bound == [first, second]  # each named by its SessionStart hook
+    [blocked] = [e for e in log if e["name"] == "rotation_blocked"]
+    assert f"Codex also has session {first} loaded" in blocked["reason"]
+    assert not any(e["name"] in ("rotating", "resumed") for e in log)
+    assert {r.account_id for r in requests if r.session_id in (first, second)} == {"id-alpha"}
+    assert code == 143

@@ -413,15 +413,22 @@ class HookInbox:
         if parent is None:
             prefix = f"codex-supervisor-{prefix}"
         self.folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        self._alive = -1
         try:
-            self._alive = os.open(
-                self.folder / _ALIVE, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-            )
-            fcntl.flock(self._alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.path = self.folder / "events.jsonl"
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             os.close(fd)
+            # Locked before it gets the name a sweep looks at: never swept half made.
+            unnamed = self.folder / f"{_ALIVE}-new"
+            self._alive = os.open(unnamed, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(self._alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:  # no flock here (some network filesystems): never swept
+                log.debug("hook inbox %s not locked: %s", self.folder, exc)
+            unnamed.rename(self.folder / _ALIVE)
         except BaseException:
+            if self._alive >= 0:
+                os.close(self._alive)
             shutil.rmtree(self.folder, ignore_errors=True)
             raise
         self._offset = 0

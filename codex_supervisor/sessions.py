@@ -73,6 +73,7 @@ __all__ = [
     "parse_line",
     "proc_available",
     "read_session_meta",
+    "session_created",
     "writer_lock",
 ]
 
@@ -595,6 +596,11 @@ class BindAttempt:
     pending: bool = False
 
 
+def session_created(session_id: str) -> datetime | None:
+    """When a session was created, from its id (a UUIDv7 carries it), or None."""
+    return _uuid7_time(session_id) if is_session_id(session_id) else None
+
+
 def _uuid7_time(session_id: str) -> datetime | None:
     try:
         value = uuid.UUID(session_id)
@@ -669,8 +675,19 @@ def read_session_meta(path: Path) -> SessionMeta | None:
     return record if isinstance(record, SessionMeta) else None
 
 
-#: How many lock files :meth:`SessionBinder.loaded_here` looks at, at most.
-_MAX_LOCKS = 512
+#: How many held sessions' rollouts :meth:`SessionBinder.loaded_here` looks up, at most.
+_MAX_LOOKUPS = 64
+
+
+def _held(codex_home: Path, session_id: str) -> bool:
+    """Whether a writer lock is held; a probe that fails (ENOLCK on NFS) counts as not."""
+    try:
+        return writer_lock(codex_home, session_id).held
+    except OSError as exc:
+        log.debug("writer lock of %s cannot be probed: %s", session_id, exc)
+        return False
+
+
 #: How much of a rollout's end :func:`last_turn_start` reads at most.
 _TAIL_LIMIT = 256 * 1024
 
@@ -843,20 +860,23 @@ class SessionBinder:
     def loaded_here(self, *, cwd: Path | str, written_since: float) -> list[Binding]:
         """Sessions of ``cwd`` some process has loaded now (writer lock held), written lately.
 
-        From the held writer locks (a bounded look: the first 512 lock files),
-        each rollout found by id, kept when its ``session_meta`` names ``cwd``
-        and it was modified at or after ``written_since`` (a Unix time). Needs
-        no ``/proc``: the lock is probed with ``flock``.
+        From every held writer lock (probed with ``flock``: no ``/proc``
+        needed; lock files outlive their sessions, so most are not held), each
+        rollout found by id — at most 64 of them, looked up in their UUIDv7
+        date folders — kept when its ``session_meta`` names ``cwd`` and it was
+        modified at or after ``written_since`` (a Unix time).
         """
         found: list[Binding] = []
         folder = Path(cwd)
-        for index, entry in enumerate(_scan_dir(self.locks_dir)):
-            if index >= _MAX_LOCKS:
-                log.debug("loaded sessions: only %d lock files looked at", _MAX_LOCKS)
-                break
+        looked_up = 0
+        for entry in _scan_dir(self.locks_dir):
             name = _LOCK_RE.fullmatch(entry.name)
-            if name is None or not writer_lock(self.codex_home, name.group(1)).held:
+            if name is None or not _held(self.codex_home, name.group(1)):
                 continue
+            looked_up += 1
+            if looked_up > _MAX_LOOKUPS:
+                log.debug("loaded sessions: only %d rollouts looked up", _MAX_LOOKUPS)
+                break
             binding = self._in_uuid7_days(name.group(1), set())
             if binding is None or binding.meta is None or not _same_dir(binding.meta.cwd, folder):
                 continue

@@ -100,6 +100,7 @@ from .sessions import (
     is_session_id,
     last_turn_start,
     proc_available,
+    session_created,
     writer_lock,
 )
 from .snapshots import QuotaSnapshot
@@ -125,6 +126,9 @@ _OWN_TURN_SLACK = timedelta(seconds=1)
 #: recently (seconds), named by no hook yet, holds a rotation back: it may be the
 #: child's own turn starting, whose SessionStart hook is on its way.
 _UNNAMED_QUIET = 3.0
+#: ... for this long (seconds) at most, in a row: by then a hook of the child's
+#: would have named it, so it is another Codex's, busy in the same folder.
+_MAX_DEFERRAL = 15.0
 #: Turn starts further apart than this are not one turn's cost.
 _MAX_TURN_GAP = timedelta(minutes=30)
 
@@ -186,9 +190,12 @@ class SupervisorConfig:
     ``session_hooks``: give each child Codex's own hooks (``SessionStart``,
     ``Stop``, trusted through ``-c`` flags, no file of the user's touched)
     that report which session it runs: the evidence where there is no
-    ``/proc`` (macOS). None (the default): only there — with ``/proc`` they
-    would add nothing it does not show, and cost each turn's end ~16 ms and
-    ``codex exec`` four ``hook:`` lines on stderr; True: always; False: never.
+    ``/proc`` (macOS). None (the default): there, and with ``/proc`` for a
+    command continuing a session not known at launch (a resume by name or
+    picker), whose failed first turn may end between two looks at ``/proc``;
+    elsewhere ``/proc`` shows what they would, and they cost each turn's end
+    ~16 ms and ``codex exec`` four ``hook:`` lines on stderr. True: always;
+    False: never.
     ``watch_files``: once the session is bound, sleep until its rollout or
     the pool state is written (watchdog: inotify, FSEvents, kqueue) instead
     of polling (True). When the watcher cannot start the run polls every
@@ -335,6 +342,8 @@ class _ChildRun:
     hook_sessions: set[str] = attrs.Factory(set)
     pending_hook: HookEvent | None = None
     pending_since: float = 0.0
+    # Without /proc: since when (Unix time) a rotation waits on a turn just started nearby.
+    deferred_since: float | None = None
 
     @property
     def session_id(self) -> str | None:
@@ -669,7 +678,7 @@ class Supervisor:
             )
         session_id = self._initial_session(inv, workdir)
         argv = launch_argv(inv, features)
-        self._hooks_off = await self._hooks_decision(inv, str(version), version_env)
+        self._hooks_off = await self._hooks_decision(inv, str(version), version_env, session_id)
         budget = self.config.restart_budget
         resumed = False
         prompt_in_argv = inv.prompt is not None or inv.is_exec
@@ -848,12 +857,19 @@ class Supervisor:
         return await self._select(signals, avoid=gone.name)
 
     async def _hooks_decision(
-        self, inv: Invocation, version: str, env: Mapping[str, str]
+        self, inv: Invocation, version: str, env: Mapping[str, str], session_id: str | None
     ) -> str | None:
-        """Why this run's children get no session hooks, or None when they do."""
+        """Why this run's children get no session hooks, or None when they do.
+
+        By default only where they tell what ``/proc`` may not: without it,
+        and for a command that continues a session not known at launch (a
+        resume by name or picker, ``--last`` with nothing found yet), whose
+        failed first turn may end before ``/proc`` is looked at.
+        """
         if self.config.session_hooks is False:
             return "session hooks are switched off (SupervisorConfig.session_hooks)"
-        if self.config.session_hooks is None and proc_available():
+        unknown = inv.mode in _CONTINUING and session_id is None
+        if self.config.session_hooks is None and proc_available() and not unknown:
             return "/proc shows which session Codex writes"
         why = overridden_by(inv.argv)
         if why is None and switched_off_in_config(self.pool.base_codex_home):
@@ -1295,44 +1311,65 @@ class Supervisor:
             bound.session_id,
         )
         self._bound(run.account, found, f"{reason} (was {bound.session_id})")
-        self._adopt(run, found, hook)
+        self._rebound(run, found, hook)
         return True
 
-    def _adopt(self, run: _ChildRun, binding: Binding, hook: HookEvent | None = None) -> None:
+    def _adopt(
+        self,
+        run: _ChildRun,
+        binding: Binding,
+        hook: HookEvent | None = None,
+        *,
+        since: datetime | None = None,
+    ) -> None:
         """Follow ``binding``, an existing session the child is shown to be in now.
 
         What the session holds is not this child's evidence (rate limits
         written under other accounts, failures of other runs), except its
-        own turns: the one in flight (the child writes the session now, so
-        it is not a dead writer's, and no rotation cuts it), the last one
-        when a SessionStart named it (the hook ran as that turn started) and,
-        for a Stop, the turn it names and any after it. Those are counted (a
-        usage-limit failure among them still rotates the session).
+        own turns: those started at or after ``since`` (the child's launch,
+        when this is its first session: it has held the session's writer
+        lock since), the last one when a SessionStart named it (the hook ran
+        as that turn started) and, for a Stop, the turn it names and any
+        after it. Those are counted (a usage-limit failure among them still
+        rotates the session), and while one runs no rotation cuts it. A
+        rebinding (no ``since``) also takes a turn in flight for the child's:
+        the child writes that session now.
         """
         run.reader = RolloutReader(binding.path, account=run.account)
-        turns: list[tuple[str | None, bool]] = []  # (turn id, completed)
+        turns: list[tuple[str | None, bool, bool]] = []  # (turn id, since, completed)
         quota: list[QuotaSnapshot | None] = []  # the main quota each turn reported
+        earliest = None if since is None else since - _OWN_TURN_SLACK
         for record in run.reader.read():
             if isinstance(record, TurnStarted):
-                turns.append((record.turn_id, False))
+                recent = earliest is not None and record.at is not None and record.at >= earliest
+                turns.append((record.turn_id, recent, False))
                 quota.append(None)
             elif isinstance(record, TurnCompleted) and turns:
-                turns[-1] = (turns[-1][0], True)
+                turns[-1] = (*turns[-1][:2], True)
             elif isinstance(record, RateLimitsObserved) and turns and record.snapshot.is_main_quota:
                 quota[-1] = record.snapshot
-        in_flight = run.reader.state.phase is TurnPhase.IN_TURN
-        first_own = len(turns) - 1 if in_flight else len(turns)
+        first_own = next((i for i, (_, recent, _) in enumerate(turns) if recent), len(turns))
+        if since is None and run.reader.state.phase is TurnPhase.IN_TURN:
+            first_own = min(first_own, len(turns) - 1)
         if hook is not None and hook.event == "Stop" and hook.turn_id is not None:
-            ids = [turn_id for turn_id, _ in turns]
+            ids = [turn_id for turn_id, _, _ in turns]
             if hook.turn_id in ids:
                 first_own = min(first_own, ids.index(hook.turn_id))
         elif hook is not None and hook.event == "SessionStart" and turns:
             first_own = min(first_own, len(turns) - 1)
-        own = turns[max(first_own, 0) :] if turns else []
+        own = turns[first_own:]
         run.turns_started += len(own)
-        run.turns_at_launch = run.reader.state.turns_completed - sum(done for _, done in own)
+        run.turns_at_launch = run.reader.state.turns_completed - sum(done for *_, done in own)
         run.rollout_quota = next((q for q in reversed(quota[first_own:]) if q), run.rollout_quota)
+        # A dangling marker that is not the child's own is a dead writer's.
         run.caught_up = not own
+
+    def _rebound(self, run: _ChildRun, found: Binding, hook: HookEvent | None = None) -> None:
+        """Follow ``found`` instead of the session bound so far (the child switched)."""
+        # A session made since the launch is the child's own making (a /new):
+        # all its turns are the child's. An older one may hold other runs' turns.
+        made_here = not self._older_than_launch(run, found)
+        self._adopt(run, found, hook, since=run.launched_at if made_here else None)
 
     def _open_reader(self, run: _ChildRun, hook: HookEvent | None = None) -> None:
         if run.binding is None or run.reader is not None:
@@ -1346,19 +1383,30 @@ class Supervisor:
             run.reader.read()
             run.turns_at_launch = run.reader.state.turns_completed
             run.caught_up = True
-        elif run.inv.mode in _CONTINUING or self._older_than_launch(run, run.binding):
-            # An existing session found after the launch (by name, picker or
-            # fork, or a TUI's /resume): only its own turns are this child's.
-            self._adopt(run, run.binding, hook)
+        elif self._older_than_launch(run, run.binding):
+            # An existing session found after the launch (by name or picker,
+            # or a TUI's /resume): only its own turns are this child's.
+            self._adopt(run, run.binding, hook, since=run.launched_at)
         else:
+            # A session of the child's own making (a fork's is new, with no
+            # copied turns): everything in it is the child's.
             run.reader = RolloutReader(run.binding.path, account=run.account)
 
     @staticmethod
     def _older_than_launch(run: _ChildRun, binding: Binding) -> bool:
-        """Whether the session existed before the child was launched (its first line says)."""
+        """Whether the session existed before the child was launched.
+
+        Its first line says when it was created; else its UUIDv7 id does;
+        else an invocation that continues a session is taken to continue an
+        old one.
+        """
         meta = binding.meta
         created = meta.timestamp if meta is not None else None
-        return created is not None and created < run.launched_at - _OWN_TURN_SLACK
+        if created is None:
+            created = session_created(binding.session_id)
+        if created is None:
+            return run.inv.mode in _CONTINUING
+        return created < run.launched_at - _OWN_TURN_SLACK
 
     def _still_bound(self, run: _ChildRun) -> bool:
         """Right before a rotation: does the child write its bound session, and no other?
@@ -1407,7 +1455,7 @@ class Supervisor:
                 run.account, found, f"rebound: pid {pid} writes it instead of {binding.session_id}"
             )
             # Its earlier turns and rate limits are not this child's new evidence.
-            self._adopt(run, found)
+            self._rebound(run, found)
             return False
         why = (
             f"it also writes {', '.join(others)}: which one is the conversation cannot be told"
@@ -1442,17 +1490,18 @@ class Supervisor:
 
         Another session this child's hooks named whose thread is still loaded
         (its writer lock held: the TUI keeps it after ``/new``, and goes back
-        to it with ``/resume`` without a hook until that turn ends) means the
-        conversation on screen cannot be told: refused, said once. A session
-        of the child's folder, named by no hook yet, loaded, whose last turn
-        started within the last seconds may be the child's own turn starting
-        after a ``/new`` or ``/resume`` (its SessionStart follows within
-        milliseconds): not now, look again. (Another Codex's conversation in
-        the same folder holds a rotation back for those seconds at most.)
+        to it with ``/resume`` without a hook until its next turn starts)
+        means the conversation on screen cannot be told: refused, said once.
+        A session of the child's folder, named by no hook yet, loaded, whose
+        last turn started within the last seconds may be the child's own turn
+        starting after a ``/new`` or ``/resume`` (its SessionStart follows
+        within milliseconds): not now, look again — for 15 s in a row at
+        most, as another Codex busy in the same folder looks the same.
         """
-        home = run.binder.codex_home
         loaded = sorted(
-            sid for sid in run.hook_sessions - {binding.session_id} if writer_lock(home, sid).held
+            sid
+            for sid in run.hook_sessions - {binding.session_id}
+            if self._conversation_loaded(run, sid)
         )
         if loaded:
             named = f"{'session' if len(loaded) == 1 else 'sessions'} {', '.join(loaded)}"
@@ -1467,15 +1516,34 @@ class Supervisor:
             self._blocked(run, because)
             return False
         # File times and rollout stamps are the real clock's, not the injectable one's.
-        fresh = time.time() - _UNNAMED_QUIET
+        now = time.time()
+        fresh = now - _UNNAMED_QUIET
         for other in run.binder.loaded_here(cwd=run.workdir, written_since=fresh):
             if other.session_id == binding.session_id or other.session_id in run.hook_sessions:
                 continue
             started = last_turn_start(other.path)
-            if started is not None and started.timestamp() >= fresh:
+            if started is None or started.timestamp() < fresh:
+                continue
+            if run.deferred_since is None:
+                run.deferred_since = now
+            if now - run.deferred_since < _MAX_DEFERRAL:
                 log.info("not rotating yet: a turn just started in session %s", other.session_id)
                 return False
+            # Its SessionStart would have come by now: another Codex's, busy.
+        run.deferred_since = None
         return True
+
+    @staticmethod
+    def _conversation_loaded(run: _ChildRun, session_id: str) -> bool:
+        """Whether a session the hooks named is a conversation whose thread is loaded now."""
+        found = run.binder.find_by_id(session_id)
+        meta = None if found is None else found.meta
+        if meta is None or meta.subagent or meta.source is None:
+            return False
+        try:
+            return writer_lock(run.binder.codex_home, session_id).held
+        except OSError:
+            return False
 
     def _blocked(self, run: _ChildRun, reason: str) -> None:
         """Tell the embedder (and the CLI's user) that rotation is off, once per reason."""

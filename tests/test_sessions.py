@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import importlib.util
 import io
@@ -1580,6 +1581,13 @@ async def test_without_proc_a_session_just_started_here_holds_the_rotation_back(
         )
         assert busy_path.stat().st_mtime > old  # written just now, but busy for an hour
         assert isinstance(await sup._decide(run), _Rotate)
+        # A neighbour starting turns again and again holds it back 15 s at most.
+        started_path.write_text(started_path.read_text() + just_now.replace('"n"', '"m"'))
+        assert await sup._decide(run) is None
+        assert run.deferred_since is not None
+        run.deferred_since -= 20
+        assert isinstance(await sup._decide(run), _Rotate)
+        assert run.deferred_since is None
     inbox.close()
     assert isinstance(sup.sink, CollectingSink)
     assert sup.sink.of(RotationBlocked) == []
@@ -1595,7 +1603,10 @@ async def test_a_resumed_session_bound_by_its_hook_keeps_its_turn_in_flight(
     sup = await _pressed_supervisor(tmp_path, backend)
     home, cwd = tmp_path / "child-home", tmp_path / "work"
     ours, path = _write_rollout(
-        home, cwd=cwd, extra=_old_turn("old") + _event("task_started", turn_id="new")
+        home,
+        cwd=cwd,
+        at=NOW - timedelta(hours=1),  # an old conversation
+        extra=_old_turn("old") + _event("task_started", turn_id="new"),
     )
     inbox = HookInbox(tmp_path)
     with FdHolder() as holder:
@@ -1728,3 +1739,36 @@ def test_a_tui_that_resumes_an_old_session_does_not_take_its_old_failure(tmp_pat
     assert run.session_id == old
     assert run.turns_at_launch == 1
     assert run.limit_failure() is None
+
+
+def test_a_dead_writers_turn_in_an_old_session_is_not_the_childs(tmp_path: Path) -> None:
+    """Bound through /proc to an old session whose writer died mid-turn an hour ago: idle."""
+    home, cwd = tmp_path / "child-home", tmp_path / "work"
+    hour_ago = NOW - timedelta(hours=1)
+    dangling = _line("event_msg", {"type": "task_started", "turn_id": "t"}, hour_ago)
+    old, path = _write_rollout(home, cwd=cwd, at=hour_ago, extra=dangling)
+    pool = AccountPool(root=tmp_path / "pool", base_codex_home=tmp_path / "base")
+    sup = Supervisor(pool, config=SupervisorConfig(codex="codex"), sink=CollectingSink())
+    with FdHolder() as holder:
+        run = _child_run(_StandInChild(holder), SessionBinder(home), cwd)
+        holder.open(path, "a")
+        sup._bind(run)
+    assert run.session_id == old
+    assert run.turns_started == 0
+    assert run.safe_to_stop()
+
+
+def test_an_inbox_works_where_flock_does_not_and_is_never_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from codex_supervisor import hooks as hooks_module
+
+    def no_flock(*_: object) -> None:
+        raise OSError(errno.ENOLCK, "no locks available")
+
+    monkeypatch.setattr(hooks_module.fcntl, "flock", no_flock)
+    inbox = HookInbox(tmp_path)
+    assert (inbox.folder / ".alive").exists()
+    HookInbox(tmp_path)  # its sweep cannot tell: leaves it
+    assert inbox.folder.exists()
+    inbox.close()

@@ -36,7 +36,13 @@ from codex_supervisor.lease import Lease
 from codex_supervisor.policy import TurnCosts
 from codex_supervisor.process import Child, SignalWatcher, launch
 from codex_supervisor.quota import WindowKind
-from codex_supervisor.sessions import RolloutReader, TurnPhase
+from codex_supervisor.sessions import (
+    ENV_NO_PROC,
+    BindAttempt,
+    RolloutReader,
+    SessionBinder,
+    TurnPhase,
+)
 from codex_supervisor.supervisor import Supervisor, SupervisorConfig, _ChildRun, _Rotate
 from codex_supervisor.testing import Behaviour, FakeCodexBackend, install_simulator
 
@@ -879,3 +885,65 @@ async def test_the_command_line_is_read_with_the_running_codex_s_grammar(
     result = await sim_world.supervisor(codex=str(codex)).run(argv, cwd=sim_world.work)
     assert result.accounts == (("alpha",) if supervised else ())
     assert (result.exit_code == 0) is supervised
+
+
+async def test_a_resume_by_name_that_fails_on_the_limit_moves_to_another_account(
+    sim_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session not known at launch (a thread name) whose one turn fails fast still rotates.
+
+    The exec may end between two looks at /proc, so the session hooks name it.
+    """
+    sim_world.add("alpha", five_hour_used=20)
+    sim_world.add("beta", five_hour_used=40)
+    first = await sim_world.supervisor().run(
+        ["exec", "--skip-git-repo-check", "start"], cwd=sim_world.work
+    )
+    assert first.session_id is not None
+    await asyncio.sleep(2.5)  # an older session: not one the next launch could have made
+    sim_world.backend.script(Behaviour.usage_limit(), account_id="id-alpha")
+    # What a thread name comes to: nothing known about the session before launch.
+    monkeypatch.setattr(Supervisor, "_initial_session", lambda *_: None)
+    # Every look at /proc comes too late: the exec has ended before one sees it write.
+    missed = BindAttempt(binding=None, reason="not looked at in time")
+    monkeypatch.setattr(SessionBinder, "open_by", lambda *_: missed)
+    result = await sim_world.supervisor().run(
+        ["exec", "--skip-git-repo-check", "resume", first.session_id, "go on"], cwd=sim_world.work
+    )
+    assert result.exit_code == 0
+    assert result.accounts == ("alpha", "beta")
+    assert result.session_id == first.session_id
+    last = sim_world.backend.responses_requests()[-1]
+    assert (last.account_id, last.session_id) == ("id-beta", first.session_id)
+    assert [c.window for c in sim_world.pool.get("alpha").cooldowns] == [WindowKind.FIVE_HOUR]
+
+
+@pytest.mark.parametrize(
+    ("setting", "argv", "known", "proc", "on"),
+    [
+        (None, ["exec", "x"], False, True, False),  # /proc shows it
+        (None, ["exec", "x"], False, False, True),  # as on macOS
+        (None, ["exec", "resume", "my-thread", "x"], False, True, True),  # unknown at launch
+        (None, ["exec", "resume", "my-thread", "x"], True, True, False),  # known: by id
+        (True, ["exec", "x"], False, True, True),
+        (False, ["exec", "x"], False, False, False),
+        (None, ["--disable", "hooks", "exec", "x"], False, False, False),
+    ],
+)
+async def test_where_the_session_hooks_go(  # noqa: PLR0917 - one per parameter
+    sim_world: World,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: bool | None,
+    argv: list[str],
+    known: bool,
+    proc: bool,
+    on: bool,
+) -> None:
+    if proc:
+        monkeypatch.delenv(ENV_NO_PROC, raising=False)
+    else:
+        monkeypatch.setenv(ENV_NO_PROC, "1")
+    sup = sim_world.supervisor(session_hooks=setting)
+    session = "01a22c33-7e06-70a2-9074-21dda48f0185" if known else None
+    why = await sup._hooks_decision(parse_argv(argv), TESTED_CODEX_VERSIONS[0], {}, session)
+    assert (why is None) is on, why

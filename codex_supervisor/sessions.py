@@ -36,6 +36,7 @@ import enum
 import errno
 import fcntl
 import functools
+import io
 import json
 import logging
 import os
@@ -656,16 +657,28 @@ def _day_folders_newest_first(root: Path) -> Iterator[Path]:
             yield from _numbered_dirs(month, 2)
 
 
-def read_session_meta(path: Path) -> SessionMeta | None:
-    """The ``session_meta`` of a rollout (its first line), or None if unreadable."""
+def _read_rollout(path: Path, read: Callable[[io.BufferedReader], bytes]) -> bytes | None:
+    """What ``read`` takes from a rollout, never through a link; None when it cannot be read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:
         with os.fdopen(fd, "rb") as fh:
-            first = fh.readline(_FIRST_LINE_LIMIT)
+            return read(fh)
     except OSError:  # a folder, or a read error
+        return None
+
+
+def _tail(fh: io.BufferedReader) -> bytes:
+    fh.seek(max(0, fh.seek(0, os.SEEK_END) - _TAIL_LIMIT))
+    return fh.read(_TAIL_LIMIT)
+
+
+def read_session_meta(path: Path) -> SessionMeta | None:
+    """The ``session_meta`` of a rollout (its first line), or None if unreadable."""
+    first = _read_rollout(path, lambda fh: fh.readline(_FIRST_LINE_LIMIT))
+    if first is None:
         return None
     try:
         line = json.loads(first)
@@ -698,16 +711,8 @@ def last_turn_start(path: Path) -> datetime | None:
     Reads the end of the file only (256 KiB): None also when no turn marker
     lies there, or the file cannot be read.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        with os.fdopen(fd, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, size - _TAIL_LIMIT))
-            tail = fh.read(_TAIL_LIMIT)
-    except OSError:
+    tail = _read_rollout(path, _tail)
+    if tail is None:
         return None
     for raw in reversed(tail.split(b"\n")):
         if b"task_started" not in raw and b"turn_started" not in raw:

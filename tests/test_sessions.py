@@ -1212,6 +1212,16 @@ async def _settle(sup: Supervisor, run: _ChildRun) -> None:
     await sup.selector.aclose()
 
 
+def _hooked(
+    holder: FdHolder, home: Path, cwd: Path, inbox: HookInbox
+) -> tuple[_StandInChild, _ChildRun]:
+    """A stand-in child in ``home`` whose session hooks report to ``inbox``, and its run."""
+    child = _StandInChild(holder)
+    run = _child_run(child, SessionBinder(home), cwd)
+    run.hooks = inbox
+    return child, run
+
+
 def _old_turn(turn: str) -> str:
     """A finished turn from an hour before any launch in these tests."""
     hour_ago = NOW - timedelta(hours=1)
@@ -1312,9 +1322,7 @@ async def test_without_proc_a_hook_binds_rebinds_and_the_rotation_goes_ahead(
     second, second_path = _write_rollout(home, cwd=cwd, extra=running)
     inbox = HookInbox(tmp_path)
     with FdHolder() as holder:
-        child = _StandInChild(holder)
-        run = _child_run(child, SessionBinder(home), cwd)
-        run.hooks = inbox
+        _child, run = _hooked(holder, home, cwd, inbox)
         sup._bind(run)
         assert run.binding is None  # nothing to go by yet
         _hook(inbox, "SessionStart", first, first_path)
@@ -1356,9 +1364,7 @@ async def test_with_proc_a_hook_cannot_talk_a_rotation_past_two_written_sessions
     second, second_path = _write_rollout(home, cwd=cwd)
     inbox = HookInbox(tmp_path)
     with FdHolder() as holder:
-        child = _StandInChild(holder)
-        run = _child_run(child, SessionBinder(home), cwd)
-        run.hooks = inbox
+        child, run = _hooked(holder, home, cwd, inbox)
         holder.open(first_path, "a")
         sup._bind(run)
         assert run.session_id == first
@@ -1391,8 +1397,7 @@ async def test_without_proc_an_unbound_child_says_why_rotation_is_off(
     if not hooks:
         sup._hooks_off = "session hooks are switched off (SupervisorConfig.session_hooks)"
     with FdHolder() as holder:
-        run = _child_run(_StandInChild(holder), SessionBinder(home), cwd)
-        run.hooks = inbox
+        _, run = _hooked(holder, home, cwd, inbox)
         run.bind_deadline = sup._bind_deadline(inbox)
         run.clock_waits_for_session = inbox is not None
         assert math.isinf(run.bind_deadline) == hooks
@@ -1427,8 +1432,7 @@ async def test_a_hook_naming_an_unknown_session_is_logged_once(
     home, cwd = tmp_path / "child-home", tmp_path / "work"
     inbox = HookInbox(tmp_path)
     with FdHolder() as holder:
-        run = _child_run(_StandInChild(holder), SessionBinder(home), cwd)
-        run.hooks = inbox
+        _, run = _hooked(holder, home, cwd, inbox)
         _hook(inbox, "SessionStart", "01a22c33-7e06-70a2-9074-21dda48f0185")
         with caplog.at_level(logging.WARNING, "codex_supervisor.supervisor"):
             for _ in range(3):
@@ -1453,9 +1457,7 @@ async def test_a_hook_arriving_right_before_a_rotation_is_read_first(
     second, second_path = _write_rollout(home, cwd=cwd, extra=_event("task_started", turn_id="t2"))
     inbox = HookInbox(tmp_path)
     with FdHolder() as holder:
-        child = _StandInChild(holder)
-        run = _child_run(child, SessionBinder(home), cwd)
-        run.hooks = inbox
+        child, run = _hooked(holder, home, cwd, inbox)
         _hook(inbox, "Stop", first, first_path)
         sup._bind(run)
         assert run.session_id == first
@@ -1517,9 +1519,7 @@ async def test_without_proc_another_loaded_conversation_named_by_a_hook_refuses(
     second, second_path = _write_rollout(home, cwd=cwd, extra=_old_turn("b"))
     inbox = HookInbox(tmp_path)
     with FdHolder() as holder:
-        child = _StandInChild(holder)
-        run = _child_run(child, SessionBinder(home), cwd)
-        run.hooks = inbox
+        child, run = _hooked(holder, home, cwd, inbox)
         lock = _held_lock(home, holder, first)
         _held_lock(home, holder, second)
         _hook(inbox, "Stop", first, first_path)
@@ -1557,9 +1557,7 @@ async def test_without_proc_a_session_just_started_here_holds_the_rotation_back(
     busy, busy_path = _write_rollout(home, cwd=cwd, extra=_old_turn("b") + _old_turn("c"))
     inbox = HookInbox(tmp_path)
     with FdHolder() as holder:
-        child = _StandInChild(holder)
-        run = _child_run(child, SessionBinder(home), cwd)
-        run.hooks = inbox
+        child, run = _hooked(holder, home, cwd, inbox)
         _held_lock(home, holder, busy)
         _hook(inbox, "Stop", ours, path)
         sup._bind(run)
@@ -1643,8 +1641,7 @@ def test_a_rebinding_after_the_turn_ended_keeps_its_usage_limit_failure(
     sup = Supervisor(pool, config=SupervisorConfig(codex="codex"), sink=CollectingSink())
     inbox = HookInbox(tmp_path)
     with FdHolder() as holder:
-        run = _child_run(_StandInChild(holder), SessionBinder(home), cwd)
-        run.hooks = inbox
+        _, run = _hooked(holder, home, cwd, inbox)
         _hook(inbox, "Stop", first, first_path)
         sup._bind(run)
         _hook(inbox, "Stop", second, second_path, turn_id="t")
@@ -1666,9 +1663,7 @@ async def test_a_hook_is_acted_on_once_and_never_fights_proc(
     second, second_path = _write_rollout(home, cwd=cwd)
     inbox = HookInbox(tmp_path)
     with FdHolder() as holder:
-        child = _StandInChild(holder)
-        run = _child_run(child, SessionBinder(home), cwd)
-        run.hooks = inbox
+        _child, run = _hooked(holder, home, cwd, inbox)
         _hook(inbox, "SessionStart", first, first_path)
         holder.open(second_path, "a")
         for _ in range(4):
@@ -1695,8 +1690,7 @@ def test_newest_first_past_a_subagent_and_a_rollout_not_written_yet(
     sup = Supervisor(pool, config=SupervisorConfig(codex="codex"), sink=CollectingSink())
     inbox = HookInbox(tmp_path)
     with FdHolder() as holder:
-        run = _child_run(_StandInChild(holder), SessionBinder(home), cwd)
-        run.hooks = inbox
+        _, run = _hooked(holder, home, cwd, inbox)
         _hook(inbox, "SessionStart", ours, path)
         _hook(inbox, "Stop", sub, sub_path)  # a subagent's turn ends after ours started
         sup._bind(run)

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
+import importlib.metadata
 import json
 import logging
 import os
@@ -34,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import codex_supervisor
 from codex_supervisor import (
     Account,
     AccountPool,
@@ -56,7 +59,8 @@ from codex_supervisor.accounts import (
     AuthMode,
     QuarantinedAuth,
 )
-from codex_supervisor.config import default_base_codex_home, default_pool_root
+from codex_supervisor.codex_cli import detect_version
+from codex_supervisor.config import child_environment, default_base_codex_home, default_pool_root
 from codex_supervisor.errors import QuotaAuthExpired
 from codex_supervisor.events import (
     AccountSelected,
@@ -89,6 +93,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1  # a library error (SupervisorError) or an OS error
 EXIT_USAGE = 2  # bad arguments, ConfigError, or a command not available yet
 EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_PIPE = 128 + 13  # the reader of our output went away (SIGPIPE), e.g. `| head`
 
 _BAR_WIDTH = 20
 _WINDOW_LABELS = {WindowKind.FIVE_HOUR: "five-hour", WindowKind.WEEKLY: "weekly"}
@@ -927,9 +932,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- arguments and the entry point ---------------------------------------------------------
 
 
+def _cli_version() -> str:
+    try:
+        return importlib.metadata.version("codex-supervisor-cli")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed (run from the source tree)"
+
+
+def _codex_version(codex: str) -> str:
+    env = child_environment(default_base_codex_home())
+    try:
+        return f"{asyncio.run(detect_version(codex, env=env, timeout=10.0))} ({codex})"
+    except (SupervisorError, OSError, TimeoutError) as exc:
+        return (
+            f"not found ({exc}); install it with `npm install -g @openai/codex`, "
+            f"or name it with --codex BIN or ${ENV_CODEX_BIN}"
+        )
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the CLI, the library and the Codex CLI it would run."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,  # noqa: ARG002 - argparse's signature
+        option_string: str | None = None,  # noqa: ARG002
+    ) -> None:
+        codex = getattr(namespace, "codex", None) or os.environ.get(ENV_CODEX_BIN) or "codex"
+        _say(f"{PROG} {_cli_version()}")
+        _say(f"codex_supervisor {codex_supervisor.__version__}")
+        _say(f"codex {_codex_version(codex)}")
+        parser.exit(EXIT_OK)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (global options, then a command)."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="show the CLI's, the library's and the Codex CLI's versions, and exit",
+    )
     parser.add_argument(
         "-v",
         "--verbose",
@@ -1077,6 +1125,8 @@ def main(argv: list[str] | None = None) -> int:
     except SupervisorError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        return _reader_gone()
     except OSError as exc:  # e.g. a pool folder we may not write
         log.debug("os error", exc_info=True)
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -1087,5 +1137,23 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _reader_gone() -> int:
+    """Our output's reader went away (``| head``): end quietly, as a shell expects."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the exit's flush must not fail again
+    return EXIT_PIPE
+
+
+def entry_point() -> None:
+    """The ``codex-supervisor`` console script (and ``python examples/cli.py``)."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _reader_gone()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -1,0 +1,83 @@
+"""`pip install ./examples` in a fresh virtual environment gives a working `codex-supervisor`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from codex_supervisor import __version__
+
+REPO = Path(__file__).resolve().parents[2]
+WHEELHOUSE = REPO / ".cache" / "wheelhouse"
+
+
+def test_pip_install_examples_puts_a_working_command_on_path(
+    tmp_path: Path, codex_bin: Path, codex_version: str
+) -> None:
+    if not (WHEELHOUSE / ".complete").is_file():
+        pytest.fail(f"no wheels in {WHEELHOUSE}: run scripts/bootstrap dev", pytrace=False)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    env = {
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+        # Offline: the wheels scripts/bootstrap gathered, and the source tree.
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(WHEELHOUSE),
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_CONFIG_FILE": os.devnull,
+    }
+    install = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--quiet", str(REPO / "examples")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    command = venv / "bin" / "codex-supervisor"
+    assert command.is_file()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        where = ["--pool", str(tmp_path / "pool"), "--codex-home", str(tmp_path / "codex-home")]
+        return subprocess.run(
+            ["codex-supervisor", *where, "--codex", str(codex_bin), *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    version = run("--version")
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.splitlines() == [
+        "codex-supervisor 0.1.0.dev0",
+        f"codex_supervisor {__version__}",
+        f"codex {codex_version} ({codex_bin})",
+    ]
+    listed = run("accounts", "list")
+    assert (listed.returncode, listed.stderr) == (0, "")
+    status = run("status", "--json")
+    assert (status.returncode, status.stderr) == (0, "")
+    empty = run("run", "--", "exec", "hello")
+    assert empty.returncode == 2
+    assert "has no accounts; add one first" in empty.stderr
+    demo = subprocess.run(
+        ["codex-supervisor", "demo"],  # the bundled simulator and fake backend
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
+    assert "rotations: 1" in demo.stdout

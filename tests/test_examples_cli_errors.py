@@ -1,0 +1,50 @@
+"""The reference CLI's version line and its end when the reader of its output goes away."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from codex_supervisor import __version__
+
+CLI = Path(__file__).resolve().parents[1] / "examples" / "cli.py"
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+
+
+def test_version_names_the_cli_the_library_and_how_to_get_codex(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(CLI), "--codex", str(tmp_path / "nope"), "--version"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    cli, library, codex = done.stdout.splitlines()
+    assert cli == "codex-supervisor not installed (run from the source tree)"
+    assert library == f"codex_supervisor {__version__}"
+    assert codex.startswith("codex not found (")
+    assert "npm install -g @openai/codex" in codex
+    assert "--codex BIN" in codex
+
+
+def test_a_reader_that_goes_away_ends_the_cli_quietly_with_141(tmp_path: Path) -> None:
+    """`status --json | head -c0`: no traceback, no "Broken pipe" error, SIGPIPE's code."""
+    proc = subprocess.Popen(
+        [sys.executable, str(CLI), "--pool", str(tmp_path / "pool"), "status", "--json"],
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before a byte is written
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141
+    assert err == b""

@@ -54,6 +54,7 @@ from .errors import (
     AccountGone,
     AccountInUse,
     AuthError,
+    CodexNotFoundError,
     ConfigError,
     LoginQuarantined,
     QuotaUnavailable,
@@ -346,7 +347,7 @@ def _run_login(argv: Sequence[str], env: Mapping[str, str], stdin_text: str | No
             check=False,
         )
     except FileNotFoundError as exc:
-        raise ConfigError(f"cannot run {argv[0]!r}: not found") from exc
+        raise CodexNotFoundError(f"cannot run Codex at {argv[0]!r}: not found") from exc
     return result.returncode
 
 

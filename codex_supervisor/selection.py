@@ -410,7 +410,9 @@ class AccountSelector:
             if len(held) == 1:  # a fresh one: the kept one is raised again and again
                 return LoginQuarantined(held[0].account, held[0].path, held[0].reason)
             return AuthError(f"{what}: " + "; ".join(str(h) for h in held))
-        return QuotaUnavailable(f"{what}: {choice.reason}")
+        # The reason was written for a wait; this run does not wait.
+        reason = choice.reason.replace("; waiting until ", "; the first is free at ")
+        return QuotaUnavailable(f"{what}: {reason}")
 
     @property
     def _every_account_held(self) -> bool:

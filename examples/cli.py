@@ -34,7 +34,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import codex_supervisor
 from codex_supervisor import (
@@ -61,7 +61,7 @@ from codex_supervisor.accounts import (
 )
 from codex_supervisor.codex_cli import detect_version
 from codex_supervisor.config import child_environment, default_base_codex_home, default_pool_root
-from codex_supervisor.errors import QuotaAuthExpired
+from codex_supervisor.errors import CodexNotFoundError, QuotaAuthExpired
 from codex_supervisor.events import (
     AccountSelected,
     ChildExited,
@@ -93,7 +93,13 @@ EXIT_OK = 0
 EXIT_ERROR = 1  # a library error (SupervisorError) or an OS error
 EXIT_USAGE = 2  # bad arguments, ConfigError, or a command not available yet
 EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_NO_CODEX = 127  # the Codex CLI cannot be run (as a shell says "command not found")
 EXIT_PIPE = 128 + 13  # the reader of our output went away (SIGPIPE), e.g. `| head`
+#: How to get Codex, said wherever it cannot be run.
+CODEX_HINT = (
+    "install it with `npm install -g @openai/codex`, "
+    f"or name it with --codex BIN or ${ENV_CODEX_BIN}"
+)
 
 _BAR_WIDTH = 20
 _WINDOW_LABELS = {WindowKind.FIVE_HOUR: "five-hour", WindowKind.WEEKLY: "weekly"}
@@ -118,26 +124,32 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _duration(delta: timedelta) -> str:
-    """A short human duration: ``45s``, ``13m``, ``2h05m``, ``6d23h``."""
+    """A short human duration, as the library's messages write one.
+
+    The two largest units, a space between: ``45s``, ``13m``, ``2h 5m``,
+    ``6d 23h``.
+    """
     seconds = max(0, int(delta.total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m"
-    return f"{secs}s"
+    minutes = rest // 60
+    parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m")) if n]
+    return " ".join(parts[:2])
 
 
-def _clock_time(value: datetime, now: datetime) -> str:
-    """``14:05 UTC`` for today (UTC), ``2026-11-29 14:05 UTC`` otherwise."""
-    value = value.astimezone(UTC)
-    if value.date() == now.astimezone(UTC).date():
-        return value.strftime("%H:%M UTC")
-    return value.strftime("%Y-%m-%d %H:%M UTC")
+#: The zone times are shown in: the local one, or UTC with the global --utc.
+_ZONE: dict[str, bool] = {"utc": False}
+
+
+def _clock_time(value: datetime, now: datetime, *, seconds: bool = False) -> str:
+    """``14:05 EST`` for today, ``2026-11-29 14:05 EST`` otherwise (local time; --utc: UTC)."""
+    value = value.astimezone(UTC) if _ZONE["utc"] else value.astimezone()
+    today = now.astimezone(value.tzinfo).date()
+    clock = "%H:%M:%S" if seconds else "%H:%M"
+    shown = value.strftime(clock if value.date() == today else f"%Y-%m-%d {clock}")
+    return f"{shown} {value.tzname() or value.strftime('%z')}"
 
 
 def _relative(value: datetime, now: datetime) -> str:
@@ -277,6 +289,9 @@ def _print_json(data: object) -> None:
 
 
 def _pool(args: argparse.Namespace) -> AccountPool:
+    for option, folder in (("--pool", args.pool), ("--codex-home", args.codex_home)):
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{option} {folder} is not a folder")
     return AccountPool(root=args.pool, base_codex_home=args.codex_home)
 
 
@@ -658,7 +673,8 @@ def _choice_json(choice: str | WaitUntil | None) -> dict[str, Any] | None:
 class _Notices:
     """Rotations and blocked rotations as one line on stderr; waits as a live countdown.
 
-    With -v every event.
+    With -v every event is in the DEBUG log already (the library logs each
+    one it emits): said once there, not again here.
 
     On a terminal the wait is one line rewritten every second; elsewhere
     (logs, pipes) its first line comes at once, then one every 30 seconds or
@@ -701,12 +717,10 @@ class _Notices:
                 print(f"\r\033[K{text}", end="\r\n", file=self.out, flush=True)
             else:
                 print(text, file=self.out, flush=True)
-        elif self.verbosity:
-            print(f"{PROG}: {event.name}: {event.message}", file=self.out, flush=True)
 
     def _waiting(self, event: WaitingForReset) -> None:
         left = _duration(timedelta(seconds=event.seconds_left))
-        until = f"{event.until:%H:%M:%S} UTC"
+        until = _clock_time(event.until, datetime.now(UTC), seconds=True)
         if self.live:
             text = (
                 f"{PROG}: every account is blocked; waiting {left}, until {until} (Ctrl-C to stop)"
@@ -727,6 +741,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     argv = list(args.argv)
     if argv[:1] == ["--"]:
         argv = argv[1:]
+    else:
+        _check_run_argv(argv)
     config = SupervisorConfig(codex=args.codex, wait_for_reset=not args.no_wait)
     notices = _Notices(args.verbose)
     supervisor = Supervisor(
@@ -863,8 +879,7 @@ def demo(codex: str | None) -> int:
     if codex is not None:
         found = shutil.which(codex) if "/" not in codex else codex
         if not found or not Path(found).is_file():
-            _say(f"codex binary not found: {codex} (scripts/fetch-codex installs the pinned one)")
-            return EXIT_USAGE
+            raise CodexNotFoundError(f"cannot run Codex at {codex!r}: not found")
         binary = str(Path(found).resolve())
     events: list[Event] = []
     resumed = threading.Event()
@@ -926,7 +941,8 @@ def _demo_summary(backend: FakeCodexBackend, events: list[Event]) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``demo``: a supervised session against the bundled fake backend."""
-    return demo(args.demo_codex)
+    # `--codex BIN demo` and `demo --codex BIN` alike; without either, the simulator.
+    return demo(args.demo_codex or args.codex_given)
 
 
 # -- arguments and the entry point ---------------------------------------------------------
@@ -944,10 +960,7 @@ def _codex_version(codex: str) -> str:
     try:
         return f"{asyncio.run(detect_version(codex, env=env, timeout=10.0))} ({codex})"
     except (SupervisorError, OSError, TimeoutError) as exc:
-        return (
-            f"not found ({exc}); install it with `npm install -g @openai/codex`, "
-            f"or name it with --codex BIN or ${ENV_CODEX_BIN}"
-        )
+        return f"not found ({exc}); {CODEX_HINT}"
 
 
 class _VersionAction(argparse.Action):
@@ -963,16 +976,78 @@ class _VersionAction(argparse.Action):
         values: object,  # noqa: ARG002 - argparse's signature
         option_string: str | None = None,  # noqa: ARG002
     ) -> None:
-        codex = getattr(namespace, "codex", None) or os.environ.get(ENV_CODEX_BIN) or "codex"
+        codex = getattr(namespace, "codex_given", None) or os.environ.get(ENV_CODEX_BIN) or "codex"
         _say(f"{PROG} {_cli_version()}")
         _say(f"codex_supervisor {codex_supervisor.__version__}")
         _say(f"codex {_codex_version(codex)}")
         parser.exit(EXIT_OK)
 
 
+#: The global options, which come before the command; how many values each takes.
+_GLOBAL_OPTIONS = {
+    "-v": 0,
+    "--verbose": 0,
+    "-vv": 0,
+    "--utc": 0,
+    "--pool": 1,
+    "--codex-home": 1,
+    "--codex": 1,
+}
+_RUN_OPTIONS = {"--strategy": 1, "--no-wait": 0}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a hint naming the fix for the order mistakes people make."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = _order_hint(message, sys.argv[1:] if self._argv is None else self._argv)
+        super().error(f"{message}{hint}")
+
+    _argv: list[str] | None = None
+
+
+def _order_hint(message: str, argv: list[str]) -> str:
+    if "unrecognized arguments:" not in message:
+        return ""
+    unknown = message.split("unrecognized arguments:", 1)[1].split()
+    misplaced = [
+        word.split("=", 1)[0] for word in unknown if word.split("=", 1)[0] in _GLOBAL_OPTIONS
+    ]
+    if misplaced:
+        return (
+            f"\nhint: global options ({', '.join(misplaced)}) come before the command, "
+            f"e.g. `{PROG} {misplaced[0]} ... status`"
+        )
+    if "run" in argv:
+        return (
+            f"\nhint: options for Codex go after `--`, e.g. `{PROG} run -- {' '.join(unknown)} ...`"
+        )
+    return ""
+
+
+def _check_run_argv(argv: list[str]) -> None:
+    """``run exec hi --no-wait``: the supervisor's own options must come before Codex's argv."""
+    mine = [word.split("=", 1)[0] for word in argv if word.split("=", 1)[0] in _RUN_OPTIONS]
+    mine += [
+        word.split("=", 1)[0]
+        for word in argv
+        if word.split("=", 1)[0] in _GLOBAL_OPTIONS and word.startswith("--")
+    ]
+    if mine:
+        raise ConfigError(
+            f"{', '.join(mine)} after the Codex command line would go to Codex; "
+            f"put it before it: `{PROG} [GLOBAL OPTIONS] run {mine[0]} ... -- CODEX ARGS`"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (global options, then a command)."""
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--utc",
+        action="store_true",
+        help="show times in UTC instead of the local time zone",
+    )
     parser.add_argument(
         "--version",
         action=_VersionAction,
@@ -1003,10 +1078,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--codex",
-        default=os.environ.get(ENV_CODEX_BIN) or "codex",
+        default=None,
+        dest="codex_given",
         metavar="BIN",
         help=f"the Codex CLI binary (default: ${ENV_CODEX_BIN} or `codex` on PATH; "
-        "now %(default)s)",
+        f"now {os.environ.get(ENV_CODEX_BIN) or 'codex'}); `demo` runs it instead of the "
+        "bundled simulator",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -1039,7 +1116,11 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(handler=cmd_accounts_list)
 
     rm = accounts_sub.add_parser("remove", help="take an account out of the pool")
-    rm.add_argument("name", metavar="NAME")
+    rm.add_argument(
+        "name",
+        metavar="NAME",
+        help="the account to remove; its folder is set aside in the pool, never deleted",
+    )
     rm.add_argument(
         "--force",
         action="store_true",
@@ -1077,7 +1158,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--strategy",
         choices=[s.value for s in Strategy],
         default=Strategy.HEADROOM.value,
-        help="how the next account is chosen (default: %(default)s)",
+        help="how the next account is chosen: headroom (the most quota left, the weekly "
+        "window weighing more), drain (one account after another, in the pool's order), "
+        "soonest_reset (the account whose weekly window resets first, so none is wasted) "
+        "(default: %(default)s)",
     )
     run.add_argument(
         "--no-wait",
@@ -1113,12 +1197,19 @@ def _configure_logging(verbosity: int) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit code per kind of error
     """Parse arguments and run a command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    parser._argv = list(sys.argv[1:] if argv is None else argv)  # noqa: SLF001 - for its hints
+    args = parser.parse_args(argv)
+    args.codex = args.codex_given or os.environ.get(ENV_CODEX_BIN) or "codex"
+    _ZONE["utc"] = args.utc
     _configure_logging(args.verbose)
     try:
         code: int = args.handler(args)
+    except CodexNotFoundError as exc:
+        print(f"{PROG}: error: {exc}; {CODEX_HINT}", file=sys.stderr)
+        return EXIT_NO_CODEX
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

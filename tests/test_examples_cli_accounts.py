@@ -12,6 +12,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -390,8 +391,8 @@ def test_status_refresh_json_then_human(cli: Cli, backend: FakeCodexBackend) -> 
 
     assert human.returncode == 0, human.stderr
     out = human.stdout
-    assert re.search(r"five-hour \[#{7}\.{13}\] 35% used, resets in 4h\d\dm \(", out), out
-    assert re.search(r"weekly +\[#{12}\.{8}\] 60% used, resets in 6d\d+h \(", out), out
+    assert re.search(r"five-hour \[#{7}\.{13}\] 35% used, resets in 4h \d\d?m \(", out), out
+    assert re.search(r"weekly +\[#{12}\.{8}\] 60% used, resets in 6d \d+h \(", out), out
     assert re.search(r"data: usage_endpoint, \d+s ago \(\d{4}-", out), out
     assert "beta (" in out
     assert "quota: no data yet" in out
@@ -414,16 +415,21 @@ async def test_status_shows_cooldowns_and_occupancy(cli: Cli, backend: FakeCodex
         "alpha", window=WindowKind.FIVE_HOUR, blocked_until=until, reason="usage_limit_exceeded"
     )
 
+    new_york = {**cli.env, "TZ": "America/New_York"}
     async with pool.occupy("alpha", purpose="codex"):
-        human = await asyncio.to_thread(cli, "status")
+        human = await asyncio.to_thread(cli, "status", env=new_york)
+        in_utc = await asyncio.to_thread(cli, "--utc", "status", env=new_york)
         data = await asyncio.to_thread(cli.json, "status", "--json")
     listing = cli("accounts", "list")
 
+    # Local time by default (as Codex shows it), UTC on request; one duration format.
+    local = until.astimezone(ZoneInfo("America/New_York"))
     assert re.search(
-        r"cooldown: blocked until [-\d ]*\d\d:\d\d UTC \(in 1h5\dm\), "
+        rf"cooldown: blocked until [-\d ]*{local:%H:%M} {local:%Z} \(in 1h 5\dm\), "
         r"five-hour window: usage_limit_exceeded",
         human.stdout,
     ), human.stdout
+    assert re.search(rf"blocked until [-\d ]*{until:%H:%M} UTC \(in 1h 5\dm\)", in_utc.stdout)
     assert re.search(rf"occupancy: pid {os.getpid()} on \S+, codex, since ", human.stdout)
     [account] = data["accounts"]
     assert account["blocked_until"] == until.isoformat(timespec="seconds").replace("+00:00", "Z")

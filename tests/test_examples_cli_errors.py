@@ -48,3 +48,45 @@ def test_a_reader_that_goes_away_ends_the_cli_quietly_with_141(tmp_path: Path) -
     proc.stderr.close()
     assert proc.wait(timeout=60) == 141
     assert err == b""
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    where = ["--pool", str(tmp_path / "pool"), "--codex-home", str(tmp_path / "home")]
+    return subprocess.run(
+        [sys.executable, str(CLI), *where, *args],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_global_option_after_the_command_gets_a_hint(tmp_path: Path) -> None:
+    done = _cli(tmp_path, "status", "--pool", str(tmp_path))
+    assert done.returncode == 2
+    assert "unrecognized arguments: --pool" in done.stderr
+    assert "hint: global options (--pool) come before the command" in done.stderr
+
+
+def test_a_codex_option_before_the_separator_gets_a_hint(tmp_path: Path) -> None:
+    done = _cli(tmp_path, "run", "-m", "fake-model", "exec", "hi")
+    assert done.returncode == 2
+    assert "hint: options for Codex go after `--`, e.g. `codex-supervisor run -- -m" in done.stderr
+
+
+def test_a_run_option_after_codex_s_argv_is_caught_not_passed_on(tmp_path: Path) -> None:
+    done = _cli(tmp_path, "run", "exec", "hi", "--no-wait")
+    assert done.returncode == 2
+    assert done.stderr == (
+        "codex-supervisor: error: --no-wait after the Codex command line would go to Codex; "
+        "put it before it: `codex-supervisor [GLOBAL OPTIONS] run --no-wait ... -- CODEX ARGS`\n"
+    )
+
+
+def test_help_explains_remove_and_every_strategy(tmp_path: Path) -> None:
+    remove = " ".join(_cli(tmp_path, "accounts", "remove", "--help").stdout.split())
+    assert "set aside in the pool, never deleted" in remove
+    run = " ".join(_cli(tmp_path, "run", "--help").stdout.split())
+    for strategy in ("headroom (", "drain (", "soonest_reset ("):
+        assert strategy in run

@@ -145,11 +145,14 @@ async def test_every_account_blocked_fails_fast_when_configured(sim_world: World
     """With wait_for_reset=False and every account exhausted, run raises QuotaUnavailable."""
     sim_world.add("alpha", five_hour_used=100)
     sim_world.add("beta", weekly_used=100)
-    with pytest.raises(errors.QuotaUnavailable, match="blocked"):
+    with pytest.raises(errors.QuotaUnavailable, match="blocked") as raised:
         await sim_world.supervisor(wait_for_reset=False).run(
             ["exec", "--skip-git-repo-check", "x"], cwd=sim_world.work
         )
     assert sim_world.backend.responses_requests() == []
+    # It does not wait, so it does not say it waits: when the first account is free.
+    assert "waiting" not in str(raised.value)
+    assert "the first is free at " in str(raised.value)
 
 
 async def test_waits_for_the_earliest_reset_then_runs(sim_world: World) -> None:

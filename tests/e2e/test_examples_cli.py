@@ -64,12 +64,43 @@ def test_demo_with_the_real_binary_cuts_over_and_resumes(codex_bin: Path, tmp_pa
     assert re.search(r"sessions: 1 \(", result.stdout)
 
 
-def test_demo_reports_a_missing_binary(tmp_path: Path) -> None:
-    """A missing Codex binary is a clear message and exit 2, not a traceback."""
-    result = _cli("demo", "--codex", str(tmp_path / "nope"))
-    assert result.returncode == 2
-    assert "codex binary not found" in result.stdout
+@pytest.mark.parametrize(
+    "where",
+    [
+        ["demo", "--codex", "{nope}"],
+        ["--codex", "{nope}", "demo"],  # the global option counts for demo too
+        [
+            "--codex",
+            "{nope}",
+            "--pool",
+            "{pool}",
+            "--codex-home",
+            "{pool}",
+            "accounts",
+            "login",
+            "a",
+        ],
+    ],
+)
+def test_a_missing_codex_says_how_to_get_it_with_exit_127(tmp_path: Path, where: list[str]) -> None:
+    """Every command: one line on stderr with the prefix and the fix, exit 127, no traceback."""
+    args = [w.format(nope=tmp_path / "nope", pool=tmp_path / "pool") for w in where]
+    result = _cli(*args)
+    assert result.returncode == 127
+    assert result.stdout == ""
+    assert result.stderr.startswith(
+        f"codex-supervisor: error: cannot run Codex at '{tmp_path}/nope'"
+    )
+    assert "npm install -g @openai/codex" in result.stderr
+    assert "--codex BIN" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_pool_that_is_a_file_is_named_not_an_errno(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    result = _cli("--pool", str(tmp_path / "file"), "status")
+    assert result.returncode == 2
+    assert result.stderr == f"codex-supervisor: error: --pool {tmp_path}/file is not a folder\n"
 
 
 def _pool_on(backend: FakeCodexBackend, root: Path, **accounts: dict[str, Any]) -> AccountPool:
@@ -215,3 +246,14 @@ def test_status_shows_quarantined_logins_with_what_to_do(
         token = json.loads(item.path.read_text())["tokens"]["refresh_token"]
         assert token not in out
         assert token not in as_json.stdout
+
+
+def test_verbose_says_each_event_once(tmp_path: Path) -> None:
+    """-v: the library's DEBUG log names every event; the CLI does not print them again."""
+    backend_free = _cli(
+        "-v", "--pool", str(tmp_path / "pool"), "--codex-home", str(tmp_path), "demo"
+    )
+    assert backend_free.returncode == 0, backend_free.stderr[-2000:]
+    logged = backend_free.stderr.count("event prewarm_ready: ")
+    assert logged == 1
+    assert "codex-supervisor: prewarm_ready" not in backend_free.stderr

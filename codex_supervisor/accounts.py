@@ -346,8 +346,8 @@ def _run_login(argv: Sequence[str], env: Mapping[str, str], stdin_text: str | No
             text=True,
             check=False,
         )
-    except FileNotFoundError as exc:
-        raise CodexNotFoundError(f"cannot run Codex at {argv[0]!r}: not found") from exc
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+        raise CodexNotFoundError(f"cannot run Codex at {argv[0]!r}: {exc.strerror}") from exc
     return result.returncode
 
 

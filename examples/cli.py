@@ -47,6 +47,7 @@ from codex_supervisor import (
     QuotaSnapshot,
     QuotaWindow,
     RotationPolicy,
+    RunResult,
     Strategy,
     Supervisor,
     SupervisorConfig,
@@ -59,7 +60,7 @@ from codex_supervisor.accounts import (
     AuthMode,
     QuarantinedAuth,
 )
-from codex_supervisor.codex_cli import detect_version
+from codex_supervisor.codex_cli import detect_version, parse_argv
 from codex_supervisor.config import child_environment, default_base_codex_home, default_pool_root
 from codex_supervisor.errors import CodexNotFoundError, QuotaAuthExpired
 from codex_supervisor.events import (
@@ -105,8 +106,20 @@ _BAR_WIDTH = 20
 _WINDOW_LABELS = {WindowKind.FIVE_HOUR: "five-hour", WindowKind.WEEKLY: "weekly"}
 
 
+#: Whether the reader of our stdout went away (``| head``) while a command ran on.
+_PIPE = {"gone": False}
+
+
 def _say(text: str = "") -> None:
-    print(text, flush=True)
+    # Also from the demo's threads and event sink: a reader gone (`demo | head`)
+    # ends the output quietly, and the command's exit code says so (141).
+    if _PIPE["gone"]:
+        return
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _PIPE["gone"] = True
+        _reader_gone()
 
 
 def _warn(text: str) -> None:
@@ -146,7 +159,7 @@ _ZONE: dict[str, bool] = {"utc": False}
 def _clock_time(value: datetime, now: datetime, *, seconds: bool = False) -> str:
     """``14:05 EST`` for today, ``2026-11-29 14:05 EST`` otherwise (local time; --utc: UTC)."""
     value = value.astimezone(UTC) if _ZONE["utc"] else value.astimezone()
-    today = now.astimezone(value.tzinfo).date()
+    today = (now.astimezone(UTC) if _ZONE["utc"] else now.astimezone()).date()
     clock = "%H:%M:%S" if seconds else "%H:%M"
     shown = value.strftime(clock if value.date() == today else f"%Y-%m-%d {clock}")
     return f"{shown} {value.tzname() or value.strftime('%z')}"
@@ -354,11 +367,8 @@ def cmd_accounts_import(args: argparse.Namespace) -> int:
             "or whichever copy refreshes its single-use token second will be refused"
         )
     elif args.copy:
+        # (The library's WARNING says what two copies of one login mean: once is enough.)
         _say(f"COPIED {source} to {dest}")
-        _warn(
-            f"the original is still at {source}: delete it or never run Codex with it again, "
-            "or whichever copy refreshes its single-use token second will be refused"
-        )
     else:
         _say(f"MOVED {source} to {dest} (the original path no longer exists)")
     _say(f"added account {account.name!r} ({_describe_account(account)})")
@@ -684,6 +694,7 @@ class _Notices:
     def __init__(self, verbosity: int, stream: Any = None) -> None:
         self.out = stream or sys.stderr
         self.verbosity = verbosity
+        self.rotations: list[Rotating] = []  # for the summary at the end
         self.tty = bool(getattr(self.out, "isatty", lambda: False)())
         self.live = self.tty and not verbosity
         self._until: datetime | None = None
@@ -702,6 +713,7 @@ class _Notices:
             return
         self.close()
         if isinstance(event, Rotating):
+            self.rotations.append(event)
             print(
                 f"{PROG}: rotating {event.from_account} -> {event.to_account}"
                 f" ({event.reason}); session {event.session_id}",
@@ -731,8 +743,14 @@ class _Notices:
         now = time.monotonic()
         due = self._printed is None or now - self._printed >= 30
         moved = self._until is None or abs((event.until - self._until).total_seconds()) > 60
-        if self.verbosity or due or moved:
-            print(f"{PROG}: waiting {left}: {event.message}", file=self.out, flush=True)
+        if self.verbosity:
+            return  # the DEBUG log says each one already
+        if due or moved:
+            print(
+                f"{PROG}: every account is blocked; waiting {left}, until {until} ({event.reason})",
+                file=self.out,
+                flush=True,
+            )
             self._until, self._printed = event.until, now
 
 
@@ -752,9 +770,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         sink=notices,
     )
     try:
-        return supervisor.run_sync(argv).exit_code
+        result = supervisor.run_sync(argv)
     finally:
         notices.close()
+    _run_summary(result, argv, notices.rotations)
+    return result.exit_code
+
+
+def _run_summary(result: RunResult, argv: list[str], rotations: list[Rotating]) -> None:
+    """When a supervised run ends: its accounts, rotations, and how to resume it supervised."""
+    if result.session_id is None:
+        return
+    accounts = ", ".join(dict.fromkeys(result.accounts)) or "-"
+    count = f"{len(rotations)} rotation{'' if len(rotations) == 1 else 's'}"
+    print(
+        f"{PROG}: session {result.session_id} ran on {accounts}; {count}",
+        file=sys.stderr,
+    )
+    now = datetime.now(UTC)
+    for rotation in rotations:
+        print(
+            f"  {_clock_time(rotation.at, now)} {rotation.from_account} -> "
+            f"{rotation.to_account}: {rotation.reason}",
+            file=sys.stderr,
+        )
+    again = (
+        f"exec resume {result.session_id} PROMPT"
+        if parse_argv(argv).is_exec
+        else f"resume {result.session_id}"
+    )
+    print(f"{PROG}: to go on supervised: {PROG} run -- {again}", file=sys.stderr, flush=True)
 
 
 # -- demo ----------------------------------------------------------------------------------
@@ -1006,19 +1051,34 @@ class _Parser(argparse.ArgumentParser):
     _argv: list[str] | None = None
 
 
+_COMMANDS = frozenset({"accounts", "status", "run", "demo"})
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command word of ``argv``: the first word past the global options and their values."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        option = word.split("=", 1)[0]
+        if option in _GLOBAL_OPTIONS:
+            i += 1 if "=" in word else 1 + _GLOBAL_OPTIONS[option]
+            continue
+        return word if word in _COMMANDS else None
+    return None
+
+
 def _order_hint(message: str, argv: list[str]) -> str:
     if "unrecognized arguments:" not in message:
         return ""
     unknown = message.split("unrecognized arguments:", 1)[1].split()
-    misplaced = [
-        word.split("=", 1)[0] for word in unknown if word.split("=", 1)[0] in _GLOBAL_OPTIONS
-    ]
+    misplaced = [w.split("=", 1)[0] for w in unknown if w.split("=", 1)[0] in _GLOBAL_OPTIONS]
+    command = _command_of(argv) or "COMMAND"
     if misplaced:
         return (
             f"\nhint: global options ({', '.join(misplaced)}) come before the command, "
-            f"e.g. `{PROG} {misplaced[0]} ... status`"
+            f"e.g. `{PROG} {misplaced[0]} ... {command} ...`"
         )
-    if "run" in argv:
+    if command == "run":
         return (
             f"\nhint: options for Codex go after `--`, e.g. `{PROG} run -- {' '.join(unknown)} ...`"
         )
@@ -1026,18 +1086,26 @@ def _order_hint(message: str, argv: list[str]) -> str:
 
 
 def _check_run_argv(argv: list[str]) -> None:
-    """``run exec hi --no-wait``: the supervisor's own options must come before Codex's argv."""
-    mine = [word.split("=", 1)[0] for word in argv if word.split("=", 1)[0] in _RUN_OPTIONS]
-    mine += [
-        word.split("=", 1)[0]
-        for word in argv
-        if word.split("=", 1)[0] in _GLOBAL_OPTIONS and word.startswith("--")
-    ]
-    if mine:
-        raise ConfigError(
-            f"{', '.join(mine)} after the Codex command line would go to Codex; "
-            f"put it before it: `{PROG} [GLOBAL OPTIONS] run {mine[0]} ... -- CODEX ARGS`"
-        )
+    """``run exec hi --no-wait``: the supervisor's own options must come before Codex's argv.
+
+    Only up to Codex's own ``--`` (after it, words are Codex's positionals).
+    """
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    options = [w.split("=", 1)[0] for w in words]
+    run_own = [o for o in options if o in _RUN_OPTIONS]
+    global_ = [o for o in options if o in _GLOBAL_OPTIONS and o.startswith("--")]
+    if not run_own and not global_:
+        return
+    fixes = []
+    if global_:
+        fixes.append(f"`{PROG} {global_[0]} ... run ...` (global options before the command)")
+    if run_own:
+        fixes.append(f"`{PROG} run {run_own[0]} ... -- CODEX ARGS`")
+    raise ConfigError(
+        f"{', '.join(global_ + run_own)} after the Codex command line would go to Codex; "
+        f"put it before it: {' or '.join(fixes)}; or write `run -- ...` to give Codex "
+        "every word as it is"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1225,7 +1293,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return code
+    return EXIT_PIPE if _PIPE["gone"] else code
 
 
 def _reader_gone() -> int:
@@ -1240,7 +1308,8 @@ def entry_point() -> None:
     """The ``codex-supervisor`` console script (and ``python examples/cli.py``)."""
     try:
         code = main()
-        sys.stdout.flush()
+        if sys.stdout is not None:  # (started with stdout closed)
+            sys.stdout.flush()
     except BrokenPipeError:
         code = _reader_gone()
     sys.exit(code)

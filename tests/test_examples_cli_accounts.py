@@ -142,7 +142,11 @@ def test_import_copy_keeps_the_source_and_warns(cli: Cli, backend: FakeCodexBack
     assert result.returncode == 0, result.stderr
     assert source.exists()
     assert "COPIED" in result.stdout
-    assert "codex-supervisor: warning: the original is still at" in result.stderr
+    # Warned once (the library's WARNING), not twice.
+    [warning] = [
+        line for line in result.stderr.splitlines() if "WARNING" in line or "warning" in line
+    ]
+    assert "two copies of one single-use refresh token now exist" in warning
 
 
 def test_duplicate_import_is_refused(cli: Cli, backend: FakeCodexBackend) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from codex_supervisor import __version__
 
@@ -80,7 +83,8 @@ def test_a_run_option_after_codex_s_argv_is_caught_not_passed_on(tmp_path: Path)
     assert done.returncode == 2
     assert done.stderr == (
         "codex-supervisor: error: --no-wait after the Codex command line would go to Codex; "
-        "put it before it: `codex-supervisor [GLOBAL OPTIONS] run --no-wait ... -- CODEX ARGS`\n"
+        "put it before it: `codex-supervisor run --no-wait ... -- CODEX ARGS`; "
+        "or write `run -- ...` to give Codex every word as it is\n"
     )
 
 
@@ -90,3 +94,67 @@ def test_help_explains_remove_and_every_strategy(tmp_path: Path) -> None:
     run = " ".join(_cli(tmp_path, "run", "--help").stdout.split())
     for strategy in ("headroom (", "drain (", "soonest_reset ("):
         assert strategy in run
+
+
+def test_demo_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`demo | head -c0`: the demo's threads and event sink write too; no traceback, 141."""
+    proc = subprocess.Popen(
+        [sys.executable, str(CLI), "demo"],
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141
+    assert b"Traceback" not in err
+    assert b"event sink failed" not in err
+
+
+def test_a_closed_stdout_is_no_traceback(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(CLI), "--pool", str(tmp_path / "p"), "accounts", "list"],
+        env=_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        check=False,
+        close_fds=True,
+        pass_fds=(),
+        preexec_fn=lambda: os.close(1),
+    )
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("kind", ["folder", "not-executable"])
+def test_login_with_a_codex_that_cannot_run_says_how_to_get_one(tmp_path: Path, kind: str) -> None:
+    codex = tmp_path / "bin"
+    if kind == "folder":
+        codex.mkdir()
+    else:
+        codex.write_text("#!/bin/sh\n")
+    done = _cli(tmp_path, "--codex", str(codex), "accounts", "login", "a")
+    assert done.returncode == 127, done.stderr
+    assert "npm install -g @openai/codex" in done.stderr
+
+
+def test_codex_s_own_separator_lets_any_word_through(tmp_path: Path) -> None:
+    """`run exec -- --no-wait`: after Codex's `--` the words are a prompt, not our options."""
+    done = _cli(tmp_path, "run", "exec", "--", "--no-wait")
+    assert "would go to Codex" not in done.stderr
+    misplaced = _cli(tmp_path, "run", "exec", "hi", "--pool", "x")
+    assert "`codex-supervisor --pool ... run ...` (global options before the command)" in (
+        misplaced.stderr
+    )
+    assert "or write `run -- ...` to give Codex every word as it is" in misplaced.stderr
+
+
+def test_the_hint_follows_the_command_given(tmp_path: Path) -> None:
+    done = _cli(tmp_path, "accounts", "list", "--verbose", "--bogus")
+    assert "e.g. `codex-supervisor --verbose ... accounts ...`" in done.stderr
+    other = _cli(tmp_path, "accounts", "login", "run", "--bogus")
+    assert "options for Codex" not in other.stderr

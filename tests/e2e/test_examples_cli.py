@@ -145,6 +145,12 @@ def test_run_prints_a_rotation_notice_and_returns_codex_exit_code(
     assert notice.startswith("codex-supervisor: rotating alpha -> beta (")
     assert notice.endswith(f"session {session}")
     assert "Hello from the fake backend." in result.stdout
+    # When it ends: where the session ran, each rotation, and how to go on supervised.
+    lines = result.stderr.splitlines()
+    start = lines.index(f"codex-supervisor: session {session} ran on alpha, beta; 1 rotation")
+    assert re.fullmatch(r"  \d\d:\d\d \S+ alpha -> beta: .*usage limit.*", lines[start + 1])
+    again = f"codex-supervisor run -- exec resume {session} PROMPT"
+    assert lines[start + 2] == f"codex-supervisor: to go on supervised: {again}"
 
 
 @pytest.mark.real_codex

@@ -36,21 +36,26 @@ def test_version_names_the_cli_the_library_and_how_to_get_codex(tmp_path: Path) 
     assert "--codex BIN" in codex
 
 
-def test_a_reader_that_goes_away_ends_the_cli_quietly_with_141(tmp_path: Path) -> None:
-    """`status --json | head -c0`: no traceback, no "Broken pipe" error, SIGPIPE's code."""
+def _into_closed_pipe(tmp_path: Path, *args: str, timeout: float = 60) -> tuple[int, bytes]:
+    """Run the CLI whose stdout's reader is gone before a byte is written: (exit code, stderr)."""
     proc = subprocess.Popen(
-        [sys.executable, str(CLI), "--pool", str(tmp_path / "pool"), "status", "--json"],
+        [sys.executable, str(CLI), *args],
         env=_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None
     assert proc.stderr is not None
-    proc.stdout.close()  # the reader is gone before a byte is written
+    proc.stdout.close()
     err = proc.stderr.read()
     proc.stderr.close()
-    assert proc.wait(timeout=60) == 141
-    assert err == b""
+    return proc.wait(timeout=timeout), err
+
+
+def test_a_reader_that_goes_away_ends_the_cli_quietly_with_141(tmp_path: Path) -> None:
+    """`status --json | head -c0`: no traceback, no "Broken pipe" error, SIGPIPE's code."""
+    code, err = _into_closed_pipe(tmp_path, "--pool", str(tmp_path / "pool"), "status", "--json")
+    assert (code, err) == (141, b"")
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -98,18 +103,8 @@ def test_help_explains_remove_and_every_strategy(tmp_path: Path) -> None:
 
 def test_demo_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     """`demo | head -c0`: the demo's threads and event sink write too; no traceback, 141."""
-    proc = subprocess.Popen(
-        [sys.executable, str(CLI), "demo"],
-        env=_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    assert proc.stderr is not None
-    proc.stdout.close()
-    err = proc.stderr.read()
-    proc.stderr.close()
-    assert proc.wait(timeout=120) == 141
+    code, err = _into_closed_pipe(tmp_path, "demo", timeout=120)
+    assert code == 141
     assert b"Traceback" not in err
     assert b"event sink failed" not in err
 

@@ -1553,8 +1553,16 @@ async def test_without_proc_a_session_just_started_here_holds_the_rotation_back(
     sup = await _pressed_supervisor(tmp_path, backend)
     home, cwd = tmp_path / "child-home", tmp_path / "work"
     ours, path = _write_rollout(home, cwd=cwd, extra=_old_turn("a"))
-    just_now = _line("event_msg", {"type": "task_started", "turn_id": "n"}, datetime.now(UTC))
+    # "Just now" is stamped ahead, and written files are dated ahead: however slowly a
+    # loaded machine runs this test, they stay within the few seconds that count.
+    ahead = datetime.now(UTC) + timedelta(minutes=10)
+    just_now = _line("event_msg", {"type": "task_started", "turn_id": "n"}, ahead)
+
+    def written_now(path: Path) -> None:
+        os.utime(path, (ahead.timestamp(), ahead.timestamp()))
+
     busy, busy_path = _write_rollout(home, cwd=cwd, extra=_old_turn("b") + _old_turn("c"))
+    written_now(busy_path)
     inbox = HookInbox(tmp_path)
     with FdHolder() as holder:
         child, run = _hooked(holder, home, cwd, inbox)
@@ -1563,6 +1571,7 @@ async def test_without_proc_a_session_just_started_here_holds_the_rotation_back(
         sup._bind(run)
         assert run.session_id == ours
         started, started_path = _write_rollout(home, cwd=cwd, extra=just_now)
+        written_now(started_path)
         _held_lock(home, holder, started)
         assert await sup._decide(run) is None
         assert child.stops == 0
@@ -1577,10 +1586,12 @@ async def test_without_proc_a_session_just_started_here_holds_the_rotation_back(
                 ),
             )
         )
+        written_now(started_path)
         assert busy_path.stat().st_mtime > old  # written just now, but busy for an hour
         assert isinstance(await sup._decide(run), _Rotate)
         # A neighbour starting turns again and again holds it back 15 s at most.
         started_path.write_text(started_path.read_text() + just_now.replace('"n"', '"m"'))
+        written_now(started_path)
         assert await sup._decide(run) is None
         assert run.deferred_since is not None
         run.deferred_since -= 20

@@ -433,10 +433,9 @@ class HookInbox:
             raise
         self._offset = 0
         self._partial = b""
-        self.latest: HookEvent | None = None
 
     def read(self) -> list[HookEvent]:
-        """The events the hooks reported since the last read (also kept as :attr:`latest`)."""
+        """The events the hooks reported since the last read."""
         try:
             with self.path.open("rb") as handle:
                 handle.seek(self._offset)
@@ -449,10 +448,7 @@ class HookInbox:
         if len(self._partial) > _MAX_LINE:
             log.warning("hook inbox: a line over %d bytes skipped", _MAX_LINE)
             self._partial = b""
-        events = [e for e in (_event(line) for line in lines if line.strip()) if e is not None]
-        if events:
-            self.latest = events[-1]
-        return events
+        return [e for e in (_event(line) for line in lines if line.strip()) if e is not None]
 
     def close(self) -> None:
         """Remove the folder (a hook that runs later writes nowhere: it never creates files)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import importlib.util
 import io
 import json
 import logging
@@ -1028,13 +1027,8 @@ async def test_no_session_bound_by_the_deadline_blocks_rotation_once(tmp_path: P
 
 def test_the_cli_says_why_rotation_is_off(tmp_path: Path) -> None:
     """examples/cli.py prints a RotationBlocked without -v, on a terminal with a carriage return."""
-    spec = importlib.util.spec_from_file_location(
-        "cli_example_notices", Path(__file__).resolve().parents[1] / "examples" / "cli.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    from codex_supervisor_cli import cli
+
     event = RotationBlocked(at=NOW, account="alpha", session_id="s", reason="it writes two")
 
     class Terminal(io.StringIO):

@@ -83,12 +83,12 @@ from codex_supervisor.testing import (
     install_simulator,
     offline_flags,
 )
+from codex_supervisor_cli import settings as _settings
 
 log = logging.getLogger("codex_supervisor.cli")
 
 PROG = "codex-supervisor"
-#: The CLI's own variable (the library never reads it): the Codex binary.
-ENV_CODEX_BIN = "CODEX_SUPERVISOR_CODEX_BIN"
+ENV_CODEX_BIN = _settings.ENV_CODEX_BIN
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # a library error (SupervisorError) or an OS error
@@ -474,14 +474,14 @@ _Outcome = QuotaSnapshot | SupervisorError
 
 
 async def _gather_status(
-    pool: AccountPool, *, refresh: bool, strategy: str
+    pool: AccountPool, *, refresh: bool, policy: RotationPolicy
 ) -> tuple[list[AccountStatus], dict[str, _Outcome], str | WaitUntil | None, dict[str, str]]:
     """The pool as the supervisor sees it, through the same selector it chooses with.
 
     Choosing retries the logins in quarantine, as a run would; the accounts
     it still holds back come last, with why.
     """
-    selector = AccountSelector(pool, policy=RotationPolicy(strategy=strategy), probe_budget=60.0)
+    selector = AccountSelector(pool, policy=policy, probe_budget=60.0)
     outcomes: dict[str, _Outcome] = {}
     try:
         if refresh:
@@ -617,7 +617,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """``status``: usage windows, cooldowns and occupancy of every account."""
     pool = _pool(args)
     entries, outcomes, choice, held = asyncio.run(
-        _gather_status(pool, refresh=args.refresh, strategy=args.strategy)
+        _gather_status(pool, refresh=args.refresh, policy=args.settings.policy())
     )
     now = datetime.now(UTC)
     quarantined = pool.quarantined()
@@ -766,7 +766,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     supervisor = Supervisor(
         _pool(args),
         config=config,
-        policy=RotationPolicy(strategy=args.strategy),
+        policy=args.settings.policy(),
         sink=notices,
     )
     try:
@@ -800,6 +800,63 @@ def _run_summary(result: RunResult, argv: list[str], rotations: list[Rotating]) 
         else f"resume {result.session_id}"
     )
     print(f"{PROG}: to go on supervised: {PROG} run -- {again}", file=sys.stderr, flush=True)
+
+
+# -- config ------------------------------------------------------------------------------
+
+
+def _setting_json(value: object) -> object:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items()}
+    return value
+
+
+def _setting_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_percent(v)}" for k, v in value.items())
+    if isinstance(value, float):
+        return _percent(value)
+    return str(value)
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """``config show``: every setting's effective value and where it came from."""
+    settings: _settings.Settings = args.settings
+    policy = settings.policy()
+    effective = {  # the file's window settings merged over the defaults, as runs use them
+        "rotate_at": {k.value: v for k, v in policy.rotate_at.items()},
+        "prewarm_margin": {k.value: v for k, v in policy.prewarm_margin.items()},
+        "hysteresis": policy.hysteresis,
+    }
+    shown = {
+        key: (effective.get(key, setting.value), setting.source)
+        for key, setting in settings.values.items()
+    }
+    if args.json:
+        _print_json(
+            {
+                "file": str(settings.file),
+                "file_found": settings.file_found,
+                "settings": {
+                    key: {"value": _setting_json(value), "source": source}
+                    for key, (value, source) in shown.items()
+                },
+            }
+        )
+        return EXIT_OK
+    found = "read" if settings.file_found else "not there: every key is optional"
+    _say(f"config file: {settings.file} ({found})")
+    width = max(len(key) for key in shown)
+    values = {key: _setting_text(value) for key, (value, _) in shown.items()}
+    value_width = max(len(v) for v in values.values())
+    for key, (_, source) in shown.items():
+        _say(f"  {key:<{width}}  {values[key]:<{value_width}}  {source}")
+    _say("precedence: flag > environment > config file > default")
+    return EXIT_OK
 
 
 # -- demo ----------------------------------------------------------------------------------
@@ -1021,7 +1078,10 @@ class _VersionAction(argparse.Action):
         values: object,  # noqa: ARG002 - argparse's signature
         option_string: str | None = None,  # noqa: ARG002
     ) -> None:
-        codex = getattr(namespace, "codex_given", None) or os.environ.get(ENV_CODEX_BIN) or "codex"
+        try:
+            codex = _resolve(namespace)["codex"]
+        except ConfigError:  # (the command says so; the version line names the fallback)
+            codex = getattr(namespace, "codex_given", None) or "codex"
         _say(f"{PROG} {_cli_version()}")
         _say(f"codex_supervisor {codex_supervisor.__version__}")
         _say(f"codex {_codex_version(codex)}")
@@ -1051,7 +1111,7 @@ class _Parser(argparse.ArgumentParser):
     _argv: list[str] | None = None
 
 
-_COMMANDS = frozenset({"accounts", "status", "run", "demo"})
+_COMMANDS = frozenset({"accounts", "status", "run", "demo", "config", "completion"})
 
 
 def _command_of(argv: list[str]) -> str | None:
@@ -1108,6 +1168,16 @@ def _check_run_argv(argv: list[str]) -> None:
     )
 
 
+def _add_config_parser(sub: Any) -> None:
+    config = sub.add_parser("config", help="the settings in effect and where each came from")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config_sub.add_parser(
+        "show", help="print every setting, its value and its source (flag, environment, file)"
+    )
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(handler=cmd_config_show)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (global options, then a command)."""
     parser = _Parser(prog=PROG, description=__doc__.splitlines()[0])
@@ -1131,26 +1201,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--pool",
         type=Path,
-        default=default_pool_root(),
+        default=None,
         metavar="DIR",
-        help="the pool folder (default: $CODEX_SUPERVISOR_HOME or ~/.codex-supervisor; "
-        "now %(default)s)",
+        help="the pool folder, which holds config.toml (default: $CODEX_SUPERVISOR_HOME or "
+        f"~/.codex-supervisor; now {default_pool_root()})",
     )
     parser.add_argument(
         "--codex-home",
         type=Path,
-        default=default_base_codex_home(),
+        default=None,
         metavar="DIR",
         help="your base CODEX_HOME that account homes link to "
-        "(default: $CODEX_HOME or ~/.codex; now %(default)s)",
+        "(default: $CODEX_HOME, codex_home in config.toml, or ~/.codex)",
     )
     parser.add_argument(
         "--codex",
         default=None,
         dest="codex_given",
         metavar="BIN",
-        help=f"the Codex CLI binary (default: ${ENV_CODEX_BIN} or `codex` on PATH; "
-        f"now {os.environ.get(ENV_CODEX_BIN) or 'codex'}); `demo` runs it instead of the "
+        help=f"the Codex CLI binary (default: ${ENV_CODEX_BIN}, codex in config.toml, or "
+        "`codex` on PATH); `demo` runs it instead of the "
         "bundled simulator",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -1216,8 +1286,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--strategy",
         choices=[s.value for s in Strategy],
-        default=Strategy.HEADROOM.value,
-        help="the strategy `next run` is judged by, as `run --strategy` (default: %(default)s)",
+        default=None,
+        help="the strategy `next run` is judged by, as `run --strategy`",
     )
     status.set_defaults(handler=cmd_status)
 
@@ -1225,11 +1295,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--strategy",
         choices=[s.value for s in Strategy],
-        default=Strategy.HEADROOM.value,
+        default=None,
         help="how the next account is chosen: headroom (the most quota left, the weekly "
         "window weighing more), drain (one account after another, in the pool's order), "
         "soonest_reset (the account whose weekly window resets first, so none is wasted) "
-        "(default: %(default)s)",
+        f"(default: ${_settings.ENV_STRATEGY}, strategy in config.toml, or headroom)",
     )
     run.add_argument(
         "--no-wait",
@@ -1250,7 +1320,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="use this real Codex binary (headless turns) instead of the bundled simulator",
     )
     demo_parser.set_defaults(handler=cmd_demo)
+    _add_config_parser(sub)
     return parser
+
+
+def _resolve(args: argparse.Namespace) -> _settings.Settings:
+    """The settings of this invocation: flag > environment > config.toml > default."""
+    return _settings.resolve(
+        pool=getattr(args, "pool", None),
+        codex_home=getattr(args, "codex_home", None),
+        codex=getattr(args, "codex_given", None),
+        strategy=getattr(args, "strategy", None),
+        utc=bool(getattr(args, "utc", False)),
+    )
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -1270,10 +1352,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit code
     parser = build_parser()
     parser._argv = list(sys.argv[1:] if argv is None else argv)  # noqa: SLF001 - for its hints
     args = parser.parse_args(argv)
-    args.codex = args.codex_given or os.environ.get(ENV_CODEX_BIN) or "codex"
-    _ZONE["utc"] = args.utc
     _configure_logging(args.verbose)
     try:
+        args.settings = _resolve(args)
+        args.pool = args.settings["pool"]
+        args.codex_home = args.settings["codex_home"]
+        args.codex = args.settings["codex"]
+        _ZONE["utc"] = args.settings["utc"]
         code: int = args.handler(args)
     except CodexNotFoundError as exc:
         print(f"{PROG}: error: {exc}; {CODEX_HINT}", file=sys.stderr)

@@ -154,6 +154,40 @@ def test_run_prints_a_rotation_notice_and_returns_codex_exit_code(
 
 
 @pytest.mark.real_codex
+def test_run_takes_codex_home_and_strategy_from_the_pools_config_file(
+    codex_bin: Path, backend: FakeCodexBackend, tmp_path: Path
+) -> None:
+    """No flag, no variable: <pool>/config.toml names the binary, the base home and `drain`."""
+    # Headroom would choose beta (more left); drain takes alpha, the first in order.
+    pool = _pool_on(backend, tmp_path, alpha={"five_hour_used": 60}, beta={"five_hour_used": 10})
+    (pool.root / "config.toml").write_text(
+        f"codex = {json.dumps(str(codex_bin))}\n"
+        f"codex_home = {json.dumps(str(pool.base_codex_home))}\n"
+        'strategy = "drain"\n'
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    env = hermetic_env(pool.base_codex_home, tmp_path, backend)
+    del env["CODEX_HOME"]  # (else the variable outranks the file)
+    shown = json.loads(_cli("--pool", str(pool.root), "config", "show", "--json", env=env).stdout)
+    assert {k: v["source"] for k, v in shown["settings"].items() if k != "pool"} == {
+        "codex": "config file",
+        "codex_home": "config file",
+        "strategy": "config file",
+        "utc": "default",
+        "rotate_at": "default",
+        "prewarm_margin": "default",
+        "hysteresis": "default",
+    }
+    args = ["exec", "--skip-git-repo-check", *offline_flags(), "-C", str(work), "hello"]
+    result = _cli("--pool", str(pool.root), "run", "--", *args, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r.account_id for r in backend.responses_requests()] == ["id-alpha"]
+    # The base home of the file is the one the account homes link to.
+    assert list((pool.base_codex_home / "sessions").rglob("rollout-*.jsonl"))
+
+
+@pytest.mark.real_codex
 def test_run_waits_with_a_countdown_until_the_earliest_reset(
     codex_bin: Path, backend: FakeCodexBackend, tmp_path: Path
 ) -> None:

@@ -13,7 +13,7 @@ import subprocess
 import termios
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -40,8 +40,11 @@ class PtyProcess:
     """A child process whose stdin/stdout/stderr is a fresh pseudo-terminal.
 
     A reader thread collects everything the child writes and answers the
-    cursor-position query. ``expect`` waits (with a deadline) for text to
-    appear in the output with escape sequences stripped.
+    cursor-position query: row 1, column 1, or what ``cursor_position`` makes
+    of the output so far (a terminal emulator's cursor, 1-based ``(row,
+    column)``, so an inline TUI starts below what is already on the screen).
+    ``expect`` waits (with a deadline) for text to appear in the output with
+    escape sequences stripped.
     """
 
     def __init__(
@@ -52,7 +55,9 @@ class PtyProcess:
         cwd: Path | str | None = None,
         rows: int = 40,
         cols: int = 120,
+        cursor_position: Callable[[bytes], tuple[int, int]] | None = None,
     ) -> None:
+        self._cursor_position = cursor_position
         master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         try:
@@ -103,12 +108,16 @@ class PtyProcess:
                     self._eof = True
                     self._cond.notify_all()
                 return
-            if _CURSOR_QUERY in chunk:
-                with contextlib.suppress(OSError):
-                    os.write(self._master, _CURSOR_REPLY)
             with self._cond:
                 self._buf.extend(chunk)
                 self._cond.notify_all()
+            if _CURSOR_QUERY in chunk:
+                reply = _CURSOR_REPLY
+                if self._cursor_position is not None:
+                    row, column = self._cursor_position(self.raw_output)
+                    reply = f"\x1b[{row};{column}R".encode()
+                with contextlib.suppress(OSError):
+                    os.write(self._master, reply)
 
     @property
     def raw_output(self) -> bytes:

@@ -689,37 +689,67 @@ class _Notices:
     On a terminal the wait is one line rewritten every second; elsewhere
     (logs, pipes) its first line comes at once, then one every 30 seconds or
     when what it waits for changes.
+
+    With ``title`` (a TUI on a terminal) the terminal's title names the
+    account Codex runs on, and after a rotation where it came from: the
+    resumed TUI repaints the screen, but not the title (it is told to leave
+    the title alone, see :func:`_title_flags`). :meth:`close` gives the title
+    back.
     """
 
-    def __init__(self, verbosity: int, stream: Any = None) -> None:
+    def __init__(self, verbosity: int, stream: Any = None, *, title: bool = False) -> None:
         self.out = stream or sys.stderr
         self.verbosity = verbosity
         self.rotations: list[Rotating] = []  # for the summary at the end
         self.tty = bool(getattr(self.out, "isatty", lambda: False)())
         self.live = self.tty and not verbosity
+        self.title = title and self.tty
+        self._titled = False
         self._until: datetime | None = None
         self._printed: float | None = None
         self._open = False
 
-    def close(self) -> None:
-        """End a countdown line still open (the run is over)."""
+    def _end_line(self) -> None:
+        """End a countdown line still open."""
         if self._open:
             print(file=self.out, flush=True)
         self._until, self._printed, self._open = None, None, False
+
+    def close(self) -> None:
+        """The run is over: end an open countdown line; give the terminal its title back."""
+        self._end_line()
+        if self._titled:
+            # Clear ours, then pop the title saved at the start (terminals without
+            # a title stack keep the empty one, as Codex itself leaves it).
+            print("\033]0;\007\033[23;0t", end="", file=self.out, flush=True)
+            self._titled = False
+
+    def _set_title(self, text: str) -> None:
+        if not self.title:
+            return
+        if not self._titled:
+            print("\033[22;0t", end="", file=self.out)  # save the user's title
+            self._titled = True
+        shown = "".join(c for c in text if c.isprintable())
+        print(f"\033]0;{shown}\007", end="", file=self.out, flush=True)
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, WaitingForReset):
             self._waiting(event)
             return
-        self.close()
-        if isinstance(event, Rotating):
+        self._end_line()
+        if isinstance(event, AccountSelected) and not self.rotations:
+            self._set_title(f"{PROG}: {event.account}")
+        elif isinstance(event, Rotating):
             self.rotations.append(event)
-            print(
+            at = _clock_time(event.at, datetime.now(UTC))
+            self._set_title(f"{PROG}: {event.to_account} (from {event.from_account} at {at})")
+            text = (
                 f"{PROG}: rotating {event.from_account} -> {event.to_account}"
-                f" ({event.reason}); session {event.session_id}",
-                file=self.out,
-                flush=True,
+                f" ({event.reason}); session {event.session_id}"
             )
+            # The stopped TUI may leave the cursor anywhere on its last line.
+            print(f"\r\n{text}" if self.tty else text, file=self.out, flush=True)
         elif isinstance(event, RotationBlocked):
             # Said once per reason, while the TUI runs: a user who never sees
             # it would watch the account run out with no rotation and no word
@@ -762,7 +792,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         _check_run_argv(argv)
     config = SupervisorConfig(codex=args.codex, wait_for_reset=not args.no_wait)
-    notices = _Notices(args.verbose)
+    title = not args.no_title and parse_argv(argv).is_interactive and not _sets_title(argv)
+    if title:
+        argv = [*_title_flags(), *argv]
+    notices = _Notices(args.verbose, title=title)
     supervisor = Supervisor(
         _pool(args),
         config=config,
@@ -775,6 +808,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         notices.close()
     _run_summary(result, argv, notices.rotations)
     return result.exit_code
+
+
+def _title_flags() -> list[str]:
+    """Codex told to leave the terminal title alone, for the account shown there."""
+    return ["-c", "tui.terminal_title=[]"]
+
+
+def _sets_title(argv: list[str]) -> bool:
+    """Whether the user's own Codex command line sets the terminal title's items."""
+    return any("terminal_title" in word for word in argv)
 
 
 def _run_summary(result: RunResult, argv: list[str], rotations: list[Rotating]) -> None:
@@ -1098,7 +1141,7 @@ _GLOBAL_OPTIONS = {
     "--codex-home": 1,
     "--codex": 1,
 }
-_RUN_OPTIONS = {"--strategy": 1, "--no-wait": 0}
+_RUN_OPTIONS = {"--strategy": 1, "--no-wait": 0, "--no-title": 0}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -1305,6 +1348,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-wait",
         action="store_true",
         help="fail instead of waiting when every account is blocked",
+    )
+    run.add_argument(
+        "--no-title",
+        action="store_true",
+        help="leave the terminal title to Codex (by default it names the account a TUI "
+        "runs on, and where a rotation came from)",
     )
     run.add_argument("argv", nargs=argparse.REMAINDER, help="arguments for codex (after --)")
     run.set_defaults(handler=cmd_run)

@@ -1,0 +1,170 @@
+"""What a user of the reference CLI sees: the real Codex TUI rendered by a terminal emulator.
+
+The CLI runs the real TUI under a pseudo-terminal; ``pyte`` renders the bytes
+as a terminal would (screen, scrollback, title), so the assertions are about
+what is on the user's screen, not about bytes that a repaint may hide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyte
+import pytest
+
+from codex_supervisor import AccountPool
+from codex_supervisor.testing import FakeCodexBackend, PtyProcess, hermetic_env, offline_flags
+
+pytestmark = [pytest.mark.real_codex]
+
+CLI = Path(__file__).resolve().parents[2] / "examples" / "cli.py"
+ROWS, COLS = 50, 120
+
+
+#: The kitty keyboard protocol's sequences, which pyte would print as text;
+#: a terminal without the protocol ignores them.
+_KITTY_KEYBOARD = re.compile(rb"\x1b\[[<>=?][0-9;]*u")
+
+
+def _render(raw: bytes) -> pyte.Screen:
+    screen = pyte.Screen(COLS, ROWS)
+    pyte.ByteStream(screen).feed(_KITTY_KEYBOARD.sub(b"", raw))
+    return screen
+
+
+def _cursor(raw: bytes) -> tuple[int, int]:
+    """Where a terminal's cursor is after ``raw`` (1-based): the TUI's answer to CSI 6 n."""
+    cursor = _render(raw).cursor
+    return cursor.y + 1, cursor.x + 1
+
+
+class Terminal:
+    """The CLI's pty output rendered: the visible rows and the title."""
+
+    def __init__(self, tui: PtyProcess) -> None:
+        self.tui = tui
+
+    def render(self) -> pyte.Screen:
+        return _render(self.tui.raw_output)
+
+    def rows(self) -> list[str]:
+        return [line.rstrip() for line in self.render().display]
+
+    def title(self) -> str:
+        return str(self.render().title)
+
+    def wait(self, predicate: Callable[[], bool], what: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n" + "\n".join(
+                self.rows()
+            )
+            time.sleep(0.1)
+
+
+def _type(tui: PtyProcess, backend: FakeCodexBackend, text: str, timeout: float = 60) -> None:
+    def sent() -> bool:
+        return any(text in r.input_texts for r in backend.responses_requests())
+
+    deadline = time.monotonic() + timeout
+    while not sent():
+        assert time.monotonic() < deadline, tui.text[-3000:]
+        tui.write(text)
+        time.sleep(0.3)
+        tui.write("\r")
+        inner = time.monotonic() + 5
+        while not sent() and time.monotonic() < inner:
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def tls_backend() -> object:
+    with FakeCodexBackend(tls=True) as backend:
+        yield backend
+
+
+def test_a_rotation_is_on_the_screen_and_in_the_title_while_the_resumed_tui_runs(
+    tmp_path: Path, tls_backend: FakeCodexBackend, codex_bin: Path
+) -> None:
+    """The notice line stays above the resumed TUI, the title names the new account,
+    and after Codex exits the summary says how to go on supervised."""
+    backend = tls_backend
+    base = backend.write_codex_home(tmp_path / "codex-home")
+    pool = AccountPool(root=tmp_path / "pool", base_codex_home=base)
+    # Turn 1 and the TUI's title request take alpha to 90 %, turn 2 to 95 %:
+    # past its mark, so the session moves to beta once turn 2 ends.
+    for name, quota in (
+        ("alpha", {"five_hour_used": 80, "per_request_percent": 5}),
+        ("beta", {"five_hour_used": 10, "per_request_percent": 1}),
+    ):
+        backend.add_account(f"id-{name}", **quota)  # type: ignore[arg-type]
+        pool.import_auth(name, backend.write_auth(tmp_path / f"login-{name}", f"id-{name}"))
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(hermetic_env(base, tmp_path, backend), TERM="xterm-256color")
+    argv = [
+        sys.executable,
+        str(CLI),
+        "--pool",
+        str(pool.root),
+        "--codex-home",
+        str(base),
+        "--codex",
+        str(codex_bin),
+        "run",
+        "--strategy",
+        "drain",
+        "--",
+        "--no-alt-screen",
+        *offline_flags(),
+        "first prompt",
+    ]
+    with PtyProcess(argv, env=env, cwd=work, rows=ROWS, cols=COLS, cursor_position=_cursor) as tui:
+        term = Terminal(tui)
+        term.wait(lambda: term.title() == "codex-supervisor: alpha", "the title on alpha")
+        term.wait(
+            lambda: any("first prompt" in r.input_texts for r in backend.responses_requests()),
+            "the first turn",
+        )
+        _type(tui, backend, "second prompt")
+        notice = re.compile(r"^codex-supervisor: rotating alpha -> beta \(")
+        term.wait(lambda: any(notice.match(row) for row in term.rows()), "the notice")
+        # The resumed TUI answers on beta, and the notice is still on the screen.
+        _type(tui, backend, "third prompt")
+        third = next(r for r in backend.responses_requests() if "third prompt" in r.input_texts)
+        assert third.account_id == "id-beta"
+        term.wait(
+            lambda: sum("Hello from the fake backend." in row for row in term.rows()) >= 3,
+            "the third answer on the screen",
+        )
+        rows = term.rows()
+        [at] = [i for i, row in enumerate(rows) if notice.match(row)]
+        assert any("third prompt" in row for row in rows[at:])  # the resumed TUI is below it
+        title = term.title()
+        assert re.fullmatch(r"codex-supervisor: beta \(from alpha at \d\d:\d\d \S+\)", title), title
+        # Codex was told to leave the title alone: every title set is ours.
+        titles = re.findall(rb"\x1b\][012];([^\x07\x1b]*)", tui.raw_output)
+        assert titles
+        assert all(t.startswith(b"codex-supervisor: ") for t in titles), titles
+        # Ctrl-C as a user types it (twice: Codex asks for a second one to quit).
+        deadline = time.monotonic() + 60
+        while tui.proc.poll() is None:
+            assert time.monotonic() < deadline, "\n".join(term.rows())
+            tui.write(b"\x03")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                tui.proc.wait(timeout=1)
+        code = tui.wait(timeout=10)
+    assert code in (0, 130), tui.text[-3000:]
+    session = third.session_id
+    rows = term.rows()
+    summary = f"codex-supervisor: session {session} ran on alpha, beta; 1 rotation"
+    assert summary in rows, "\n".join(rows)
+    again = f"codex-supervisor: to go on supervised: codex-supervisor run -- resume {session}"
+    assert again in rows
+    assert term.title() == ""  # the title given back (pyte has no title stack)

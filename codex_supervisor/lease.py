@@ -364,8 +364,14 @@ class LeaseBackend(Protocol):
         """
         ...
 
-    async def renew(self, record: LeaseRecord, ttl: float) -> tuple[RenewOutcome, LeaseRecord]:
-        """Extend ``record`` by ``ttl`` seconds from now; the record returned is the latest."""
+    async def renew(
+        self, record: LeaseRecord, ttl: float, *, purpose: str | None = None
+    ) -> tuple[RenewOutcome, LeaseRecord]:
+        """Extend ``record`` by ``ttl`` seconds from now; the record returned is the latest.
+
+        ``purpose``, when given, replaces the record's purpose in the same write
+        (:meth:`Lease.describe`); None keeps it.
+        """
         ...
 
     async def release(self, record: LeaseRecord) -> None:
@@ -495,15 +501,20 @@ class FileLeaseBackend:
         except OSError as exc:
             raise errors.LeaseError(f"cannot acquire lease {name!r}: {exc}") from exc
 
-    async def renew(self, record: LeaseRecord, ttl: float) -> tuple[RenewOutcome, LeaseRecord]:
-        """Extend ``record`` by ``ttl`` from now: OK, LOST (gone/replaced/expired) or TRANSIENT."""
+    async def renew(
+        self, record: LeaseRecord, ttl: float, *, purpose: str | None = None
+    ) -> tuple[RenewOutcome, LeaseRecord]:
+        """Extend ``record`` by ``ttl`` from now: OK, LOST (gone/replaced/expired) or TRANSIENT.
+
+        ``purpose`` (when not None) is written in the same record.
+        """
         _check_id("name", record.name)
         _check_id("owner", record.owner)
         _check_ttl(ttl)
         folder = self._folder(record.name)
         try:
             async with self._lock(folder):
-                return self._renew_locked(folder, record, ttl)
+                return self._renew_locked(folder, record, ttl, purpose)
         except (OSError, errors.LeaseError) as exc:
             # Lock timeout, a full disk, a failed fsync: the record on disk is
             # unchanged (writes are whole), so the caller may simply retry.
@@ -629,7 +640,7 @@ class FileLeaseBackend:
         return record
 
     def _renew_locked(
-        self, folder: Path, record: LeaseRecord, ttl: float
+        self, folder: Path, record: LeaseRecord, ttl: float, purpose: str | None
     ) -> tuple[RenewOutcome, LeaseRecord]:
         now = self.clock.now()
         current = self._read(folder / f"{record.owner}{_RECORD_SUFFIX}")
@@ -649,7 +660,11 @@ class FileLeaseBackend:
                 "lease.renew_lost name=%s owner=%s reason=%s", record.name, record.owner, reason
             )
             return RenewOutcome.LOST, record
-        renewed = attrs.evolve(current, expires_at=now + timedelta(seconds=ttl))
+        renewed = attrs.evolve(
+            current,
+            expires_at=now + timedelta(seconds=ttl),
+            purpose=current.purpose if purpose is None else purpose,
+        )
         self._write(folder, renewed)
         return RenewOutcome.OK, renewed
 
@@ -882,6 +897,7 @@ class Lease:
     _reacquired: int = attrs.field(default=0, init=False)
     _lapse_logged: bool = attrs.field(default=False, init=False, repr=False)
     _heartbeat: asyncio.Task[None] | None = attrs.field(default=None, init=False, repr=False)
+    _purpose_due: str | None = attrs.field(default=None, init=False, repr=False)
 
     @property
     def record(self) -> LeaseRecord:
@@ -927,6 +943,15 @@ class Lease:
     def reacquired(self) -> int:
         """How often this shared lease lapsed and was taken again (each a new record)."""
         return self._reacquired
+
+    def describe(self, purpose: str) -> None:
+        """Say what the lease is held for from its next renewal on (a third of its TTL).
+
+        What others read in its record (``status`` shows it), e.g. the session
+        a Codex child turned out to run. Nothing is written now: the
+        heartbeat's next renewal carries it, so this never waits on the backend.
+        """
+        self._purpose_due = purpose
 
     def ensure_held(self) -> None:
         """Raise :class:`~codex_supervisor.errors.LeaseLost` unless the lease is surely held.
@@ -996,6 +1021,26 @@ class Lease:
                 exc_info=True,
             )
 
+    async def _renew_once(self) -> tuple[RenewOutcome, LeaseRecord]:
+        """One renewal (with a purpose :meth:`describe` left due); never raises but cancels."""
+        due = self._purpose_due
+        try:
+            if due is None:
+                outcome, record = await self._backend.renew(self._record, self._ttl)
+            else:
+                outcome, record = await self._backend.renew(self._record, self._ttl, purpose=due)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A backend that raises instead of answering TRANSIENT.
+            logger.warning(
+                "lease.renew_error name=%s owner=%s", self.name, self.owner, exc_info=True
+            )
+            return RenewOutcome.TRANSIENT, self._record
+        if outcome is RenewOutcome.OK and due is not None and self._purpose_due == due:
+            self._purpose_due = None
+        return outcome, record
+
     async def _beat(self) -> None:
         interval = self._ttl / 3
         try:
@@ -1008,16 +1053,7 @@ class Lease:
                     remaining = delay
                 await self._clock.sleep(min(delay, max(0.0, remaining)))
                 started = self._now()
-                try:
-                    outcome, record = await self._backend.renew(self._record, self._ttl)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    # A backend that raises instead of answering TRANSIENT.
-                    logger.warning(
-                        "lease.renew_error name=%s owner=%s", self.name, self.owner, exc_info=True
-                    )
-                    outcome, record = RenewOutcome.TRANSIENT, self._record
+                outcome, record = await self._renew_once()
                 if outcome is RenewOutcome.OK:
                     self._record = record
                     self._local_deadline = started + self._ttl
@@ -1069,7 +1105,7 @@ class Lease:
                 owner=self.owner,
                 mode=self.mode,
                 ttl=self._ttl,
-                purpose=lapsed.purpose,
+                purpose=self._purpose_due or lapsed.purpose,
                 replaces=lapsed,
             )
         except asyncio.CancelledError:

@@ -487,6 +487,8 @@ class Supervisor:
         # for the account the session runs on (dropped when it moves, so
         # time spent elsewhere never counts as a turn).
         self._turn_base: dict[str, QuotaSnapshot] = {}
+        # The occupancy lease of the child running now, and what it says it is for.
+        self._occupancy: tuple[str, Lease, str] | None = None
         # Why this run's children get no session hooks (None: they do).
         self._hooks_off: str | None = "not decided yet"
         self._stop_requested: signal.Signals | None = None
@@ -903,12 +905,17 @@ class Supervisor:
         # Occupy first, then prepare the home: an account removed before it
         # was occupied raises AccountGone in either (never a fresh empty home
         # without a login), and once occupied no `remove` can move it away.
+        # What the occupancy says it is for (`status` shows it); the session
+        # is added once known (a resume knows it now).
+        base = f"codex {inv.mode.value} in {workdir}"
+        purpose = base if session_id is None else f"{base}, session {session_id}"
         async with self.pool.occupy(
             account,
-            purpose=f"codex {inv.mode.value}",
+            purpose=purpose,
             ttl=self.config.lease_ttl,
             on_lost=functools.partial(self._occupancy_lost, account),
-        ):
+        ) as lease:
+            self._occupancy = (account, lease, base)
             # A state read and links, no lock: quick enough for the cutover path.
             home = self.pool.prepare_home(account)
             env = child_environment(home, self.environ)
@@ -933,6 +940,7 @@ class Supervisor:
                         signals=signals,
                     )
             finally:
+                self._occupancy = None
                 if guard is not None:
                     guard.restore()
 
@@ -1616,6 +1624,10 @@ class Supervisor:
             self._turn_base[run.account] = newest
 
     def _bound(self, account: str, binding: Binding, reason: str) -> None:
+        if self._occupancy is not None and self._occupancy[0] == account:
+            # Others (`status`) see which session runs on the account.
+            _, lease, purpose = self._occupancy
+            lease.describe(f"{purpose}, session {binding.session_id}")
         self._emit(
             SessionBound(
                 at=self.clock.now(),

@@ -946,6 +946,25 @@ async def test_heartbeat_updates_the_record(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_describe_writes_the_new_purpose_with_the_next_renewal(tmp_path: Path) -> None:
+    """Lease.describe: others read the new purpose once the heartbeat renewed; it stays."""
+    backend = FileLeaseBackend(tmp_path)
+    async with acquire_lease(backend, "acct", ttl=0.3, purpose="codex tui in /w") as lease:
+        assert [r.purpose for r in await backend.holders("acct")] == ["codex tui in /w"]
+        lease.describe("codex tui in /w, session s-1")
+        await _until(lambda: lease.record.purpose == "codex tui in /w, session s-1", limit=5)
+        [stored] = await backend.holders("acct")
+        assert stored.purpose == "codex tui in /w, session s-1"
+        # Later renewals keep it (they write what is stored).
+        renewed = lease.record.expires_at
+        await _until(lambda: lease.record.expires_at > renewed, limit=5)
+        assert [r.purpose for r in await backend.holders("acct")] == [
+            "codex tui in /w, session s-1"
+        ]
+        assert lease.record.acquired_at == stored.acquired_at  # the same claim
+
+
+@pytest.mark.anyio
 async def test_on_lost_called_once_and_never_raised(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:

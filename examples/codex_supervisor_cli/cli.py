@@ -26,8 +26,10 @@ import getpass
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -35,6 +37,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
+
+import attrs
 
 import codex_supervisor
 from codex_supervisor import (
@@ -83,7 +87,9 @@ from codex_supervisor.testing import (
     install_simulator,
     offline_flags,
 )
+from codex_supervisor_cli import completion
 from codex_supervisor_cli import settings as _settings
+from codex_supervisor_cli.watch import LiveScreen
 
 log = logging.getLogger("codex_supervisor.cli")
 
@@ -387,6 +393,10 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
     pool = _pool(args)
     accounts = pool.accounts()
     now = datetime.now(UTC)
+    if args.names:
+        for account in accounts:
+            _say(account.name)
+        return EXIT_OK
     if args.json:
         _print_json({"pool": str(pool.root), "accounts": [_account_json(a, now) for a in accounts]})
         return EXIT_OK
@@ -474,7 +484,7 @@ _Outcome = QuotaSnapshot | SupervisorError
 
 
 async def _gather_status(
-    pool: AccountPool, *, refresh: bool, policy: RotationPolicy
+    pool: AccountPool, *, refresh: bool | list[str], policy: RotationPolicy
 ) -> tuple[list[AccountStatus], dict[str, _Outcome], str | WaitUntil | None, dict[str, str]]:
     """The pool as the supervisor sees it, through the same selector it chooses with.
 
@@ -485,7 +495,8 @@ async def _gather_status(
     outcomes: dict[str, _Outcome] = {}
     try:
         if refresh:
-            names = [a.name for a in pool.accounts() if a.identity.auth_mode is AuthMode.CHATGPT]
+            chatgpt = [a.name for a in pool.accounts() if a.identity.auth_mode is AuthMode.CHATGPT]
+            names = chatgpt if refresh is True else [n for n in chatgpt if n in refresh]
             probed = await selector.refresh(names) if names else {}
             for name in names:
                 error = selector.probe_errors.get(name)
@@ -512,43 +523,42 @@ def _refresh_hint(error: SupervisorError) -> str:
     return text
 
 
-def _print_status_account(
+def _status_account_lines(
     entry: AccountStatus, outcome: _Outcome | None, now: datetime, held: str | None
-) -> None:
+) -> list[str]:
+    lines: list[str] = []
     account = entry.account
-    _say(f"{account.name} ({_describe_account(account)})")
+    lines.append(f"{account.name} ({_describe_account(account)})")
     if held is not None:
-        _say(f"  HELD BACK: {held}")
+        lines.append(f"  HELD BACK: {held}")
     if isinstance(outcome, SupervisorError):
-        _say(f"  {_refresh_hint(outcome)}")
+        lines.append(f"  {_refresh_hint(outcome)}")
     snapshot = account.last_snapshot
     if account.identity.auth_mode is AuthMode.API_KEY and snapshot is None:
-        _say("  quota: none to show (an API-key login has no ChatGPT usage windows)")
+        lines.append("  quota: none to show (an API-key login has no ChatGPT usage windows)")
     elif snapshot is None:
-        _say("  quota: no data yet (`status --refresh` probes the usage endpoint)")
+        lines.append("  quota: no data yet (`status --refresh` probes the usage endpoint)")
     else:
-        for window in snapshot.windows:
-            _say(f"  {_window_line(window, now)}")
+        lines += [f"  {_window_line(window, now)}" for window in snapshot.windows]
         if not snapshot.windows:
-            _say("  quota: the last snapshot reported no windows")
+            lines.append("  quota: the last snapshot reported no windows")
         reached = ", LIMIT REACHED" if snapshot.limit_reached else ""
-        _say(
+        lines.append(
             f"  data: {snapshot.source.value}, {_relative(snapshot.observed_at, now)} "
             f"({_iso(snapshot.observed_at)}){reached}"
         )
     cooldowns = _active_cooldowns(account, now)
     if not cooldowns:
-        _say("  cooldown: none")
-    for cooldown in cooldowns:
-        _say(f"  cooldown: {_cooldown_text(cooldown, now)}")
+        lines.append("  cooldown: none")
+    lines += [f"  cooldown: {_cooldown_text(cooldown, now)}" for cooldown in cooldowns]
     if not entry.occupants:
-        _say("  occupancy: idle")
-    for record in entry.occupants:
-        _say(
-            f"  occupancy: pid {record.pid} on {record.host}, {_dash(record.purpose)}, "
-            f"since {_clock_time(record.acquired_at, now)} "
-            f"({_relative(record.acquired_at, now)})"
-        )
+        lines.append("  occupancy: idle")
+    lines += [
+        f"  occupancy: pid {record.pid} on {record.host}, {_dash(record.purpose)}, "
+        f"since {_clock_time(record.acquired_at, now)} ({_relative(record.acquired_at, now)})"
+        for record in entry.occupants
+    ]
+    return lines
 
 
 def _quarantine_owner(item: QuarantinedAuth, accounts: dict[str, Account]) -> str | None:
@@ -596,77 +606,197 @@ def _quarantined_json(item: QuarantinedAuth, accounts: dict[str, Account]) -> di
     }
 
 
-def _print_quarantined(
+def _quarantined_lines(
     items: list[QuarantinedAuth], accounts: dict[str, Account], now: datetime
-) -> None:
+) -> list[str]:
+    lines: list[str] = []
     if not items:
-        return
-    _say()
-    _say(
+        return lines
+    lines.append("")
+    lines.append(
         f"QUARANTINED LOGINS: {len(items)} auth.json file(s) Codex wrote that could not be "
         "taken back into their account; each may hold the account's only live refresh token"
     )
     for item in items:
-        _say(f"{item.account}: {item.path}")
-        _say(f"  since: {_clock_time(item.since, now)} ({_relative(item.since, now)})")
-        _say(f"  why: {item.reason}")
-        _say(f"  to do: {_quarantine_action(item, accounts)}")
+        lines.append(f"{item.account}: {item.path}")
+        lines.append(f"  since: {_clock_time(item.since, now)} ({_relative(item.since, now)})")
+        lines.append(f"  why: {item.reason}")
+        lines.append(f"  to do: {_quarantine_action(item, accounts)}")
+    return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """``status``: usage windows, cooldowns and occupancy of every account."""
     pool = _pool(args)
-    entries, outcomes, choice, held = asyncio.run(
-        _gather_status(pool, refresh=args.refresh, policy=args.settings.policy())
-    )
-    now = datetime.now(UTC)
-    quarantined = pool.quarantined()
-    by_name = {entry.account.name: entry.account for entry in entries}
+    if args.watch:
+        return _watch_status(args, pool)
+    view = asyncio.run(_status_view(pool, refresh=args.refresh, policy=args.settings.policy()))
     if args.json:
-        accounts = []
-        for entry in entries:
-            snapshot = entry.account.last_snapshot
-            accounts.append(
-                {
-                    **_account_json(entry.account, now),
-                    "home": str(entry.home),
-                    "occupants": [_occupant_json(r) for r in entry.occupants],
-                    "quota": None if snapshot is None else _snapshot_json(snapshot, now),
-                    "refresh": _refresh_json(outcomes.get(entry.account.name)),
-                    "held_back": held.get(entry.account.name),
-                }
-            )
-        _print_json(
+        _print_json(_status_json(view, refreshed=bool(args.refresh)))
+    else:
+        for line in _status_lines(view):
+            _say(line)
+    return EXIT_OK
+
+
+@attrs.frozen
+class _StatusView:
+    """What `status` shows, read at one moment."""
+
+    pool: Path
+    now: datetime
+    entries: list[AccountStatus]
+    outcomes: dict[str, _Outcome]
+    choice: str | WaitUntil | None
+    held: dict[str, str]
+    quarantined: list[QuarantinedAuth]
+
+
+async def _status_view(
+    pool: AccountPool,
+    *,
+    refresh: bool | list[str],
+    policy: RotationPolicy,
+) -> _StatusView:
+    entries, outcomes, choice, held = await _gather_status(pool, refresh=refresh, policy=policy)
+    quarantined = await asyncio.to_thread(pool.quarantined)
+    return _StatusView(pool.root, datetime.now(UTC), entries, outcomes, choice, held, quarantined)
+
+
+def _status_json(view: _StatusView, *, refreshed: bool) -> dict[str, Any]:
+    now = view.now
+    by_name = {entry.account.name: entry.account for entry in view.entries}
+    accounts = []
+    for entry in view.entries:
+        snapshot = entry.account.last_snapshot
+        accounts.append(
             {
-                "pool": str(pool.root),
-                "generated_at": _iso(now),
-                "refreshed": bool(args.refresh),
-                "accounts": accounts,
-                "next": _choice_json(choice),
-                "quarantined": [_quarantined_json(q, by_name) for q in quarantined],
+                **_account_json(entry.account, now),
+                "home": str(entry.home),
+                "occupants": [_occupant_json(r) for r in entry.occupants],
+                "quota": None if snapshot is None else _snapshot_json(snapshot, now),
+                "refresh": _refresh_json(view.outcomes.get(entry.account.name)),
+                "held_back": view.held.get(entry.account.name),
             }
         )
-        return EXIT_OK
-    if not entries:
-        _say(
-            f"no accounts in {pool.root}; add one with `{PROG} accounts login NAME` "
+    return {
+        "pool": str(view.pool),
+        "generated_at": _iso(now),
+        "refreshed": refreshed,
+        "accounts": accounts,
+        "next": _choice_json(view.choice),
+        "quarantined": [_quarantined_json(q, by_name) for q in view.quarantined],
+    }
+
+
+def _status_lines(view: _StatusView) -> list[str]:
+    now = view.now
+    by_name = {entry.account.name: entry.account for entry in view.entries}
+    if not view.entries:
+        empty = (
+            f"no accounts in {view.pool}; add one with `{PROG} accounts login NAME` "
             f"or `{PROG} accounts import NAME --auth-json FILE`"
         )
-        _print_quarantined(quarantined, by_name, now)
-        return EXIT_OK
-    for index, entry in enumerate(entries):
+        return [empty, *_quarantined_lines(view.quarantined, by_name, now)]
+    lines: list[str] = []
+    for index, entry in enumerate(view.entries):
         if index:
-            _say()
-        _print_status_account(
-            entry, outcomes.get(entry.account.name), now, held.get(entry.account.name)
+            lines.append("")
+        name = entry.account.name
+        lines += _status_account_lines(entry, view.outcomes.get(name), now, view.held.get(name))
+    lines.append("")
+    if isinstance(view.choice, str):
+        lines.append(f"next run: {view.choice}")
+    elif view.choice is not None:
+        lines.append(
+            f"next run: waits until {_clock_time(view.choice.until, now)} ({view.choice.reason})"
         )
-    _say()
-    if isinstance(choice, str):
-        _say(f"next run: {choice}")
-    elif choice is not None:
-        _say(f"next run: waits until {_clock_time(choice.until, now)} ({choice.reason})")
-    _print_quarantined(quarantined, by_name, now)
-    return EXIT_OK
+    return lines + _quarantined_lines(view.quarantined, by_name, now)
+
+
+class _Terminated(Exception):
+    """SIGTERM while a live view runs: the screen is given back before the exit."""
+
+
+def _probe_due(
+    pool: AccountPool, probed: dict[str, float], every: float, *, now: float
+) -> list[str]:
+    """The ChatGPT accounts whose stored quota is older than ``every`` and not probed since."""
+    if every <= 0:
+        return []
+    wall = datetime.now(UTC)
+    due = []
+    for account in pool.accounts():
+        if account.identity.auth_mode is not AuthMode.CHATGPT:
+            continue
+        snapshot = account.last_snapshot
+        stale = snapshot is None or snapshot.age(wall).total_seconds() >= every
+        if stale and now - probed.get(account.name, -math.inf) >= every:
+            due.append(account.name)
+    return due
+
+
+def _watch_status(args: argparse.Namespace, pool: AccountPool) -> int:
+    """``status --watch``: the status view kept up to date (see the watch module)."""
+    if args.json:
+        raise ConfigError(
+            "--watch draws text; for machine-readable output run `status --json` when needed"
+        )
+    screen = LiveScreen(sys.stdout, tty=sys.stdout.isatty())
+    policy = args.settings.policy()
+    probed: dict[str, float] = {}
+    views = 0
+
+    def terminated(signum: int, frame: object) -> None:  # noqa: ARG001 - a signal handler
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        while True:
+            now = time.monotonic()
+            everyone = [a.name for a in pool.accounts()] if args.refresh and not views else []
+            due = everyone or _probe_due(pool, probed, args.refresh_every, now=now)
+            probed.update(dict.fromkeys(due, now))
+            view = asyncio.run(_status_view(pool, refresh=due, policy=policy))
+            header = (
+                f"{PROG} status: {view.pool}, {_clock_time(view.now, view.now, seconds=True)}; "
+                f"every {args.interval:g}s, Ctrl-C to stop"
+            )
+            screen.draw(_status_lines(view), header=header)
+            views += 1
+            if args.count and views >= args.count:
+                return EXIT_OK
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return EXIT_OK  # Ctrl-C is how a live view ends
+    except _Terminated:
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        screen.close()
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more: {text!r}")
+    return value
+
+
+def _seconds(*, minimum: float) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g} seconds: {text!r}")
+        return value
+
+    return parse
 
 
 def _choice_json(choice: str | WaitUntil | None) -> dict[str, Any] | None:
@@ -843,6 +973,16 @@ def _run_summary(result: RunResult, argv: list[str], rotations: list[Rotating]) 
         else f"resume {result.session_id}"
     )
     print(f"{PROG}: to go on supervised: {PROG} run -- {again}", file=sys.stderr, flush=True)
+
+
+# -- completion ---------------------------------------------------------------------------
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """``completion bash|zsh``: the shell completion script, generated from the parser."""
+    script = completion.bash if args.shell == "bash" else completion.zsh
+    _say(script(build_parser(), PROG).rstrip("\n"))
+    return EXIT_OK
 
 
 # -- config ------------------------------------------------------------------------------
@@ -1211,6 +1351,52 @@ def _check_run_argv(argv: list[str]) -> None:
     )
 
 
+def _add_status_parser(sub: Any) -> None:
+    status = sub.add_parser("status", help="quota, cooldowns and occupancy of every account")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--refresh",
+        action="store_true",
+        help="probe the usage endpoint for every ChatGPT account first (spends no quota)",
+    )
+    status.add_argument(
+        "--strategy",
+        choices=[s.value for s in Strategy],
+        default=None,
+        help="the strategy `next run` is judged by, as `run --strategy`",
+    )
+    live = status.add_argument_group("live view")
+    live.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep the view up to date until Ctrl-C: in place on a terminal (only the lines "
+        "that changed are redrawn), as plain lines whenever something changed elsewhere",
+    )
+    live.add_argument(
+        "--interval",
+        type=_seconds(minimum=0.1),
+        default=2.0,
+        metavar="SECONDS",
+        help="how often --watch reads the pool (default: %(default)s)",
+    )
+    live.add_argument(
+        "--refresh-every",
+        type=_seconds(minimum=0.0),
+        default=300.0,
+        metavar="SECONDS",
+        help="--watch probes the usage endpoint (free) for an account whose data is older "
+        "than this, at most this often; 0: never, stored data only (default: %(default)s)",
+    )
+    live.add_argument(
+        "--count",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="--watch stops after N views (default: until Ctrl-C)",
+    )
+    status.set_defaults(handler=cmd_status)
+
+
 def _add_config_parser(sub: Any) -> None:
     config = sub.add_parser("config", help="the settings in effect and where each came from")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -1293,7 +1479,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(handler=cmd_accounts_import)
 
     lst = accounts_sub.add_parser("list", help="the accounts of the pool")
-    lst.add_argument("--json", action="store_true", help="machine-readable output")
+    listing = lst.add_mutually_exclusive_group()
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.add_argument(
+        "--names", action="store_true", help="only the names, one per line (for scripts)"
+    )
     lst.set_defaults(handler=cmd_accounts_list)
 
     rm = accounts_sub.add_parser("remove", help="take an account out of the pool")
@@ -1319,20 +1509,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     unblock.set_defaults(handler=cmd_accounts_unblock)
 
-    status = sub.add_parser("status", help="quota, cooldowns and occupancy of every account")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument(
-        "--refresh",
-        action="store_true",
-        help="probe the usage endpoint for every ChatGPT account first (spends no quota)",
-    )
-    status.add_argument(
-        "--strategy",
-        choices=[s.value for s in Strategy],
-        default=None,
-        help="the strategy `next run` is judged by, as `run --strategy`",
-    )
-    status.set_defaults(handler=cmd_status)
+    _add_status_parser(sub)
 
     run = sub.add_parser("run", help="a supervised Codex session (exit code = Codex's)")
     run.add_argument(
@@ -1370,6 +1547,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo_parser.set_defaults(handler=cmd_demo)
     _add_config_parser(sub)
+
+    completion = sub.add_parser(
+        "completion", help="print a shell completion script (bash or zsh), made from this parser"
+    )
+    completion.add_argument(
+        "shell",
+        choices=["bash", "zsh"],
+        help='the shell; load the script with eval "$(codex-supervisor completion SHELL)"',
+    )
+    completion.set_defaults(handler=cmd_completion)
     return parser
 
 

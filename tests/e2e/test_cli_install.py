@@ -69,6 +69,15 @@ def test_pip_install_examples_puts_a_working_command_on_path(
     assert (listed.returncode, listed.stderr) == (0, "")
     status = run("status", "--json")
     assert (status.returncode, status.stderr) == (0, "")
+    watched = run("status", "--watch", "--count", "2", "--interval", "0.1")
+    assert (watched.returncode, watched.stderr) == (0, "")
+    assert watched.stdout.startswith(f"codex-supervisor status: {tmp_path / 'pool'}, ")
+    shown = run("config", "show")
+    assert shown.returncode == 0, shown.stderr
+    assert f"  codex           {codex_bin}" in shown.stdout
+    completion = run("completion", "bash", real=False)
+    assert completion.returncode == 0, completion.stderr
+    assert "complete -F _codex_supervisor codex-supervisor" in completion.stdout
     empty = run("run", "--", "exec", "hello")
     assert empty.returncode == 2
     assert "has no accounts; add one first" in empty.stderr

@@ -19,7 +19,13 @@ import pyte
 import pytest
 
 from codex_supervisor import AccountPool
-from codex_supervisor.testing import FakeCodexBackend, PtyProcess, hermetic_env, offline_flags
+from codex_supervisor.testing import (
+    Behaviour,
+    FakeCodexBackend,
+    PtyProcess,
+    hermetic_env,
+    offline_flags,
+)
 
 pytestmark = [pytest.mark.real_codex]
 
@@ -32,8 +38,8 @@ ROWS, COLS = 50, 120
 _KITTY_KEYBOARD = re.compile(rb"\x1b\[[<>=?][0-9;]*u")
 
 
-def _render(raw: bytes) -> pyte.Screen:
-    screen = pyte.Screen(COLS, ROWS)
+def _render(raw: bytes, columns: int = COLS) -> pyte.Screen:
+    screen = pyte.Screen(columns, ROWS)
     pyte.ByteStream(screen).feed(_KITTY_KEYBOARD.sub(b"", raw))
     return screen
 
@@ -47,11 +53,12 @@ def _cursor(raw: bytes) -> tuple[int, int]:
 class Terminal:
     """The CLI's pty output rendered: the visible rows and the title."""
 
-    def __init__(self, tui: PtyProcess) -> None:
+    def __init__(self, tui: PtyProcess, columns: int = COLS) -> None:
         self.tui = tui
+        self.columns = columns
 
     def render(self) -> pyte.Screen:
-        return _render(self.tui.raw_output)
+        return _render(self.tui.raw_output, self.columns)
 
     def rows(self) -> list[str]:
         return [line.rstrip() for line in self.render().display]
@@ -168,3 +175,72 @@ def test_a_rotation_is_on_the_screen_and_in_the_title_while_the_resumed_tui_runs
     again = f"codex-supervisor: to go on supervised: codex-supervisor run -- resume {session}"
     assert again in rows
     assert term.title() == ""  # the title given back (pyte has no title stack)
+
+
+def test_status_watch_shows_which_session_runs_where_reads_quota_free_and_ends_on_ctrl_c(
+    tmp_path: Path, backend: FakeCodexBackend, codex_bin: Path
+) -> None:
+    """`status --watch` in a terminal while a supervised exec runs: the session on its
+    account, the other idle, fresh quota from the usage endpoint only; Ctrl-C ends it
+    with exit 0 and leaves the last view on the screen."""
+    base = backend.write_codex_home(tmp_path / "codex-home")
+    pool = AccountPool(root=tmp_path / "pool", base_codex_home=base)
+    for name, used in (("alpha", 30), ("beta", 10)):
+        backend.add_account(f"id-{name}", five_hour_used=used)
+        pool.import_auth(name, backend.write_auth(tmp_path / f"login-{name}", f"id-{name}"))
+    backend.script(Behaviour.stall(), account_id="id-alpha")  # a turn that goes on
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(hermetic_env(base, tmp_path, backend), TERM="xterm-256color")
+    where = ["--pool", str(pool.root), "--codex-home", str(base)]
+    run = subprocess.Popen(
+        [sys.executable, str(CLI), *where, "--codex", str(codex_bin), "run", "--strategy",
+         "drain", "--", "exec", "--skip-git-repo-check", *offline_flags(), "a long task"],
+        env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        argv = [sys.executable, str(CLI), *where, "status", "--watch", "--interval", "0.3"]
+        argv += ["--refresh-every", "1"]
+        with PtyProcess(argv, env=env, rows=ROWS, cols=220, cursor_position=_cursor) as watch:
+            term = Terminal(watch, columns=220)
+            term.wait(lambda: bool(backend.responses_requests()), "the exec's turn")
+            session = backend.responses_requests()[0].session_id
+            running = re.compile(
+                rf"  occupancy: pid \d+ on \S+, codex exec in {re.escape(str(work))}, "
+                rf"session {session}, since "
+            )
+            term.wait(lambda: any(running.match(r) for r in term.rows()), "the session shown")
+            rows = term.rows()
+            assert rows[0].startswith(f"codex-supervisor status: {pool.root}, ")
+            beta = rows.index(next(r for r in rows if r.startswith("beta ")))
+            assert "  occupancy: idle" in rows[beta:]
+            # Quota read for free: the usage endpoint, again and again; no model request.
+            term.wait(
+                lambda: (
+                    sum("usage" in r.path for r in backend.requests if r.account_id == "id-beta")
+                    >= 2
+                ),
+                "beta's quota read twice",
+            )
+            backend.release_stalls()  # (the turn fails; the run ends either way)
+            run.wait(timeout=90)
+            term.wait(
+                lambda: sum(r == "  occupancy: idle" for r in term.rows()) == 2,
+                "both idle once the run ended",
+            )
+            watch.write(b"\x03")  # Ctrl-C
+            code = watch.wait(timeout=30)
+        assert code == 0
+        # The user's own screen again (pyte has no alternate screen: render what came
+        # after leaving it), with the last view printed on it.
+        after = watch.raw_output.rsplit(b"\x1b[?1049l", 1)[1]
+        rows = [line.rstrip() for line in _render(after, 220).display]
+        assert rows[0].startswith(f"codex-supervisor status: {pool.root}, ")
+        assert sum(r == "  occupancy: idle" for r in rows) == 2
+        assert watch.raw_output.count(b"\x1b[?1049h") == watch.raw_output.count(b"\x1b[?1049l") == 1
+        # Every model request was the run's, on alpha: the view spent no quota.
+        assert {r.account_id for r in backend.responses_requests()} == {"id-alpha"}
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()

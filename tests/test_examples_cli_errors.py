@@ -153,3 +153,22 @@ def test_the_hint_follows_the_command_given(tmp_path: Path) -> None:
     assert "e.g. `codex-supervisor --verbose ... accounts ...`" in done.stderr
     other = _cli(tmp_path, "accounts", "login", "run", "--bogus")
     assert "options for Codex" not in other.stderr
+
+
+def test_a_current_folder_that_is_gone_is_named_not_an_errno(tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    # The folder goes away under the process, as under a shell whose folder was removed.
+    remove_then_run = "import os, sys; os.rmdir(sys.argv[1]); os.execv(sys.argv[2], sys.argv[3:])"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", remove_then_run,
+         str(gone), sys.executable, sys.executable, str(CLI), "--pool", str(tmp_path / "p"),
+         "status"],
+        cwd=gone, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert err == (
+        "codex-supervisor: error: the current folder is gone or cannot be read "
+        "(No such file or directory); cd to another one\n"
+    )

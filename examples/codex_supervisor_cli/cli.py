@@ -1590,6 +1590,15 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit code
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     try:
+        Path.cwd()
+    except OSError as exc:  # e.g. a folder removed under the shell
+        print(
+            f"{PROG}: error: the current folder is gone or cannot be read ({exc.strerror}); "
+            "cd to another one",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    try:
         args.settings = _resolve(args)
         args.pool = args.settings["pool"]
         args.codex_home = args.settings["codex_home"]

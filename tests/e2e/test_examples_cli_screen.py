@@ -244,3 +244,37 @@ def test_status_watch_shows_which_session_runs_where_reads_quota_free_and_ends_o
         if run.poll() is None:
             run.kill()
             run.wait()
+
+
+def test_a_wait_counts_down_on_one_line_in_place(
+    tmp_path: Path, backend: FakeCodexBackend, codex_bin: Path
+) -> None:
+    """Every account blocked: the countdown rewrites one line of the screen; Ctrl-C: 130."""
+    base = backend.write_codex_home(tmp_path / "codex-home")
+    pool = AccountPool(root=tmp_path / "pool", base_codex_home=base)
+    backend.add_account("id-alpha", five_hour_used=100)
+    backend.set_quota("id-alpha", five_hour_resets_at=int(time.time()) + 600)
+    pool.import_auth("alpha", backend.write_auth(tmp_path / "login-alpha", "id-alpha"))
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(hermetic_env(base, tmp_path, backend), TERM="xterm-256color")
+    argv = [
+        sys.executable, str(CLI), "--pool", str(pool.root), "--codex-home", str(base),
+        "--codex", str(codex_bin), "run", "--", "exec", "--skip-git-repo-check", "waits",
+    ]  # fmt: skip
+    with PtyProcess(argv, env=env, cwd=work, rows=ROWS, cols=COLS, cursor_position=_cursor) as tui:
+        term = Terminal(tui)
+        term.wait(
+            lambda: tui.raw_output.count(b"every account is blocked") >= 3,
+            "three ticks of the countdown",
+        )
+        rows = [r for r in term.rows() if "every account is blocked" in r]
+        assert len(rows) == 1, term.rows()
+        assert re.fullmatch(
+            r"codex-supervisor: every account is blocked; waiting (9m|10m)( \d+s)?, "
+            r"until \d\d:\d\d:\d\d \S+ \(Ctrl-C to stop\)",
+            rows[0],
+        ), rows[0]
+        tui.write(b"\x03")
+        assert tui.wait(timeout=30) == 130
+    assert backend.responses_requests() == []

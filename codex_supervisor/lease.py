@@ -76,6 +76,7 @@ import asyncio
 import contextlib
 import enum
 import functools
+import inspect
 import json
 import logging
 import os
@@ -306,6 +307,20 @@ class RenewOutcome(enum.Enum):
     OK = "ok"
     LOST = "lost"
     TRANSIENT = "transient"
+
+
+@functools.cache
+def _renew_takes_purpose(renew: Callable[..., object]) -> bool:
+    try:
+        parameters = inspect.signature(renew).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "purpose" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _takes_purpose(backend: LeaseBackend) -> bool:
+    """Whether ``backend.renew`` accepts ``purpose=`` (older backends do not)."""
+    return _renew_takes_purpose(getattr(type(backend), "renew", backend.renew))
 
 
 @final
@@ -950,7 +965,13 @@ class Lease:
         What others read in its record (``status`` shows it), e.g. the session
         a Codex child turned out to run. Nothing is written now: the
         heartbeat's next renewal carries it, so this never waits on the backend.
+        A backend whose ``renew`` takes no ``purpose`` (written before it
+        existed) keeps the purpose given at acquisition: the lease is renewed
+        as before.
         """
+        if not _takes_purpose(self._backend):
+            logger.debug("lease.describe_unsupported name=%s owner=%s", self.name, self.owner)
+            return
         self._purpose_due = purpose
 
     def ensure_held(self) -> None:

@@ -169,3 +169,34 @@ def test_every_option_and_command_of_the_parser_is_in_both_scripts() -> None:
                     assert flag in script, (shell, level.path, flag)
             for name, _ in level.commands:
                 assert f'"{level.path}:{name}"' in script, (shell, level.path, name)
+
+
+def test_the_pool_as_typed_quoted_with_a_tilde_or_with_an_equals_sign(
+    tmp_path: Path, shim: Path, pool: Path
+) -> None:
+    home_relative = "~/" + str(pool.relative_to(tmp_path))  # HOME is tmp_path
+    for typed in (f'"{pool}"', f"'{pool}'", home_relative):
+        line = f"codex-supervisor --pool {typed} accounts remove "
+        assert _bash(tmp_path, shim, line) == ["alpha", "beta"], typed
+        assert _zsh(tmp_path, shim, line) == ["alpha", "beta"], typed
+    # bash splits `--pool=DIR` at the `=`; zsh keeps one word.
+    assert _bash(tmp_path, shim, f"codex-supervisor --pool = {pool} accounts remove ") == [
+        "alpha",
+        "beta",
+    ]
+    assert _zsh(tmp_path, shim, f"codex-supervisor --pool={pool} accounts remove ") == [
+        "alpha",
+        "beta",
+    ]
+
+
+def test_bash_keeps_a_file_name_with_spaces_whole(tmp_path: Path, shim: Path) -> None:
+    (tmp_path / "my auth.json").write_text("{}")
+    line = "codex-supervisor accounts import x --auth-json my"
+    assert _bash(tmp_path, shim, line) == ["my auth.json"]
+
+
+def test_zsh_descriptions_have_no_empty_default() -> None:
+    script = completion.zsh(build_parser(), "codex-supervisor")
+    assert "(default: )" not in script
+    assert "(default: %(default)s)" not in script

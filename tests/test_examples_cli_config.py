@@ -242,3 +242,16 @@ def test_a_bad_config_file_ends_every_command_with_exit_2_and_the_prefix(tmp_pat
         assert result.stderr.startswith(f"codex-supervisor: error: {pool / 'config.toml'}: ")
         assert "unknown key 'stratgy'" in result.stderr
         assert result.stdout == ""
+
+
+def test_a_home_of_an_unknown_user_or_a_pool_that_is_a_file_is_an_error(tmp_path: Path) -> None:
+    pool = tmp_path / "pool"
+    _write(pool, 'codex_home = "~nosuchuser-of-this-test/x"\n')
+    with pytest.raises(ConfigError, match=r"config.toml: codex_home: "):
+        _resolve(pool)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"--pool .*/file is not a folder"):
+        _resolve(tmp_path / "file")
+    result = _cli(tmp_path, "--pool", str(tmp_path / "file"), "config", "show")
+    assert result.returncode == 2
+    assert result.stderr == f"codex-supervisor: error: --pool {tmp_path / 'file'} is not a folder\n"

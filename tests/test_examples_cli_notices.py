@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from codex_supervisor_cli import cli
 
+from codex_supervisor import AccountPool
 from codex_supervisor.events import AccountSelected, Rotating
+from codex_supervisor.testing import FakeCodexBackend, PtyProcess, hermetic_env
+
+CLI = Path(__file__).resolve().parents[1] / "examples" / "cli.py"
 
 NOW = datetime(2026, 11, 30, 16, 30, tzinfo=UTC)
 
@@ -74,3 +81,48 @@ def test_a_command_line_that_sets_the_title_itself_is_left_alone() -> None:
     assert cli._sets_title(["--config=tui.terminal_title=[]"])
     assert not cli._sets_title(["-c", "model=o3", "hi"])
     assert cli._title_flags() == ["-c", "tui.terminal_title=[]"]
+
+
+def test_codex_keeps_its_own_title_unless_ours_is_shown(
+    tmp_path: Path, backend: FakeCodexBackend
+) -> None:
+    """`-c tui.terminal_title=[]` goes to Codex only when the title will be set: an
+    interactive run whose stderr is a terminal, without --no-title."""
+    base = backend.write_codex_home(tmp_path / "codex-home")
+    pool = AccountPool(root=tmp_path / "pool", base_codex_home=base)
+    backend.add_account("id-alpha")
+    pool.import_auth("alpha", backend.write_auth(tmp_path / "login-alpha", "id-alpha"))
+    argv_file = tmp_path / "argv"
+    codex = tmp_path / "codex"
+    codex.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "codex-cli 0.169.0"; exit 0; fi\n'
+        f'printf "%s\\n" "$@" >> {argv_file}\n'
+        "echo --- >> " + str(argv_file) + "\n"
+    )
+    codex.chmod(0o755)
+    env = dict(hermetic_env(base, tmp_path, backend), TERM="xterm-256color")
+    cli_argv = [sys.executable, str(CLI), "--pool", str(pool.root), "--codex-home", str(base),
+                "--codex", str(codex), "run"]  # fmt: skip
+
+    def codex_argv(*, terminal: bool, extra: tuple[str, ...] = ()) -> list[str]:
+        argv_file.unlink(missing_ok=True)
+        if terminal:
+            with PtyProcess([*cli_argv, *extra, "--", "hello"], env=env, cwd=tmp_path) as tui:
+                tui.wait(timeout=60)
+        else:
+            subprocess.run(
+                [*cli_argv, *extra, "--", "hello"], env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
+                capture_output=True, timeout=60, check=False,
+            )  # fmt: skip
+        return argv_file.read_text().split("---\n")[0].splitlines()
+
+    assert "tui.terminal_title=[]" in codex_argv(terminal=True)
+    assert "tui.terminal_title=[]" not in codex_argv(terminal=False)
+    assert "tui.terminal_title=[]" not in codex_argv(terminal=True, extra=("--no-title",))
+
+
+def test_text_others_wrote_is_shown_without_its_control_characters() -> None:
+    """A lease's purpose is printed by `status`: an escape sequence in it is never run."""
+    assert cli._dash("codex exec in /w\x1b]0;owned\x07\nnext") == "codex exec in /w?]0;owned??next"
+    assert cli._dash(None) == "-"

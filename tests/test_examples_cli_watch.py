@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import io
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pyte
 from codex_supervisor_cli.watch import LiveScreen
+
+from codex_supervisor import AccountPool
+from codex_supervisor.testing import FakeCodexBackend
 
 CLI = Path(__file__).resolve().parents[1] / "examples" / "cli.py"
 
@@ -109,3 +114,65 @@ def test_watch_without_a_terminal_prints_plain_views_and_stops_after_count(tmp_p
     # Three views of the same (empty) pool: printed once.
     assert result.stdout.count("no accounts in") == 1
     assert result.stdout.startswith(f"codex-supervisor status: {tmp_path / 'pool'}, ")
+
+
+def test_wide_and_control_characters_never_make_a_row_wrap() -> None:
+    tty = Tty(rows=4, columns=12)
+    tty.live.draw(["名前名前名前名前", "a\x1b]0;x\x07b", "ok"])
+    rows = tty.rows()
+    assert rows[0] == "名前名前名"  # 10 cells of 11: the next wide character would not fit
+    assert rows[1] == "a?]0;x?b"  # an escape sequence is shown, never run
+    assert rows[2] == "ok"
+
+
+def _pool_with(tmp_path: Path, backend: FakeCodexBackend, **accounts: dict[str, Any]) -> Path:
+    pool = AccountPool(root=tmp_path / "pool", base_codex_home=backend.write_codex_home(
+        tmp_path / "codex-home"))  # fmt: skip
+    for name, quota in accounts.items():
+        backend.add_account(f"id-{name}", **quota)
+        pool.import_auth(name, backend.write_auth(tmp_path / f"login-{name}", f"id-{name}"))
+    return pool.root
+
+
+def test_a_failed_probe_stays_shown_until_the_next_probe(
+    tmp_path: Path, backend: FakeCodexBackend
+) -> None:
+    """Refused once: every later view still says so (a log gets that view once)."""
+    pool = _pool_with(tmp_path, backend, alpha={"access_token_expired": True})
+    result = subprocess.run(
+        [sys.executable, str(CLI), "--pool", str(pool), "--codex-home",
+         str(tmp_path / "codex-home"), "status", "--watch", "--count", "4", "--interval", "0.1",
+         "--refresh-every", "60"],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("refresh failed: QuotaAuthExpired") == 1
+    assert result.stdout.count("codex-supervisor status: ") == 1  # no view without it
+    usage = [r for r in backend.requests if "usage" in r.path]
+    assert len(usage) == 1  # probed once in the period, failure or not
+
+
+def test_sigterm_ends_the_watch_with_143(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(CLI), "--pool", str(tmp_path / "pool"), "status", "--watch",
+         "--interval", "0.1"],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("codex-supervisor status: ")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    assert "Traceback" not in err
+
+
+def test_live_options_go_with_watch(tmp_path: Path) -> None:
+    for option in (["--count", "2"], ["--interval", "1"], ["--refresh-every", "0"]):
+        result = _cli(tmp_path, "status", *option)
+        assert result.returncode == 2
+        assert result.stderr == (
+            f"codex-supervisor: error: {option[0]} goes with --watch "
+            f"(status --watch {option[0]} ...)\n"
+        )

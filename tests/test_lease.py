@@ -965,6 +965,30 @@ async def test_describe_writes_the_new_purpose_with_the_next_renewal(tmp_path: P
 
 
 @pytest.mark.anyio
+async def test_describe_leaves_a_backend_without_purpose_renewing_as_before(
+    tmp_path: Path,
+) -> None:
+    """A backend written before renew took purpose= keeps its lease (and its first purpose)."""
+
+    class OlderBackend(FileLeaseBackend):
+        async def renew(  # type: ignore[override]
+            self, record: LeaseRecord, ttl: float
+        ) -> tuple[RenewOutcome, LeaseRecord]:
+            return await super().renew(record, ttl)
+
+    backend = OlderBackend(tmp_path)
+    async with acquire_lease(backend, "acct", ttl=0.3, purpose="codex exec in /w") as lease:
+        lease.describe("codex exec in /w, session s-1")
+        first = lease.record
+        for _ in range(3):  # renewals go on
+            renewed = lease.record.expires_at
+            await _until(lambda: lease.record.expires_at > renewed, limit=5)  # noqa: B023
+        assert not lease.lost
+        assert lease.record.acquired_at == first.acquired_at
+        assert [r.purpose for r in await backend.holders("acct")] == ["codex exec in /w"]
+
+
+@pytest.mark.anyio
 async def test_on_lost_called_once_and_never_raised(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -58,6 +58,8 @@ class PtyProcess:
         cursor_position: Callable[[bytes], tuple[int, int]] | None = None,
     ) -> None:
         self._cursor_position = cursor_position
+        #: What ``cursor_position`` raised (the query was answered with row 1, column 1).
+        self.cursor_errors: list[Exception] = []
         master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         try:
@@ -114,8 +116,11 @@ class PtyProcess:
             if _CURSOR_QUERY in chunk:
                 reply = _CURSOR_REPLY
                 if self._cursor_position is not None:
-                    row, column = self._cursor_position(self.raw_output)
-                    reply = f"\x1b[{row};{column}R".encode()
+                    try:
+                        row, column = self._cursor_position(self.raw_output)
+                        reply = f"\x1b[{row};{column}R".encode()
+                    except Exception as exc:  # noqa: BLE001 - the reader must go on
+                        self.cursor_errors.append(exc)
                 with contextlib.suppress(OSError):
                     os.write(self._master, reply)
 

@@ -207,7 +207,16 @@ def _window_line(window: QuotaWindow, now: datetime) -> str:
 
 
 def _dash(value: str | None) -> str:
-    return value if value else "-"
+    return _printable(value) if value else "-"
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (an escape sequence, a newline) shown as ``?``.
+
+    For text read from files others may write (a lease's purpose): printed
+    as it is, it could retitle the terminal or break the layout.
+    """
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _cooldown_text(cooldown: Cooldown, now: datetime) -> str:
@@ -554,7 +563,7 @@ def _status_account_lines(
     if not entry.occupants:
         lines.append("  occupancy: idle")
     lines += [
-        f"  occupancy: pid {record.pid} on {record.host}, {_dash(record.purpose)}, "
+        f"  occupancy: pid {record.pid} on {_printable(record.host)}, {_dash(record.purpose)}, "
         f"since {_clock_time(record.acquired_at, now)} ({_relative(record.acquired_at, now)})"
         for record in entry.occupants
     ]
@@ -627,8 +636,15 @@ def _quarantined_lines(
 
 def cmd_status(args: argparse.Namespace) -> int:
     """``status``: usage windows, cooldowns and occupancy of every account."""
+    live = [o for o, v in (("--interval", args.interval), ("--refresh-every", args.refresh_every),
+            ("--count", args.count)) if v is not None]  # fmt: skip
+    if live and not args.watch:
+        raise ConfigError(f"{live[0]} goes with --watch (status --watch {live[0]} ...)")
     pool = _pool(args)
     if args.watch:
+        args.interval = 2.0 if args.interval is None else args.interval
+        args.refresh_every = 300.0 if args.refresh_every is None else args.refresh_every
+        args.count = args.count or 0
         return _watch_status(args, pool)
     view = asyncio.run(_status_view(pool, refresh=args.refresh, policy=args.settings.policy()))
     if args.json:
@@ -714,10 +730,6 @@ def _status_lines(view: _StatusView) -> list[str]:
     return lines + _quarantined_lines(view.quarantined, by_name, now)
 
 
-class _Terminated(Exception):
-    """SIGTERM while a live view runs: the screen is given back before the exit."""
-
-
 def _probe_due(
     pool: AccountPool, probed: dict[str, float], every: float, *, now: float
 ) -> list[str]:
@@ -745,35 +757,46 @@ def _watch_status(args: argparse.Namespace, pool: AccountPool) -> int:
     screen = LiveScreen(sys.stdout, tty=sys.stdout.isatty())
     policy = args.settings.policy()
     probed: dict[str, float] = {}
+    outcomes: dict[str, _Outcome] = {}  # each account's last probe, shown until its next one
     views = 0
+    terminated: list[int] = []
 
-    def terminated(signum: int, frame: object) -> None:  # noqa: ARG001 - a signal handler
-        raise _Terminated
+    def on_sigterm(signum: int, frame: object) -> None:  # noqa: ARG001 - a signal handler
+        # KeyboardInterrupt, which asyncio and every `except Exception` let through.
+        terminated.append(signum)
+        raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, terminated)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        while True:
-            now = time.monotonic()
-            everyone = [a.name for a in pool.accounts()] if args.refresh and not views else []
-            due = everyone or _probe_due(pool, probed, args.refresh_every, now=now)
-            probed.update(dict.fromkeys(due, now))
-            view = asyncio.run(_status_view(pool, refresh=due, policy=policy))
-            header = (
-                f"{PROG} status: {view.pool}, {_clock_time(view.now, view.now, seconds=True)}; "
-                f"every {args.interval:g}s, Ctrl-C to stop"
-            )
-            screen.draw(_status_lines(view), header=header)
-            views += 1
-            if args.count and views >= args.count:
-                return EXIT_OK
-            time.sleep(args.interval)
+        with screen.suspendable():
+            while True:
+                now = time.monotonic()
+                everyone = [a.name for a in pool.accounts()] if args.refresh and not views else []
+                due = everyone or _probe_due(pool, probed, args.refresh_every, now=now)
+                probed.update(dict.fromkeys(due, now))
+                view = asyncio.run(_status_view(pool, refresh=due, policy=policy))
+                outcomes.update(view.outcomes)
+                view = attrs.evolve(view, outcomes=dict(outcomes))
+                clock = _clock_time(view.now, view.now, seconds=True)
+                header = (
+                    f"{PROG} status: {view.pool}, {clock}; every {args.interval:g}s, Ctrl-C to stop"
+                )
+                screen.draw(_status_lines(view), header=header)
+                views += 1
+                if args.count and views >= args.count:
+                    return EXIT_OK
+                time.sleep(args.interval)
     except KeyboardInterrupt:
-        return EXIT_OK  # Ctrl-C is how a live view ends
-    except _Terminated:
-        return 128 + signal.SIGTERM
+        # Ctrl-C is how a live view ends; SIGTERM ends it as a signal does.
+        return 128 + terminated[0] if terminated else EXIT_OK
     finally:
         signal.signal(signal.SIGTERM, previous)
         screen.close()
+
+
+def _folder(text: str) -> Path:
+    """A folder option's value; ``~`` expanded (a shell does not expand ``--pool=~/x``)."""
+    return Path(text).expanduser()
 
 
 def _count(text: str) -> int:
@@ -922,7 +945,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         _check_run_argv(argv)
     config = SupervisorConfig(codex=args.codex, wait_for_reset=not args.no_wait)
-    title = not args.no_title and parse_argv(argv).is_interactive and not _sets_title(argv)
+    title = (
+        not args.no_title
+        and sys.stderr.isatty()  # (where the title is written)
+        and parse_argv(argv).is_interactive
+        and not _sets_title(argv)
+    )
     if title:
         argv = [*_title_flags(), *argv]
     notices = _Notices(args.verbose, title=title)
@@ -1375,22 +1403,22 @@ def _add_status_parser(sub: Any) -> None:
     live.add_argument(
         "--interval",
         type=_seconds(minimum=0.1),
-        default=2.0,
+        default=None,
         metavar="SECONDS",
-        help="how often --watch reads the pool (default: %(default)s)",
+        help="how often --watch reads the pool (default: 2)",
     )
     live.add_argument(
         "--refresh-every",
         type=_seconds(minimum=0.0),
-        default=300.0,
+        default=None,
         metavar="SECONDS",
         help="--watch probes the usage endpoint (free) for an account whose data is older "
-        "than this, at most this often; 0: never, stored data only (default: %(default)s)",
+        "than this, at most this often; 0: never, stored data only (default: 300)",
     )
     live.add_argument(
         "--count",
         type=_count,
-        default=0,
+        default=None,
         metavar="N",
         help="--watch stops after N views (default: until Ctrl-C)",
     )
@@ -1429,7 +1457,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--pool",
-        type=Path,
+        type=_folder,
         default=None,
         metavar="DIR",
         help="the pool folder, which holds config.toml (default: $CODEX_SUPERVISOR_HOME or "
@@ -1437,7 +1465,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--codex-home",
-        type=Path,
+        type=_folder,
         default=None,
         metavar="DIR",
         help="your base CODEX_HOME that account homes link to "

@@ -16,9 +16,18 @@ as the parser has it. The script knows:
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Iterator
 
 import attrs
+
+# Files and folders in bash: one per line (names with spaces stay whole), quoted as names.
+_BASH_FILES = 'compopt -o filenames; mapfile -t COMPREPLY < <(compgen -f -- "$cur")'
+_BASH_DIRS = 'compopt -o filenames; mapfile -t COMPREPLY < <(compgen -d -- "$cur")'
+#: The body of a bash helper: a word as typed, with its surrounding quotes taken off.
+_BASH_UNQUOTE = r'''    local w="$1" q="'" d='"'
+    w="${w#"$q"}"; w="${w%"$q"}"; w="${w#"$d"}"; w="${w%"$d"}"
+    printf '%s' "$w"'''
 
 #: How a value is completed, by the metavar the parser gives it.
 _KINDS = {"DIR": "dir", "FILE": "file", "BIN": "file", "NAME": "account"}
@@ -45,7 +54,8 @@ class _Level:
 
 
 def _help(text: str | None) -> str:
-    return " ".join((text or "").replace("%(default)s", "").split())
+    text = re.sub(r"\s*\(default: %\(default\)s\)", "", text or "")
+    return " ".join(text.replace("%(default)s", "").split())
 
 
 def _levels(parser: argparse.ArgumentParser, path: str = "") -> Iterator[_Level]:
@@ -101,14 +111,14 @@ def _value_cases(levels: list[_Level], shell: str) -> list[str]:
             if option.kind == "choices":
                 words = " ".join(option.choices)
                 body = (
-                    f'COMPREPLY=($(compgen -W {_quote(words)} -- "$cur"))'
+                    f'mapfile -t COMPREPLY < <(compgen -W {_quote(words)} -- "$cur")'
                     if shell == "bash"
                     else f"compadd -- {words}"
                 )
             elif option.kind == "dir":
-                body = 'COMPREPLY=($(compgen -d -- "$cur"))' if shell == "bash" else "_files -/"
+                body = _BASH_DIRS if shell == "bash" else "_files -/"
             elif option.kind == "file":
-                body = 'COMPREPLY=($(compgen -f -- "$cur"))' if shell == "bash" else "_files"
+                body = _BASH_FILES if shell == "bash" else "_files"
             else:
                 body = "COMPREPLY=()" if shell == "bash" else ":"
             open_, close = ("", ")") if shell == "bash" else ("(", ")")
@@ -152,6 +162,9 @@ def bash(parser: argparse.ArgumentParser, prog: str) -> str:
         [
             f"# bash completion for {prog}, generated from its parser by `{prog} completion bash`.",
             f'# Load it in ~/.bashrc: eval "$({prog} completion bash)"',
+            "_codex_supervisor_word() {  # a word as typed, its quotes taken off",
+            _BASH_UNQUOTE,
+            "}",
             "_codex_supervisor() {",
             '    local cur="${COMP_WORDS[COMP_CWORD]}" prev="" cmdpath="" w i words=""',
             "    local -a pool=()",
@@ -159,11 +172,16 @@ def bash(parser: argparse.ArgumentParser, prog: str) -> str:
             "    for ((i = 1; i < COMP_CWORD; i++)); do",
             '        w="${COMP_WORDS[i]}"',
             "        if [[ $cmdpath == run && ( $w == -- || $w != -* ) ]]; then",
-            '            COMPREPLY=($(compgen -f -- "$cur")); return  # Codex\'s own arguments',
+            f"            {_BASH_FILES}",
+            "            return  # Codex's own arguments",
             "        fi",
             '        case "$cmdpath:$w" in',
             f"            {_skip_cases(levels)})",
-            '                [[ $w == --pool ]] && pool=(--pool "${COMP_WORDS[i+1]}")',
+            "                [[ ${COMP_WORDS[i+1]} == = ]] && ((i++))  # --pool=DIR, split at =",
+            (
+                "                [[ $w == --pool ]] && "
+                'pool=(--pool "$(_codex_supervisor_word "${COMP_WORDS[i+1]}")")'
+            ),
             "                ((i++)); continue ;;",
             "        esac",
             '        case "$cmdpath:$w" in',
@@ -178,7 +196,7 @@ def bash(parser: argparse.ArgumentParser, prog: str) -> str:
             '        case "$cmdpath" in',
             *options,
             "        esac",
-            '        COMPREPLY=($(compgen -W "$words" -- "$cur")); return',
+            '        mapfile -t COMPREPLY < <(compgen -W "$words" -- "$cur"); return',
             "    fi",
             '    case "$cmdpath" in',
             *commands,
@@ -198,12 +216,13 @@ def bash(parser: argparse.ArgumentParser, prog: str) -> str:
                 if level.positional == "choices"
             ),
             *(
-                f'        "{level.path}") COMPREPLY=($(compgen -f -- "$cur")); return ;;'
+                f'        "{level.path}") compopt -o filenames; '
+                'mapfile -t COMPREPLY < <(compgen -f -- "$cur"); return ;;'
                 for level in levels
                 if level.positional == "rest"
             ),
             "    esac",
-            '    COMPREPLY=($(compgen -W "$words" -- "$cur"))',
+            '    mapfile -t COMPREPLY < <(compgen -W "$words" -- "$cur")',
             "}",
             f"complete -F _codex_supervisor {prog}",
             "",
@@ -245,8 +264,9 @@ def zsh(parser: argparse.ArgumentParser, prog: str) -> str:
             "        fi",
             '        case "$cmdpath:$w" in',
             f"            ({_skip_cases(levels)})",
-            '                [[ $w == --pool ]] && pool=(--pool "${words[i+1]}")',
+            '                [[ $w == --pool ]] && pool=(--pool "${(Q)words[i+1]}")',
             "                ((i++)); continue ;;",
+            '            (":--pool="*) pool=(--pool "${(Q)w#--pool=}"); continue ;;',
             "        esac",
             '        case "$cmdpath:$w" in',
             *_command_cases(levels, "zsh"),

@@ -111,7 +111,10 @@ def _path(value: object, key: str, file: Path, home: Path) -> Path:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{file}: {key} must be a path (a non-empty string), got {value!r}")
     mine = value == "~" or value.startswith("~/")  # the given HOME's; ~user as the system says
-    path = home / value[2:] if mine else Path(value).expanduser()
+    try:
+        path = home / value[2:] if mine else Path(value).expanduser()
+    except RuntimeError as exc:  # ~nosuchuser
+        raise ConfigError(f"{file}: {key}: {exc}") from None
     return path if path.is_absolute() else file.parent / path
 
 
@@ -192,8 +195,10 @@ def resolve(
     else:
         values["pool"] = Setting(default_pool_root(env), DEFAULT)
     root: Path = values["pool"].value
-    file = root / CONFIG_NAME
-    table = _read_file(file) if not root.exists() or root.is_dir() else {}
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--pool {root} is not a folder")
+    file = root.absolute() / CONFIG_NAME
+    table = _read_file(file)
     found = bool(table) or file.is_file()
     filed = _checked(table, file, Path(env["HOME"]) if env.get("HOME") else Path.home())
 

@@ -16,12 +16,34 @@ state once.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
-from collections.abc import Callable
+import signal
+import unicodedata
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 _ENTER = "\033[?1049h\033[?25l"  # the alternate screen; the cursor hidden
 _LEAVE = "\033[?25h\033[?1049l"
+
+
+def _cut(line: str, columns: int) -> str:
+    """``line`` in at most ``columns`` cells: control characters shown as ``?``, wide
+    characters (CJK, most emoji) counted as two cells."""
+    out: list[str] = []
+    used = 0
+    for char in line:
+        shown = char if char.isprintable() else "?"
+        if unicodedata.combining(shown):
+            out.append(shown)
+            continue
+        width = 2 if unicodedata.east_asian_width(shown) in ("W", "F") else 1
+        if used + width > columns:
+            break
+        out.append(shown)
+        used += width
+    return "".join(out)
 
 
 def _terminal_size() -> tuple[int, int]:
@@ -71,11 +93,11 @@ class LiveScreen:
             lines = [header, "", *lines]
         self._last = list(lines)
         rows, columns = self._size()
-        rows, columns = max(rows, 2), max(columns, 10)
+        rows, columns = max(rows, 1), max(columns, 2)
         if len(lines) > rows:
             hidden = len(lines) - (rows - 1)
             lines = [*lines[: rows - 1], f"... {hidden} more lines (a taller window shows them)"]
-        fitted = [line[: columns - 1] for line in lines]
+        fitted = [_cut(line, columns - 1) for line in lines]
         parts: list[str] = []
         if not self._entered:
             parts.append(_ENTER)
@@ -99,6 +121,27 @@ class LiveScreen:
         self._shown = fitted
         self._drawn_size = (rows, columns)
         self.rewritten = changed
+
+    @contextlib.contextmanager
+    def suspendable(self) -> Iterator[None]:
+        """Ctrl-Z while drawing: the user's screen back before stopping, all redrawn after."""
+        if not self.tty:
+            yield
+            return
+
+        def on_stop(signum: int, frame: object) -> None:  # noqa: ARG001 - a signal handler
+            if self._entered:
+                self.out.write(_LEAVE)
+                self.out.flush()
+                self._entered = False
+                self._shown = None  # redraw everything when drawing again
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+        previous = signal.signal(signal.SIGTSTP, on_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTSTP, previous)
 
     def close(self) -> None:
         """Give the user's screen back, with the last frame printed on it (terminal only)."""

@@ -168,6 +168,7 @@ def test_a_rotation_is_on_the_screen_and_in_the_title_while_the_resumed_tui_runs
                 tui.proc.wait(timeout=1)
         code = tui.wait(timeout=10)
     assert code in (0, 130), tui.text[-3000:]
+    assert tui.cursor_errors == []
     session = third.session_id
     rows = term.rows()
     summary = f"codex-supervisor: session {session} ran on alpha, beta; 1 rotation"

@@ -207,6 +207,32 @@ async def test_ensure_racing_shutdown_never_shares_a_home_or_regresses_an_archiv
     assert final == len(launcher.requests)
 
 
+async def test_ensure_outlasts_shutdowns_that_stop_its_fresh_server_before_it_looks(
+    pool_root: Path,
+) -> None:
+    """A shutdown that runs between a spawn's end and its ensure waking (a timer due in the
+    same loop turn) stops a healthy server: the ensure spawns again instead of calling
+    that "exited right after it became ready" (seen as a flaky real-binary test)."""
+    stoppers: list[asyncio.Task[None]] = []
+
+    class ShutDownAtOnce(FakeLauncher):
+        async def __call__(self, request: LaunchRequest) -> Launched:
+            launched = await super().__call__(request)
+            if len(self.requests) <= 3:  # the first three servers are stopped on purpose
+                # Queued now, so it runs before the ensure that waits on this spawn.
+                stoppers.append(asyncio.get_running_loop().create_task(pool.shutdown("k")))
+            return launched
+
+    launcher = ShutDownAtOnce()
+    async with make_pool(pool_root, launcher) as pool:
+        handle = await pool.ensure("k", plain_build)
+        assert handle.is_alive()
+        assert handle.generation == 4
+        await asyncio.gather(*stoppers)
+        assert pool.handle("k") is handle
+    assert len(launcher.requests) == 4
+
+
 async def test_ensure_during_stopping_waits_for_the_archive(
     pool_root: Path, launcher: FakeLauncher
 ) -> None:

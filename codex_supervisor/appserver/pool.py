@@ -348,6 +348,8 @@ class _Entry:
     stop_task: asyncio.Task[None] | None = None
     watch_task: asyncio.Task[None] | None = None
     resources: contextlib.AsyncExitStack = attrs.field(factory=contextlib.AsyncExitStack)
+    #: Why it was stopped ("exited": its server died on its own), once stopping.
+    stop_reason: str | None = None
 
 
 @attrs.define(eq=False)
@@ -550,16 +552,20 @@ class AppServerPool:
         home, and whatever ``build`` or the home store raise.
         """
         _check_key(key)
-        spawned = 0
+        died = 0  # servers this call spawned that exited on their own
+        mine: _Entry | None = None
         while True:
             if self._closed:
                 raise SpawnError(key, "the pool is closed")
             entry = self._entries.get(key)
             if entry is None:
-                if spawned >= 2:
+                # A server stopped on purpose meanwhile (a concurrent shutdown)
+                # is no failure: only one that died twice ends the retries.
+                if mine is not None and mine.stop_reason == "exited":
+                    died += 1
+                if died >= 2:
                     raise SpawnError(key, "the app-server exited right after it became ready")
-                spawned += 1
-                entry = self._begin_spawn(key, build)
+                entry = mine = self._begin_spawn(key, build)
             if entry.state is EntryState.STARTING:
                 assert entry.spawn_task is not None
                 await asyncio.shield(entry.spawn_task)
@@ -858,6 +864,7 @@ class AppServerPool:
         if entry.state is EntryState.STOPPING:
             return
         entry.state = EntryState.STOPPING
+        entry.stop_reason = reason
         entry.token = None  # revoked the instant the entry stops serving
         task = asyncio.create_task(
             self._stop(entry, reason), name=f"app-server-pool:stop:{entry.key}"

@@ -548,6 +548,10 @@ class FakeCodexBackend:
         with self._lock:
             return list(self._log)
 
+    def received(self, text: str) -> bool:
+        """Whether a model request carried ``text`` as a user input."""
+        return any(text in r.input_texts for r in self.responses_requests())
+
     def responses_requests(self, account_id: str | None = None) -> list[RequestRecord]:
         """The ``POST /v1/responses`` requests, optionally of one account."""
         return [

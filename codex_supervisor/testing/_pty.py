@@ -29,6 +29,15 @@ _ANSI = re.compile(
 )
 
 
+def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def _become_terminal_owner() -> None:  # pragma: no cover - runs in the child
     # After setsid() (start_new_session), opening nothing makes the pty our
     # controlling terminal; TIOCSCTTY on stdin does, so the TUI can open
@@ -154,6 +163,23 @@ class PtyProcess:
                     state = "exited" if self._eof else "timed out"
                     raise TimeoutError(f"{pattern!r} not seen ({state}); output tail:\n{tail}")
                 self._cond.wait(min(remaining, 0.2))
+
+    def submit(self, text: str, *, received: Callable[[], bool], timeout: float = 60.0) -> None:
+        """Type ``text`` and Enter, again if need be, until ``received()`` is true.
+
+        A TUI's composer may still be settling when the first keys arrive, so
+        each try waits for the text to be echoed before Enter, then up to 10 s
+        for ``received`` (e.g. ``lambda: backend.received(text)``).
+        """
+        deadline = time.monotonic() + timeout
+        while not received():
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{text!r} not received; output tail:\n{self.text[-2000:]}")
+            shown = self.text.count(text)
+            self.write(text)
+            _wait(lambda: self.text.count(text) > shown, 5.0)  # noqa: B023 - used at once
+            self.write("\r")
+            _wait(received, 10.0)
 
     def send_signal(self, sig: signal.Signals) -> None:
         """Send ``sig`` to the child if it still runs."""

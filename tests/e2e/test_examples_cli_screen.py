@@ -75,21 +75,6 @@ class Terminal:
             time.sleep(0.1)
 
 
-def _type(tui: PtyProcess, backend: FakeCodexBackend, text: str, timeout: float = 60) -> None:
-    def sent() -> bool:
-        return any(text in r.input_texts for r in backend.responses_requests())
-
-    deadline = time.monotonic() + timeout
-    while not sent():
-        assert time.monotonic() < deadline, tui.text[-3000:]
-        tui.write(text)
-        time.sleep(0.3)
-        tui.write("\r")
-        inner = time.monotonic() + 5
-        while not sent() and time.monotonic() < inner:
-            time.sleep(0.05)
-
-
 @pytest.fixture
 def tls_backend() -> object:
     with FakeCodexBackend(tls=True) as backend:
@@ -139,11 +124,11 @@ def test_a_rotation_is_on_the_screen_and_in_the_title_while_the_resumed_tui_runs
             lambda: any("first prompt" in r.input_texts for r in backend.responses_requests()),
             "the first turn",
         )
-        _type(tui, backend, "second prompt")
+        tui.submit("second prompt", received=lambda: backend.received("second prompt"))
         notice = re.compile(r"^codex-supervisor: rotating alpha -> beta \(")
         term.wait(lambda: any(notice.match(row) for row in term.rows()), "the notice")
         # The resumed TUI answers on beta, and the notice is still on the screen.
-        _type(tui, backend, "third prompt")
+        tui.submit("third prompt", received=lambda: backend.received("third prompt"))
         third = next(r for r in backend.responses_requests() if "third prompt" in r.input_texts)
         assert third.account_id == "id-beta"
         term.wait(

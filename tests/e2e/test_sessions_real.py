@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import re
 import shutil
@@ -62,22 +61,6 @@ def _open_flags(pid: int, path: Path) -> list[int]:
 def _sent(backend: FakeCodexBackend, text: str) -> list[str | None]:
     """The session ids of the model requests that carried ``text``."""
     return [r.session_id for r in backend.responses_requests() if text in r.input_texts]
-
-
-def _type_prompt(tui: PtyProcess, backend: FakeCodexBackend, text: str) -> None:
-    """Type ``text`` and Enter until the backend receives it (the composer may be settling)."""
-    deadline = time.monotonic() + 60
-    while not _sent(backend, text):
-        assert time.monotonic() < deadline, tui.text[-2000:]
-        shown = tui.text.count(text)
-        tui.write(text)
-        _wait_soft(functools.partial(_echoed, tui, text, shown), 5)
-        tui.write("\r")
-        _wait_soft(lambda: bool(_sent(backend, text)), 10)
-
-
-def _echoed(tui: PtyProcess, text: str, shown: int) -> bool:
-    return tui.text.count(text) > shown
 
 
 def _wait_soft(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -308,7 +291,7 @@ def _start_and_new(
     tui.expect("start a new chat", 30)
     tui.write("\r")
     _wait_for(lambda: tui.text.count("OpenAI Codex (v") > headers, 30, "the new chat")
-    _type_prompt(tui, backend, "hello two")
+    tui.submit("hello two", received=lambda: backend.received("hello two"))
     [second] = _sent(backend, "hello two")
     assert second is not None
     assert second != first.session_id
@@ -426,7 +409,7 @@ async def test_switching_back_in_the_tui_writes_nothing(
         _wait_for(lambda: tui.text.count("OpenAI Codex (v") > headers, 30, "the first chat again")
         assert (first.path.stat().st_size, new.path.stat().st_size) == sizes
         assert not sup._still_bound(_run_of(tui, binder, first, world.work))
-        _type_prompt(tui, backend, "hello three")
+        tui.submit("hello three", received=lambda: backend.received("hello three"))
         assert _sent(backend, "hello three") == [first.session_id]
         tui.send_signal(signal.SIGINT)
         tui.wait(timeout=10)

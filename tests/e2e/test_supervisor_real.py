@@ -286,21 +286,6 @@ def _wait_for(
         time.sleep(0.05)
 
 
-def _type(tui: PtyProcess, backend: FakeCodexBackend, text: str, timeout: float = 60) -> None:
-    def sent() -> bool:
-        return any(text in r.input_texts for r in backend.responses_requests())
-
-    deadline = time.monotonic() + timeout
-    while not sent():
-        assert time.monotonic() < deadline, tui.text[-3000:]
-        tui.write(text)
-        time.sleep(0.3)
-        tui.write("\r")
-        inner = time.monotonic() + 5
-        while not sent() and time.monotonic() < inner:
-            time.sleep(0.05)
-
-
 def _terminal_env(world: RealWorld) -> dict[str, str]:
     """The environment a driver runs in: the world's, a terminal, and the /proc mode of the test."""
     env = dict(world.env, TERM="xterm-256color")
@@ -361,11 +346,11 @@ def test_interactive_rotation_prewarms_resumes_and_restores_the_terminal(
             tui,
             events,
         )
-        _type(tui, world.backend, "second prompt")
+        tui.submit("second prompt", received=lambda: world.backend.received("second prompt"))
         _wait_for(
             lambda: any(e["name"] == "resumed" for e in _events(events)), 60, "resume", tui, events
         )
-        _type(tui, world.backend, "third prompt")
+        tui.submit("third prompt", received=lambda: world.backend.received("third prompt"))
         requests = world.backend.responses_requests()
         session = next(r.session_id for r in requests if "first prompt" in r.input_texts)
         third = next(r for r in requests if "third prompt" in r.input_texts)
@@ -567,7 +552,7 @@ def test_without_proc_a_new_chat_in_the_tui_holds_the_rotation_back(
         )
         tui.expect("Hello from the fake backend", 60)
         _new_chat(tui, events)
-        _type(tui, world.backend, "second prompt")
+        tui.submit("second prompt", received=lambda: world.backend.received("second prompt"))
         _wait_for(
             lambda: any(e["name"] == "rotation_blocked" for e in _events(events)),
             60,

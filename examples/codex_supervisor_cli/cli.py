@@ -493,14 +493,21 @@ _Outcome = QuotaSnapshot | SupervisorError
 
 
 async def _gather_status(
-    pool: AccountPool, *, refresh: bool | list[str], policy: RotationPolicy
+    pool: AccountPool,
+    *,
+    refresh: bool | list[str],
+    policy: RotationPolicy,
+    selector: AccountSelector | None = None,
 ) -> tuple[list[AccountStatus], dict[str, _Outcome], str | WaitUntil | None, dict[str, str]]:
     """The pool as the supervisor sees it, through the same selector it chooses with.
 
     Choosing retries the logins in quarantine, as a run would; the accounts
-    it still holds back come last, with why.
+    it still holds back come last, with why. A ``selector`` given is kept
+    open (a live view reuses one: making one loads the CA bundle, ~60 ms).
     """
-    selector = AccountSelector(pool, policy=policy, probe_budget=60.0)
+    own = selector is None
+    if selector is None:
+        selector = AccountSelector(pool, policy=policy, probe_budget=60.0)
     outcomes: dict[str, _Outcome] = {}
     try:
         if refresh:
@@ -520,7 +527,8 @@ async def _gather_status(
             choice = await selector.choose(probe=False)
         held = {name: str(why) for name, why in selector.held_back.items()}
     finally:
-        await selector.aclose()
+        if own:
+            await selector.aclose()
     # Read after recording, so what is shown is what the pool now holds.
     return await pool.status(), outcomes, choice, held
 
@@ -673,8 +681,11 @@ async def _status_view(
     *,
     refresh: bool | list[str],
     policy: RotationPolicy,
+    selector: AccountSelector | None = None,
 ) -> _StatusView:
-    entries, outcomes, choice, held = await _gather_status(pool, refresh=refresh, policy=policy)
+    entries, outcomes, choice, held = await _gather_status(
+        pool, refresh=refresh, policy=policy, selector=selector
+    )
     quarantined = await asyncio.to_thread(pool.quarantined)
     return _StatusView(pool.root, datetime.now(UTC), entries, outcomes, choice, held, quarantined)
 
@@ -755,10 +766,6 @@ def _watch_status(args: argparse.Namespace, pool: AccountPool) -> int:
             "--watch draws text; for machine-readable output run `status --json` when needed"
         )
     screen = LiveScreen(sys.stdout, tty=sys.stdout.isatty())
-    policy = args.settings.policy()
-    probed: dict[str, float] = {}
-    outcomes: dict[str, _Outcome] = {}  # each account's last probe, shown until its next one
-    views = 0
     terminated: list[int] = []
 
     def on_sigterm(signum: int, frame: object) -> None:  # noqa: ARG001 - a signal handler
@@ -769,29 +776,44 @@ def _watch_status(args: argparse.Namespace, pool: AccountPool) -> int:
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         with screen.suspendable():
-            while True:
-                now = time.monotonic()
-                everyone = [a.name for a in pool.accounts()] if args.refresh and not views else []
-                due = everyone or _probe_due(pool, probed, args.refresh_every, now=now)
-                probed.update(dict.fromkeys(due, now))
-                view = asyncio.run(_status_view(pool, refresh=due, policy=policy))
-                outcomes.update(view.outcomes)
-                view = attrs.evolve(view, outcomes=dict(outcomes))
-                clock = _clock_time(view.now, view.now, seconds=True)
-                header = (
-                    f"{PROG} status: {view.pool}, {clock}; every {args.interval:g}s, Ctrl-C to stop"
-                )
-                screen.draw(_status_lines(view), header=header)
-                views += 1
-                if args.count and views >= args.count:
-                    return EXIT_OK
-                time.sleep(args.interval)
+            asyncio.run(_watch_views(args, pool, screen))
     except KeyboardInterrupt:
         # Ctrl-C is how a live view ends; SIGTERM ends it as a signal does.
         return 128 + terminated[0] if terminated else EXIT_OK
+    else:
+        return EXIT_OK
     finally:
         signal.signal(signal.SIGTERM, previous)
         screen.close()
+
+
+async def _watch_views(args: argparse.Namespace, pool: AccountPool, screen: LiveScreen) -> None:
+    """The views of ``status --watch``, one every ``--interval``, through one selector."""
+    policy = args.settings.policy()
+    probed: dict[str, float] = {}
+    outcomes: dict[str, _Outcome] = {}  # each account's last probe, shown until its next one
+    views = 0
+    selector = AccountSelector(pool, policy=policy, probe_budget=60.0)
+    try:
+        while True:
+            now = time.monotonic()
+            everyone = [a.name for a in pool.accounts()] if args.refresh and not views else []
+            due = everyone or _probe_due(pool, probed, args.refresh_every, now=now)
+            probed.update(dict.fromkeys(due, now))
+            view = await _status_view(pool, refresh=due, policy=policy, selector=selector)
+            outcomes.update(view.outcomes)
+            view = attrs.evolve(view, outcomes=dict(outcomes))
+            clock = _clock_time(view.now, view.now, seconds=True)
+            header = (
+                f"{PROG} status: {view.pool}, {clock}; every {args.interval:g}s, Ctrl-C to stop"
+            )
+            screen.draw(_status_lines(view), header=header)
+            views += 1
+            if args.count and views >= args.count:
+                return
+            await asyncio.sleep(args.interval)
+    finally:
+        await selector.aclose()
 
 
 def _folder(text: str) -> Path:

@@ -76,3 +76,21 @@ def test_bench_chaos_quick_holds_every_invariant(codex_bin: Path) -> None:
     assert broker["settled_percent"] == 100.0, (seed, broker)
     assert broker["exit_codes_right_percent"] == 100.0, (seed, broker)
     assert broker["files_left"] == broker["upstreams_left"] == 0, (seed, broker)
+
+
+def test_bench_cli_watch_prints_its_figures() -> None:
+    """bench_cli_watch.py reports the cost of a view and the bytes a redraw sends."""
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_cli_watch.py"), "--runs", "3", "--sizes", "2"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = {f["benchmark"]: f for f in map(json.loads, result.stdout.splitlines())}
+    assert figures["watch_view"]["median_ms"] > 0
+    assert figures["status_view"]["lines"] == figures["watch_view"]["lines"] > 0
+    redraw = figures["watch_redraw"]
+    assert redraw["clock_only_rows"] == 1  # only the header's clock moved
+    assert 0 < redraw["one_account_rows"] < redraw["full_frame_rows"]

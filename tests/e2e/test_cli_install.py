@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from codex_supervisor import __version__
+from codex_supervisor.testing import FakeCodexBackend, hermetic_env, offline_flags
 
 REPO = Path(__file__).resolve().parents[2]
 WHEELHOUSE = REPO / ".cache" / "wheelhouse"
 
 
 def test_pip_install_examples_puts_a_working_command_on_path(
-    tmp_path: Path, codex_bin: Path, codex_version: str
+    tmp_path: Path, codex_bin: Path, codex_version: str, backend: FakeCodexBackend
 ) -> None:
     if not (WHEELHOUSE / ".complete").is_file():
         pytest.fail(f"no wheels in {WHEELHOUSE}: run scripts/bootstrap dev", pytrace=False)
@@ -44,13 +45,15 @@ def test_pip_install_examples_puts_a_working_command_on_path(
     command = venv / "bin" / "codex-supervisor"
     assert command.is_file()
 
-    def run(*args: str, real: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, real: bool = True, world: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         where = ["--pool", str(tmp_path / "pool"), "--codex-home", str(tmp_path / "codex-home")]
         if real:
             where += ["--codex", str(codex_bin)]
         return subprocess.run(
             ["codex-supervisor", *where, *args],
-            env=env,
+            env=env if world is None else {**world, "PATH": env["PATH"]},
             cwd=tmp_path,
             capture_output=True,
             text=True,
@@ -81,6 +84,27 @@ def test_pip_install_examples_puts_a_working_command_on_path(
     empty = run("run", "--", "exec", "hello")
     assert empty.returncode == 2
     assert "has no accounts; add one first" in empty.stderr
+    # A real account on the local fake backend: a supervised exec with the real binary.
+    base = backend.write_codex_home(tmp_path / "codex-home")
+    backend.add_account("id-alpha", five_hour_used=20)
+    world = hermetic_env(base, tmp_path, backend)
+    login = backend.write_auth(tmp_path / "login-alpha", "id-alpha")
+    imported = run("accounts", "import", "alpha", "--auth-json", str(login))
+    assert imported.returncode == 0, imported.stderr
+    work = tmp_path / "work"
+    work.mkdir()
+    done = run(
+        "run", "--", "exec", "--skip-git-repo-check", *offline_flags(), "-C", str(work), "hello",
+        world=world,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Hello from the fake backend." in done.stdout
+    assert "codex-supervisor: session " in done.stderr
+    assert [r.account_id for r in backend.responses_requests()] == ["id-alpha"]
+    seen = run("status", "--watch", "--count", "1", "--refresh-every", "0", world=world)
+    assert seen.returncode == 0, seen.stderr
+    assert "alpha (id-alpha@example.test" in seen.stdout
+    assert "  occupancy: idle" in seen.stdout
     demo = run("demo", real=False)  # the bundled simulator and fake backend
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
     assert "rotations: 1" in demo.stdout

@@ -297,3 +297,24 @@ def test_verbose_says_each_event_once(tmp_path: Path) -> None:
     logged = backend_free.stderr.count("event prewarm_ready: ")
     assert logged == 1
     assert "codex-supervisor: prewarm_ready" not in backend_free.stderr
+
+
+@pytest.mark.real_codex
+def test_run_no_wait_fails_at_once_and_never_says_it_waits(
+    codex_bin: Path, backend: FakeCodexBackend, tmp_path: Path
+) -> None:
+    """Every account blocked with `--no-wait`: exit 1, one error naming the first reset."""
+    pool = _pool_on(backend, tmp_path, alpha={"five_hour_used": 100})
+    backend.set_quota("id-alpha", five_hour_resets_at=int(time.time()) + 600)
+    env = hermetic_env(pool.base_codex_home, tmp_path, backend)
+    result = _cli(
+        "--pool", str(pool.root), "--codex-home", str(pool.base_codex_home), "--codex",
+        str(codex_bin), "run", "--no-wait", "--", "exec", "--skip-git-repo-check", "hi",
+        env=env,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "waiting" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert error.startswith("codex-supervisor: error: ")
+    assert "the first is free at " in error
+    assert backend.responses_requests() == []

@@ -332,6 +332,11 @@ class LeaseRecord:
     time in clock ticks>`` (Linux; None elsewhere and in records of older
     versions): with ``host`` and ``pid`` it names the process exactly, so a
     pid reused later, or after a reboot, is not mistaken for the holder.
+
+    ``fence`` is a fencing token where the backend gives one (the Redis
+    backend: a counter of the name that grows on every grant, a retake
+    included; None for the file backend): a store that remembers the highest
+    fence it saw can refuse a write from a holder whose claim was taken over.
     """
 
     name: str
@@ -343,6 +348,7 @@ class LeaseRecord:
     expires_at: datetime
     purpose: str | None = None
     pid_start: str | None = None
+    fence: int | None = None
 
     def expired(self, now: datetime) -> bool:
         """Whether the claim has lapsed at wall-clock time ``now`` (aware UTC)."""
@@ -732,7 +738,10 @@ class FileLeaseBackend:
             return _Unreadable(path, mtime, str(exc), garbage=False)
 
     def _write(self, folder: Path, record: LeaseRecord) -> None:
-        data = (json.dumps(unstructure(record), sort_keys=True) + "\n").encode()
+        fields = unstructure(record)
+        if fields.get("fence") is None:
+            del fields["fence"]  # (the file backend gives none: its format stays as it was)
+        data = (json.dumps(fields, sort_keys=True) + "\n").encode()
         # Not fsynced: a lease means nothing after the machine restarts (its
         # holder is gone; the boot id says so), and an fsync per heartbeat
         # costs an idle session its wake-ups.

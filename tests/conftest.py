@@ -12,7 +12,7 @@ from hypothesis import settings
 
 from codex_supervisor.codex_cli import TESTED_CODEX_VERSIONS, CodexVersion
 from codex_supervisor.sessions import ENV_NO_PROC
-from codex_supervisor.testing import FakeCodexBackend, hermetic_env
+from codex_supervisor.testing import FakeCodexBackend, RedisServer, hermetic_env
 
 REPO = Path(__file__).resolve().parent.parent
 #: The version the suite runs against unless CODEX_SUPERVISOR_TEST_CODEX_BIN
@@ -85,6 +85,16 @@ def backend() -> Iterator[FakeCodexBackend]:
     """A plain-HTTP fake backend, stopped after the test."""
     with FakeCodexBackend() as b:
         yield b
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on 127.0.0.1 for the session; tests keep apart by key prefix.
+
+    A missing redis-server fails (scripts/system-packages installs it), never skips.
+    """
+    with RedisServer() as server:
+        yield server
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@
   :class:`OffsetClock` is real time plus an offset, for code that needs real timers.
 - :class:`FakeAppServerLauncher` — an ``AppServerPool`` launch step whose servers
   are futures, for exercising pool bookkeeping without processes.
+- :class:`RedisServer` — the system's ``redis-server`` on 127.0.0.1 at a free
+  port, for the Redis backends.
 - :func:`install_simulator` — a ``codex`` executable (a small Python program)
   that follows Codex's argv grammar and writes real-format rollouts, for fast
   tests and demos.
@@ -41,6 +43,7 @@ from ._config import (
 from ._install import install_simulator
 from ._pool import FakeAppServerLauncher, FakeServerProcess, OffsetClock
 from ._pty import PtyProcess
+from ._redis import RedisServer
 from ._tokens import decode_jwt_claims, make_jwt, write_apikey_auth_json, write_auth_json
 
 __all__ = [
@@ -57,6 +60,7 @@ __all__ = [
     "FakeWindow",
     "OffsetClock",
     "PtyProcess",
+    "RedisServer",
     "RequestRecord",
     "codex_config",
     "decode_jwt_claims",

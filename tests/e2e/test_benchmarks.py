@@ -94,3 +94,23 @@ def test_bench_cli_watch_prints_its_figures() -> None:
     redraw = figures["watch_redraw"]
     assert redraw["clock_only_rows"] == 1  # only the header's clock moved
     assert 0 < redraw["one_account_rows"] < redraw["full_frame_rows"]
+
+
+def test_bench_redis_prints_its_figures() -> None:
+    """bench_redis.py reports lease latencies on a real redis-server and on files."""
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_redis.py"), "--ops", "20"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = [json.loads(line) for line in result.stdout.splitlines()]
+    seen = {(f["benchmark"], f["op"]) for f in figures}
+    assert seen == {
+        (backend, op)
+        for backend in ("redis_lease", "file_lease")
+        for op in ("acquire", "renew", "release")
+    }
+    assert all(0 < f["p50_ms"] <= f["p99_ms"] <= f["max_ms"] for f in figures)

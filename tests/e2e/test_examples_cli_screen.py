@@ -75,12 +75,6 @@ class Terminal:
             time.sleep(0.1)
 
 
-@pytest.fixture
-def tls_backend() -> object:
-    with FakeCodexBackend(tls=True) as backend:
-        yield backend
-
-
 def test_a_rotation_is_on_the_screen_and_in_the_title_while_the_resumed_tui_runs(
     tmp_path: Path, tls_backend: FakeCodexBackend, codex_bin: Path
 ) -> None:

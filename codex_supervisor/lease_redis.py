@@ -21,11 +21,16 @@ the heartbeat, loss reporting and shared retakes work unchanged:
 
 Keys, under ``prefix`` (default ``codex-supervisor:``): ``lease:{name}``, a
 hash of owner to record (JSON with times in server milliseconds), and
-``fence:{name}``, the counter. A hash lives a day past its last write, so
-names nobody uses any more go away by themselves.
+``fence:{name}``, the counter (``{name}`` is a hash tag: one Cluster slot). A
+hash lives a day past the latest expiry written to it, so names nobody uses
+any more go away by themselves; the counter stays, and is seeded from the
+server's clock, so fences keep growing even across a server that restarted
+empty.
 
-The client is made per event loop (the library runs some calls under their
-own ``asyncio.run``): :meth:`aclose` closes the one of the running loop.
+Every call runs the synchronous client in a worker thread: one connection
+pool for every event loop (the library runs some calls under their own
+``asyncio.run``). A holder suspended for longer than a day past its TTL loses
+its record with the hash (the file backend would keep it).
 """
 
 from __future__ import annotations
@@ -34,10 +39,11 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import socket
-import weakref
+import threading
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import Any, Final, final
 
 import attrs
 
@@ -52,9 +58,6 @@ from .lease import (
     claim_alive,
 )
 
-if TYPE_CHECKING:  # pragma: no cover - the optional dependency, for types only
-    from redis.asyncio import Redis
-
 __all__ = ["RedisLeaseBackend"]
 
 logger = logging.getLogger(__name__)
@@ -67,20 +70,40 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: hash, counter. ARGV: owner, mode, ttl_ms, pid, host, purpose ('' none),
-# has_purpose, pid_start ('' none), replaces_acquired_ms ('' none), dead owners
-# (JSON list), alive owners (JSON list), keep_ms.
-# Returns {1, record} granted; {0, why} refused; {2, [records]} lapsed records to judge.
+# Keep a name's hash at least `keep` past the latest expiry written to it: its
+# life only ever grows, so no holder's record can vanish with the key.
+_KEEP: Final = """
+local function keep(key, expires_ms, keep_ms)
+  local want = expires_ms - now + keep_ms
+  local left = redis.call('PTTL', key)
+  if left < want then redis.call('PEXPIRE', key, want) end
+end
+"""
+
+# KEYS: hash, counter. ARGV: owner, mode, ttl_ms, pid, host, purpose, has_purpose,
+# pid_start ('' none), replaces_acquired_ms ('' none), dead fields (JSON list), alive
+# fields (JSON list), keep_ms, attempt token, adoptable token ('' none).
+# Returns {1, record} granted (or adopted); {0, why} refused; {2, {field, record, ...}}
+# lapsed records to judge.
 _ACQUIRE: Final = (
     _NOW
+    + _KEEP
     + """
 local owner, mode, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local replaces = ARGV[9]
+local replaces, adopt = ARGV[9], ARGV[14]
 local dead, alive = {}, {}
 for _, o in ipairs(cjson.decode(ARGV[10])) do dead[o] = true end
 for _, o in ipairs(cjson.decode(ARGV[11])) do alive[o] = true end
+local mine = redis.call('HGET', KEYS[1], owner)
+if mine then
+  local ok, rec = pcall(cjson.decode, mine)
+  -- An earlier attempt of this caller that was applied although its reply was lost.
+  if adopt ~= '' and ok and type(rec) == 'table' and rec.attempt == adopt
+      and type(rec.expires_ms) == 'number' and rec.expires_ms > now then
+    return {1, mine}
+  end
+end
 if replaces ~= '' then
-  local mine = redis.call('HGET', KEYS[1], owner)
   if not mine then return {0, 'its record is gone'} end
   local ok, rec = pcall(cjson.decode, mine)
   if not ok or type(rec) ~= 'table' or rec.acquired_ms ~= tonumber(replaces) then
@@ -102,6 +125,7 @@ for i = 1, #all, 2 do
   elseif rec.expires_ms <= now and dead[o] then
     redis.call('HDEL', KEYS[1], o)
   elseif rec.expires_ms <= now and not alive[o] then
+    table.insert(unjudged, o)
     table.insert(unjudged, raw)
   elseif not (rec.mode == 'shared' and mode == 'shared') then
     blocked = blocked or ('held by ' .. o)
@@ -109,25 +133,31 @@ for i = 1, #all, 2 do
 end
 if #unjudged > 0 then return {2, unjudged} end
 if blocked then return {0, blocked} end
+-- The fence only grows: seeded from the server's clock, it survives the
+-- counter's loss (a server that restarted empty) as long as that clock does.
+local fence = redis.call('INCR', KEYS[2])
+if fence <= now then
+  fence = now + 1
+  redis.call('SET', KEYS[2], fence)
+end
 local rec = {
   owner = owner, mode = mode, pid = tonumber(ARGV[4]), host = ARGV[5],
-  acquired_ms = now, expires_ms = now + ttl,
-  fence = redis.call('INCR', KEYS[2]),
+  acquired_ms = now, expires_ms = now + ttl, fence = fence, attempt = ARGV[13],
 }
 if ARGV[7] == '1' then rec.purpose = ARGV[6] end
 if ARGV[8] ~= '' then rec.pid_start = ARGV[8] end
 local value = cjson.encode(rec)
 redis.call('HSET', KEYS[1], owner, value)
-redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[12]))
-redis.call('PEXPIRE', KEYS[2], ttl + tonumber(ARGV[12]))
+keep(KEYS[1], now + ttl, tonumber(ARGV[12]))
 return {1, value}
 """
 )
 
-# KEYS: hash, counter. ARGV: owner, acquired_ms, ttl_ms, purpose, has_purpose, keep_ms.
+# KEYS: hash. ARGV: owner, acquired_ms, ttl_ms, purpose, has_purpose, keep_ms.
 # Returns {1, record} renewed; {0, why} lost.
 _RENEW: Final = (
     _NOW
+    + _KEEP
     + """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return {0, 'record is gone'} end
@@ -142,26 +172,28 @@ rec.expires_ms = now + ttl
 if ARGV[5] == '1' then rec.purpose = ARGV[4] end
 local value = cjson.encode(rec)
 redis.call('HSET', KEYS[1], ARGV[1], value)
-redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[6]))
-redis.call('PEXPIRE', KEYS[2], ttl + tonumber(ARGV[6]))
+keep(KEYS[1], now + ttl, tonumber(ARGV[6]))
 return {1, value}
 """
 )
 
-# KEYS: hash. ARGV: owner, acquired_ms. Returns 1 when the claim was dropped.
+# KEYS: hash. ARGV: owner, field ('acquired_ms' or 'attempt'), value.
+# Drops the owner's record when that field still has that value; 1 if it did.
 _RELEASE: Final = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return 0 end
 local ok, rec = pcall(cjson.decode, raw)
-if ok and type(rec) == 'table' and rec.acquired_ms == tonumber(ARGV[2]) then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  return 1
-end
-return 0
+if not ok or type(rec) ~= 'table' then return 0 end
+local same
+if ARGV[2] == 'attempt' then same = rec.attempt == ARGV[3]
+else same = rec.acquired_ms == tonumber(ARGV[3]) end
+if not same then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
 """
 
-# KEYS: hash. Returns {now_ms, owner, record, owner, record, ...}.
-_READ: Final = _NOW + "return {now, unpack(redis.call('HGETALL', KEYS[1]))}"
+# KEYS: hash. Returns {now_ms, {owner, record, owner, record, ...}}.
+_READ: Final = _NOW + "return {now, redis.call('HGETALL', KEYS[1])}"
 
 
 def _millis(when: datetime) -> int:
@@ -176,6 +208,22 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _masked(url: str) -> str:
+    """``url`` with its password hidden: ``user:***@`` and ``password=***``."""
+    scheme, sep, rest = url.partition("://")
+    where, question, query = rest.partition("?")
+    credentials, at, host = where.rpartition("@")
+    if at:
+        user = credentials.partition(":")[0]
+        where = f"{user}:***@{host}" if user else f"***@{host}"
+    if question:
+        query = "&".join(
+            f"{key}=***" if key.lower() == "password" else f"{key}{eq}{value}"
+            for key, eq, value in (part.partition("=") for part in query.split("&"))
+        )
+    return f"{scheme}{sep}{where}{question}{query}"
+
+
 @final
 @attrs.define
 class RedisLeaseBackend:
@@ -185,27 +233,39 @@ class RedisLeaseBackend:
     or a listing raise :class:`~codex_supervisor.errors.LeaseError` and a
     renewal answer TRANSIENT (the heartbeat retries, and reports the lease
     lost once its TTL has passed without one), as a full disk does for the
-    file backend.
+    file backend. Needs Redis 5 or newer (scripts that read ``TIME``).
+
+    An acquire whose reply never came (a timeout, a cancelled caller) may
+    still have been applied: each attempt carries a token in its record, the
+    next attempt of the same owner adopts such a record instead of being
+    refused by it, and a failed or cancelled acquire undoes it when the server
+    answers (best effort, in the background).
+
+    Calls run the synchronous client in a worker thread: one connection pool
+    serves every event loop, so no connection outlives the loop it was made in.
     """
 
-    url: str
+    url: str = attrs.field(repr=_masked)
     prefix: str = attrs.field(default="codex-supervisor:", kw_only=True)
     socket_timeout: float = attrs.field(default=5.0, kw_only=True)
-    _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Redis] = attrs.field(
-        factory=weakref.WeakKeyDictionary, init=False, repr=False
-    )
+    _redis: Any = attrs.field(default=None, init=False, repr=False)
+    # The token of an owner's last acquire whose outcome is unknown: adoptable.
+    _unsure: dict[tuple[str, str], str] = attrs.field(factory=dict, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         try:
-            import redis.asyncio  # noqa: F401, PLC0415 - the optional dependency
+            import redis  # noqa: PLC0415 - the optional dependency
         except ImportError as exc:
             raise errors.ConfigError(
                 "RedisLeaseBackend needs the redis client: pip install 'codex-supervisor[redis]'"
             ) from exc
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
             raise errors.ConfigError(
-                f"a Redis URL starts with redis://, rediss:// or unix://, got {self.url!r}"
+                f"a Redis URL starts with redis://, rediss:// or unix://, got {_masked(self.url)!r}"
             )
+        self._redis = redis.Redis.from_url(
+            self.url, socket_timeout=self.socket_timeout, socket_connect_timeout=self.socket_timeout
+        )
 
     # -- the protocol --------------------------------------------------------
 
@@ -229,6 +289,29 @@ class RedisLeaseBackend:
             raise errors.ConfigError(f"unknown lease mode {mode!r}") from exc
         if replaces is not None and (replaces.name, replaces.owner) != (name, owner):
             raise errors.ConfigError("replaces must be a record of the same name and owner")
+        attempt = secrets.token_hex(8)
+        adopt = self._unsure.pop((name, owner), "")
+        self._unsure[(name, owner)] = attempt  # until its answer is known
+        try:
+            record = await self._acquire(name, owner, mode, ttl, purpose, replaces, attempt, adopt)
+        except BaseException:
+            # Applied or not, nobody will use it: undo it once the server answers.
+            self._undo_later(name, owner, attempt)
+            raise
+        self._unsure.pop((name, owner), None)
+        return record
+
+    async def _acquire(  # noqa: PLR0917 - the acquire's own arguments
+        self,
+        name: str,
+        owner: str,
+        mode: LeaseMode,
+        ttl: float,
+        purpose: str | None,
+        replaces: LeaseRecord | None,
+        attempt: str,
+        adopt: str,
+    ) -> LeaseRecord | None:
         pid = os.getpid()
         dead: list[str] = []
         alive: list[str] = []
@@ -248,6 +331,8 @@ class RedisLeaseBackend:
                 json.dumps(dead),
                 json.dumps(alive),
                 _IDLE_KEEP_MS,
+                attempt,
+                adopt,
                 what=f"acquire lease {name!r}",
             )
             status, payload = int(answer[0]), answer[1]
@@ -260,21 +345,40 @@ class RedisLeaseBackend:
                 logger.debug("lease.acquire_refused name=%s owner=%s why=%s", name, owner,
                              _text(payload))  # fmt: skip
                 return None
-            for raw in payload:
-                lapsed = self._record(name, _text(raw))
-                if claim_alive(lapsed):
-                    alive.append(lapsed.owner)
-                else:
-                    dead.append(lapsed.owner)
+            for index in range(0, len(payload) - 1, 2):
+                field = _text(payload[index])
+                try:
+                    lapsed = self._record(name, _text(payload[index + 1]))
+                except errors.StateError as exc:
+                    # Not ours to read (a newer version's?): it keeps its claim.
+                    logger.warning("lease.unreadable name=%s owner=%s: %s", name, field, exc)
+                    alive.append(field)
+                    continue
+                if lapsed.owner == field and not claim_alive(lapsed):
+                    dead.append(field)
                     logger.info(
                         "lease.expired_removed name=%s owner=%s pid=%s host=%s expired_at=%s",
                         name,
-                        lapsed.owner,
+                        field,
                         lapsed.pid,
                         lapsed.host,
                         lapsed.expires_at.isoformat(),
                     )
+                else:
+                    alive.append(field)
         raise errors.LeaseError(f"cannot acquire lease {name!r}: its records keep lapsing")
+
+    def _undo_later(self, name: str, owner: str, attempt: str) -> None:
+        def undo() -> None:
+            try:
+                self._call(_RELEASE, self._keys(name)[:1], owner, "attempt", attempt)
+            except Exception:  # best effort; the next attempt of the owner adopts it
+                logger.debug("lease.undo_failed name=%s owner=%s", name, owner, exc_info=True)
+            else:
+                if self._unsure.get((name, owner)) == attempt:
+                    del self._unsure[(name, owner)]
+
+        threading.Thread(target=undo, name=f"lease-undo:{name}", daemon=True).start()
 
     async def renew(
         self, record: LeaseRecord, ttl: float, *, purpose: str | None = None
@@ -318,6 +422,7 @@ class RedisLeaseBackend:
             _RELEASE,
             record.name,
             record.owner,
+            "acquired_ms",
             _millis(record.acquired_at),
             what=f"release lease {record.name!r}",
             counter=False,
@@ -333,29 +438,17 @@ class RedisLeaseBackend:
         return (await self._read(name))[1]
 
     async def aclose(self) -> None:
-        """Close the connection of the running event loop (others close with their loop)."""
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        """Close the connections (a later call opens new ones)."""
+        await asyncio.to_thread(self._redis.close)
 
     # -- Redis ---------------------------------------------------------------
 
-    def _client(self) -> Redis:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            from redis.asyncio import Redis  # noqa: PLC0415 - the optional dependency
-
-            client = Redis.from_url(
-                self.url,
-                socket_timeout=self.socket_timeout,
-                socket_connect_timeout=self.socket_timeout,
-            )
-            self._clients[loop] = client
-        return client
-
     def _keys(self, name: str) -> tuple[str, str]:
-        return f"{self.prefix}lease:{name}", f"{self.prefix}fence:{name}"
+        # One hash tag for both keys: one slot, so a Redis Cluster can run the scripts.
+        return f"{self.prefix}lease:{{{name}}}", f"{self.prefix}fence:{{{name}}}"
+
+    def _call(self, script: str, keys: tuple[str, ...], *args: str | int) -> Any:
+        return self._redis.eval(script, len(keys), *keys, *args)
 
     async def _script(
         self, script: str, name: str, *args: str | int, what: str, counter: bool = True
@@ -364,23 +457,25 @@ class RedisLeaseBackend:
 
         keys = self._keys(name) if counter else self._keys(name)[:1]
         try:
-            return await self._client().eval(script, len(keys), *keys, *args)
+            return await asyncio.to_thread(self._call, script, keys, *args)
         except (RedisError, OSError) as exc:
-            raise errors.LeaseError(f"cannot {what} in Redis at {self._where()}: {exc}") from exc
+            raise errors.LeaseError(
+                f"cannot {what} in Redis at {_masked(self.url)}: {_masked(str(exc))}"
+            ) from None
 
     async def _read(self, name: str) -> tuple[datetime, list[LeaseRecord]]:
         _check_id("name", name)
         answer = await self._script(
             _READ, name, what=f"list the records of {name!r}", counter=False
         )
-        now = _from_millis(int(answer[0]))
+        now, fields = _from_millis(int(answer[0])), answer[1]
         records = []
-        for index in range(1, len(answer) - 1, 2):
+        for index in range(0, len(fields) - 1, 2):
             try:
-                records.append(self._record(name, _text(answer[index + 1])))
+                records.append(self._record(name, _text(fields[index + 1])))
             except errors.StateError as exc:
                 logger.warning(
-                    "lease.unreadable name=%s owner=%s: %s", name, _text(answer[index]), exc
+                    "lease.unreadable name=%s owner=%s: %s", name, _text(fields[index]), exc
                 )
         return now, sorted(records, key=lambda r: (r.acquired_at, r.owner))
 
@@ -399,17 +494,8 @@ class RedisLeaseBackend:
                 pid_start=data.get("pid_start"),
                 fence=int(data["fence"]),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError, OSError) as exc:
             raise errors.StateError(f"malformed lease record of {name!r} in Redis: {exc}") from exc
-
-    def _where(self) -> str:
-        # The URL without a password (redis://user:secret@host -> redis://user:***@host).
-        scheme, sep, rest = self.url.partition("://")
-        credentials, at, host = rest.rpartition("@")
-        if not at:
-            return self.url
-        user = credentials.partition(":")[0]
-        return f"{scheme}{sep}{user}:***@{host}" if user else f"{scheme}{sep}***@{host}"
 
 
 def _ttl_ms(ttl: float) -> int:

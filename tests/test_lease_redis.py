@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -37,8 +38,12 @@ async def backend(redis_server: RedisServer) -> AsyncIterator[RedisLeaseBackend]
     await leases.aclose()
 
 
-async def _raw(backend: RedisLeaseBackend, *command: str) -> object:
-    return await backend._client().execute_command(*command)
+async def _raw(backend: RedisLeaseBackend, *command: str | int) -> object:
+    return await asyncio.to_thread(backend._redis.execute_command, *command)
+
+
+def _hash(backend: RedisLeaseBackend, name: str) -> str:
+    return backend._keys(name)[0]
 
 
 async def test_exclusive_excludes_and_shared_coexist(backend: RedisLeaseBackend) -> None:
@@ -127,8 +132,7 @@ async def _plant(backend: RedisLeaseBackend, name: str, **fields: object) -> Non
         "fence": 1,
         **fields,
     }
-    key = f"{backend.prefix}lease:{name}"
-    await _raw(backend, "HSET", key, str(record["owner"]), json.dumps(record))
+    await _raw(backend, "HSET", _hash(backend, name), str(record["owner"]), json.dumps(record))
 
 
 async def test_a_lapsed_claim_whose_process_still_runs_here_is_kept(
@@ -167,12 +171,11 @@ async def test_a_lapsed_claim_of_another_machine_is_taken_over(
 async def test_junk_is_dropped_and_a_record_it_cannot_read_blocks(
     backend: RedisLeaseBackend,
 ) -> None:
-    key = f"{backend.prefix}lease:j"
-    await _raw(backend, "HSET", key, "junk", "not json {")
+    await _raw(backend, "HSET", _hash(backend, "j"), "junk", "not json {")
     assert await backend.try_acquire("j", owner="me", mode=EXCLUSIVE, ttl=30) is not None
     assert [r.owner for r in await backend.records("j")] == ["me"]
     # JSON without an expiry: perhaps a newer version's claim, so it blocks.
-    await _raw(backend, "HSET", f"{backend.prefix}lease:f", "future", json.dumps({"v": 2}))
+    await _raw(backend, "HSET", _hash(backend, "f"), "future", json.dumps({"v": 2}))
     assert await backend.try_acquire("f", owner="me", mode=SHARED, ttl=30) is None
     assert await backend.records("f") == []  # (and is no record to list)
 
@@ -266,3 +269,102 @@ async def _until(predicate: Callable[[], bool], limit: float = 30.0) -> None:
 def test_a_redis_url_is_checked() -> None:
     with pytest.raises(errors.ConfigError, match="starts with redis://"):
         RedisLeaseBackend("http://127.0.0.1:6379")
+
+
+async def test_an_acquire_without_an_answer_is_undone_or_adopted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reply that never came: the server applied the acquire anyway. A failed attempt
+    undoes it once the server answers; the same owner's next attempt adopts it."""
+    with RedisServer() as server:
+        backend = RedisLeaseBackend(server.url, prefix="lost:", socket_timeout=0.3)
+        server.pause()
+        with pytest.raises(errors.LeaseError):
+            await backend.try_acquire("u", owner="me", mode=EXCLUSIVE, ttl=30)
+        server.resume()
+        await _until_async(lambda: backend.records("u"), [])  # undone in the background
+        # Now with the undo failing too: the next attempt of the owner adopts the record.
+        monkeypatch.setattr(RedisLeaseBackend, "_undo_later", lambda *_: None)
+        server.pause()
+        with pytest.raises(errors.LeaseError):
+            await backend.try_acquire("a", owner="me", mode=EXCLUSIVE, ttl=30)
+        server.resume()
+        [left] = await _wait_for_records(backend, "a")
+        adopted = await backend.try_acquire("a", owner="me", mode=EXCLUSIVE, ttl=30)
+        assert adopted == left
+        # Anyone else is refused, as the claim is live.
+        assert await backend.try_acquire("a", owner="other", mode=EXCLUSIVE, ttl=30) is None
+        await backend.aclose()
+
+
+async def _until_async(read: Callable[[], Any], expected: object, limit: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + limit
+    while (await read()) != expected:
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def _wait_for_records(backend: RedisLeaseBackend, name: str) -> list[LeaseRecord]:
+    deadline = asyncio.get_running_loop().time() + 30
+    while not (found := await backend.records(name)):
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+    return found
+
+
+async def test_fences_keep_growing_when_the_counter_is_lost(backend: RedisLeaseBackend) -> None:
+    first = await backend.try_acquire("g", owner="a", mode=EXCLUSIVE, ttl=30)
+    assert first is not None
+    assert first.fence is not None
+    await backend.release(first)
+    await _raw(backend, "DEL", backend._keys("g")[1])  # as a server restarted empty
+    second = await backend.try_acquire("g", owner="b", mode=EXCLUSIVE, ttl=30)
+    assert second is not None
+    assert second.fence is not None
+    assert second.fence > first.fence
+
+
+async def test_the_hash_lives_past_every_holders_expiry(backend: RedisLeaseBackend) -> None:
+    """A short-TTL write after a long-TTL one never shortens the key's life."""
+    long = await backend.try_acquire("p", owner="long", mode=SHARED, ttl=3600)
+    assert long is not None
+    life = await _raw(backend, "PTTL", _hash(backend, "p"))
+    short = await backend.try_acquire("p", owner="short", mode=SHARED, ttl=1)
+    assert short is not None
+    await backend.renew(short, 1)
+    after = await _raw(backend, "PTTL", _hash(backend, "p"))
+    assert isinstance(life, int)
+    assert isinstance(after, int)
+    assert after >= life - 1000  # (a second of slack for the time between the reads)
+    assert after > 3600 * 1000
+
+
+async def test_thousands_of_records_can_be_listed(backend: RedisLeaseBackend) -> None:
+    fields: list[str | int] = []
+    for index in range(5000):
+        record = {"owner": f"o{index}", "mode": "shared", "pid": 1, "host": "h",
+                  "acquired_ms": 1000, "expires_ms": 2000, "fence": index + 1}  # fmt: skip
+        fields += [f"o{index}", json.dumps(record)]
+    await _raw(backend, "HSET", _hash(backend, "big"), *fields)
+    assert len(await backend.records("big")) == 5000
+
+
+async def test_a_lapsed_record_it_cannot_read_blocks_without_an_error(
+    backend: RedisLeaseBackend,
+) -> None:
+    await _plant(backend, "v2", mode="exclusive-v2")  # a newer version's mode
+    assert await backend.try_acquire("v2", owner="me", mode=EXCLUSIVE, ttl=30) is None
+    # A record whose owner is not its field: never taken for another's, no endless loop.
+    record = {"owner": "someone", "mode": "exclusive", "pid": 1, "host": "elsewhere",
+              "acquired_ms": 1000, "expires_ms": 2000, "fence": 1}  # fmt: skip
+    await _raw(backend, "HSET", _hash(backend, "odd"), "field", json.dumps(record))
+    assert await backend.try_acquire("odd", owner="me", mode=EXCLUSIVE, ttl=30) is None
+
+
+def test_the_password_is_never_shown() -> None:
+    for url in ("redis://user:s3cret@h:1/0", "redis://h:1/0?password=s3cret&db=1"):
+        backend = RedisLeaseBackend(url)
+        assert "s3cret" not in repr(backend)
+    with pytest.raises(errors.ConfigError) as caught:
+        RedisLeaseBackend("http://u:s3cret@h")
+    assert "s3cret" not in str(caught.value)

@@ -63,7 +63,6 @@ from .errors import (
 )
 from .lease import (
     FileLeaseBackend,
-    FileLock,
     Lease,
     LeaseBackend,
     LeaseMode,
@@ -72,6 +71,7 @@ from .lease import (
     claim_alive,
 )
 from .quota import QuotaSnapshot, UsageCredentials, WindowKind, read_chatgpt_base_url
+from .state_store import FileStateStore, StateStore
 
 __all__ = [
     "ACCOUNT_NAME_PATTERN",
@@ -371,6 +371,13 @@ class AccountPool:
             lambda self: FileLeaseBackend(self.root / "leases", clock=self.clock), takes_self=True
         )
     )
+    #: Where the pool state document lives (``<root>/state.json`` by default).
+    state: StateStore = attrs.field(
+        default=attrs.Factory(
+            lambda self: FileStateStore(self.root, lock_timeout=self.lock_timeout),
+            takes_self=True,
+        )
+    )
     # Quarantined copies of safe logins that could not be deleted (said once).
     _undeletable: set[Path] = attrs.field(factory=set, init=False, repr=False, eq=False)
 
@@ -387,12 +394,12 @@ class AccountPool:
 
     @property
     def state_path(self) -> Path:
-        """The pool state file."""
+        """The pool state file (of the default file store)."""
         return self.root / "state.json"
 
     @property
     def backup_path(self) -> Path:
-        """The previous good version of the state file."""
+        """The previous good version of the state file (of the default file store)."""
         return self.root / "state.json.bak"
 
     def account_home(self, name: str) -> Path:
@@ -404,16 +411,13 @@ class AccountPool:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         _mkdir_private(self.root)
-        with FileLock(self.root / "pool.lock", timeout=self.lock_timeout):
+        with self.state.locked():
             yield
 
     def _load(self) -> _PoolState:
-        try:
-            raw = self.state_path.read_bytes()
-        except FileNotFoundError:
+        raw = self.state.read()
+        if raw is None:
             return _PoolState()
-        except OSError as exc:
-            raise StateError(f"cannot read {self.state_path}: {exc}") from exc
         try:
             data = json.loads(raw)
         except ValueError as exc:
@@ -425,7 +429,7 @@ class AccountPool:
             raise StateError(self._corrupt_message("no version"))
         if version > STATE_VERSION:
             raise StateError(
-                f"{self.state_path} was written by a newer codex_supervisor "
+                f"{self.state.where} was written by a newer codex_supervisor "
                 f"(state version {version}; this one reads {STATE_VERSION})"
             )
         try:
@@ -434,18 +438,13 @@ class AccountPool:
             raise StateError(self._corrupt_message(str(exc))) from exc
 
     def _corrupt_message(self, why: str) -> str:
-        backup = (
-            f"; the previous version is {self.backup_path}" if self.backup_path.exists() else ""
-        )
-        return f"pool state {self.state_path} is corrupt ({why}); left untouched{backup}"
+        backup = self.state.backup()
+        where = f"; the previous version is {backup}" if backup else ""
+        return f"pool state {self.state.where} is corrupt ({why}); left untouched{where}"
 
     def _save(self, state: _PoolState) -> None:
         data = json.dumps(_convert.unstructure(state), indent=2, sort_keys=True).encode()
-        with contextlib.suppress(FileNotFoundError):
-            # The backup is the last state that loaded cleanly: _save only runs
-            # after _load succeeded on the current file.
-            write_atomic(self.backup_path, self.state_path.read_bytes())
-        write_atomic(self.state_path, data + b"\n")
+        self.state.write(data + b"\n")
 
     def _update(self, change: Callable[[_PoolState], _PoolState]) -> _PoolState:
         with self._locked():
@@ -465,19 +464,14 @@ class AccountPool:
             raise ConfigError(f"no account named {name!r} in {self.root}")
         return account
 
-    def state_token(self) -> tuple[int, int, int] | None:
-        """A cheap fingerprint of the state file (inode, size, mtime), ``None`` if absent.
+    def state_token(self) -> object | None:
+        """A cheap fingerprint of the pool state, ``None`` while there is none.
 
-        It changes whenever another process rewrites the state (writes are
-        whole-file renames), so a waiter can poll it instead of re-reading.
+        It changes whenever another process rewrites the state (the file
+        store: inode, size and mtime of a whole-file rename; Redis: a version
+        counter), so a waiter can poll it instead of re-reading.
         """
-        try:
-            info = self.state_path.stat()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise StateError(f"cannot read {self.state_path}: {exc}") from exc
-        return (info.st_ino, info.st_size, info.st_mtime_ns)
+        return self.state.token()
 
     def record_snapshot(self, snapshot: QuotaSnapshot) -> bool:
         """Keep ``snapshot`` as the account's last one unless a newer one is stored.
@@ -1302,7 +1296,7 @@ class AccountPool:
                     self._save(attrs.evolve(state, accounts=kept))
                 except OSError as exc:
                     raise StateError(
-                        f"cannot remove account {name!r}: the pool state {self.state_path} "
+                        f"cannot remove account {name!r}: the pool state {self.state.where} "
                         f"cannot be saved ({exc}); nothing changed"
                     ) from exc
             aside = self._aside_path(name)

@@ -1207,7 +1207,7 @@ class Supervisor:
 
         The pool state, the rollout once bound, and the child's hook inbox.
         """
-        files = [self.pool.state_path]
+        files = list(self.pool.state.watch_paths())
         if run.binding is not None:
             files.append(run.binding.path)
         if run.hooks is not None:

@@ -394,12 +394,16 @@ class AccountPool:
 
     @property
     def state_path(self) -> Path:
-        """The pool state file (of the default file store)."""
-        return self.root / "state.json"
+        """The pool state file of a file store (``<root>/state.json`` otherwise: none)."""
+        return (
+            self.state.path if isinstance(self.state, FileStateStore) else self.root / "state.json"
+        )
 
     @property
     def backup_path(self) -> Path:
-        """The previous good version of the state file (of the default file store)."""
+        """The previous good version of a file store's state file."""
+        if isinstance(self.state, FileStateStore):
+            return self.state.backup_path
         return self.root / "state.json.bak"
 
     def account_home(self, name: str) -> Path:
@@ -411,7 +415,7 @@ class AccountPool:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         _mkdir_private(self.root)
-        with self.state.locked():
+        with self.state.locked(timeout=self.lock_timeout):
             yield
 
     def _load(self) -> _PoolState:
@@ -1294,7 +1298,7 @@ class AccountPool:
             if listed:
                 try:
                     self._save(attrs.evolve(state, accounts=kept))
-                except OSError as exc:
+                except (OSError, StateError) as exc:
                     raise StateError(
                         f"cannot remove account {name!r}: the pool state {self.state.where} "
                         f"cannot be saved ({exc}); nothing changed"
@@ -1324,7 +1328,7 @@ class AccountPool:
             return StateError(f"cannot remove {name!r}: {problem}; nothing changed")
         try:
             self._save(state)
-        except OSError as exc:
+        except (OSError, StateError) as exc:
             account_dir = self.root / "accounts" / name
             log.exception("could not put account %r back in the pool state", name)
             return StateError(

@@ -20,7 +20,9 @@ Both are synchronous: the pool's state methods are short and synchronous.
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +37,8 @@ from .lease_redis import _masked
 
 __all__ = ["FileStateStore", "RedisStateStore", "StateStore"]
 
+log = logging.getLogger(__name__)
+
 
 @runtime_checkable
 class StateStore(Protocol):
@@ -45,11 +49,11 @@ class StateStore(Protocol):
         """Where the document is, for messages (a path, or a masked URL and key)."""
         ...
 
-    def locked(self) -> contextlib.AbstractContextManager[None]:
+    def locked(self, timeout: float | None = None) -> contextlib.AbstractContextManager[None]:
         """Exclusive across every process using the store, for a read-change-write.
 
         Raises :class:`~codex_supervisor.errors.LeaseTimeout` when it stays
-        held by another past the store's timeout.
+        held by another past ``timeout`` (None: the store's own).
         """
         ...
 
@@ -97,10 +101,11 @@ class FileStateStore:
         return str(self.path)
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self, timeout: float | None = None) -> Iterator[None]:
         """The OS lock ``<root>/pool.lock`` (the root made 0700 first)."""
         _mkdir_private(self.root)
-        with FileLock(self.root / "pool.lock", timeout=self.lock_timeout):
+        wait = self.lock_timeout if timeout is None else timeout
+        with FileLock(self.root / "pool.lock", timeout=wait):
             yield
 
     def read(self) -> bytes | None:
@@ -149,8 +154,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: document, backup, version. ARGV: data.
+# KEYS: document, backup, version, lock. ARGV: data, lock token.
+# Refused (0) unless the caller still holds the lock: a holder that stalled past
+# the lock's TTL must not overwrite what the next holder wrote.
 _WRITE = """
+if redis.call('GET', KEYS[4]) ~= ARGV[2] then return 0 end
 local old = redis.call('GET', KEYS[1])
 if old then redis.call('SET', KEYS[2], old) end
 redis.call('SET', KEYS[1], ARGV[1])
@@ -176,6 +184,8 @@ class RedisStateStore:
     lock_ttl: float = attrs.field(default=30.0, kw_only=True)
     socket_timeout: float = attrs.field(default=5.0, kw_only=True)
     _redis: Any = attrs.field(default=None, init=False, repr=False)
+    # The lock token of the calling thread, while it holds the lock.
+    _held: threading.local = attrs.field(factory=threading.local, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         try:
@@ -184,13 +194,20 @@ class RedisStateStore:
             raise errors.ConfigError(
                 "RedisStateStore needs the redis client: pip install 'codex-supervisor[redis]'"
             ) from exc
+        if "decode_responses" in self.url:
+            raise errors.ConfigError("RedisStateStore reads bytes: drop decode_responses")
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
             raise errors.ConfigError(
                 f"a Redis URL starts with redis://, rediss:// or unix://, got {_masked(self.url)!r}"
             )
-        self._redis = redis.Redis.from_url(
-            self.url, socket_timeout=self.socket_timeout, socket_connect_timeout=self.socket_timeout
-        )
+        try:
+            self._redis = redis.Redis.from_url(
+                self.url,
+                socket_timeout=self.socket_timeout,
+                socket_connect_timeout=self.socket_timeout,
+            )
+        except ValueError as exc:
+            raise errors.ConfigError(f"bad Redis URL {_masked(self.url)!r}: {exc}") from None
 
     def _key(self, what: str) -> str:
         return f"{self.prefix}{what}:{{{self.pool}}}"
@@ -201,20 +218,34 @@ class RedisStateStore:
         return f"{_masked(self.url)} key {self._key('state')}"
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """The lock key, taken with ``SET NX PX`` and polled for until ``lock_timeout``."""
+    def locked(self, timeout: float | None = None) -> Iterator[None]:
+        """The lock key, taken with ``SET NX PX`` and polled for until the timeout."""
+        wait = self.lock_timeout if timeout is None else timeout
         token = secrets.token_hex(16).encode()
         key = self._key("state-lock")
-        deadline = time.monotonic() + self.lock_timeout
+        deadline = time.monotonic() + wait
         while not self._call("lock", self._redis.set, key, token, nx=True,
                              px=max(1, round(self.lock_ttl * 1000))):  # fmt: skip
             if time.monotonic() >= deadline:
-                raise errors.LeaseTimeout(self.where, self.lock_timeout, holder=None)
+                raise errors.LeaseTimeout(self.where, wait, holder=None)
             time.sleep(0.01)
+        self._held.token = token
+        failed = True
         try:
             yield
+            failed = False
         finally:
-            self._call("unlock", self._redis.eval, _UNLOCK, 1, key, token)
+            self._held.token = None
+            try:
+                released = self._call("unlock", self._redis.eval, _UNLOCK, 1, key, token)
+            except errors.StateError:
+                if not failed:
+                    raise
+                # The block's own error says more; the lock frees itself after lock_ttl.
+                log.warning("could not give back the pool state lock %s", key, exc_info=True)
+            else:
+                if not released:
+                    log.warning("the pool state lock %s had expired before it was given back", key)
 
     def read(self) -> bytes | None:
         """The document; None when there is none yet."""
@@ -222,9 +253,25 @@ class RedisStateStore:
         return None if data is None else bytes(data)
 
     def write(self, data: bytes) -> None:
-        """Replace the document; the one it replaces becomes the backup; the version grows."""
-        keys = (self._key("state"), self._key("state-backup"), self._key("state-version"))
-        self._call("write", self._redis.eval, _WRITE, 3, *keys, data)
+        """Replace the document; the one it replaces becomes the backup; the version grows.
+
+        Only under :meth:`locked`, and only while the lock is still this
+        caller's: a holder that stalled past ``lock_ttl`` gets a StateError.
+        """
+        token = getattr(self._held, "token", None)
+        if token is None:
+            raise errors.StateError("RedisStateStore.write needs the lock (locked())")
+        keys = (
+            self._key("state"),
+            self._key("state-backup"),
+            self._key("state-version"),
+            self._key("state-lock"),
+        )
+        if not self._call("write", self._redis.eval, _WRITE, 4, *keys, data, token):
+            raise errors.StateError(
+                f"the pool state lock of {self.where} expired before the write "
+                f"(held longer than {self.lock_ttl:g}s); nothing was written"
+            )
 
     def backup(self) -> str | None:
         """The backup's key, when there is one."""
@@ -234,7 +281,10 @@ class RedisStateStore:
     def token(self) -> int | None:
         """The version counter (None before the first write)."""
         value = self._call("read", self._redis.get, self._key("state-version"))
-        return None if value is None else int(value)
+        try:
+            return None if value is None else int(value)
+        except ValueError:
+            raise errors.StateError(f"the version of {self.where} is no number") from None
 
     def watch_paths(self) -> list[Path]:
         """None: a change is seen by polling :meth:`token`."""

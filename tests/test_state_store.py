@@ -130,3 +130,54 @@ def test_an_unreachable_redis_is_a_state_error_without_the_password() -> None:
         store.read()
     assert "s3cret" not in str(caught.value)
     assert "s3cret" not in repr(store)
+
+
+def test_a_holder_that_stalled_past_the_lock_ttl_cannot_overwrite_the_next_one(
+    redis_server: RedisServer,
+) -> None:
+    pool = uuid.uuid4().hex
+    slow = RedisStateStore(redis_server.url, pool=pool, lock_ttl=0.2)
+    quick = RedisStateStore(redis_server.url, pool=pool, lock_timeout=5.0)
+    with slow.locked():
+        with quick.locked():  # the slow holder's lock expired meanwhile
+            quick.write(b"quick")
+        with pytest.raises(errors.StateError, match="expired before the write"):
+            slow.write(b"slow")
+    assert quick.read() == b"quick"
+    with pytest.raises(errors.StateError, match="needs the lock"):
+        quick.write(b"outside")
+
+
+def test_the_pools_lock_timeout_is_read_when_the_lock_is_taken(
+    tmp_path: Path, backend: FakeCodexBackend
+) -> None:
+    """Made with lock_timeout 0, then given 30: the pool waits for a lock let go soon."""
+    pool = AccountPool(root=tmp_path / "pool", base_codex_home=tmp_path / "home", lock_timeout=0)
+    backend.add_account("id-alpha")
+    pool.import_auth("alpha", backend.write_auth(tmp_path / "login", "id-alpha"))
+    pool.lock_timeout = 30.0
+    other = FileStateStore(tmp_path / "pool").locked()
+    other.__enter__()
+    letting_go = threading.Timer(0.3, other.__exit__, args=(None, None, None))
+    letting_go.start()
+    try:
+        kept = pool.set_cooldown(
+            "alpha",
+            window=WindowKind.FIVE_HOUR,
+            blocked_until=datetime.now(UTC) + timedelta(hours=1),
+            reason="r",
+        )
+    finally:
+        letting_go.join()
+    assert kept.reason == "r"
+
+
+def test_bad_redis_settings_are_config_or_state_errors(redis_server: RedisServer) -> None:
+    with pytest.raises(errors.ConfigError, match="bad Redis URL"):
+        RedisStateStore("redis://127.0.0.1:notaport/0")
+    with pytest.raises(errors.ConfigError, match="decode_responses"):
+        RedisStateStore(f"{redis_server.url}?decode_responses=True")
+    store = RedisStateStore(redis_server.url, pool=uuid.uuid4().hex)
+    store._redis.set(store._key("state-version"), b"twelve")
+    with pytest.raises(errors.StateError, match="is no number"):
+        store.token()

@@ -428,6 +428,22 @@ def _check_ttl(ttl: float) -> float:
     return ttl
 
 
+def _check_acquire(
+    name: str, owner: str, mode: LeaseMode, ttl: float, replaces: LeaseRecord | None
+) -> LeaseMode:
+    """The checks every backend's ``try_acquire`` makes of its arguments; the mode."""
+    _check_id("name", name)
+    _check_id("owner", owner)
+    _check_ttl(ttl)
+    try:
+        mode = LeaseMode(mode)
+    except ValueError as exc:
+        raise errors.ConfigError(f"unknown lease mode {mode!r}") from exc
+    if replaces is not None and (replaces.name, replaces.owner) != (name, owner):
+        raise errors.ConfigError("replaces must be a record of the same name and owner")
+    return mode
+
+
 def _compatible(held: LeaseMode, wanted: LeaseMode) -> bool:
     return held is LeaseMode.SHARED and wanted is LeaseMode.SHARED
 
@@ -498,15 +514,7 @@ class FileLeaseBackend:
         With ``replaces`` (a lapsed record of ``owner``) it is a retake: None
         unless the record stored for ``owner`` is still that very claim.
         """
-        _check_id("name", name)
-        _check_id("owner", owner)
-        _check_ttl(ttl)
-        try:
-            mode = LeaseMode(mode)
-        except ValueError as exc:
-            raise errors.ConfigError(f"unknown lease mode {mode!r}") from exc
-        if replaces is not None and (replaces.name, replaces.owner) != (name, owner):
-            raise errors.ConfigError("replaces must be a record of the same name and owner")
+        mode = _check_acquire(name, owner, mode, ttl, replaces)
         folder = self._folder(name)
         try:
             async with self._lock(folder):

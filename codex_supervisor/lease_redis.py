@@ -52,6 +52,7 @@ from .lease import (
     LeaseMode,
     LeaseRecord,
     RenewOutcome,
+    _check_acquire,
     _check_id,
     _check_ttl,
     _pid_start,
@@ -280,15 +281,7 @@ class RedisLeaseBackend:
         replaces: LeaseRecord | None = None,
     ) -> LeaseRecord | None:
         """Claim ``name`` for ``owner`` now, or None if it is held incompatibly (see the module)."""
-        _check_id("name", name)
-        _check_id("owner", owner)
-        _check_ttl(ttl)
-        try:
-            mode = LeaseMode(mode)
-        except ValueError as exc:
-            raise errors.ConfigError(f"unknown lease mode {mode!r}") from exc
-        if replaces is not None and (replaces.name, replaces.owner) != (name, owner):
-            raise errors.ConfigError("replaces must be a record of the same name and owner")
+        mode = _check_acquire(name, owner, mode, ttl, replaces)
         attempt = secrets.token_hex(8)
         adopt = self._unsure.pop((name, owner), "")
         self._unsure[(name, owner)] = attempt  # until its answer is known

@@ -11,10 +11,13 @@ code and ``--json`` shape):
                             refused while in use unless --force)
     accounts unblock NAME   lift an account's cooldowns (``--window W`` for one)
     status                  quota, cooldowns and occupancy of every account
+                            (``--watch``: kept up to date until Ctrl-C)
     run [--] ARGS           a supervised Codex session (exit code = Codex's)
     demo                    a self-contained supervised session against the
                             bundled fake backend that pre-warms, rotates and
                             resumes (the simulator, or --codex BIN)
+    config show             every setting, its value and where it came from
+    completion bash|zsh     a shell completion script made from this parser
 """
 
 from __future__ import annotations

@@ -85,9 +85,12 @@ def live_app_servers(root: Path) -> dict[int, str]:
     """Live ``codex app-server`` processes whose CODEX_HOME lies under ``root``: pid → home.
 
     Only the servers themselves: the shells and tools they start inherit
-    CODEX_HOME but are not app-servers.
+    CODEX_HOME but are not app-servers, and a child a server has just forked
+    shows the server's own command line until it execs, so a process whose
+    parent is one of the servers is left out.
     """
     found = {}
+    parents = {}
     prefix = b"CODEX_HOME=" + bytes(root)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -103,7 +106,8 @@ def live_app_servers(root: Path) -> dict[int, str]:
         for item in environ:
             if item.startswith(prefix):
                 found[int(entry.name)] = item.removeprefix(b"CODEX_HOME=").decode()
-    return found
+                parents[int(entry.name)] = int(status.split("PPid:\t", 1)[1].split()[0])
+    return {pid: home for pid, home in found.items() if parents[pid] not in found}
 
 
 def app_servers_under(root: Path) -> list[int]:

@@ -27,6 +27,7 @@ import concurrent.futures
 import contextlib
 import enum
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -34,6 +35,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import stat
 import subprocess
 import time
@@ -49,13 +51,23 @@ from . import _convert
 from ._fs import fsync_dir, write_atomic
 from ._jwt import decode_jwt_claims
 from .clock import Clock, SystemClock
-from .config import child_environment, default_base_codex_home, default_pool_root
+from .config import (
+    child_environment,
+    default_backend,
+    default_base_codex_home,
+    default_pool_root,
+)
+from .credentials import CredentialCustody, CredentialKey, RedisCredentialStore, last_refresh
 from .errors import (
+    AccountBusy,
     AccountGone,
     AccountInUse,
     AuthError,
     CodexNotFoundError,
     ConfigError,
+    CredentialError,
+    CredentialsHeld,
+    LeaseTimeout,
     LoginQuarantined,
     QuotaUnavailable,
     StateError,
@@ -70,6 +82,7 @@ from .lease import (
     acquire_lease,
     claim_alive,
 )
+from .lease_redis import _masked
 from .quota import QuotaSnapshot, UsageCredentials, WindowKind, read_chatgpt_base_url
 from .state_store import FileStateStore, StateStore
 
@@ -227,6 +240,10 @@ class _PoolState:
     accounts: dict[str, Account] = attrs.field(factory=dict)
 
 
+def _masked_or_none(url: str | None) -> str:
+    return repr(None if url is None else _masked(url))
+
+
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -272,17 +289,6 @@ def identity_from_auth(data: bytes | str | Mapping[str, Any]) -> Identity:
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         return Identity(auth_mode=AuthMode.API_KEY, account_id=f"apikey-{digest}")
     raise AuthError("auth.json holds neither a ChatGPT login nor an API key")
-
-
-def _last_refresh(data: bytes) -> datetime | None:
-    """The ``last_refresh`` of an auth.json, aware (UTC if naive); None if unreadable."""
-    try:
-        value = json.loads(data).get("last_refresh")
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-    except (ValueError, AttributeError, TypeError, RecursionError):
-        return None
-    # A naive time compared with an aware one would raise TypeError.
-    return parsed.replace(tzinfo=UTC) if parsed and parsed.tzinfo is None else parsed
 
 
 def _read_private_file(path: Path) -> bytes:
@@ -366,29 +372,84 @@ class AccountPool:
     base_codex_home: Path = attrs.field(factory=default_base_codex_home, converter=Path)
     clock: Clock = attrs.field(factory=SystemClock)
     lock_timeout: float = 10.0
+    #: A Redis URL (``redis://host:6379/0``) for a pool shared by several
+    #: machines: leases, state and logins live there (see
+    #: :mod:`.credentials`); None keeps them in the pool folder.
+    backend: str | None = attrs.field(default=None, kw_only=True, repr=_masked_or_none)
+    #: The pool's name in a shared backend (several pools may share a server).
+    pool_name: str = attrs.field(default="default", kw_only=True)
+    #: This machine and pool folder as a shared backend knows them.
+    site: str = attrs.field(
+        default=attrs.Factory(lambda self: f"{socket.gethostname()}:{self.root}", takes_self=True),
+        kw_only=True,
+    )
+    #: Seals the logins of a shared pool; by default from the environment.
+    credential_key: CredentialKey | None = attrs.field(default=None, kw_only=True, repr=False)
     leases: LeaseBackend = attrs.field(
-        default=attrs.Factory(
-            lambda self: FileLeaseBackend(self.root / "leases", clock=self.clock), takes_self=True
-        )
+        default=attrs.Factory(lambda self: self._default_leases(), takes_self=True)
     )
     #: Where the pool state document lives (``<root>/state.json`` by default).
     state: StateStore = attrs.field(
-        default=attrs.Factory(
-            lambda self: FileStateStore(self.root, lock_timeout=self.lock_timeout),
-            takes_self=True,
-        )
+        default=attrs.Factory(lambda self: self._default_state(), takes_self=True)
+    )
+    #: The logins shared between the machines of a pool (None: one machine).
+    credentials: RedisCredentialStore | None = attrs.field(
+        default=attrs.Factory(lambda self: self._default_credentials(), takes_self=True),
+        kw_only=True,
     )
     # Quarantined copies of safe logins that could not be deleted (said once).
     _undeletable: set[Path] = attrs.field(factory=set, init=False, repr=False, eq=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> AccountPool:
-        """A pool at the folders the environment names (see :mod:`.config`)."""
+        """A pool at the folders and backend the environment names (see :mod:`.config`)."""
+        kwargs.setdefault("backend", default_backend(environ))
+        if kwargs["backend"] is not None and kwargs.get("credential_key") is None:
+            kwargs["credential_key"] = CredentialKey.from_env(environ)
         return cls(
             root=default_pool_root(environ),
             base_codex_home=default_base_codex_home(environ),
             **kwargs,
         )
+
+    def _redis_url(self) -> str | None:
+        if self.backend is None:
+            return None
+        if not self.backend.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                "a pool backend is a Redis URL (redis://host:6379/0, rediss:// for TLS), "
+                f"got {_masked(self.backend)!r}"
+            )
+        return self.backend
+
+    def _default_leases(self) -> LeaseBackend:
+        url = self._redis_url()
+        if url is None:
+            return FileLeaseBackend(self.root / "leases", clock=self.clock)
+        from .lease_redis import RedisLeaseBackend  # noqa: PLC0415 - the optional extra
+
+        return RedisLeaseBackend(url, prefix=f"codex-supervisor:{self.pool_name}:", site=self.site)
+
+    def _default_state(self) -> StateStore:
+        url = self._redis_url()
+        if url is None:
+            return FileStateStore(self.root, lock_timeout=self.lock_timeout)
+        from .state_store import RedisStateStore  # noqa: PLC0415
+
+        return RedisStateStore(url, pool=self.pool_name, lock_timeout=self.lock_timeout)
+
+    def _default_credentials(self) -> RedisCredentialStore | None:
+        url = self._redis_url()
+        if url is None:
+            return None
+        key = self.credential_key or CredentialKey.from_env()
+        if key is None:
+            raise CredentialError(
+                "a pool shared in Redis seals its logins with a key of yours: make one with "
+                "`head -c 32 /dev/urandom | base64 > KEYFILE` (chmod 600), give the same "
+                "file to every machine and set CODEX_SUPERVISOR_CREDENTIAL_KEY_FILE=KEYFILE"
+            )
+        return RedisCredentialStore(url, key, pool=self.pool_name)
 
     # -- paths -----------------------------------------------------------------
 
@@ -675,11 +736,13 @@ class AccountPool:
         :class:`~codex_supervisor.errors.StateError` (after the undo).
         """
         try:
-            return self._import_auth(name, Path(source), copy=copy)
+            account = self._import_auth(name, Path(source), copy=copy)
         except OSError as exc:
             if isinstance(exc, SupervisorError):  # LeaseTimeout: the pool lock is busy
                 raise
             raise StateError(f"could not import {source} as account {name!r}: {exc}") from exc
+        self._publish_quietly(name)
+        return account
 
     def _import_auth(self, name: str, src: Path, *, copy: bool) -> Account:
         _check_name(name)
@@ -780,6 +843,27 @@ class AccountPool:
         A folder ``<root>/accounts/<name>`` outside the pool state is adopted
         as by :meth:`import_auth`.
         """
+        account = self._login(
+            name,
+            codex=codex,
+            device_auth=device_auth,
+            api_key=api_key,
+            environ=environ,
+            runner=runner,
+        )
+        self._publish_quietly(name)
+        return account
+
+    def _login(
+        self,
+        name: str,
+        *,
+        codex: Path | str,
+        device_auth: bool,
+        api_key: str | None,
+        environ: Mapping[str, str] | None,
+        runner: LoginRunner,
+    ) -> Account:
         _check_name(name)
         accounts_dir = self.root / "accounts"
         _mkdir_private(accounts_dir)
@@ -915,7 +999,7 @@ class AccountPool:
                 current = dest.read_bytes()
             except FileNotFoundError:
                 current = b""
-            old_time, new_time = _last_refresh(current), _last_refresh(data)
+            old_time, new_time = last_refresh(current), last_refresh(data)
             if current and (new_time is None or (old_time is not None and new_time <= old_time)):
                 return False
             write_atomic(dest, data, mode=0o600)
@@ -1175,7 +1259,7 @@ class AccountPool:
             current = (self.account_home(name) / "auth.json").read_bytes()
         except OSError as exc:
             return f"could not compare it with {name!r}'s auth.json: {exc}"
-        old_time, new_time = _last_refresh(current), _last_refresh(data)
+        old_time, new_time = last_refresh(current), last_refresh(data)
         stale = old_time is not None and new_time is not None and new_time <= old_time
         if current == data or stale:
             return None
@@ -1395,8 +1479,26 @@ class AccountPool:
         auth_path = home / "auth.json"
         try:
             _warn_if_exposed(auth_path)
-            auth = json.loads(auth_path.read_bytes())
-        except (OSError, ValueError) as exc:
+            raw: bytes | None = auth_path.read_bytes()
+        except OSError as exc:
+            if self.credentials is None:
+                raise QuotaUnavailable(f"cannot read the auth.json of {name!r}: {exc}") from exc
+            raw = None
+        if self.credentials is not None:
+            # Another machine may have refreshed it since this one last ran it.
+            try:
+                stored = await asyncio.to_thread(self.credentials.fetch, name)
+            except CredentialError as exc:
+                if raw is None:
+                    raise QuotaUnavailable(f"no login of {name!r} to probe with: {exc}") from exc
+                stored = None
+            if stored is not None and (raw is None or _replaces(stored.data, raw)):
+                raw = stored.data
+            if raw is None:
+                raise QuotaUnavailable(f"no login of {name!r} here or in the shared store")
+        try:
+            auth = json.loads(raw or b"")
+        except ValueError as exc:
             raise QuotaUnavailable(f"cannot read the auth.json of {name!r}: {exc}") from exc
         except RecursionError as exc:
             raise QuotaUnavailable(f"the auth.json of {name!r} is nested too deeply") from exc
@@ -1409,7 +1511,7 @@ class AccountPool:
             account=name,
             account_id=account_id if isinstance(account_id, str) else None,
             access_token=access,
-            base_url=read_chatgpt_base_url(home),
+            base_url=read_chatgpt_base_url(home if home.is_dir() else self.base_codex_home),
         )
 
     # -- occupancy --------------------------------------------------------------------
@@ -1504,6 +1606,11 @@ class AccountPool:
         self, name: str, claim: AbstractAsyncContextManager[Lease]
     ) -> AsyncIterator[Lease]:
         held = False
+        if self.credentials is not None:
+            # A shared pool: an account another site runs is not to be waited for.
+            elsewhere = self.elsewhere(await self.occupants(name))
+            if elsewhere is not None:
+                raise AccountBusy(name, elsewhere)
         try:
             async with claim as lease:
                 held = True
@@ -1511,12 +1618,114 @@ class AccountPool:
                 # exclusively) is either over, and seen here, or waits.
                 if name not in (await asyncio.to_thread(self._load)).accounts:
                     raise AccountGone(name, "it was removed before it could be occupied")
-                yield lease
+                if self.credentials is None:
+                    yield lease
+                else:
+                    custody = CredentialCustody(
+                        self.credentials, name, self.account_home(name), self.site
+                    )
+                    await asyncio.to_thread(self._take_custody, custody)
+                    async with custody.keep_pushed():
+                        yield lease
+        except LeaseTimeout:
+            if held or self.credentials is None:
+                raise
+            # Taken by another site between the look above and the claim.
+            elsewhere = self.elsewhere(await self.occupants(name))
+            if elsewhere is None:
+                raise
+            raise AccountBusy(name, elsewhere) from None
         finally:
             if held:
                 # The last occupant of an account removed while in use sets
                 # its folder aside.
                 await self._set_aside_if_removed(name)
+
+    def _take_custody(self, custody: CredentialCustody) -> None:
+        """Make this site the account's custody: its home holds the newest login after."""
+        home = custody.home
+        if not home.parent.is_dir():
+            # An account added on another machine: its folder here is new.
+            _mkdir_private(home.parent)
+        _mkdir_private(home)
+        custody.take()
+        if not (home / "auth.json").exists():
+            raise AuthError(
+                f"account {custody.name!r} has no login here and none in "
+                f"{custody.store.where}: add it again on the machine that has it"
+            )
+
+    # -- shared logins ------------------------------------------------------------------
+
+    def credential_holds(self, names: Sequence[str]) -> dict[str, CredentialsHeld]:
+        """The accounts of ``names`` the shared store holds back (none for a one-machine pool).
+
+        Held back too: an account whose last site saw a change it never
+        pushed and no longer runs it (taking it would hold it back).
+
+        On the way, a hold that waits for a change this very site saw (it
+        died before pushing it, and still has it) is lifted by pushing it.
+        """
+        if self.credentials is None:
+            return {}
+        holds = self.credentials.holds(names)
+        others = [name for name in names if name not in holds]
+        for name, held in self.credentials.unpushed(others, self.site).items():
+            # Held back once taken, unless its site still runs it (and pushes soon).
+            if not _run_blocking(functools.partial(self.leases.holders, self.lease_name(name))):
+                holds[name] = held
+        for name, held in list(holds.items()):
+            if held.site != self.site:
+                continue
+            custody = CredentialCustody(self.credentials, name, self.account_home(name), self.site)
+            try:
+                if custody._push_what_a_hold_waits_for():  # noqa: SLF001 - same package
+                    del holds[name]
+            except CredentialError as exc:
+                log.warning("cannot push the login %r waits for: %s", name, exc)
+        return holds
+
+    def unhold(self, name: str) -> bool:
+        """Take the shared store's login of ``name`` as its newest, lifting its hold.
+
+        For when the machine that saw a newer login is gone for good; that
+        login's refresh token may then be spent (a fresh ``login`` is the
+        safer way). False when ``name`` was not held back.
+        """
+        self.get(name)
+        if self.credentials is None:
+            return False
+        return self.credentials.unhold(name)
+
+    def _publish(self, name: str) -> None:
+        """Store a fresh login of ``name`` (import, login) in the shared store, if any."""
+        if self.credentials is None:
+            return
+        data = (self.account_home(name) / "auth.json").read_bytes()
+        version = self.credentials.publish(name, data, site=self.site)
+        log.info("credentials.published account=%s version=%s", name, version)
+
+    def _publish_quietly(self, name: str) -> None:
+        try:
+            self._publish(name)
+        except (CredentialError, OSError) as exc:
+            log.warning(
+                "the login of %r is not in the shared store yet (%s); the next run of it on "
+                "this machine pushes it",
+                name,
+                exc,
+            )
+
+    def elsewhere(self, records: Sequence[LeaseRecord]) -> str | None:
+        """The other site among the occupants ``records`` of an account, or None.
+
+        Only a shared pool's occupants name a site; an account that runs on
+        another site cannot be occupied here until it is given back.
+        """
+        for record in records:
+            if record.site is not None and record.site != self.site:
+                return record.site
+        return None
 
     async def occupants(self, name: str) -> list[LeaseRecord]:
         """Who occupies ``name``: its live leases, and lapsed ones whose process still runs.
@@ -1682,7 +1891,7 @@ def _replaces(new: bytes, current: bytes) -> bool:
     """Whether login ``new`` may replace ``current`` of the same account: unless not newer."""
     if new == current:
         return False
-    old_time, new_time = _last_refresh(current), _last_refresh(new)
+    old_time, new_time = last_refresh(current), last_refresh(new)
     return not (old_time is not None and new_time is not None and new_time <= old_time)
 
 

@@ -7,6 +7,11 @@ The library reads these variables (and no others):
 ``CODEX_HOME``
     The user's base Codex home (default ``~/.codex``), whose config, prompts,
     skills and sessions every account home links to.
+``CODEX_SUPERVISOR_BACKEND``
+    Where a pool shared by several machines keeps its leases, state and
+    logins: a Redis URL (``redis://host:6379/0``); unset, the pool folder.
+``CODEX_SUPERVISOR_CREDENTIAL_KEY``, ``CODEX_SUPERVISOR_CREDENTIAL_KEY_FILE``
+    The key that seals the logins of such a pool (see :mod:`.credentials`).
 ``CODEX_CA_CERTIFICATE``, ``SSL_CERT_FILE``
     The PEM bundle Codex adds to the roots it trusts; the first one set (and
     not empty) wins, as in Codex. The usage probe trusts the same bundle.
@@ -25,18 +30,21 @@ from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = [
+    "ENV_BACKEND",
     "ENV_BASE_CODEX_HOME",
     "ENV_CA_CERTIFICATE",
     "ENV_POOL_HOME",
     "ENV_SSL_CERT_FILE",
     "ca_bundle",
     "child_environment",
+    "default_backend",
     "default_base_codex_home",
     "default_pool_root",
     "proxy_environment",
 ]
 
 ENV_POOL_HOME = "CODEX_SUPERVISOR_HOME"
+ENV_BACKEND = "CODEX_SUPERVISOR_BACKEND"
 ENV_BASE_CODEX_HOME = "CODEX_HOME"
 ENV_CA_CERTIFICATE = "CODEX_CA_CERTIFICATE"
 ENV_SSL_CERT_FILE = "SSL_CERT_FILE"
@@ -70,6 +78,11 @@ def default_base_codex_home(environ: Mapping[str, str] | None = None) -> Path:
     env = _env(environ)
     value = env.get(ENV_BASE_CODEX_HOME)
     return Path(value).expanduser() if value else _home_dir(env) / ".codex"
+
+
+def default_backend(environ: Mapping[str, str] | None = None) -> str | None:
+    """``$CODEX_SUPERVISOR_BACKEND`` (a Redis URL), or None: the pool folder."""
+    return _env(environ).get(ENV_BACKEND) or None
 
 
 def child_environment(codex_home: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -12,11 +12,14 @@ builtin fits, the error also inherits it, so ``except TimeoutError`` works::
     │   ├── CodexNotFoundError (FileNotFoundError)
     │   └── UnsupportedCodexVersion        a version the feature table does not know
     ├── AuthError                          an auth.json we cannot use
-    │   └── LoginQuarantined               an account's newest login is not in its home
+    │   ├── LoginQuarantined               an account's newest login is not in its home
+    │   │   └── CredentialsHeld            a shared store cannot vouch for its login
+    │   └── CredentialError                the shared credential store: key, reach
     ├── StateError                         a malformed or unreadable state file
     ├── LeaseError
     │   ├── LeaseTimeout (TimeoutError)    could not acquire in time
     │   ├── LeaseLost                      a held lease was taken or expired (ensure_held)
+    │   ├── AccountBusy                    a shared pool's account runs on another machine
     │   └── AccountInUse                   an occupied account cannot be removed now
     ├── QuotaError
     │   ├── QuotaUnavailable               no source could produce a snapshot
@@ -41,6 +44,7 @@ constructor argument), so they can cross process boundaries in tests and tools.
 from __future__ import annotations
 
 __all__ = [
+    "AccountBusy",
     "AccountGone",
     "AccountInUse",
     "AppServerError",
@@ -49,6 +53,8 @@ __all__ = [
     "CodexCLIError",
     "CodexNotFoundError",
     "ConfigError",
+    "CredentialError",
+    "CredentialsHeld",
     "HomeNotFound",
     "HomeStoreError",
     "LeaseError",
@@ -144,6 +150,34 @@ class LoginQuarantined(AuthError):
         )
 
 
+class CredentialsHeld(LoginQuarantined):
+    """Codex must not start on ``account``: the shared store cannot vouch for its login.
+
+    A pool shared by several machines (see :mod:`codex_supervisor.credentials`)
+    hands an account to another machine only when the last machine that held
+    it pushed every change it saw of its auth.json. ``site`` saw a change it
+    never pushed (it died or lost the store first): the shared copy may hold
+    a spent refresh token. ``path`` is where the store lives.
+    """
+
+    def __init__(self, account: str, path: str, reason: str, site: str | None = None) -> None:
+        super().__init__(account, path, reason)
+        self.site = site
+
+    def __str__(self) -> str:
+        where = f"on {self.site}" if self.site else "on the machine that held it"
+        return (
+            f"account {self.account!r} is held back: {self.reason}. To do: {where}, run "
+            f"`codex-supervisor status` (it pushes that machine's newer auth.json); or "
+            f"`codex-supervisor accounts login {self.account}` again; or "
+            f"`codex-supervisor accounts unhold {self.account}` to take the shared copy as it is"
+        )
+
+
+class CredentialError(AuthError):
+    """The shared credential store cannot be used: no key, a wrong key, unreachable."""
+
+
 class StateError(SupervisorError):
     """A state or lease file that is malformed or cannot be read."""
 
@@ -197,6 +231,22 @@ class AccountInUse(LeaseError):
 
     def __str__(self) -> str:
         return f"account {self.name!r} is in use by {self.occupants}; not removed"
+
+
+class AccountBusy(LeaseError):
+    """An account of a shared pool that runs on another site (machine) now.
+
+    Its login is used at one site at a time, so the caller chooses another
+    account or waits. ``site`` is where it runs.
+    """
+
+    def __init__(self, name: str, site: str) -> None:
+        super().__init__(name, site)
+        self.name = name
+        self.site = site
+
+    def __str__(self) -> str:
+        return f"account {self.name!r} is in use on {self.site}"
 
 
 class QuotaError(SupervisorError):

@@ -337,6 +337,9 @@ class LeaseRecord:
     backend: a counter of the name that grows on every grant, a retake
     included; None for the file backend): a store that remembers the highest
     fence it saw can refuse a write from a holder whose claim was taken over.
+
+    ``site`` is the holder's site where the backend keeps shared holders to
+    one (``RedisLeaseBackend(site=…)``: a machine and its pool folder).
     """
 
     name: str
@@ -349,6 +352,7 @@ class LeaseRecord:
     purpose: str | None = None
     pid_start: str | None = None
     fence: int | None = None
+    site: str | None = None
 
     def expired(self, now: datetime) -> bool:
         """Whether the claim has lapsed at wall-clock time ``now`` (aware UTC)."""
@@ -747,8 +751,9 @@ class FileLeaseBackend:
 
     def _write(self, folder: Path, record: LeaseRecord) -> None:
         fields = unstructure(record)
-        if fields.get("fence") is None:
-            del fields["fence"]  # (the file backend gives none: its format stays as it was)
+        for extra in ("fence", "site"):
+            if fields.get(extra) is None:
+                del fields[extra]  # (the file backend gives none: its format stays as it was)
         data = (json.dumps(fields, sort_keys=True) + "\n").encode()
         # Not fsynced: a lease means nothing after the machine restarts (its
         # holder is gone; the boot id says so), and an fsync per heartbeat

@@ -83,7 +83,8 @@ end
 
 # KEYS: hash, counter. ARGV: owner, mode, ttl_ms, pid, host, purpose, has_purpose,
 # pid_start ('' none), replaces_acquired_ms ('' none), dead fields (JSON list), alive
-# fields (JSON list), keep_ms, attempt token, adoptable token ('' none).
+# fields (JSON list), keep_ms, attempt token, adoptable token ('' none), site ('' none:
+# shared holders anywhere).
 # Returns {1, record} granted (or adopted); {0, why} refused; {2, {field, record, ...}}
 # lapsed records to judge.
 _ACQUIRE: Final = (
@@ -91,7 +92,7 @@ _ACQUIRE: Final = (
     + _KEEP
     + """
 local owner, mode, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local replaces, adopt = ARGV[9], ARGV[14]
+local replaces, adopt, site = ARGV[9], ARGV[14], ARGV[15]
 local dead, alive = {}, {}
 for _, o in ipairs(cjson.decode(ARGV[10])) do dead[o] = true end
 for _, o in ipairs(cjson.decode(ARGV[11])) do alive[o] = true end
@@ -130,6 +131,8 @@ for i = 1, #all, 2 do
     table.insert(unjudged, raw)
   elseif not (rec.mode == 'shared' and mode == 'shared') then
     blocked = blocked or ('held by ' .. o)
+  elseif site ~= '' and (rec.site or '') ~= site then
+    blocked = blocked or ('held by ' .. o .. ' on site ' .. (rec.site or '?'))
   end
 end
 if #unjudged > 0 then return {2, unjudged} end
@@ -147,6 +150,7 @@ local rec = {
 }
 if ARGV[7] == '1' then rec.purpose = ARGV[6] end
 if ARGV[8] ~= '' then rec.pid_start = ARGV[8] end
+if site ~= '' then rec.site = site end
 local value = cjson.encode(rec)
 redis.call('HSET', KEYS[1], owner, value)
 keep(KEYS[1], now + ttl, tonumber(ARGV[12]))
@@ -249,6 +253,11 @@ class RedisLeaseBackend:
     url: str = attrs.field(repr=_masked)
     prefix: str = attrs.field(default="codex-supervisor:", kw_only=True)
     socket_timeout: float = attrs.field(default=5.0, kw_only=True)
+    #: When set, shared holders must all be of this one site (a machine and its
+    #: pool folder): a shared claim from another site waits like an exclusive
+    #: one. An account's occupancy spans machines this way: its login is used
+    #: at one site at a time.
+    site: str | None = attrs.field(default=None, kw_only=True)
     _redis: Any = attrs.field(default=None, init=False, repr=False)
     # The token of an owner's last acquire whose outcome is unknown: adoptable.
     _unsure: dict[tuple[str, str], str] = attrs.field(factory=dict, init=False, repr=False)
@@ -326,6 +335,7 @@ class RedisLeaseBackend:
                 _IDLE_KEEP_MS,
                 attempt,
                 adopt,
+                self.site or "",
                 what=f"acquire lease {name!r}",
             )
             status, payload = int(answer[0]), answer[1]
@@ -486,6 +496,7 @@ class RedisLeaseBackend:
                 purpose=data.get("purpose"),
                 pid_start=data.get("pid_start"),
                 fence=int(data["fence"]),
+                site=data.get("site"),
             )
         except (ValueError, KeyError, TypeError, OverflowError, OSError) as exc:
             raise errors.StateError(f"malformed lease record of {name!r} in Redis: {exc}") from exc

@@ -53,6 +53,7 @@ from .clock import Clock, SystemClock
 from .errors import (
     AuthError,
     ConfigError,
+    CredentialError,
     LoginQuarantined,
     QuotaError,
     QuotaUnavailable,
@@ -180,6 +181,8 @@ class AccountSelector:
         self._accounts: list[Account] | None = None
         self._occupancy: dict[str, int] | None = None
         self._occupancy_at = float("-inf")
+        #: Accounts of a shared pool that run on another site now: name → site.
+        self.elsewhere: dict[str, str] = {}
         self._probed_at: dict[str, float] = {}
         self._probes: dict[str, asyncio.Task[QuotaSnapshot | None]] = {}
         #: Why the last probe of an account failed (cleared by a success).
@@ -290,12 +293,19 @@ class AccountSelector:
         now = self.clock.monotonic()
         if self._occupancy is None or now - self._occupancy_at >= max_age:
             counts: dict[str, int] = {}
+            elsewhere: dict[str, str] = {}
             for account in accounts:
                 try:
-                    counts[account.name] = len(await self.pool.occupants(account.name))
+                    records = await self.pool.occupants(account.name)
                 except Exception:
                     log.debug("occupants of %s unknown", account.name, exc_info=True)
+                    continue
+                counts[account.name] = len(records)
+                site = self.pool.elsewhere(records)
+                if site is not None:
+                    elsewhere[account.name] = site
             self._occupancy, self._occupancy_at = counts, now
+            self.elsewhere = elsewhere
         return self._occupancy
 
     async def candidates(
@@ -323,12 +333,21 @@ class AccountSelector:
             raise ConfigError(f"the pool at {self.pool.root} has no accounts; add one first")
         held = await self._held_back(accounts)
         accounts = [a for a in accounts if a.name not in held]
+        if self.pool.credentials is not None:
+            # A shared pool: what runs on another machine is not a candidate
+            # (its login is used at one site at a time); looked at afresh.
+            await self._occupants(accounts, max_age=0.0)
+            accounts = [a for a in accounts if a.name not in self.elsewhere]
         if probe:
             now = self.clock.now()
             due = [a.name for a in accounts if self._probe_due(a, now)]
             if due:
                 await self.refresh(due, budget=self.probe_budget if budget is None else budget)
-                accounts = [a for a in await self.accounts() if a.name not in held]
+                accounts = [
+                    a
+                    for a in await self.accounts()
+                    if a.name not in held and a.name not in self.elsewhere
+                ]
         now = self.clock.now()
         occupancy = await self._occupants(accounts)
         prior = self.costs.prior()
@@ -348,6 +367,17 @@ class AccountSelector:
     async def _held_back(self, accounts: Sequence[Account]) -> dict[str, LoginQuarantined]:
         """The accounts to leave out of the candidates now (also kept in :attr:`held_back`)."""
         held = dict(await self._quarantine_holds(accounts))
+        if self.pool.credentials is not None:
+            # A shared pool: logins another machine may have left unpushed.
+            try:
+                holds = await asyncio.to_thread(
+                    self.pool.credential_holds, [a.name for a in accounts]
+                )
+            except CredentialError as exc:  # the occupancy checks again, under its lease
+                log.warning("cannot read the holds of the shared logins: %s", exc)
+                holds = {}
+            for name, hold in holds.items():
+                held.setdefault(name, hold)
         if self.hold_back is not None:
             for name, why in self.hold_back(accounts).items():
                 held.setdefault(name, why)
@@ -587,8 +617,11 @@ class AccountSelector:
         """
         candidates = await self.candidates(probe=probe, budget=budget)
         now = self.clock.now()
-        held = "; ".join(str(h) for h in self.held_back.values())
-        if not candidates:  # every account is held back: look again in a tick
+        held = "; ".join(
+            [str(h) for h in self.held_back.values()]
+            + [f"{name} runs on {site}" for name, site in sorted(self.elsewhere.items())]
+        )
+        if not candidates:  # every account is held back or busy elsewhere: look again
             return WaitUntil(
                 until=now + timedelta(seconds=self.tick),
                 reason=f"no account can run now: {held}",

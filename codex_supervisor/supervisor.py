@@ -48,7 +48,7 @@ from .codex_cli import (
     resume_argv,
 )
 from .config import child_environment
-from .errors import AccountGone, ConfigError, LoginQuarantined
+from .errors import AccountBusy, AccountGone, ConfigError, LoginQuarantined
 from .events import (
     AccountSelected,
     ChildExited,
@@ -733,6 +733,15 @@ class Supervisor:
                 if isinstance(chosen, int):
                     return result(chosen, chosen - 128)
                 account = chosen
+                continue
+            except AccountBusy as exc:
+                # A shared pool: another machine took it since it was chosen.
+                used.pop()
+                log.info("not launching Codex on %s: %s; choosing another", account, exc)
+                selected = await self._select(signals, avoid=account)
+                if isinstance(selected, int):
+                    return result(selected, selected - 128)
+                account = selected
                 continue
             else:
                 refusal = None

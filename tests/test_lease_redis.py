@@ -368,3 +368,27 @@ def test_the_password_is_never_shown() -> None:
     with pytest.raises(errors.ConfigError) as caught:
         RedisLeaseBackend("http://u:s3cret@h")
     assert "s3cret" not in str(caught.value)
+
+
+async def test_a_site_keeps_shared_holders_to_one_site(redis_server: RedisServer) -> None:
+    """With ``site``, shared claims coexist within the site and wait across sites."""
+    prefix = f"test-{uuid.uuid4().hex}:"
+    here = RedisLeaseBackend(redis_server.url, prefix=prefix, site="host-a:/pool")
+    twin = RedisLeaseBackend(redis_server.url, prefix=prefix, site="host-a:/pool")
+    there = RedisLeaseBackend(redis_server.url, prefix=prefix, site="host-b:/pool")
+    anywhere = RedisLeaseBackend(redis_server.url, prefix=prefix)
+    one = await here.try_acquire("acct", owner="one", mode=SHARED, ttl=30)
+    assert one is not None
+    assert one.site == "host-a:/pool"
+    assert await twin.try_acquire("acct", owner="two", mode=SHARED, ttl=30) is not None
+    assert await there.try_acquire("acct", owner="three", mode=SHARED, ttl=30) is None
+    # A backend without a site shares as before, and its claims name none.
+    free = await anywhere.try_acquire("other", owner="four", mode=SHARED, ttl=30)
+    assert free is not None
+    assert free.site is None
+    assert await anywhere.try_acquire("other", owner="five", mode=SHARED, ttl=30) is not None
+    for record in await here.holders("acct"):
+        await here.release(record)
+    assert await there.try_acquire("acct", owner="three", mode=SHARED, ttl=30) is not None
+    for each in (here, twin, there, anywhere):
+        await each.aclose()

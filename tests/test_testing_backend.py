@@ -169,6 +169,39 @@ def test_stall_hangs_until_released(backend: FakeCodexBackend) -> None:
     assert "response.completed" not in result["text"]
 
 
+def test_hold_answers_in_full_once_released(backend: FakeCodexBackend) -> None:
+    """A held stream waits after response.created, then completes with its text."""
+    acct = backend.add_account("acct-a")
+    backend.script(Behaviour.hold("at last"))
+    seen_created = threading.Event()
+    result: dict[str, str] = {}
+
+    def consume() -> None:
+        with httpx.stream(
+            "POST",
+            f"{backend.base_url}/responses",
+            headers={"authorization": f"Bearer {acct.access_token}"},
+            json={},
+            timeout=30,
+        ) as resp:
+            text = ""
+            for chunk in resp.iter_text():
+                text += chunk
+                if "response.created" in text:
+                    seen_created.set()
+            result["text"] = text
+
+    worker = threading.Thread(target=consume)
+    worker.start()
+    assert seen_created.wait(10)
+    assert worker.is_alive()  # still held after the first event
+    backend.release_stalls()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert "response.completed" in result["text"]
+    assert "at last" in result["text"]
+
+
 def test_delay_holds_the_reply(backend: FakeCodexBackend) -> None:
     """A delayed reply completes, but only after the delay."""
     acct = backend.add_account("acct-a")

@@ -68,6 +68,7 @@ class BehaviourKind(enum.Enum):
     REPLY = "reply"
     DELAY = "delay"
     STALL = "stall"
+    HOLD = "hold"
     DROP = "drop"
     USAGE_LIMIT = "usage_limit"
     SERVER_ERROR = "server_error"
@@ -105,6 +106,16 @@ class Behaviour:
         closes without completing the response.
         """
         return cls(kind=BehaviourKind.STALL, seconds=seconds)
+
+    @classmethod
+    def hold(cls, text: str | None = None) -> Behaviour:
+        """Send the headers and ``response.created``, then wait to answer.
+
+        The answer (``text``, or the backend's reply text) goes out once
+        :meth:`FakeCodexBackend.release_stalls` is called: a turn that goes
+        on for as long as a test needs, and then completes.
+        """
+        return cls(kind=BehaviourKind.HOLD, text=text)
 
     @classmethod
     def drop(cls) -> Behaviour:
@@ -530,7 +541,7 @@ class FakeCodexBackend:
             self._scripts.setdefault(account_id, deque()).extend(behaviours)
 
     def release_stalls(self) -> None:
-        """End every stalled stream now (and any that stall later)."""
+        """End every stalled stream now, answer every held one (and any later)."""
         self._release.set()
 
     def _next_behaviour(self, account_id: str | None) -> Behaviour | None:
@@ -920,6 +931,10 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 backend._stopping.wait(0.05)
             return
+        if kind is BehaviourKind.HOLD:
+            while not backend._release.is_set():
+                if backend._stopping.wait(0.05):
+                    return
         delay = behaviour.seconds if behaviour and kind is BehaviourKind.DELAY else None
         if delay and backend._stopping.wait(delay):
             return

@@ -1,0 +1,674 @@
+"""Credentials that move between machines: each account's auth.json in a shared store.
+
+A pool shared by several machines (``AccountPool(backend="redis://…")``)
+keeps one copy of each account's login per machine, in that machine's
+account home, and the newest one in Redis, encrypted. The rules:
+
+* **One machine at a time.** The occupancy lease of an account is shared
+  only by the processes of one *site* (a machine and its pool folder): a
+  second site waits until the first gave the account back (see
+  ``RedisLeaseBackend(site=…)``). Only the site that holds the account —
+  its *custody* — may push a change of the login.
+* **Take the newest on acquire.** :meth:`CredentialCustody.take` runs once the
+  lease is held: the store's copy replaces an older local auth.json; a local
+  copy newer than the store's (by ``last_refresh``, the rule "never an older
+  auth.json over a newer one") is pushed instead.
+* **Push every change.** While Codex runs, the account's auth.json is
+  watched (and looked at every few seconds besides); each change is pushed
+  at once, and once more on release. A push is a compare-and-set on the
+  record's version, refused when the store's login is newer, and refused
+  when another site took the account meanwhile.
+* **A site that dies.** Before pushing a change, the site records that it
+  *saw* it. A site that takes the account after another one finds the
+  record clean (the last change seen was pushed) or holds the account back
+  (:class:`~codex_supervisor.errors.CredentialsHeld`): the shared copy may
+  carry a refresh token the dead site already spent. The hold is lifted
+  when that site comes back and pushes what it saw (any ``status`` there
+  does), by a fresh login of the account, or by hand
+  (:meth:`RedisCredentialStore.unhold`). A change the dead site never
+  noticed (it died within the moment between Codex's write and the watch
+  waking) cannot be known to anybody.
+* **Encrypted at rest.** Each login is sealed with AES-256-GCM under the
+  user's :class:`CredentialKey`, the account name and the record version as
+  associated data (a sealed login cannot be replayed under another name or
+  an older version); fingerprints are keyed HMACs. No token is ever logged.
+
+Redis keys: ``{prefix}credentials:{pool}:{name}``, one hash per account
+(``{pool}`` is a hash tag: one Cluster slot per pool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import stat
+import threading
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, final
+
+import attrs
+
+from ._fs import write_atomic
+from ._watch import ChangeWatcher
+from .errors import CredentialError, CredentialsHeld
+
+__all__ = [
+    "CredentialCustody",
+    "CredentialKey",
+    "RedisCredentialStore",
+    "StoredCredentials",
+    "last_refresh",
+]
+
+log = logging.getLogger(__name__)
+
+#: The environment variables a key is read from (the text itself, or a file holding it).
+KEY_ENV: Final = "CODEX_SUPERVISOR_CREDENTIAL_KEY"
+KEY_FILE_ENV: Final = "CODEX_SUPERVISOR_CREDENTIAL_KEY_FILE"
+
+_MAX_AUTH_BYTES: Final = 1 << 20
+_NONCE: Final = 12
+_HOW_TO_MAKE: Final = (
+    "make one with `head -c 32 /dev/urandom | base64 > key` and give the same key to every "
+    f"machine of the pool: {KEY_FILE_ENV}=PATH or {KEY_ENV}=TEXT"
+)
+
+
+def last_refresh(data: bytes) -> datetime | None:
+    """The ``last_refresh`` of an auth.json, aware (UTC if naive); None if unreadable."""
+    try:
+        value = json.loads(data).get("last_refresh")
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    except (ValueError, AttributeError, TypeError, RecursionError):
+        return None
+    # A naive time compared with an aware one would raise TypeError.
+    return parsed.replace(tzinfo=UTC) if parsed and parsed.tzinfo is None else parsed
+
+
+def _refreshed_ms(data: bytes) -> str:
+    when = last_refresh(data)
+    return "" if when is None else str(round(when.timestamp() * 1000))
+
+
+@final
+@attrs.frozen
+class CredentialKey:
+    """The user's 32-byte key: seals logins (AES-256-GCM) and keys fingerprints (HMAC).
+
+    Written as base64 (standard or URL-safe, padding optional) or 64 hex
+    digits. Every machine of a pool needs the same key; it never leaves the
+    process (not in argv, logs, a child's environment or the store).
+    """
+
+    secret: bytes = attrs.field(repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.secret) != 32:
+            raise CredentialError(f"a credential key is 32 bytes, got {len(self.secret)}")
+
+    @classmethod
+    def from_text(cls, text: str, *, where: str = "the credential key") -> CredentialKey:
+        """The key written as base64 or hex; CredentialError naming ``where`` otherwise."""
+        text = text.strip()
+        candidates: list[bytes] = []
+        with contextlib.suppress(ValueError):
+            candidates.append(bytes.fromhex(text))
+        for decode in (base64.b64decode, base64.urlsafe_b64decode):
+            with contextlib.suppress(binascii.Error, ValueError):
+                candidates.append(decode(text + "=" * (-len(text) % 4)))
+        for raw in candidates:
+            if len(raw) == 32:
+                return cls(raw)
+        raise CredentialError(f"{where} is not 32 bytes in base64 or hex; {_HOW_TO_MAKE}")
+
+    @classmethod
+    def from_file(cls, path: Path | str) -> CredentialKey:
+        """The key in file ``path``; a file others can read is refused (chmod 600 it)."""
+        path = Path(path).expanduser()
+        try:
+            info = path.stat()
+            if info.st_mode & 0o077:
+                raise CredentialError(
+                    f"refusing the credential key {path}: readable by other users "
+                    f"(mode {stat.S_IMODE(info.st_mode):o}); chmod 600 it"
+                )
+            text = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CredentialError(f"cannot read the credential key {path}: {exc}") from None
+        return cls.from_text(text, where=f"the credential key {path}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> CredentialKey | None:
+        """The key ``$CODEX_SUPERVISOR_CREDENTIAL_KEY(_FILE)`` names; None when neither is set."""
+        env = os.environ if environ is None else environ
+        if env.get(KEY_ENV):
+            return cls.from_text(env[KEY_ENV], where=f"${KEY_ENV}")
+        if env.get(KEY_FILE_ENV):
+            return cls.from_file(env[KEY_FILE_ENV])
+        return None
+
+    @staticmethod
+    def generate() -> str:
+        """A new random key, as base64 text."""
+        return base64.b64encode(secrets.token_bytes(32)).decode()
+
+    def _aad(self, name: str, version: int) -> bytes:
+        return f"codex-supervisor auth.json\0{name}\0{version}".encode()
+
+    def seal(self, name: str, version: int, data: bytes) -> bytes:
+        """``data`` encrypted and authenticated for account ``name`` at ``version``."""
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+
+        nonce = secrets.token_bytes(_NONCE)
+        return nonce + AESGCM(self.secret).encrypt(nonce, data, self._aad(name, version))
+
+    def open(self, name: str, version: int, blob: bytes) -> bytes:
+        """The login :meth:`seal` sealed; CredentialError if the key or the record differ."""
+        from cryptography.exceptions import InvalidTag  # noqa: PLC0415
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+
+        try:
+            return AESGCM(self.secret).decrypt(
+                blob[:_NONCE], blob[_NONCE:], self._aad(name, version)
+            )
+        except (InvalidTag, ValueError):
+            raise CredentialError(
+                f"the shared login of {name!r} (version {version}) does not open with this "
+                "key: another key, or a record changed by hand"
+            ) from None
+
+    def fingerprint(self, data: bytes) -> str:
+        """A keyed digest of ``data``: equal logins match, and it tells nothing of the tokens."""
+        sub = hmac.new(self.secret, b"codex-supervisor fingerprint", hashlib.sha256).digest()
+        return hmac.new(sub, data, hashlib.sha256).hexdigest()[:32]
+
+
+@final
+@attrs.frozen(kw_only=True)
+class StoredCredentials:
+    """An account's record in the shared store (``data`` is the opened login)."""
+
+    name: str
+    version: int
+    data: bytes = attrs.field(repr=False)
+    fingerprint: str
+    site: str | None
+    refreshed: datetime | None
+
+
+_NOW: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+_FIELDS: Final = "'version', 'refreshed_ms', 'fp', 'site', 'seen', 'held', 'blob'"
+
+# KEYS: record. ARGV: site, expected version, refreshed_ms ('' unknown), fp, blob, force.
+# {1, version} stored (or already there); {0, site} custody elsewhere; {2, version}
+# another version; {3, refreshed_ms} the store's login is not older.
+_PUSH: Final = (
+    _NOW
+    + f"local cur = redis.call('HMGET', KEYS[1], {_FIELDS})"
+    + """
+local version = tonumber(cur[1]) or 0
+local force = ARGV[6] == '1'
+if not force and cur[4] and cur[4] ~= ARGV[1] then return {0, cur[4]} end
+if version ~= tonumber(ARGV[2]) then return {2, version} end
+if cur[3] == ARGV[4] and not force then return {1, version} end
+if not force and cur[2] and cur[2] ~= '' and ARGV[3] ~= ''
+    and tonumber(ARGV[3]) <= tonumber(cur[2]) then
+  return {3, cur[2]}
+end
+redis.call('HSET', KEYS[1], 'version', version + 1, 'refreshed_ms', ARGV[3], 'fp', ARGV[4],
+  'blob', ARGV[5], 'site', ARGV[1], 'seen', ARGV[4], 'pushed_ms', now, 'seen_ms', now)
+-- The change a hold waited for, or a fresh login: the hold is over.
+if cur[6] and (force or cur[5] == ARGV[4]) then redis.call('HDEL', KEYS[1], 'held', 'held_ms') end
+return {1, version + 1}
+"""
+)
+
+# KEYS: record. ARGV: site. {1} nothing stored; {1, version, refreshed_ms, fp, blob}
+# taken; {0, why, site, seen} held back.
+_TAKE: Final = (
+    _NOW
+    + f"local cur = redis.call('HMGET', KEYS[1], {_FIELDS})"
+    + """
+if not cur[1] then return {1} end
+if not cur[6] and cur[4] and cur[4] ~= ARGV[1] and cur[5] ~= cur[3] then
+  redis.call('HSET', KEYS[1], 'held',
+    'site ' .. cur[4] .. ' saw a change of its auth.json it never pushed', 'held_ms', now)
+  cur[6] = redis.call('HGET', KEYS[1], 'held')
+end
+if cur[6] then return {0, cur[6], cur[4] or '', cur[5] or ''} end
+redis.call('HSET', KEYS[1], 'site', ARGV[1])
+return {1, cur[1], cur[2], cur[3], cur[7]}
+"""
+)
+
+# KEYS: record. ARGV: site, fp. Notes that the custody site saw login fp (1), or 0.
+_SEEN: Final = (
+    _NOW
+    + """
+local site = redis.call('HGET', KEYS[1], 'site')
+if not site or site ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'seen', ARGV[2], 'seen_ms', now)
+return 1
+"""
+)
+
+# KEYS: record. Lifts a hold (or the one a change seen but not pushed would make), taking
+# the stored login as the newest: 1 if there was one.
+_UNHOLD: Final = """
+local cur = redis.call('HMGET', KEYS[1], 'held', 'seen', 'fp')
+if not cur[1] and cur[2] == cur[3] then return 0 end
+redis.call('HSET', KEYS[1], 'seen', cur[3] or '')
+redis.call('HDEL', KEYS[1], 'held', 'held_ms')
+return 1
+"""
+
+
+@final
+@attrs.frozen(kw_only=True)
+class _Hold:
+    reason: str
+    site: str | None
+    seen: str
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _masked(url: str) -> str:
+    from .lease_redis import _masked as masked  # noqa: PLC0415 - one masking rule
+
+    return masked(url)
+
+
+@attrs.define
+class RedisCredentialStore:
+    """Each account's newest login, sealed, in Redis at ``url`` (extra ``redis``).
+
+    ``pool`` names the pool (several pools may share one server). Every
+    method is synchronous (run it in a worker thread from a loop); Redis
+    unreachable raises :class:`~codex_supervisor.errors.CredentialError`.
+    """
+
+    url: str = attrs.field(repr=_masked)
+    key: CredentialKey = attrs.field(repr=False)
+    pool: str = "default"
+    prefix: str = attrs.field(default="codex-supervisor:", kw_only=True)
+    socket_timeout: float = attrs.field(default=5.0, kw_only=True)
+    _redis: Any = attrs.field(default=None, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        try:
+            import redis  # noqa: PLC0415 - the optional dependency
+        except ImportError as exc:
+            raise CredentialError(
+                "RedisCredentialStore needs the redis client: pip install 'codex-supervisor[redis]'"
+            ) from exc
+        if not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise CredentialError(
+                f"a Redis URL starts with redis://, rediss:// or unix://, got {_masked(self.url)!r}"
+            )
+        try:
+            self._redis = redis.Redis.from_url(
+                self.url,
+                socket_timeout=self.socket_timeout,
+                socket_connect_timeout=self.socket_timeout,
+            )
+        except ValueError as exc:
+            raise CredentialError(f"bad Redis URL {_masked(self.url)!r}: {exc}") from None
+
+    @property
+    def where(self) -> str:
+        """The masked URL of the store."""
+        return f"the credential store at {_masked(self.url)}"
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}credentials:{{{self.pool}}}:{name}"
+
+    def _call(self, what: str, call: Any, *args: Any) -> Any:
+        from redis.exceptions import RedisError  # noqa: PLC0415 - the optional dependency
+
+        try:
+            return call(*args)
+        except (RedisError, OSError) as exc:
+            raise CredentialError(f"cannot {what} in {self.where}: {_masked(str(exc))}") from None
+
+    def fetch(self, name: str) -> StoredCredentials | None:
+        """The stored login of ``name``, opened; None when none was ever pushed."""
+        raw = self._call(
+            f"read the login of {name!r}",
+            self._redis.hmget,
+            self._key(name),
+            "version",
+            "refreshed_ms",
+            "fp",
+            "blob",
+            "site",
+        )
+        if raw[0] is None:
+            return None
+        return self._stored(name, raw[0], raw[2], raw[3], raw[4])
+
+    def _stored(self, name: str, version: Any, fp: Any, blob: Any, site: Any) -> StoredCredentials:
+        number = int(version)
+        data = self.key.open(name, number, bytes(blob or b""))
+        return StoredCredentials(
+            name=name,
+            version=number,
+            data=data,
+            fingerprint=_text(fp),
+            site=_text(site) if site else None,
+            refreshed=last_refresh(data),
+        )
+
+    def take(self, name: str, site: str) -> StoredCredentials | None:
+        """Make ``site`` the account's custody and return the stored login (None: none yet).
+
+        Raises :class:`~codex_supervisor.errors.CredentialsHeld` when the
+        account is held back (the last site saw a change it never pushed).
+        Call it only under the account's occupancy lease.
+        """
+        answer = self._call(f"take the login of {name!r}", self._redis.eval, _TAKE, 1,
+                            self._key(name), site)  # fmt: skip
+        if int(answer[0]) == 0:
+            raise CredentialsHeld(name, self.where, _text(answer[1]), _text(answer[2]) or None)
+        if len(answer) == 1:
+            return None
+        return self._stored(name, answer[1], answer[3], answer[4], site)
+
+    def hold(self, name: str) -> _Hold | None:
+        """Why ``name`` is held back, or None."""
+        raw = self._call(f"read the hold of {name!r}", self._redis.hmget, self._key(name),
+                         "held", "site", "seen")  # fmt: skip
+        if raw[0] is None:
+            return None
+        return _Hold(reason=_text(raw[0]), site=_text(raw[1]) if raw[1] else None,
+                     seen=_text(raw[2] or b""))  # fmt: skip
+
+    def holds(self, names: Iterable[str]) -> dict[str, CredentialsHeld]:
+        """The accounts of ``names`` held back, each with its error (one round trip)."""
+        names = list(names)
+        if not names:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hmget(self._key(name), "held", "site")
+        rows = self._call("read the holds", pipe.execute)
+        return {
+            name: CredentialsHeld(
+                name, self.where, _text(row[0]), _text(row[1]) if row[1] else None
+            )
+            for name, row in zip(names, rows, strict=True)
+            if row[0] is not None
+        }
+
+    def unpushed(self, names: Iterable[str], site: str) -> dict[str, CredentialsHeld]:
+        """The accounts of ``names`` another site would hold back if ``site`` took them now.
+
+        Their custody (another site) saw a change it has not pushed: while
+        that site still runs them it is about to push it; once it is gone,
+        taking the account holds it back.
+        """
+        names = list(names)
+        if not names:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hmget(self._key(name), "site", "seen", "fp")
+        rows = self._call("read the holds", pipe.execute)
+        found = {}
+        for name, (custody, seen, fp) in zip(names, rows, strict=True):
+            if custody is not None and _text(custody) != site and seen != fp:
+                reason = f"site {_text(custody)} saw a change of its auth.json it never pushed"
+                found[name] = CredentialsHeld(name, self.where, reason, _text(custody))
+        return found
+
+    def push(
+        self, name: str, data: bytes, *, site: str, expected: int, force: bool = False
+    ) -> tuple[int, Any]:
+        """Compare-and-set ``data`` as version ``expected + 1``: ``(code, detail)``.
+
+        Codes: 1 stored (detail: the version now), 0 another site holds the
+        account (detail: that site), 2 the version moved (detail: it), 3 the
+        store's login is as new or newer (detail: its ``last_refresh`` ms).
+        ``force`` (a fresh login) skips the custody and age checks and
+        lifts a hold.
+        """
+        blob = self.key.seal(name, expected + 1, data)
+        answer = self._call(
+            f"push the login of {name!r}",
+            self._redis.eval,
+            _PUSH,
+            1,
+            self._key(name),
+            site,
+            expected,
+            _refreshed_ms(data),
+            self.key.fingerprint(data),
+            blob,
+            "1" if force else "0",
+        )
+        code, detail = int(answer[0]), answer[1]
+        return code, (int(detail) if code in {1, 2} else _text(detail))
+
+    def publish(self, name: str, data: bytes, *, site: str) -> int:
+        """Store a fresh login of ``name`` (an import, a login) whatever was there: its version."""
+        for _ in range(8):
+            current = self._call(f"read the login of {name!r}", self._redis.hget,
+                                 self._key(name), "version")  # fmt: skip
+            expected = int(current) if current is not None else 0
+            code, detail = self.push(name, data, site=site, expected=expected, force=True)
+            if code == 1:
+                return int(detail)
+        raise CredentialError(f"the login of {name!r} in {self.where} keeps changing")
+
+    def seen(self, name: str, site: str, data: bytes) -> bool:
+        """Record that custody ``site`` saw login ``data`` (before pushing it)."""
+        fp = self.key.fingerprint(data)
+        return bool(self._call(f"note a change of {name!r}", self._redis.eval, _SEEN, 1,
+                               self._key(name), site, fp))  # fmt: skip
+
+    def unhold(self, name: str) -> bool:
+        """Lift ``name``'s hold, taking the stored login as the newest; False if none."""
+        return bool(self._call(f"lift the hold of {name!r}", self._redis.eval, _UNHOLD, 1,
+                               self._key(name)))  # fmt: skip
+
+    def forget(self, name: str) -> None:
+        """Drop the record of ``name`` (its account left the pool)."""
+        self._call(f"drop the login of {name!r}", self._redis.delete, self._key(name))
+
+    def close(self) -> None:
+        """Close the connections (a later call opens new ones)."""
+        self._redis.close()
+
+
+def _read_local(path: Path) -> bytes | None:
+    """The account home's auth.json, or None when there is none (or it is no file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("cannot read %s: %s", path, exc)
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read(_MAX_AUTH_BYTES + 1)
+
+
+def _newer(a: bytes, b: bytes) -> bool:
+    """Whether login ``a`` is strictly newer than ``b`` (unknown times: a differs, so newer)."""
+    ta, tb = last_refresh(a), last_refresh(b)
+    if ta is None or tb is None:
+        return a != b
+    return ta > tb
+
+
+@attrs.define
+class CredentialCustody:
+    """One occupancy's side of the handoff: take the newest login, push every change.
+
+    :meth:`take` once the occupancy lease is held; then :meth:`keep_pushed`
+    around the work (watches ``home/auth.json``, pushes each change and
+    once more at the end). :meth:`sync` pushes what changed now.
+    """
+
+    store: RedisCredentialStore
+    name: str
+    home: Path
+    site: str
+    poll: float = 2.0
+    _version: int = attrs.field(default=0, init=False)
+    _pushed: bytes | None = attrs.field(default=None, init=False, repr=False)
+    # One sync at a time: a cancelled worker thread may still be running one.
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
+
+    @property
+    def auth_path(self) -> Path:
+        """The login this custody keeps pushed."""
+        return self.home / "auth.json"
+
+    def take(self) -> None:
+        """Take the account's custody: the newer of the store's and the local login wins."""
+        try:
+            stored = self.store.take(self.name, self.site)
+        except CredentialsHeld:
+            if not self._push_what_a_hold_waits_for():
+                raise
+            stored = self.store.take(self.name, self.site)
+        local = _read_local(self.auth_path)
+        if stored is None:
+            if local is not None:
+                self._version = 0
+                self.sync()
+            return
+        self._version = stored.version
+        if local is not None and _newer(local, stored.data):
+            log.info("credentials.local_newer account=%s: pushing this site's login", self.name)
+            self._pushed = stored.data
+            self.sync()
+            return
+        if local != stored.data:
+            write_atomic(self.auth_path, stored.data, mode=0o600)
+            log.info("credentials.taken account=%s version=%s from=%s", self.name,
+                     stored.version, stored.site)  # fmt: skip
+        self._pushed = stored.data
+
+    def _push_what_a_hold_waits_for(self) -> bool:
+        """This site is the one a hold waits for and still has what it saw: push it."""
+        hold = self.store.hold(self.name)
+        local = _read_local(self.auth_path)
+        if hold is None or hold.site != self.site or local is None:
+            return False
+        if self.store.key.fingerprint(local) != hold.seen:
+            return False
+        stored = self.store.fetch(self.name)
+        expected = 0 if stored is None else stored.version
+        code, _ = self.store.push(self.name, local, site=self.site, expected=expected)
+        if code == 1:
+            log.warning("credentials.hold_lifted account=%s: pushed the change this site saw",
+                        self.name)  # fmt: skip
+        return code == 1
+
+    def sync(self) -> bool:
+        """Push the local login if it changed and is newer; True when the store has it now."""
+        local = _read_local(self.auth_path)
+        if local is None or local == self._pushed:
+            return True
+        for _ in range(8):
+            code, detail = self.store.push(self.name, local, site=self.site, expected=self._version)
+            if code == 1:
+                self._version = int(detail)
+                log.info("credentials.pushed account=%s version=%s", self.name, detail)
+            elif code == 2 and not self._settled(local):  # the version moved
+                continue
+            elif code == 0:
+                log.error(
+                    "credentials.custody_lost account=%s: site %s holds the account now; "
+                    "this site's newer auth.json is not pushed",
+                    self.name,
+                    detail,
+                )
+                return False
+            # Stored, or the store's login is as new (never older over newer).
+            self._pushed = local
+            return True
+        return False
+
+    def _settled(self, local: bytes) -> bool:
+        """After a version conflict (another process of this site pushed): nothing left?"""
+        stored = self.store.fetch(self.name)
+        self._version = 0 if stored is None else stored.version
+        if stored is not None and not _newer(local, stored.data):
+            return True
+        self.store.seen(self.name, self.site, local)
+        return False
+
+    def _sync_now(self) -> None:
+        with self._lock:
+            self._sync_locked()
+
+    def _sync_locked(self) -> None:
+        local = _read_local(self.auth_path)
+        if (
+            local is not None
+            and local != self._pushed
+            and (self._pushed is None or _newer(local, self._pushed))
+        ):
+            # Seen before pushed: a site that dies between the two leaves a hold.
+            self.store.seen(self.name, self.site, local)
+        self.sync()
+
+    @contextlib.asynccontextmanager
+    async def keep_pushed(self) -> AsyncIterator[None]:
+        """Watch the login while the block runs; push each change, and at the end."""
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(changed.set)
+
+        watcher = ChangeWatcher(wake)
+        watcher.track([self.auth_path])
+
+        async def pusher() -> None:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), self.poll)
+                changed.clear()
+                watcher.rearm()
+                try:
+                    await asyncio.to_thread(self._sync_now)
+                except CredentialError as exc:
+                    log.warning("credentials.push_failed account=%s: %s", self.name, exc)
+
+        task = asyncio.create_task(pusher(), name=f"credentials:{self.name}")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            watcher.close()
+            try:
+                await asyncio.to_thread(self._sync_now)
+            except CredentialError as exc:
+                log.error(  # noqa: TRY400 - the message says it all; no traceback
+                    "credentials.final_push_failed account=%s: %s (the next machine to take "
+                    "it finds it held back)",
+                    self.name,
+                    exc,
+                )

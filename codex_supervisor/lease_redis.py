@@ -59,7 +59,7 @@ from .lease import (
     claim_alive,
 )
 
-__all__ = ["RedisLeaseBackend"]
+__all__ = ["RedisLeaseBackend", "masked_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _masked(url: str) -> str:
+def masked_url(url: str) -> str:
     """``url`` with its password hidden: ``user:***@`` and ``password=***``."""
     scheme, sep, rest = url.partition("://")
     where, question, query = rest.partition("?")
@@ -227,6 +227,9 @@ def _masked(url: str) -> str:
             for key, eq, value in (part.partition("=") for part in query.split("&"))
         )
     return f"{scheme}{sep}{where}{question}{query}"
+
+
+_masked = masked_url
 
 
 @final

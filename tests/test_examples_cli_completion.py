@@ -111,7 +111,7 @@ def test_bash_completes_commands_options_values_and_account_names(
     )
     assert _bash(tmp_path, shim, "codex-supervisor acc") == ["accounts"]
     assert _bash(tmp_path, shim, "codex-supervisor accounts ") == sorted(
-        ["login", "import", "list", "remove", "unblock"]
+        ["login", "import", "list", "remove", "unblock", "unhold"]
     )
     assert _bash(tmp_path, shim, "codex-supervisor --po") == ["--pool"]
     assert _bash(tmp_path, shim, "codex-supervisor status --w") == ["--watch"]

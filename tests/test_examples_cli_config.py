@@ -205,8 +205,12 @@ def test_config_show_prints_each_value_and_where_it_came_from(tmp_path: Path) ->
         "rotate_at",
         "prewarm_margin",
         "hysteresis",
+        "backend",
+        "pool_name",
+        "credential_key_file",
     ]
     assert rows["pool"].split() == ["pool", str(pool), "flag", "--pool"]
+    assert rows["backend"].split() == ["backend", "(not", "set)", "default"]
     assert rows["codex"].split() == [
         "codex",
         "/opt/codex",

@@ -10,6 +10,7 @@ code and ``--json`` shape):
     accounts remove NAME    take an account out of the pool (its folder is kept;
                             refused while in use unless --force)
     accounts unblock NAME   lift an account's cooldowns (``--window W`` for one)
+    accounts unhold NAME    a shared pool: take the stored login of NAME as its newest
     status                  quota, cooldowns and occupancy of every account
                             (``--watch``: kept up to date until Ctrl-C)
     run [--] ARGS           a supervised Codex session (exit code = Codex's)
@@ -69,6 +70,7 @@ from codex_supervisor.accounts import (
 )
 from codex_supervisor.codex_cli import detect_version, parse_argv
 from codex_supervisor.config import child_environment, default_base_codex_home, default_pool_root
+from codex_supervisor.credentials import CredentialKey
 from codex_supervisor.errors import CodexNotFoundError, QuotaAuthExpired
 from codex_supervisor.events import (
     AccountSelected,
@@ -81,6 +83,7 @@ from codex_supervisor.events import (
     WaitingForReset,
 )
 from codex_supervisor.lease import LeaseRecord
+from codex_supervisor.lease_redis import masked_url as _masked_url
 from codex_supervisor.policy import WaitUntil
 from codex_supervisor.selection import AccountSelector
 from codex_supervisor.testing import (
@@ -323,7 +326,26 @@ def _pool(args: argparse.Namespace) -> AccountPool:
     for option, folder in (("--pool", args.pool), ("--codex-home", args.codex_home)):
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"{option} {folder} is not a folder")
-    return AccountPool(root=args.pool, base_codex_home=args.codex_home)
+    settings: _settings.Settings | None = getattr(args, "settings", None)
+    if settings is None or settings["backend"] is None:
+        return AccountPool(root=args.pool, base_codex_home=args.codex_home)
+    # A pool several machines share: leases, state and sealed logins in Redis.
+    key_file = settings["credential_key_file"]
+    key = CredentialKey.from_file(key_file) if key_file is not None else CredentialKey.from_env()
+    if key is None:
+        raise ConfigError(
+            "a pool shared in Redis seals its logins with a key of yours: make one with "
+            "`head -c 32 /dev/urandom | base64 > KEYFILE; chmod 600 KEYFILE`, copy it to every "
+            "machine of the pool and name it in config.toml (credential_key_file = "
+            f'"KEYFILE") or in ${_settings.ENV_KEY_FILE}'
+        )
+    return AccountPool(
+        root=args.pool,
+        base_codex_home=args.codex_home,
+        backend=settings["backend"],
+        pool_name=settings["pool_name"],
+        credential_key=key,
+    )
 
 
 def _describe_account(account: Account) -> str:
@@ -460,6 +482,36 @@ def cmd_accounts_remove(args: argparse.Namespace) -> int:
         _say(f"removed account {args.name!r} from the pool; its folder was set aside at {aside}")
         _say("its auth.json is still a live login: delete that folder to discard it")
     return EXIT_OK
+
+
+def cmd_accounts_unhold(args: argparse.Namespace) -> int:
+    """``accounts unhold NAME``: take a shared pool's stored login of NAME as its newest."""
+    pool = _pool(args)
+    if pool.credentials is None:
+        raise ConfigError("accounts unhold is for a pool several machines share (backend)")
+    if not pool.unhold(args.name):
+        _say(f"{args.name} was not held back; nothing to do")
+        return EXIT_OK
+    _say(f"{args.name}: the shared login is taken as its newest; runs may choose it again")
+    _say(
+        "if the machine that held it had refreshed it since, that refresh is lost and the "
+        f"login may be refused: then `{PROG} accounts login {args.name}` again"
+    )
+    return EXIT_OK
+
+
+def _add_unhold_parser(accounts_sub: Any) -> None:
+    unhold = accounts_sub.add_parser(
+        "unhold",
+        help="a shared pool: take the stored login of an account held back as its newest",
+    )
+    unhold.add_argument(
+        "name",
+        metavar="NAME",
+        help="the account; better: run `status` on the machine that held it, which pushes "
+        "its newer login",
+    )
+    unhold.set_defaults(handler=cmd_accounts_unhold)
 
 
 def cmd_accounts_unblock(args: argparse.Namespace) -> int:
@@ -1050,6 +1102,8 @@ def _setting_json(value: object) -> object:
 
 
 def _setting_text(value: object) -> str:
+    if value is None:
+        return "(not set)"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):
@@ -1072,6 +1126,8 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         key: (effective.get(key, setting.value), setting.source)
         for key, setting in settings.values.items()
     }
+    if shown["backend"][0] is not None:  # never its password
+        shown["backend"] = (_masked_url(shown["backend"][0]), shown["backend"][1])
     if args.json:
         _print_json(
             {
@@ -1551,6 +1607,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove it even while in use (its folder stays until that session ends)",
     )
     rm.set_defaults(handler=cmd_accounts_remove)
+
+    _add_unhold_parser(accounts_sub)
 
     unblock = accounts_sub.add_parser("unblock", help="lift an account's cooldowns")
     unblock.add_argument("name", metavar="NAME")

@@ -9,6 +9,9 @@ as the file lives in it. Every key is optional::
     strategy = "drain"               # headroom | drain | soonest_reset
     utc = true                       # times in UTC instead of the local zone
     hysteresis = 5                   # percent a successor must have above its floor
+    backend = "redis://build-1:6379/0"   # a pool several machines share (see below)
+    pool_name = "team"               # its name on that server (default "default")
+    credential_key_file = "~/.config/codex-supervisor/key"  # seals the shared logins
 
     [rotate_at]                      # remaining percent at or below which to rotate
     five_hour = 5
@@ -18,6 +21,10 @@ as the file lives in it. Every key is optional::
     five_hour = 5
     weekly = 3
 
+``backend`` (or ``$CODEX_SUPERVISOR_BACKEND``) moves leases, state and logins
+to Redis; the key file (or ``$CODEX_SUPERVISOR_CREDENTIAL_KEY_FILE``, or the
+key itself in ``$CODEX_SUPERVISOR_CREDENTIAL_KEY``) is then required.
+
 A path may start with ``~``; a relative one is read from the file's folder.
 An unknown key, a wrong type or a value out of range is an error naming the
 file and the key: a typo never silently falls back to a default.
@@ -26,6 +33,7 @@ file and the key: a typo never silently falls back to a default.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +43,7 @@ import attrs
 
 from codex_supervisor import ConfigError, RotationPolicy, Strategy
 from codex_supervisor.config import (
+    ENV_BACKEND,
     ENV_BASE_CODEX_HOME,
     ENV_POOL_HOME,
     default_base_codex_home,
@@ -55,7 +64,12 @@ KEYS = {
     "rotate_at": "remaining percent at or below which a window rotates",
     "prewarm_margin": "percent above the rotation mark at which a successor is pre-warmed",
     "hysteresis": "percent a successor needs above its rotation floor",
+    "backend": "a Redis URL for a pool several machines share (unset: this folder only)",
+    "pool_name": "the pool's name in that Redis",
+    "credential_key_file": "the key file that seals the logins of a shared pool",
 }
+#: Where a key file may also come from (the key itself only from the environment).
+ENV_KEY_FILE = "CODEX_SUPERVISOR_CREDENTIAL_KEY_FILE"
 _WINDOW_KEYS = ("five_hour", "weekly", "other")
 #: The file's settings that shape the rotation policy (RotationPolicy's arguments).
 POLICY_KEYS = ("rotate_at", "prewarm_margin", "hysteresis")
@@ -140,7 +154,34 @@ def _checked(table: dict[str, Any], file: Path, home: Path) -> dict[str, Any]:
     for key in POLICY_KEYS:
         if key in table:
             out[key] = _policy_value(key, table[key], file)
+    out.update(_checked_shared(table, file, home))
     return out
+
+
+def _checked_shared(table: dict[str, Any], file: Path, home: Path) -> dict[str, Any]:
+    """The keys of a pool several machines share."""
+    out: dict[str, Any] = {}
+    if "backend" in table:
+        out["backend"] = _backend(table["backend"], f"{file}: backend")
+    if "pool_name" in table:
+        name = table["pool_name"]
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+            raise ConfigError(f"{file}: pool_name must be a name such as team-1, got {name!r}")
+        out["pool_name"] = name
+    if "credential_key_file" in table:
+        out["credential_key_file"] = _path(
+            table["credential_key_file"], "credential_key_file", file, home
+        )
+    return out
+
+
+def _backend(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
+        shown = value if not isinstance(value, str) else value.split("@")[-1]
+        raise ConfigError(
+            f"{where} must be a Redis URL (redis://host:6379/0, rediss:// for TLS), got {shown!r}"
+        )
+    return value
 
 
 def _policy_value(key: str, value: object, file: Path) -> Any:
@@ -225,4 +266,14 @@ def resolve(
     pick("utc", (True if utc else None, "--utc"), None, default=False)
     for key in POLICY_KEYS:
         pick(key, None, None, None)
+    pick("backend", None, ENV_BACKEND, None)
+    if values["backend"].source.startswith("environment"):
+        _backend(values["backend"].value, f"${ENV_BACKEND}")
+    pick("pool_name", None, None, "default")
+    pick("credential_key_file", None, ENV_KEY_FILE, None)
+    if values["credential_key_file"].source.startswith("environment"):
+        values["credential_key_file"] = Setting(
+            Path(values["credential_key_file"].value).expanduser(),
+            values["credential_key_file"].source,
+        )
     return Settings(file=file, file_found=found, values=values)

@@ -32,7 +32,12 @@ def _host(root: Path, url: str, name: str, key_file: Path) -> dict[str, str]:
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(CLI), *args], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, str(CLI), *args],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

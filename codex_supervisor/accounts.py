@@ -39,7 +39,15 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -81,6 +89,7 @@ from .lease import (
     LeaseRecord,
     acquire_lease,
     claim_alive,
+    holder_alive,
 )
 from .lease_redis import _masked
 from .quota import QuotaSnapshot, UsageCredentials, WindowKind, read_chatgpt_base_url
@@ -380,7 +389,9 @@ class AccountPool:
     pool_name: str = attrs.field(default="default", kw_only=True)
     #: This machine and pool folder as a shared backend knows them.
     site: str = attrs.field(
-        default=attrs.Factory(lambda self: f"{socket.gethostname()}:{self.root}", takes_self=True),
+        default=attrs.Factory(
+            lambda self: f"{socket.gethostname()}:{self.root.resolve()}", takes_self=True
+        ),
         kw_only=True,
     )
     #: Seals the logins of a shared pool; by default from the environment.
@@ -1320,7 +1331,33 @@ class AccountPool:
         _check_name(name)
         if name not in self._load().accounts and not _lexists(self.root / "accounts" / name):
             raise ConfigError(f"no account named {name!r}")
-        return _run_blocking(lambda: self._remove(name, force=force))
+        where = _run_blocking(lambda: self._remove(name, force=force))
+        if self.credentials is not None and where != self.account_home(name).parent:
+            self._forget_shared_login(name, where)
+        return where
+
+    def _forget_shared_login(self, name: str, aside: Path) -> None:
+        """A removed account's shared login: kept with its folder set aside, then dropped.
+
+        The newest login may be only in the store (another machine refreshed
+        it): it is written into the set-aside folder first, so nothing live
+        is lost. A store out of reach keeps its record (said, not raised).
+        """
+        assert self.credentials is not None
+        try:
+            stored = self.credentials.fetch(name)
+            local = aside / "home" / "auth.json"
+            if stored is not None and (not local.exists() or local.read_bytes() != stored.data):
+                if aside.exists():
+                    kept = aside / "kept"
+                    kept.mkdir(mode=0o700, exist_ok=True)
+                    write_atomic(kept / "auth-from-the-shared-store.json", stored.data)
+                else:
+                    log.warning("the shared login of %r is kept in the store", name)
+                    return
+            self.credentials.forget(name)
+        except (CredentialError, OSError) as exc:
+            log.warning("the shared login of removed account %r stays in the store: %s", name, exc)
 
     async def _remove(self, name: str, *, force: bool) -> Path:
         occupants: list[LeaseRecord] = []
@@ -1621,10 +1658,8 @@ class AccountPool:
                 if self.credentials is None:
                     yield lease
                 else:
-                    custody = CredentialCustody(
-                        self.credentials, name, self.account_home(name), self.site
-                    )
-                    await asyncio.to_thread(self._take_custody, custody)
+                    custody = self._custody(name, lease.owner)
+                    await _finished(asyncio.to_thread(self._take_custody, custody), custody)
                     async with custody.keep_pushed():
                         yield lease
         except LeaseTimeout:
@@ -1641,8 +1676,47 @@ class AccountPool:
                 # its folder aside.
                 await self._set_aside_if_removed(name)
 
+    def _custody(self, name: str, owner: str | None) -> CredentialCustody:
+        """The handoff side of one occupancy (``owner``: its lease's, None: none held)."""
+        assert self.credentials is not None
+        account = self._load().accounts.get(name)
+
+        def identify(data: bytes) -> str | None:
+            try:
+                return identity_from_auth(data).account_id
+            except AuthError:
+                return None
+
+        return CredentialCustody(
+            self.credentials,
+            name,
+            self.account_home(name),
+            self.site,
+            account_id=None if account is None else account.identity.account_id,
+            identify=identify,
+            others=functools.partial(self._site_users, name, owner),
+        )
+
+    def _site_users(self, name: str, but: str | None) -> int:
+        """The live occupancies of ``name`` at this site, other than ``but``'s."""
+        records = _run_blocking(functools.partial(self.leases.records, self.lease_name(name)))
+        now = self.clock.now()
+        return sum(
+            1
+            for r in records
+            if r.site == self.site
+            and r.owner != but
+            and holder_alive(r) is not False
+            and (not r.expired(now) or claim_alive(r))
+        )
+
     def _take_custody(self, custody: CredentialCustody) -> None:
-        """Make this site the account's custody: its home holds the newest login after."""
+        """Make this site the account's custody: its home holds the newest login after.
+
+        What keeps the store from being used (unreachable, a login that does
+        not open with the key, none anywhere) is a CredentialError: a run
+        chooses another account.
+        """
         home = custody.home
         if not home.parent.is_dir():
             # An account added on another machine: its folder here is new.
@@ -1650,7 +1724,8 @@ class AccountPool:
         _mkdir_private(home)
         custody.take()
         if not (home / "auth.json").exists():
-            raise AuthError(
+            custody.leave()
+            raise CredentialError(
                 f"account {custody.name!r} has no login here and none in "
                 f"{custody.store.where}: add it again on the machine that has it"
             )
@@ -1660,11 +1735,12 @@ class AccountPool:
     def credential_holds(self, names: Sequence[str]) -> dict[str, CredentialsHeld]:
         """The accounts of ``names`` the shared store holds back (none for a one-machine pool).
 
-        Held back too: an account whose last site saw a change it never
-        pushed and no longer runs it (taking it would hold it back).
+        Held back too: an account whose last site did not give it back
+        cleanly and no longer runs it (taking it would hold it back).
 
-        On the way, a hold that waits for a change this very site saw (it
-        died before pushing it, and still has it) is lifted by pushing it.
+        On the way, a hold this very site caused (a process of it died, or
+        lost Redis, holding the account) is lifted when its login here is
+        the newest: pushed if newer, vouched for if it is the stored one.
         """
         if self.credentials is None:
             return {}
@@ -1677,12 +1753,11 @@ class AccountPool:
         for name, held in list(holds.items()):
             if held.site != self.site:
                 continue
-            custody = CredentialCustody(self.credentials, name, self.account_home(name), self.site)
             try:
-                if custody._push_what_a_hold_waits_for():  # noqa: SLF001 - same package
+                if self._custody(name, None).settle():
                     del holds[name]
             except CredentialError as exc:
-                log.warning("cannot push the login %r waits for: %s", name, exc)
+                log.warning("cannot settle the hold of %r: %s", name, exc)
         return holds
 
     def unhold(self, name: str) -> bool:
@@ -2013,6 +2088,25 @@ def _describe_occupants(records: Sequence[LeaseRecord], now: datetime) -> str:
 
 def _utc(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+async def _finished(work: Awaitable[None], custody: CredentialCustody) -> None:
+    """Await ``work`` (a custody's take in a thread) to its end even when cancelled.
+
+    A cancelled wait would let the lease go while the take goes on in its
+    thread, and take the custody after another site got the account: on a
+    cancel the take is waited for, then given back, and the cancel goes on.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        if custody.taken:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(custody.leave)
+        raise
 
 
 def _run_blocking(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:

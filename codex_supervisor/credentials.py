@@ -51,7 +51,7 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, final
@@ -211,7 +211,10 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-_FIELDS: Final = "'version', 'refreshed_ms', 'fp', 'site', 'seen', 'held', 'blob'"
+# The record's fields, in the order the scripts read them: cur[1] .. cur[9].
+_FIELDS: Final = (
+    "'version', 'refreshed_ms', 'fp', 'site', 'seen', 'held', 'blob', 'users', 'pushed_ms'"
+)
 
 # KEYS: record. ARGV: site, expected version, refreshed_ms ('' unknown), fp, blob, force.
 # {1, version} stored (or already there); {0, site} custody elsewhere; {2, version}
@@ -231,29 +234,70 @@ if not force and cur[2] and cur[2] ~= '' and ARGV[3] ~= ''
 end
 redis.call('HSET', KEYS[1], 'version', version + 1, 'refreshed_ms', ARGV[3], 'fp', ARGV[4],
   'blob', ARGV[5], 'site', ARGV[1], 'seen', ARGV[4], 'pushed_ms', now, 'seen_ms', now)
--- The change a hold waited for, or a fresh login: the hold is over.
-if cur[6] and (force or cur[5] == ARGV[4]) then redis.call('HDEL', KEYS[1], 'held', 'held_ms') end
+if force then
+  -- A fresh login: nobody runs it yet, and no hold applies to it.
+  redis.call('HSET', KEYS[1], 'users', 0)
+  redis.call('HDEL', KEYS[1], 'held', 'held_ms')
+elseif cur[6] and cur[5] == ARGV[4] then
+  redis.call('HDEL', KEYS[1], 'held', 'held_ms')  -- the change the hold waited for
+end
 return {1, version + 1}
 """
 )
 
-# KEYS: record. ARGV: site. {1} nothing stored; {1, version, refreshed_ms, fp, blob}
-# taken; {0, why, site, seen} held back.
+# KEYS: record. ARGV: site. Takes the custody (one more user at that site):
+# {1} nothing stored yet; {1, version, fp, blob, last site} taken; {0, why, site,
+# seen} held back. Another site's custody is handed on only when that site gave
+# the account back cleanly (no user left) and pushed every change it saw.
 _TAKE: Final = (
     _NOW
     + f"local cur = redis.call('HMGET', KEYS[1], {_FIELDS})"
     + """
-if not cur[1] then return {1} end
-if not cur[6] and cur[4] and cur[4] ~= ARGV[1] and cur[5] ~= cur[3] then
-  redis.call('HSET', KEYS[1], 'held',
-    'site ' .. cur[4] .. ' saw a change of its auth.json it never pushed', 'held_ms', now)
-  cur[6] = redis.call('HGET', KEYS[1], 'held')
+local users = tonumber(cur[8]) or 0
+if not cur[1] then
+  if cur[4] ~= ARGV[1] then users = 0 end
+  redis.call('HSET', KEYS[1], 'site', ARGV[1], 'users', users + 1)
+  return {1}
+end
+if not cur[6] and cur[4] and cur[4] ~= ARGV[1] then
+  local why = nil
+  if cur[5] and cur[5] ~= cur[3] then
+    why = 'site ' .. cur[4] .. ' saw a change of its auth.json it never pushed'
+  elseif users > 0 then
+    why = 'site ' .. cur[4] .. ' stopped without giving the account back (a process of it'
+      .. ' died or lost Redis): its Codex may have refreshed the login after its last push'
+  end
+  if why then
+    redis.call('HSET', KEYS[1], 'held', why, 'held_ms', now)
+    cur[6] = why
+  end
 end
 if cur[6] then return {0, cur[6], cur[4] or '', cur[5] or ''} end
-redis.call('HSET', KEYS[1], 'site', ARGV[1])
-return {1, cur[1], cur[2], cur[3], cur[7]}
+if cur[4] ~= ARGV[1] then users = 0 end
+redis.call('HSET', KEYS[1], 'site', ARGV[1], 'users', users + 1)
+return {1, cur[1], cur[3], cur[7], cur[4] or ''}
 """
 )
+
+# KEYS: record. ARGV: site. One user of the custody site gave the account back
+# cleanly (its last push done): the users left, or -1 when the custody moved.
+_LEAVE: Final = """
+local cur = redis.call('HMGET', KEYS[1], 'site', 'users')
+if cur[1] ~= ARGV[1] then return -1 end
+local users = math.max((tonumber(cur[2]) or 0) - 1, 0)
+redis.call('HSET', KEYS[1], 'users', users)
+return users
+"""
+
+# KEYS: record. ARGV: site, users, fp. The custody site vouches that its login is the
+# stored one (fp) and that it has `users` users now: a hold on it is over (1), or 0.
+_CONFIRM: Final = """
+local cur = redis.call('HMGET', KEYS[1], 'site', 'fp')
+if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], 'users', tonumber(ARGV[2]), 'seen', cur[2])
+redis.call('HDEL', KEYS[1], 'held', 'held_ms')
+return 1
+"""
 
 # KEYS: record. ARGV: site, fp. Notes that the custody site saw login fp (1), or 0.
 _SEEN: Final = (
@@ -266,12 +310,12 @@ return 1
 """
 )
 
-# KEYS: record. Lifts a hold (or the one a change seen but not pushed would make), taking
-# the stored login as the newest: 1 if there was one.
+# KEYS: record. Lifts a hold (or the one taking the account would make), taking the
+# stored login as the newest and the last site as gone: 1 if there was one.
 _UNHOLD: Final = """
-local cur = redis.call('HMGET', KEYS[1], 'held', 'seen', 'fp')
-if not cur[1] and cur[2] == cur[3] then return 0 end
-redis.call('HSET', KEYS[1], 'seen', cur[3] or '')
+local cur = redis.call('HMGET', KEYS[1], 'held', 'seen', 'fp', 'users')
+if not cur[1] and cur[2] == cur[3] and (tonumber(cur[4]) or 0) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'seen', cur[3] or '', 'users', 0)
 redis.call('HDEL', KEYS[1], 'held', 'held_ms')
 return 1
 """
@@ -376,11 +420,13 @@ class RedisCredentialStore:
         )
 
     def take(self, name: str, site: str) -> StoredCredentials | None:
-        """Make ``site`` the account's custody and return the stored login (None: none yet).
+        """Make ``site`` the account's custody (one more user there); the stored login.
 
-        Raises :class:`~codex_supervisor.errors.CredentialsHeld` when the
-        account is held back (the last site saw a change it never pushed).
-        Call it only under the account's occupancy lease.
+        None when none was pushed yet. :attr:`StoredCredentials.site` is the
+        site that had it. Raises :class:`~codex_supervisor.errors.CredentialsHeld`
+        when the account is held back: another site had it and did not give it
+        back cleanly, or saw a change it never pushed. Call it only under the
+        account's occupancy lease, and :meth:`leave` once the work is over.
         """
         answer = self._call(f"take the login of {name!r}", self._redis.eval, _TAKE, 1,
                             self._key(name), site)  # fmt: skip
@@ -388,7 +434,22 @@ class RedisCredentialStore:
             raise CredentialsHeld(name, self.where, _text(answer[1]), _text(answer[2]) or None)
         if len(answer) == 1:
             return None
-        return self._stored(name, answer[1], answer[3], answer[4], site)
+        return self._stored(name, answer[1], answer[2], answer[3], answer[4])
+
+    def leave(self, name: str, site: str) -> int:
+        """One user of custody ``site`` is done, its last push made: the users left (-1: moved)."""
+        return int(self._call(f"give back {name!r}", self._redis.eval, _LEAVE, 1,
+                              self._key(name), site))  # fmt: skip
+
+    def confirm(self, name: str, site: str, data: bytes, users: int) -> bool:
+        """Custody ``site`` vouches its login ``data`` is the stored one, with ``users`` users.
+
+        Lifts a hold on the account; False (nothing changed) when ``site`` is
+        not its custody or ``data`` is not the stored login.
+        """
+        fp = self.key.fingerprint(data)
+        return bool(self._call(f"confirm the login of {name!r}", self._redis.eval, _CONFIRM, 1,
+                               self._key(name), site, users, fp))  # fmt: skip
 
     def hold(self, name: str) -> _Hold | None:
         """Why ``name`` is held back, or None."""
@@ -417,24 +478,35 @@ class RedisCredentialStore:
         }
 
     def unpushed(self, names: Iterable[str], site: str) -> dict[str, CredentialsHeld]:
-        """The accounts of ``names`` another site would hold back if ``site`` took them now.
+        """The accounts of ``names`` that taking from ``site`` now would hold back.
 
-        Their custody (another site) saw a change it has not pushed: while
-        that site still runs them it is about to push it; once it is gone,
-        taking the account holds it back.
+        Their custody is another site that has users left or saw a change it
+        has not pushed: while that site still runs them, that is its work in
+        progress; once it is gone, taking the account holds it back.
         """
         names = list(names)
         if not names:
             return {}
         pipe = self._redis.pipeline(transaction=False)
         for name in names:
-            pipe.hmget(self._key(name), "site", "seen", "fp")
+            pipe.hmget(self._key(name), "site", "seen", "fp", "users", "version")
         rows = self._call("read the holds", pipe.execute)
         found = {}
-        for name, (custody, seen, fp) in zip(names, rows, strict=True):
-            if custody is not None and _text(custody) != site and seen != fp:
-                reason = f"site {_text(custody)} saw a change of its auth.json it never pushed"
-                found[name] = CredentialsHeld(name, self.where, reason, _text(custody))
+        for name, (custody, seen, fp, users, version) in zip(names, rows, strict=True):
+            if custody is None or version is None or _text(custody) == site:
+                continue
+            other = _text(custody)
+            if seen != fp:
+                reason = f"site {other} saw a change of its auth.json it never pushed"
+            elif int(users or 0) > 0:
+                reason = (
+                    f"site {other} stopped without giving the account back (a process of it "
+                    "died or lost Redis): its Codex may have refreshed the login after its "
+                    "last push"
+                )
+            else:
+                continue
+            found[name] = CredentialsHeld(name, self.where, reason, other)
         return found
 
     def push(
@@ -509,30 +581,29 @@ def _read_local(path: Path) -> bytes | None:
         return fh.read(_MAX_AUTH_BYTES + 1)
 
 
-def _newer(a: bytes, b: bytes) -> bool:
-    """Whether login ``a`` is strictly newer than ``b`` (unknown times: a differs, so newer)."""
-    ta, tb = last_refresh(a), last_refresh(b)
-    if ta is None or tb is None:
-        return a != b
-    return ta > tb
-
-
 @attrs.define
 class CredentialCustody:
     """One occupancy's side of the handoff: take the newest login, push every change.
 
     :meth:`take` once the occupancy lease is held; then :meth:`keep_pushed`
-    around the work (watches ``home/auth.json``, pushes each change and
-    once more at the end). :meth:`sync` pushes what changed now.
+    around the work (watches ``home/auth.json``, pushes each change, once
+    more at the end, then gives the custody back). ``account_id`` is the
+    account's (a stored login of another account is refused); ``identify``
+    reads the account id of a login; ``others`` counts the other live users
+    of the account at this site (for lifting a hold this site caused).
     """
 
     store: RedisCredentialStore
     name: str
     home: Path
     site: str
+    account_id: str | None = None
+    identify: Callable[[bytes], str | None] = attrs.field(default=lambda _data: None)
+    others: Callable[[], int] = attrs.field(default=lambda: 0)
     poll: float = 2.0
     _version: int = attrs.field(default=0, init=False)
     _pushed: bytes | None = attrs.field(default=None, init=False, repr=False)
+    _taken: bool = attrs.field(default=False, init=False)
     # One sync at a time: a cancelled worker thread may still be running one.
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
 
@@ -541,50 +612,98 @@ class CredentialCustody:
         """The login this custody keeps pushed."""
         return self.home / "auth.json"
 
+    @property
+    def taken(self) -> bool:
+        """Whether :meth:`take` made this a user of the account (then :meth:`leave`)."""
+        return self._taken
+
     def take(self) -> None:
-        """Take the account's custody: the newer of the store's and the local login wins."""
+        """Take the account's custody: the newer of the store's and the local login wins.
+
+        A local login that is neither the stored one nor provably older (by
+        ``last_refresh``) is kept aside in ``<account>/kept/`` before the
+        stored one replaces it; a provably newer one is pushed instead.
+        """
         try:
             stored = self.store.take(self.name, self.site)
-        except CredentialsHeld:
-            if not self._push_what_a_hold_waits_for():
+        except CredentialsHeld as held:
+            if held.site != self.site or not self.settle():
                 raise
             stored = self.store.take(self.name, self.site)
+        self._taken = True
+        try:
+            self._take_login(stored)
+        except BaseException:
+            self.leave()
+            raise
+
+    def _take_login(self, stored: StoredCredentials | None) -> None:
         local = _read_local(self.auth_path)
         if stored is None:
             if local is not None:
                 self._version = 0
                 self.sync()
             return
+        if self.account_id is not None and self.identify(stored.data) != self.account_id:
+            raise CredentialsHeld(
+                self.name,
+                self.store.where,
+                f"the shared login is of another account than {self.name!r} "
+                f"({self.account_id}): `accounts login {self.name}` again",
+            )
         self._version = stored.version
-        if local is not None and _newer(local, stored.data):
-            log.info("credentials.local_newer account=%s: pushing this site's login", self.name)
-            self._pushed = stored.data
-            self.sync()
-            return
-        if local != stored.data:
+        if local is not None and local != stored.data:
+            if _strictly_newer(local, stored.data):
+                log.info("credentials.local_newer account=%s: pushing this site's", self.name)
+                self._pushed = stored.data
+                self.sync()
+                return
+            if not _strictly_newer(stored.data, local):
+                self._keep_aside(local, "neither older nor newer than the shared login")
             write_atomic(self.auth_path, stored.data, mode=0o600)
             log.info("credentials.taken account=%s version=%s from=%s", self.name,
                      stored.version, stored.site)  # fmt: skip
+        elif local is None:
+            write_atomic(self.auth_path, stored.data, mode=0o600)
         self._pushed = stored.data
 
-    def _push_what_a_hold_waits_for(self) -> bool:
-        """This site is the one a hold waits for and still has what it saw: push it."""
+    def _keep_aside(self, data: bytes, why: str) -> Path:
+        """Keep a login the store's replaces, 0600, beside the account home."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        kept = self.home.parent / "kept"
+        kept.mkdir(mode=0o700, exist_ok=True)
+        path = kept / f"auth-{stamp}-{secrets.token_hex(4)}.json"
+        write_atomic(path, data, mode=0o600)
+        log.warning("credentials.kept account=%s path=%s: %s", self.name, path, why)
+        return path
+
+    def settle(self) -> bool:
+        """Lift a hold this site caused, if its login here is the newest: True when lifted.
+
+        This site had the account and gave it back uncleanly (a process died,
+        Redis was out of reach): its login here is what its Codex left. It is
+        pushed when newer than the stored one; when it is the stored one, the
+        site vouches for it. Either way the hold is over.
+        """
         hold = self.store.hold(self.name)
         local = _read_local(self.auth_path)
         if hold is None or hold.site != self.site or local is None:
             return False
-        if self.store.key.fingerprint(local) != hold.seen:
-            return False
         stored = self.store.fetch(self.name)
-        expected = 0 if stored is None else stored.version
-        code, _ = self.store.push(self.name, local, site=self.site, expected=expected)
-        if code == 1:
-            log.warning("credentials.hold_lifted account=%s: pushed the change this site saw",
+        if stored is not None and local != stored.data:
+            if not _strictly_newer(local, stored.data):
+                return False  # not provably newer: the user decides (login, or unhold)
+            code, _ = self.store.push(self.name, local, site=self.site, expected=stored.version)
+            if code != 1:
+                return False
+        lifted = self.store.confirm(self.name, self.site, local, self.others())
+        if lifted:
+            log.warning("credentials.hold_lifted account=%s: this site's login is the newest",
                         self.name)  # fmt: skip
-        return code == 1
+        return lifted
 
     def sync(self) -> bool:
-        """Push the local login if it changed and is newer; True when the store has it now."""
+        """Push the local login if it changed; True when nothing is left to push."""
         local = _read_local(self.auth_path)
         if local is None or local == self._pushed:
             return True
@@ -595,15 +714,28 @@ class CredentialCustody:
                 log.info("credentials.pushed account=%s version=%s", self.name, detail)
             elif code == 2 and not self._settled(local):  # the version moved
                 continue
+            elif code == 3:
+                # Our own successor of the stored login, yet not newer by its
+                # last_refresh (clocks apart?): never pushed over it, so the
+                # change counts as unpushed, and other sites hold the account.
+                self.store.seen(self.name, self.site, local)
+                log.warning(
+                    "credentials.not_newer account=%s: this site's auth.json changed but is "
+                    "not newer than the shared login by last_refresh; not pushed, and other "
+                    "machines hold the account back",
+                    self.name,
+                )
             elif code == 0:
+                self._pushed = local
+                path = self._keep_aside(local, f"site {detail} took the account meanwhile")
                 log.error(
-                    "credentials.custody_lost account=%s: site %s holds the account now; "
-                    "this site's newer auth.json is not pushed",
+                    "credentials.custody_lost account=%s: site %s holds the account now; this "
+                    "site's changed login is kept at %s",
                     self.name,
                     detail,
+                    path,
                 )
-                return False
-            # Stored, or the store's login is as new (never older over newer).
+                return True
             self._pushed = local
             return True
         return False
@@ -612,29 +744,28 @@ class CredentialCustody:
         """After a version conflict (another process of this site pushed): nothing left?"""
         stored = self.store.fetch(self.name)
         self._version = 0 if stored is None else stored.version
-        if stored is not None and not _newer(local, stored.data):
+        if stored is not None and (local == stored.data or _strictly_newer(stored.data, local)):
             return True
         self.store.seen(self.name, self.site, local)
         return False
 
+    def leave(self) -> None:
+        """Give the custody back: one user fewer at this site (after the last push)."""
+        if self._taken:
+            self._taken = False
+            self.store.leave(self.name, self.site)
+
     def _sync_now(self) -> None:
         with self._lock:
-            self._sync_locked()
-
-    def _sync_locked(self) -> None:
-        local = _read_local(self.auth_path)
-        if (
-            local is not None
-            and local != self._pushed
-            and (self._pushed is None or _newer(local, self._pushed))
-        ):
-            # Seen before pushed: a site that dies between the two leaves a hold.
-            self.store.seen(self.name, self.site, local)
-        self.sync()
+            local = _read_local(self.auth_path)
+            if local is not None and local != self._pushed:
+                # Seen before pushed: a site that dies between the two leaves a hold.
+                self.store.seen(self.name, self.site, local)
+            self.sync()
 
     @contextlib.asynccontextmanager
     async def keep_pushed(self) -> AsyncIterator[None]:
-        """Watch the login while the block runs; push each change, and at the end."""
+        """Watch the login while the block runs; push each change, and at the end leave."""
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
 
@@ -646,8 +777,13 @@ class CredentialCustody:
 
         async def pusher() -> None:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), self.poll)
+                # A timer sets the event too: a plain await, which a cancel always
+                # ends (3.11's wait_for can swallow a cancel that meets its timeout).
+                timer = loop.call_later(self.poll, changed.set)
+                try:
+                    await changed.wait()
+                finally:
+                    timer.cancel()
                 changed.clear()
                 watcher.rearm()
                 try:
@@ -660,15 +796,26 @@ class CredentialCustody:
             yield
         finally:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
             watcher.close()
-            try:
-                await asyncio.to_thread(self._sync_now)
-            except CredentialError as exc:
-                log.error(  # noqa: TRY400 - the message says it all; no traceback
-                    "credentials.final_push_failed account=%s: %s (the next machine to take "
-                    "it finds it held back)",
-                    self.name,
-                    exc,
-                )
+            await self._finish()
+
+    async def _finish(self) -> None:
+        """The last push, then leave; a failure leaves the account held for other sites."""
+        try:
+            await asyncio.to_thread(self._sync_now)
+            await asyncio.to_thread(self.leave)
+        except CredentialError as exc:
+            log.error(  # noqa: TRY400 - the message says it all; no traceback
+                "credentials.final_push_failed account=%s: %s (other machines hold the "
+                "account back until this one pushes it: any `status` here does)",
+                self.name,
+                exc,
+            )
+
+
+def _strictly_newer(a: bytes, b: bytes) -> bool:
+    """Whether login ``a`` is provably newer than ``b``: both ``last_refresh`` known, a's later."""
+    ta, tb = last_refresh(a), last_refresh(b)
+    return ta is not None and tb is not None and ta > tb

@@ -48,7 +48,14 @@ from .codex_cli import (
     resume_argv,
 )
 from .config import child_environment
-from .errors import AccountBusy, AccountGone, ConfigError, LoginQuarantined
+from .errors import (
+    AccountBusy,
+    AccountGone,
+    AuthError,
+    ConfigError,
+    CredentialError,
+    LoginQuarantined,
+)
 from .events import (
     AccountSelected,
     ChildExited,
@@ -723,8 +730,9 @@ class Supervisor:
                     can_restart=budget > 0,
                     signals=signals,
                 )
-            except LoginQuarantined as exc:
-                refusal: LoginQuarantined | None = exc
+            except (LoginQuarantined, CredentialError) as exc:
+                # A newer login elsewhere, or a shared store that cannot be used.
+                refusal: AuthError | None = exc
             except AccountGone as exc:
                 # Removed from the pool after it was chosen (or during a
                 # crash restart's backoff): Codex never started on it.

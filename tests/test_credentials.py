@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -326,3 +327,180 @@ def test_a_shared_pool_without_a_key_says_how_to_make_one(
     )
     assert pool.credentials is not None
     assert pool.backend == redis_server.url
+
+
+# -- the review's cases ----------------------------------------------------------------------
+
+
+async def test_a_site_that_never_gave_the_account_back_holds_it_until_it_vouches(
+    sites: tuple[AccountPool, AccountPool],
+) -> None:
+    """A holder that died (or lost Redis) without its last push: the other site is held back
+    until that site says its login is the newest (here: unchanged)."""
+    a, b = sites
+    store = b.credentials
+    assert store is not None
+    async with b.occupy("alpha", purpose="run on b"):
+        pass
+    store.take("alpha", b.site)  # b takes it again ... and dies: never leaves
+    assert set(a.credential_holds(["alpha"])) == {"alpha"}  # would be held: no surprise
+    with pytest.raises(errors.CredentialsHeld, match="without giving the account back"):
+        async with a.occupy("alpha", purpose="run on a"):
+            pass
+    assert b.credential_holds(["alpha"]) == {}  # b comes back: its login is the stored one
+    async with a.occupy("alpha", purpose="run on a"):
+        assert _auth(a) == _auth(b)
+
+
+async def test_a_site_cut_off_from_redis_pushes_its_refresh_when_it_comes_back(
+    sites: tuple[AccountPool, AccountPool],
+) -> None:
+    """Its Codex refreshed while nothing reached Redis (not even `seen`): the account is held,
+    and the site's newer login is the one handed on once it is back."""
+    a, b = sites
+    store = b.credentials
+    assert store is not None
+    async with b.occupy("alpha", purpose="run on b"):
+        pass
+    store.take("alpha", b.site)
+    newer = _refresh(b, "rt-offline", datetime.now(UTC) + timedelta(hours=1))
+    with pytest.raises(errors.CredentialsHeld):
+        async with a.occupy("alpha", purpose="run on a"):
+            pass
+    assert b.credential_holds(["alpha"]) == {}
+    async with a.occupy("alpha", purpose="run on a"):
+        assert _auth(a) == newer
+
+
+async def test_a_change_not_newer_by_last_refresh_is_never_lost(
+    sites: tuple[AccountPool, AccountPool],
+) -> None:
+    """Clocks apart: the custody site's own change looks older. Not pushed over the store,
+    so other sites are held back, and the file stays where Codex wrote it."""
+    a, b = sites
+    store = b.credentials
+    assert store is not None
+    async with b.occupy("alpha", purpose="run on b"):
+        skewed = _refresh(b, "rt-skewed", datetime.now(UTC) - timedelta(days=3))
+        await _until(lambda: store.hold("alpha") is None and _unpushed(store, b), "seen noted")
+    assert _auth(b) == skewed
+    with pytest.raises(errors.CredentialsHeld, match="never pushed"):
+        async with a.occupy("alpha", purpose="run on a"):
+            pass
+
+
+def _unpushed(store: RedisCredentialStore, site: AccountPool) -> bool:
+    seen, fp = store._redis.hmget(store._key("alpha"), "seen", "fp")
+    return bool(seen != fp)
+
+
+async def test_a_local_login_neither_older_nor_newer_is_kept_aside_before_it_is_replaced(
+    sites: tuple[AccountPool, AccountPool],
+) -> None:
+    a, b = sites
+    async with b.occupy("alpha", purpose="run on b"):
+        pass
+    # An API-key style login: no last_refresh, so neither provably older nor newer.
+    odd = b"{}"
+    (b.account_home("alpha") / "auth.json").write_bytes(odd)
+    shared = _auth(a)
+    async with b.occupy("alpha", purpose="run on b"):
+        assert _auth(b) == shared  # the store's wins, never the unknown one pushed
+    [kept] = (b.account_home("alpha").parent / "kept").iterdir()
+    assert kept.read_bytes() == odd
+    assert kept.stat().st_mode & 0o777 == 0o600
+    assert b.credentials is not None
+    assert b.credentials.fetch("alpha").data == shared  # type: ignore[union-attr]
+
+
+async def test_a_shared_login_of_another_account_is_refused(
+    sites: tuple[AccountPool, AccountPool], backend: FakeCodexBackend, tmp_path: Path
+) -> None:
+    a, b = sites
+    backend.add_account("id-other")
+    other = backend.write_auth(tmp_path / "other", "id-other").read_bytes()
+    assert a.credentials is not None
+    a.credentials.publish("alpha", other, site=a.site)
+    with pytest.raises(errors.CredentialsHeld, match="another account"):
+        async with b.occupy("alpha", purpose="run on b"):
+            pass
+    assert not (b.account_home("alpha") / "auth.json").exists()
+
+
+async def test_a_removed_account_leaves_no_record_and_loses_no_login(
+    sites: tuple[AccountPool, AccountPool],
+) -> None:
+    a, b = sites
+    async with b.occupy("alpha", purpose="run on b"):
+        newest = _refresh(b, "rt-b", datetime.now(UTC) + timedelta(hours=1))
+    aside = a.remove("alpha")
+    assert a.credentials is not None
+    assert a.credentials.fetch("alpha") is None
+    assert (aside / "kept" / "auth-from-the-shared-store.json").read_bytes() == newest
+
+
+async def test_a_cancelled_take_gives_the_custody_back_once_it_is_done(
+    sites: tuple[AccountPool, AccountPool],
+) -> None:
+    """The take runs in a thread: cancelled while it runs, it is waited for, then left."""
+    from codex_supervisor.accounts import _finished
+
+    a, _ = sites
+    store = a.credentials
+    assert store is not None
+    custody = a._custody("alpha", None)
+    gate, done = threading.Event(), threading.Event()
+
+    def slow_take() -> None:
+        gate.wait(10)
+        try:
+            custody.take()
+        finally:
+            done.set()
+
+    task = asyncio.ensure_future(_finished(asyncio.to_thread(slow_take), custody))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.to_thread(done.wait, 10)
+    assert not custody.taken
+    assert int(store._redis.hget(store._key("alpha"), "users")) == 0
+
+
+async def test_a_run_chooses_another_account_when_a_shared_login_cannot_be_used(
+    tmp_path: Path, backend: FakeCodexBackend, redis_server: RedisServer
+) -> None:
+    """alpha's record does not open with the key (changed by hand): the run goes on beta."""
+    from codex_supervisor.supervisor import Supervisor, SupervisorConfig
+    from codex_supervisor.testing import install_simulator
+
+    pool = _site(tmp_path / "a", backend, redis_server.url, uuid.uuid4().hex)
+    for name, used in (("alpha", 10), ("beta", 50)):
+        backend.add_account(f"id-{name}", five_hour_used=used)
+        pool.import_auth(name, backend.write_auth(tmp_path / f"login-{name}", f"id-{name}"))
+    store = pool.credentials
+    assert store is not None
+    store._redis.hset(store._key("alpha"), "blob", b"\0" * 40)
+    (tmp_path / "work").mkdir()
+    config = SupervisorConfig(codex=str(install_simulator(tmp_path / "bin")), poll_interval=0.05)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **backend.codex_env()}
+    result = await Supervisor(pool, config=config, environ=env).run(
+        ["exec", "--skip-git-repo-check", "hello"], cwd=tmp_path / "work"
+    )
+    assert result.exit_code == 0
+    assert [r.account_id for r in backend.responses_requests()] == ["id-beta"]
+
+
+async def test_leaving_never_hangs_when_the_pusher_is_cancelled_as_it_wakes(
+    sites: tuple[AccountPool, AccountPool],
+) -> None:
+    """A cancel that meets the pusher's wake-up (a write seen just as the occupancy ends)
+    must still end it: one swallowed there kept the occupancy from ever ending."""
+    a, _ = sites
+    for index in range(150):
+        async with a.occupy("alpha", purpose="churn"):
+            _refresh(a, f"rt-{index}", datetime.now(UTC) + timedelta(seconds=index + 1))
+            await asyncio.sleep(0.001 * (index % 7))

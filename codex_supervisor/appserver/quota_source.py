@@ -23,8 +23,10 @@ import attrs
 from ..accounts import AccountPool
 from ..clock import Clock, SystemClock
 from ..errors import (
+    AccountBusy,
     AccountGone,
     AppServerError,
+    AuthError,
     LeaseTimeout,
     LoginQuarantined,
     QuotaParseError,
@@ -74,6 +76,8 @@ class AppServerRateLimitsSource:
         except LeaseTimeout as exc:
             raise QuotaUnavailable(f"{account!r} became occupied: {exc}") from exc
         except (AccountGone, StateError) as exc:  # removed meanwhile, or no folder
+            raise QuotaUnavailable(f"no app-server for {account!r}: {exc}") from exc
+        except (AccountBusy, AuthError) as exc:  # a shared pool: elsewhere, held, store out
             raise QuotaUnavailable(f"no app-server for {account!r}: {exc}") from exc
 
     async def _read(self, account: str) -> QuotaSnapshot:

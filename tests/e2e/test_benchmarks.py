@@ -97,20 +97,33 @@ def test_bench_cli_watch_prints_its_figures() -> None:
 
 
 def test_bench_redis_prints_its_figures() -> None:
-    """bench_redis.py reports lease latencies on a real redis-server and on files."""
+    """bench_redis.py: lease latencies on a real redis-server and on files, SIGKILL chaos on
+    two sites (no double holder), 100 handoffs with forced refreshes (no replay)."""
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_redis.py"), "--ops", "20"],
+        [sys.executable, str(BENCHMARKS / "bench_redis.py"), "--ops", "20",
+         "--processes", "4", "--kills", "3", "--ttl", "1", "--handoffs", "100"],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
         check=False,
-    )
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     figures = [json.loads(line) for line in result.stdout.splitlines()]
-    seen = {(f["benchmark"], f["op"]) for f in figures}
+    latencies = [f for f in figures if f["benchmark"] in ("redis_lease", "file_lease")]
+    seen = {(f["benchmark"], f["op"]) for f in latencies}
     assert seen == {
         (backend, op)
         for backend in ("redis_lease", "file_lease")
         for op in ("acquire", "renew", "release")
     }
-    assert all(0 < f["p50_ms"] <= f["p99_ms"] <= f["max_ms"] for f in figures)
+    assert all(0 < f["p50_ms"] <= f["p99_ms"] <= f["max_ms"] for f in latencies)
+    chaos = {f["mode"]: f for f in figures if f["benchmark"] == "redis_sigkill"}
+    assert set(chaos) == {"exclusive", "shared"}
+    for case in chaos.values():
+        assert case["kills"] == 3
+        assert case["double_holders"] == 0
+        assert case["recovery"] is not None
+    [handoffs] = [f for f in figures if f["benchmark"] == "redis_handoffs"]
+    assert handoffs["handoffs"] == 100
+    assert handoffs["refreshes"] == 100  # one forced refresh per handoff, each accepted
+    assert handoffs["replays"] == 0

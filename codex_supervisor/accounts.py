@@ -1695,6 +1695,7 @@ class AccountPool:
             account_id=None if account is None else account.identity.account_id,
             identify=identify,
             others=functools.partial(self._site_users, name, owner),
+            stray=functools.partial(_codex_in, self.account_home(name)),
         )
 
     def _site_users(self, name: str, but: str | None) -> int:
@@ -1750,14 +1751,16 @@ class AccountPool:
             # Held back once taken, unless its site still runs it (and pushes soon).
             if not _run_blocking(functools.partial(self.leases.holders, self.lease_name(name))):
                 holds[name] = held
-        for name, held in list(holds.items()):
-            if held.site != self.site:
+        # What this site left unsettled (a process of it died holding the
+        # account, or lost Redis), once it runs none of them: settled now.
+        for name in self.credentials.unsettled(names, self.site):
+            if self._site_users(name, None):
                 continue
             try:
                 if self._custody(name, None).settle():
-                    del holds[name]
+                    holds.pop(name, None)
             except CredentialError as exc:
-                log.warning("cannot settle the hold of %r: %s", name, exc)
+                log.warning("cannot settle the shared login of %r: %s", name, exc)
         return holds
 
     def unhold(self, name: str) -> bool:
@@ -2088,6 +2091,29 @@ def _describe_occupants(records: Sequence[LeaseRecord], now: datetime) -> str:
 
 def _utc(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _codex_in(home: Path) -> int | None:
+    """A process of this user running with ``CODEX_HOME=home`` (pid), None if none is seen.
+
+    Linux only (``/proc``); elsewhere nothing is seen. The supervisor's own
+    processes never set that variable for themselves, only for children.
+    """
+    wanted = b"CODEX_HOME=" + bytes(home)
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in (b"Z", b"X") and wanted in environ.split(b"\0"):
+            return int(entry.name)
+    return None
 
 
 async def _finished(work: Awaitable[None], custody: CredentialCustody) -> None:

@@ -509,6 +509,27 @@ class RedisCredentialStore:
             found[name] = CredentialsHeld(name, self.where, reason, other)
         return found
 
+    def unsettled(self, names: Iterable[str], site: str) -> list[str]:
+        """The accounts of ``names`` whose custody is ``site`` and not given back cleanly.
+
+        Users left, a change seen but not pushed, or a hold: what
+        :meth:`CredentialCustody.settle` settles once that site runs none of them.
+        """
+        names = list(names)
+        if not names:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hmget(self._key(name), "site", "users", "seen", "fp", "held")
+        rows = self._call("read the custody", pipe.execute)
+        return [
+            name
+            for name, (custody, users, seen, fp, held) in zip(names, rows, strict=True)
+            if custody is not None
+            and _text(custody) == site
+            and (int(users or 0) > 0 or seen != fp or held is not None)
+        ]
+
     def push(
         self, name: str, data: bytes, *, site: str, expected: int, force: bool = False
     ) -> tuple[int, Any]:
@@ -600,6 +621,8 @@ class CredentialCustody:
     account_id: str | None = None
     identify: Callable[[bytes], str | None] = attrs.field(default=lambda _data: None)
     others: Callable[[], int] = attrs.field(default=lambda: 0)
+    #: A Codex still running in the home without a supervisor (its pid), or None.
+    stray: Callable[[], int | None] = attrs.field(default=lambda: None)
     poll: float = 2.0
     _version: int = attrs.field(default=0, init=False)
     _pushed: bytes | None = attrs.field(default=None, init=False, repr=False)
@@ -678,16 +701,25 @@ class CredentialCustody:
         return path
 
     def settle(self) -> bool:
-        """Lift a hold this site caused, if its login here is the newest: True when lifted.
+        """Settle what this site left unsettled, if its login here is the newest: True if so.
 
         This site had the account and gave it back uncleanly (a process died,
         Redis was out of reach): its login here is what its Codex left. It is
         pushed when newer than the stored one; when it is the stored one, the
-        site vouches for it. Either way the hold is over.
+        site vouches for it. Either way the site's users are counted afresh
+        and a hold is over. Nothing is settled while a Codex still runs in
+        the home without its supervisor.
         """
-        hold = self.store.hold(self.name)
+        if self.name not in self.store.unsettled([self.name], self.site):
+            return False
         local = _read_local(self.auth_path)
-        if hold is None or hold.site != self.site or local is None:
+        if local is None:
+            return False
+        stray = self.stray()
+        if stray is not None:
+            # Its supervisor died; it runs on and may still refresh the login.
+            log.warning("credentials.stray_codex account=%s pid=%s: not vouching for the "
+                        "login while it runs (stop it first)", self.name, stray)  # fmt: skip
             return False
         stored = self.store.fetch(self.name)
         if stored is not None and local != stored.data:
@@ -698,8 +730,8 @@ class CredentialCustody:
                 return False
         lifted = self.store.confirm(self.name, self.site, local, self.others())
         if lifted:
-            log.warning("credentials.hold_lifted account=%s: this site's login is the newest",
-                        self.name)  # fmt: skip
+            log.warning("credentials.settled account=%s: this site's login is the newest; other "
+                        "machines may take the account again", self.name)  # fmt: skip
         return lifted
 
     def sync(self) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import subprocess
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -504,3 +505,28 @@ async def test_leaving_never_hangs_when_the_pusher_is_cancelled_as_it_wakes(
         async with a.occupy("alpha", purpose="churn"):
             _refresh(a, f"rt-{index}", datetime.now(UTC) + timedelta(seconds=index + 1))
             await asyncio.sleep(0.001 * (index % 7))
+
+
+async def test_a_site_back_settles_what_it_left_but_not_while_a_stray_codex_runs_there(
+    sites: tuple[AccountPool, AccountPool],
+) -> None:
+    """Its supervisor died, its Codex ran on: no vouching for the login until it is gone."""
+    a, b = sites
+    store = b.credentials
+    assert store is not None
+    async with b.occupy("alpha", purpose="run on b"):
+        pass
+    store.take("alpha", b.site)  # ... and its supervisor is SIGKILLed
+    env = {"PATH": "/usr/bin:/bin", "CODEX_HOME": str(b.account_home("alpha"))}
+    stray = subprocess.Popen(["sleep", "60"], env=env)  # its Codex, orphaned
+    try:
+        assert b.credential_holds(["alpha"]) == {}
+        assert store.unsettled(["alpha"], b.site) == ["alpha"]  # not settled meanwhile
+        assert set(a.credential_holds(["alpha"])) == {"alpha"}
+    finally:
+        stray.kill()
+        stray.wait()
+    assert b.credential_holds(["alpha"]) == {}  # b's next look settles it
+    assert store.unsettled(["alpha"], b.site) == []
+    async with a.occupy("alpha", purpose="run on a"):
+        assert _auth(a) == _auth(b)

@@ -442,7 +442,17 @@ async def test_status_shows_cooldowns_and_occupancy(cli: Cli, backend: FakeCodex
     assert cooldown["reason"] == "usage_limit_exceeded"
     assert cooldown["active"] is True
     [occupant] = account["occupants"]
-    assert set(occupant) == {"pid", "host", "owner", "mode", "purpose", "since", "expires_at"}
+    assert set(occupant) == {
+        "pid",
+        "host",
+        "site",
+        "owner",
+        "mode",
+        "purpose",
+        "since",
+        "expires_at",
+    }
+    assert occupant["site"] is None  # a pool of one machine
     assert occupant["pid"] == os.getpid()
     assert occupant["purpose"] == "codex"
     assert occupant["mode"] == "shared"

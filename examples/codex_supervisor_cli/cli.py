@@ -299,6 +299,7 @@ def _occupant_json(record: LeaseRecord) -> dict[str, Any]:
     return {
         "pid": record.pid,
         "host": record.host,
+        "site": record.site,
         "owner": record.owner,
         "mode": record.mode.value,
         "purpose": record.purpose,
@@ -626,7 +627,8 @@ def _status_account_lines(
     if not entry.occupants:
         lines.append("  occupancy: idle")
     lines += [
-        f"  occupancy: pid {record.pid} on {_printable(record.host)}, {_dash(record.purpose)}, "
+        f"  occupancy: pid {record.pid} on {_printable(record.site or record.host)}, "
+        f"{_dash(record.purpose)}, "
         f"since {_clock_time(record.acquired_at, now)} ({_relative(record.acquired_at, now)})"
         for record in entry.occupants
     ]

@@ -58,6 +58,7 @@ import attrs
 from . import _convert
 from ._fs import fsync_dir, write_atomic
 from ._jwt import decode_jwt_claims
+from ._redis import masked_url as _masked
 from .clock import Clock, SystemClock
 from .config import (
     child_environment,
@@ -91,7 +92,6 @@ from .lease import (
     claim_alive,
     holder_alive,
 )
-from .lease_redis import _masked
 from .quota import QuotaSnapshot, UsageCredentials, WindowKind, read_chatgpt_base_url
 from .state_store import FileStateStore, StateStore
 

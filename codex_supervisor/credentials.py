@@ -59,6 +59,8 @@ from typing import Any, Final, final
 import attrs
 
 from ._fs import write_atomic
+from ._redis import connect
+from ._redis import masked_url as _masked
 from ._watch import ChangeWatcher
 from .errors import CredentialError, CredentialsHeld
 
@@ -333,12 +335,6 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _masked(url: str) -> str:
-    from .lease_redis import _masked as masked  # noqa: PLC0415 - one masking rule
-
-    return masked(url)
-
-
 @attrs.define
 class RedisCredentialStore:
     """Each account's newest login, sealed, in Redis at ``url`` (extra ``redis``).
@@ -356,24 +352,12 @@ class RedisCredentialStore:
     _redis: Any = attrs.field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        try:
-            import redis  # noqa: PLC0415 - the optional dependency
-        except ImportError as exc:
-            raise CredentialError(
-                "RedisCredentialStore needs the redis client: pip install 'codex-supervisor[redis]'"
-            ) from exc
-        if not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise CredentialError(
-                f"a Redis URL starts with redis://, rediss:// or unix://, got {_masked(self.url)!r}"
-            )
-        try:
-            self._redis = redis.Redis.from_url(
-                self.url,
-                socket_timeout=self.socket_timeout,
-                socket_connect_timeout=self.socket_timeout,
-            )
-        except ValueError as exc:
-            raise CredentialError(f"bad Redis URL {_masked(self.url)!r}: {exc}") from None
+        self._redis = connect(
+            self.url,
+            socket_timeout=self.socket_timeout,
+            who="RedisCredentialStore",
+            error=CredentialError,
+        )
 
     @property
     def where(self) -> str:

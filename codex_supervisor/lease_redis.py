@@ -48,6 +48,7 @@ from typing import Any, Final, final
 import attrs
 
 from . import errors
+from ._redis import connect, masked_url
 from .lease import (
     LeaseMode,
     LeaseRecord,
@@ -213,22 +214,6 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def masked_url(url: str) -> str:
-    """``url`` with its password hidden: ``user:***@`` and ``password=***``."""
-    scheme, sep, rest = url.partition("://")
-    where, question, query = rest.partition("?")
-    credentials, at, host = where.rpartition("@")
-    if at:
-        user = credentials.partition(":")[0]
-        where = f"{user}:***@{host}" if user else f"***@{host}"
-    if question:
-        query = "&".join(
-            f"{key}=***" if key.lower() == "password" else f"{key}{eq}{value}"
-            for key, eq, value in (part.partition("=") for part in query.split("&"))
-        )
-    return f"{scheme}{sep}{where}{question}{query}"
-
-
 _masked = masked_url
 
 
@@ -266,18 +251,11 @@ class RedisLeaseBackend:
     _unsure: dict[tuple[str, str], str] = attrs.field(factory=dict, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        try:
-            import redis  # noqa: PLC0415 - the optional dependency
-        except ImportError as exc:
-            raise errors.ConfigError(
-                "RedisLeaseBackend needs the redis client: pip install 'codex-supervisor[redis]'"
-            ) from exc
-        if not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise errors.ConfigError(
-                f"a Redis URL starts with redis://, rediss:// or unix://, got {_masked(self.url)!r}"
-            )
-        self._redis = redis.Redis.from_url(
-            self.url, socket_timeout=self.socket_timeout, socket_connect_timeout=self.socket_timeout
+        self._redis = connect(
+            self.url,
+            socket_timeout=self.socket_timeout,
+            who="RedisLeaseBackend",
+            error=errors.ConfigError,
         )
 
     # -- the protocol --------------------------------------------------------

@@ -32,8 +32,9 @@ import attrs
 
 from . import errors
 from ._fs import write_atomic
+from ._redis import connect
+from ._redis import masked_url as _masked
 from .lease import FileLock
-from .lease_redis import _masked
 
 __all__ = ["FileStateStore", "RedisStateStore", "StateStore"]
 
@@ -188,26 +189,12 @@ class RedisStateStore:
     _held: threading.local = attrs.field(factory=threading.local, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        try:
-            import redis  # noqa: PLC0415 - the optional dependency
-        except ImportError as exc:
-            raise errors.ConfigError(
-                "RedisStateStore needs the redis client: pip install 'codex-supervisor[redis]'"
-            ) from exc
-        if "decode_responses" in self.url:
-            raise errors.ConfigError("RedisStateStore reads bytes: drop decode_responses")
-        if not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise errors.ConfigError(
-                f"a Redis URL starts with redis://, rediss:// or unix://, got {_masked(self.url)!r}"
-            )
-        try:
-            self._redis = redis.Redis.from_url(
-                self.url,
-                socket_timeout=self.socket_timeout,
-                socket_connect_timeout=self.socket_timeout,
-            )
-        except ValueError as exc:
-            raise errors.ConfigError(f"bad Redis URL {_masked(self.url)!r}: {exc}") from None
+        self._redis = connect(
+            self.url,
+            socket_timeout=self.socket_timeout,
+            who="RedisStateStore",
+            error=errors.ConfigError,
+        )
 
     def _key(self, what: str) -> str:
         return f"{self.prefix}{what}:{{{self.pool}}}"

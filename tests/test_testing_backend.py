@@ -137,10 +137,10 @@ def test_drop_resets_the_stream_mid_response(backend: FakeCodexBackend) -> None:
     assert "response.completed" not in text
 
 
-def test_stall_hangs_until_released(backend: FakeCodexBackend) -> None:
-    """A stalled stream sends response.created and nothing more until released."""
-    acct = backend.add_account("acct-a")
-    backend.script(Behaviour.stall())
+def _stream_in_background(
+    backend: FakeCodexBackend, token: str
+) -> tuple[threading.Thread, threading.Event, dict[str, str]]:
+    """POST /responses from a thread: (the thread, set at response.created, its text)."""
     seen_created = threading.Event()
     result: dict[str, str] = {}
 
@@ -148,7 +148,7 @@ def test_stall_hangs_until_released(backend: FakeCodexBackend) -> None:
         with httpx.stream(
             "POST",
             f"{backend.base_url}/responses",
-            headers={"authorization": f"Bearer {acct.access_token}"},
+            headers={"authorization": f"Bearer {token}"},
             json={},
             timeout=30,
         ) as resp:
@@ -161,6 +161,14 @@ def test_stall_hangs_until_released(backend: FakeCodexBackend) -> None:
 
     worker = threading.Thread(target=consume)
     worker.start()
+    return worker, seen_created, result
+
+
+def test_stall_hangs_until_released(backend: FakeCodexBackend) -> None:
+    """A stalled stream sends response.created and nothing more until released."""
+    acct = backend.add_account("acct-a")
+    backend.script(Behaviour.stall())
+    worker, seen_created, result = _stream_in_background(backend, acct.access_token)
     assert seen_created.wait(10)
     assert worker.is_alive()  # still stalled after the first event
     backend.release_stalls()
@@ -173,26 +181,7 @@ def test_hold_answers_in_full_once_released(backend: FakeCodexBackend) -> None:
     """A held stream waits after response.created, then completes with its text."""
     acct = backend.add_account("acct-a")
     backend.script(Behaviour.hold("at last"))
-    seen_created = threading.Event()
-    result: dict[str, str] = {}
-
-    def consume() -> None:
-        with httpx.stream(
-            "POST",
-            f"{backend.base_url}/responses",
-            headers={"authorization": f"Bearer {acct.access_token}"},
-            json={},
-            timeout=30,
-        ) as resp:
-            text = ""
-            for chunk in resp.iter_text():
-                text += chunk
-                if "response.created" in text:
-                    seen_created.set()
-            result["text"] = text
-
-    worker = threading.Thread(target=consume)
-    worker.start()
+    worker, seen_created, result = _stream_in_background(backend, acct.access_token)
     assert seen_created.wait(10)
     assert worker.is_alive()  # still held after the first event
     backend.release_stalls()

@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 
 from codex_supervisor import errors
 from codex_supervisor._jwt import decode_jwt_claims
-from codex_supervisor.accounts import AccountPool, Identity, _last_refresh, identity_from_auth
+from codex_supervisor.accounts import AccountPool, Identity, identity_from_auth
 from codex_supervisor.appserver import AppServerClient
+from codex_supervisor.credentials import last_refresh
 from codex_supervisor.quota import UsageCredentials, UsageEndpointSource
 from codex_supervisor.sessions import (
     RolloutReader,
@@ -362,7 +363,7 @@ auth_files = st.one_of(
 def test_auth_json_and_jwt_raise_only_auth_errors(data: bytes, token: str) -> None:
     """identity_from_auth answers an Identity or AuthError; JWT and last_refresh never raise."""
     assert isinstance(decode_jwt_claims(token), dict)
-    refreshed = _last_refresh(data)
+    refreshed = last_refresh(data)
     assert refreshed is None or refreshed.tzinfo is not None
     for form in (data, data.decode("utf-8", "surrogateescape")):
         with contextlib.suppress(errors.AuthError):

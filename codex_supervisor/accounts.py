@@ -1692,24 +1692,24 @@ class AccountPool:
             name,
             self.account_home(name),
             self.site,
+            owner=owner or "",
             account_id=None if account is None else account.identity.account_id,
             identify=identify,
-            others=functools.partial(self._site_users, name, owner),
-            stray=functools.partial(_codex_in, self.account_home(name)),
+            live=functools.partial(self._live_owners, name),
+            stray=functools.partial(_codex_on, self.account_home(name) / "auth.json"),
         )
 
-    def _site_users(self, name: str, but: str | None) -> int:
-        """The live occupancies of ``name`` at this site, other than ``but``'s."""
+    def _live_owners(self, name: str, *, here: bool = False) -> set[str]:
+        """The owners whose occupancy of ``name`` still counts (``here``: of this site)."""
         records = _run_blocking(functools.partial(self.leases.records, self.lease_name(name)))
         now = self.clock.now()
-        return sum(
-            1
+        return {
+            r.owner
             for r in records
-            if r.site == self.site
-            and r.owner != but
+            if (not here or r.site == self.site)
             and holder_alive(r) is not False
             and (not r.expired(now) or claim_alive(r))
-        )
+        }
 
     def _take_custody(self, custody: CredentialCustody) -> None:
         """Make this site the account's custody: its home holds the newest login after.
@@ -1754,8 +1754,8 @@ class AccountPool:
         # What this site left unsettled (a process of it died holding the
         # account, or lost Redis), once it runs none of them: settled now.
         for name in self.credentials.unsettled(names, self.site):
-            if self._site_users(name, None):
-                continue
+            if self._live_owners(name, here=True):
+                continue  # it still runs here: that run settles it as it leaves
             try:
                 if self._custody(name, None).settle():
                     holds.pop(name, None)
@@ -2093,15 +2093,19 @@ def _utc(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _codex_in(home: Path) -> int | None:
-    """A process of this user running with ``CODEX_HOME=home`` (pid), None if none is seen.
+def _codex_on(auth: Path) -> str | None:
+    """Why a Codex may be running on login ``auth`` here, or None when none is.
 
-    Linux only (``/proc``); elsewhere nothing is seen. The supervisor's own
-    processes never set that variable for themselves, only for children.
+    A process whose ``CODEX_HOME`` holds that very file (an account home, or
+    a spawn home linking to it) is one. Only ``/proc`` shows other processes'
+    environments: without it (macOS) nobody can say, and that is the answer.
     """
-    wanted = b"CODEX_HOME=" + bytes(home)
     proc = Path("/proc")
-    if not proc.is_dir():
+    if not (proc / "self" / "environ").exists():
+        return "this system does not show which processes run Codex"
+    try:
+        wanted = auth.stat()
+    except OSError:
         return None
     for entry in proc.iterdir():
         if not entry.name.isdigit():
@@ -2111,8 +2115,17 @@ def _codex_in(home: Path) -> int | None:
             state = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if state not in (b"Z", b"X") and wanted in environ.split(b"\0"):
-            return int(entry.name)
+        if state in (b"Z", b"X"):
+            continue
+        for item in environ.split(b"\0"):
+            if item.startswith(b"CODEX_HOME="):
+                try:
+                    found = (Path(os.fsdecode(item[11:])) / "auth.json").stat()
+                except OSError:
+                    break
+                if (found.st_dev, found.st_ino) == (wanted.st_dev, wanted.st_ino):
+                    return f"pid {entry.name} runs on it"
+                break
     return None
 
 

@@ -206,6 +206,8 @@ class StoredCredentials:
     fingerprint: str
     site: str | None
     refreshed: datetime | None
+    #: The fingerprint of the last change its custody site saw (taken records only).
+    seen: str | None = None
 
 
 _NOW: Final = """
@@ -214,11 +216,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # The record's fields, in the order the scripts read them: cur[1] .. cur[9].
-_FIELDS: Final = (
-    "'version', 'refreshed_ms', 'fp', 'site', 'seen', 'held', 'blob', 'users', 'pushed_ms'"
-)
+_FIELDS: Final = "'version', 'refreshed_ms', 'fp', 'site', 'seen', 'held', 'blob', 'pushed_ms'"
 
-# KEYS: record. ARGV: site, expected version, refreshed_ms ('' unknown), fp, blob, force.
+# KEYS: record, users. ARGV: site, expected version, refreshed_ms ('' unknown), fp, blob,
+# force.
 # {1, version} stored (or already there); {0, site} custody elsewhere; {2, version}
 # another version; {3, refreshed_ms} the store's login is not older.
 _PUSH: Final = (
@@ -238,7 +239,7 @@ redis.call('HSET', KEYS[1], 'version', version + 1, 'refreshed_ms', ARGV[3], 'fp
   'blob', ARGV[5], 'site', ARGV[1], 'seen', ARGV[4], 'pushed_ms', now, 'seen_ms', now)
 if force then
   -- A fresh login: nobody runs it yet, and no hold applies to it.
-  redis.call('HSET', KEYS[1], 'users', 0)
+  redis.call('DEL', KEYS[2])
   redis.call('HDEL', KEYS[1], 'held', 'held_ms')
 elseif cur[6] and cur[5] == ARGV[4] then
   redis.call('HDEL', KEYS[1], 'held', 'held_ms')  -- the change the hold waited for
@@ -247,18 +248,20 @@ return {1, version + 1}
 """
 )
 
-# KEYS: record. ARGV: site. Takes the custody (one more user at that site):
-# {1} nothing stored yet; {1, version, fp, blob, last site} taken; {0, why, site,
-# seen} held back. Another site's custody is handed on only when that site gave
-# the account back cleanly (no user left) and pushed every change it saw.
+# KEYS: record, users (a set of lease owners). ARGV: site, owner. Takes the custody
+# (the owner one more user at that site): {1} nothing stored yet; {1, version, fp,
+# blob, last site, seen} taken; {0, why, site, seen} held back. Another site's custody
+# is handed on only when that site gave the account back cleanly (no user left) and
+# pushed every change it saw.
 _TAKE: Final = (
     _NOW
     + f"local cur = redis.call('HMGET', KEYS[1], {_FIELDS})"
     + """
-local users = tonumber(cur[8]) or 0
+local users = redis.call('SCARD', KEYS[2])
 if not cur[1] then
-  if cur[4] ~= ARGV[1] then users = 0 end
-  redis.call('HSET', KEYS[1], 'site', ARGV[1], 'users', users + 1)
+  if cur[4] ~= ARGV[1] then redis.call('DEL', KEYS[2]) end
+  redis.call('HSET', KEYS[1], 'site', ARGV[1])
+  redis.call('SADD', KEYS[2], ARGV[2])
   return {1}
 end
 if not cur[6] and cur[4] and cur[4] ~= ARGV[1] then
@@ -275,28 +278,28 @@ if not cur[6] and cur[4] and cur[4] ~= ARGV[1] then
   end
 end
 if cur[6] then return {0, cur[6], cur[4] or '', cur[5] or ''} end
-if cur[4] ~= ARGV[1] then users = 0 end
-redis.call('HSET', KEYS[1], 'site', ARGV[1], 'users', users + 1)
-return {1, cur[1], cur[3], cur[7], cur[4] or ''}
+if cur[4] ~= ARGV[1] then redis.call('DEL', KEYS[2]) end
+redis.call('HSET', KEYS[1], 'site', ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return {1, cur[1], cur[3], cur[7], cur[4] or '', cur[5] or ''}
 """
 )
 
-# KEYS: record. ARGV: site. One user of the custody site gave the account back
-# cleanly (its last push done): the users left, or -1 when the custody moved.
+# KEYS: record, users. ARGV: owner. The owner gave the account back cleanly (its last
+# push done); idempotent. Returns the users left.
 _LEAVE: Final = """
-local cur = redis.call('HMGET', KEYS[1], 'site', 'users')
-if cur[1] ~= ARGV[1] then return -1 end
-local users = math.max((tonumber(cur[2]) or 0) - 1, 0)
-redis.call('HSET', KEYS[1], 'users', users)
-return users
+redis.call('SREM', KEYS[2], ARGV[1])
+return redis.call('SCARD', KEYS[2])
 """
 
-# KEYS: record. ARGV: site, users, fp. The custody site vouches that its login is the
-# stored one (fp) and that it has `users` users now: a hold on it is over (1), or 0.
+# KEYS: record, users. ARGV: site, fp, gone owners (JSON list). The custody site vouches
+# that its login is the stored one (fp) and that those owners are gone: they stop
+# counting and a hold on it is over (1); 0 (nothing changed) when it cannot vouch.
 _CONFIRM: Final = """
 local cur = redis.call('HMGET', KEYS[1], 'site', 'fp')
-if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[3] then return 0 end
-redis.call('HSET', KEYS[1], 'users', tonumber(ARGV[2]), 'seen', cur[2])
+if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2] then return 0 end
+for _, owner in ipairs(cjson.decode(ARGV[3])) do redis.call('SREM', KEYS[2], owner) end
+redis.call('HSET', KEYS[1], 'seen', cur[2])
 redis.call('HDEL', KEYS[1], 'held', 'held_ms')
 return 1
 """
@@ -312,12 +315,13 @@ return 1
 """
 )
 
-# KEYS: record. Lifts a hold (or the one taking the account would make), taking the
+# KEYS: record, users. Lifts a hold (or the one taking the account would make), taking the
 # stored login as the newest and the last site as gone: 1 if there was one.
 _UNHOLD: Final = """
-local cur = redis.call('HMGET', KEYS[1], 'held', 'seen', 'fp', 'users')
-if not cur[1] and cur[2] == cur[3] and (tonumber(cur[4]) or 0) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'seen', cur[3] or '', 'users', 0)
+local cur = redis.call('HMGET', KEYS[1], 'held', 'seen', 'fp')
+if not cur[1] and cur[2] == cur[3] and redis.call('SCARD', KEYS[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'seen', cur[3] or '')
+redis.call('DEL', KEYS[2])
 redis.call('HDEL', KEYS[1], 'held', 'held_ms')
 return 1
 """
@@ -367,6 +371,10 @@ class RedisCredentialStore:
     def _key(self, name: str) -> str:
         return f"{self.prefix}credentials:{{{self.pool}}}:{name}"
 
+    def _keys(self, name: str) -> tuple[str, str]:
+        """The record and its users (lease owners of the custody site), one hash tag."""
+        return self._key(name), f"{self._key(name)}:users"
+
     def _call(self, what: str, call: Any, *args: Any) -> Any:
         from redis.exceptions import RedisError  # noqa: PLC0415 - the optional dependency
 
@@ -403,7 +411,7 @@ class RedisCredentialStore:
             refreshed=last_refresh(data),
         )
 
-    def take(self, name: str, site: str) -> StoredCredentials | None:
+    def take(self, name: str, site: str, owner: str) -> StoredCredentials | None:
         """Make ``site`` the account's custody (one more user there); the stored login.
 
         None when none was pushed yet. :attr:`StoredCredentials.site` is the
@@ -412,28 +420,36 @@ class RedisCredentialStore:
         back cleanly, or saw a change it never pushed. Call it only under the
         account's occupancy lease, and :meth:`leave` once the work is over.
         """
-        answer = self._call(f"take the login of {name!r}", self._redis.eval, _TAKE, 1,
-                            self._key(name), site)  # fmt: skip
+        answer = self._call(f"take the login of {name!r}", self._redis.eval, _TAKE, 2,
+                            *self._keys(name), site, owner)  # fmt: skip
         if int(answer[0]) == 0:
             raise CredentialsHeld(name, self.where, _text(answer[1]), _text(answer[2]) or None)
         if len(answer) == 1:
             return None
-        return self._stored(name, answer[1], answer[2], answer[3], answer[4])
+        stored = self._stored(name, answer[1], answer[2], answer[3], answer[4])
+        return attrs.evolve(stored, seen=_text(answer[5]) or None)
 
-    def leave(self, name: str, site: str) -> int:
-        """One user of custody ``site`` is done, its last push made: the users left (-1: moved)."""
-        return int(self._call(f"give back {name!r}", self._redis.eval, _LEAVE, 1,
-                              self._key(name), site))  # fmt: skip
+    def leave(self, name: str, owner: str) -> int:
+        """User ``owner`` is done, its last push made (idempotent): the users left."""
+        return int(self._call(f"give back {name!r}", self._redis.eval, _LEAVE, 2,
+                              *self._keys(name), owner))  # fmt: skip
 
-    def confirm(self, name: str, site: str, data: bytes, users: int) -> bool:
-        """Custody ``site`` vouches its login ``data`` is the stored one, with ``users`` users.
+    def users(self, name: str) -> set[str]:
+        """The lease owners that took the account and did not give it back."""
+        found = self._call(f"read the users of {name!r}", self._redis.smembers,
+                           self._keys(name)[1])  # fmt: skip
+        return {_text(owner) for owner in found}
 
-        Lifts a hold on the account; False (nothing changed) when ``site`` is
-        not its custody or ``data`` is not the stored login.
+    def confirm(self, name: str, site: str, data: bytes, gone: Iterable[str]) -> bool:
+        """Custody ``site`` vouches its login ``data`` is the stored one and ``gone`` are gone.
+
+        Those users stop counting and a hold on the account is over; False
+        (nothing changed) when ``site`` is not its custody or ``data`` is not
+        the stored login.
         """
         fp = self.key.fingerprint(data)
-        return bool(self._call(f"confirm the login of {name!r}", self._redis.eval, _CONFIRM, 1,
-                               self._key(name), site, users, fp))  # fmt: skip
+        return bool(self._call(f"confirm the login of {name!r}", self._redis.eval, _CONFIRM, 2,
+                               *self._keys(name), site, fp, json.dumps(sorted(gone))))  # fmt: skip
 
     def hold(self, name: str) -> _Hold | None:
         """Why ``name`` is held back, or None."""
@@ -473,10 +489,13 @@ class RedisCredentialStore:
             return {}
         pipe = self._redis.pipeline(transaction=False)
         for name in names:
-            pipe.hmget(self._key(name), "site", "seen", "fp", "users", "version")
-        rows = self._call("read the holds", pipe.execute)
+            pipe.hmget(self._key(name), "site", "seen", "fp", "version")
+            pipe.scard(self._keys(name)[1])
+        replies = self._call("read the holds", pipe.execute)
         found = {}
-        for name, (custody, seen, fp, users, version) in zip(names, rows, strict=True):
+        for name, (custody, seen, fp, version), users in zip(
+            names, replies[::2], replies[1::2], strict=True
+        ):
             if custody is None or version is None or _text(custody) == site:
                 continue
             other = _text(custody)
@@ -504,11 +523,14 @@ class RedisCredentialStore:
             return []
         pipe = self._redis.pipeline(transaction=False)
         for name in names:
-            pipe.hmget(self._key(name), "site", "users", "seen", "fp", "held")
-        rows = self._call("read the custody", pipe.execute)
+            pipe.hmget(self._key(name), "site", "seen", "fp", "held")
+            pipe.scard(self._keys(name)[1])
+        replies = self._call("read the custody", pipe.execute)
         return [
             name
-            for name, (custody, users, seen, fp, held) in zip(names, rows, strict=True)
+            for name, (custody, seen, fp, held), users in zip(
+                names, replies[::2], replies[1::2], strict=True
+            )
             if custody is not None
             and _text(custody) == site
             and (int(users or 0) > 0 or seen != fp or held is not None)
@@ -530,8 +552,8 @@ class RedisCredentialStore:
             f"push the login of {name!r}",
             self._redis.eval,
             _PUSH,
-            1,
-            self._key(name),
+            2,
+            *self._keys(name),
             site,
             expected,
             _refreshed_ms(data),
@@ -561,12 +583,12 @@ class RedisCredentialStore:
 
     def unhold(self, name: str) -> bool:
         """Lift ``name``'s hold, taking the stored login as the newest; False if none."""
-        return bool(self._call(f"lift the hold of {name!r}", self._redis.eval, _UNHOLD, 1,
-                               self._key(name)))  # fmt: skip
+        return bool(self._call(f"lift the hold of {name!r}", self._redis.eval, _UNHOLD, 2,
+                               *self._keys(name)))  # fmt: skip
 
     def forget(self, name: str) -> None:
         """Drop the record of ``name`` (its account left the pool)."""
-        self._call(f"drop the login of {name!r}", self._redis.delete, self._key(name))
+        self._call(f"drop the login of {name!r}", self._redis.delete, *self._keys(name))
 
     def close(self) -> None:
         """Close the connections (a later call opens new ones)."""
@@ -583,7 +605,11 @@ def _read_local(path: Path) -> bytes | None:
         log.warning("cannot read %s: %s", path, exc)
         return None
     with os.fdopen(fd, "rb") as fh:
-        return fh.read(_MAX_AUTH_BYTES + 1)
+        data = fh.read(_MAX_AUTH_BYTES + 1)
+    if len(data) > _MAX_AUTH_BYTES:
+        log.warning("%s is larger than any auth.json: left alone", path)
+        return None
+    return data
 
 
 @attrs.define
@@ -592,21 +618,25 @@ class CredentialCustody:
 
     :meth:`take` once the occupancy lease is held; then :meth:`keep_pushed`
     around the work (watches ``home/auth.json``, pushes each change, once
-    more at the end, then gives the custody back). ``account_id`` is the
-    account's (a stored login of another account is refused); ``identify``
-    reads the account id of a login; ``others`` counts the other live users
-    of the account at this site (for lifting a hold this site caused).
+    more at the end, then gives the custody back). ``owner`` is the
+    occupancy lease's owner, the user this custody counts as. ``account_id``
+    is the account's (a stored login of another account is refused);
+    ``identify`` reads the account id of a login; ``live`` gives the owners
+    whose leases of the account still count (the others, for settling what
+    a dead process of this site left); ``stray`` says why a Codex may still
+    run on the login without a supervisor (a pid, or that it cannot be known),
+    or None.
     """
 
     store: RedisCredentialStore
     name: str
     home: Path
     site: str
+    owner: str = ""
     account_id: str | None = None
     identify: Callable[[bytes], str | None] = attrs.field(default=lambda _data: None)
-    others: Callable[[], int] = attrs.field(default=lambda: 0)
-    #: A Codex still running in the home without a supervisor (its pid), or None.
-    stray: Callable[[], int | None] = attrs.field(default=lambda: None)
+    live: Callable[[], set[str]] = attrs.field(factory=lambda: set)
+    stray: Callable[[], str | None] = attrs.field(default=lambda: None)
     poll: float = 2.0
     _version: int = attrs.field(default=0, init=False)
     _pushed: bytes | None = attrs.field(default=None, init=False, repr=False)
@@ -632,16 +662,27 @@ class CredentialCustody:
         stored one replaces it; a provably newer one is pushed instead.
         """
         try:
-            stored = self.store.take(self.name, self.site)
+            stored = self._take()
         except CredentialsHeld as held:
             if held.site != self.site or not self.settle():
                 raise
-            stored = self.store.take(self.name, self.site)
-        self._taken = True
+            stored = self._take()
         try:
             self._take_login(stored)
         except BaseException:
             self.leave()
+            raise
+
+    def _take(self) -> StoredCredentials | None:
+        self._taken = True  # from the call on: a lost reply may have counted it
+        try:
+            return self.store.take(self.name, self.site, self.owner)
+        except CredentialsHeld:
+            self._taken = False  # refused: nothing counted
+            raise
+        except CredentialError:
+            with contextlib.suppress(CredentialError):
+                self.leave()  # (the store may still be out of reach: then it stays)
             raise
 
     def _take_login(self, stored: StoredCredentials | None) -> None:
@@ -660,6 +701,18 @@ class CredentialCustody:
             )
         self._version = stored.version
         if local is not None and local != stored.data:
+            if (
+                stored.site == self.site
+                and stored.seen not in (None, stored.fingerprint)
+                and self.store.key.fingerprint(local) == stored.seen
+            ):
+                # This site's own change, never pushed: not newer by its
+                # last_refresh (clocks apart). The live login: it stays, is
+                # pushed when it can be, and other sites are held meanwhile.
+                log.warning("credentials.unpushed_kept account=%s: this site's login is newer "
+                            "than the shared one but not by last_refresh", self.name)  # fmt: skip
+                self._pushed = stored.data
+                return
             if _strictly_newer(local, stored.data):
                 log.info("credentials.local_newer account=%s: pushing this site's", self.name)
                 self._pushed = stored.data
@@ -694,17 +747,13 @@ class CredentialCustody:
         and a hold is over. Nothing is settled while a Codex still runs in
         the home without its supervisor.
         """
-        if self.name not in self.store.unsettled([self.name], self.site):
-            return False
-        local = _read_local(self.auth_path)
+        local = self._settleable()
         if local is None:
             return False
-        stray = self.stray()
-        if stray is not None:
-            # Its supervisor died; it runs on and may still refresh the login.
-            log.warning("credentials.stray_codex account=%s pid=%s: not vouching for the "
-                        "login while it runs (stop it first)", self.name, stray)  # fmt: skip
-            return False
+        # The users first, then who is alive: a user counted now took its lease
+        # before, so a live one is seen alive below.
+        gone = self.store.users(self.name)
+        gone -= self.live() | {self.owner}
         stored = self.store.fetch(self.name)
         if stored is not None and local != stored.data:
             if not _strictly_newer(local, stored.data):
@@ -712,11 +761,28 @@ class CredentialCustody:
             code, _ = self.store.push(self.name, local, site=self.site, expected=stored.version)
             if code != 1:
                 return False
-        lifted = self.store.confirm(self.name, self.site, local, self.others())
+        lifted = self.store.confirm(self.name, self.site, local, gone)
         if lifted:
             log.warning("credentials.settled account=%s: this site's login is the newest; other "
                         "machines may take the account again", self.name)  # fmt: skip
         return lifted
+
+    def _settleable(self) -> bytes | None:
+        """The login here, when this site left the account unsettled and may settle it now."""
+        if self.name not in self.store.unsettled([self.name], self.site):
+            return None
+        local = _read_local(self.auth_path)
+        if local is None or (
+            self.account_id is not None and self.identify(local) != self.account_id
+        ):
+            return None
+        stray = self.stray()
+        if stray is not None:
+            # Its supervisor died; it runs on and may still refresh the login.
+            log.warning("credentials.stray_codex account=%s (%s): not vouching for the login "
+                        "while a Codex may run on it", self.name, stray)  # fmt: skip
+            return None
+        return local
 
     def sync(self) -> bool:
         """Push the local login if it changed; True when nothing is left to push."""
@@ -766,10 +832,14 @@ class CredentialCustody:
         return False
 
     def leave(self) -> None:
-        """Give the custody back: one user fewer at this site (after the last push)."""
+        """Give the custody back: this user no longer counts (after the last push).
+
+        Idempotent; when the store cannot be reached it raises and the user
+        keeps counting (other sites hold the account back meanwhile).
+        """
         if self._taken:
+            self.store.leave(self.name, self.owner)
             self._taken = False
-            self.store.leave(self.name, self.site)
 
     def _sync_now(self) -> None:
         with self._lock:
@@ -804,7 +874,7 @@ class CredentialCustody:
                 watcher.rearm()
                 try:
                     await asyncio.to_thread(self._sync_now)
-                except CredentialError as exc:
+                except (CredentialError, OSError) as exc:
                     log.warning("credentials.push_failed account=%s: %s", self.name, exc)
 
         task = asyncio.create_task(pusher(), name=f"credentials:{self.name}")
@@ -812,8 +882,10 @@ class CredentialCustody:
             yield
         finally:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await asyncio.wait([task])  # (a cancel aimed at the caller is not swallowed)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("credentials.pusher_failed account=%s", self.name,
+                          exc_info=task.exception())  # fmt: skip
             watcher.close()
             await self._finish()
 
@@ -822,7 +894,7 @@ class CredentialCustody:
         try:
             await asyncio.to_thread(self._sync_now)
             await asyncio.to_thread(self.leave)
-        except CredentialError as exc:
+        except (CredentialError, OSError) as exc:
             log.error(  # noqa: TRY400 - the message says it all; no traceback
                 "credentials.final_push_failed account=%s: %s (other machines hold the "
                 "account back until this one pushes it: any `status` here does)",

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from codex_supervisor import AccountPool, AccountSelector, WaitUntil, errors
-from codex_supervisor.credentials import CredentialKey, RedisCredentialStore
+from codex_supervisor.credentials import CredentialCustody, CredentialKey, RedisCredentialStore
 from codex_supervisor.lease import LeaseMode
 from codex_supervisor.testing import FakeCodexBackend, RedisServer
 from codex_supervisor.testing._tokens import write_auth_json
@@ -123,16 +123,16 @@ def test_a_site_that_saw_a_change_it_never_pushed_holds_the_account_back(
     assert store.seen("alpha", "a", unpushed)
     assert not store.seen("alpha", "b", unpushed)  # only the custody site notes changes
     with pytest.raises(errors.CredentialsHeld) as held:
-        store.take("alpha", "b")
+        store.take("alpha", "b", "dead-owner")
     assert held.value.site == "a"
     assert "never pushed" in str(held.value)
     assert "accounts unhold alpha" in str(held.value)
     assert set(store.holds(["alpha", "beta"])) == {"alpha"}
     with pytest.raises(errors.CredentialsHeld):  # the hold stays, even for its own site
-        store.take("alpha", "a")
+        store.take("alpha", "a", "dead-owner")
     # Site a comes back and pushes what it saw: the hold is over, b takes the newest.
     assert store.push("alpha", unpushed, site="a", expected=1) == (1, 2)
-    taken = store.take("alpha", "b")
+    taken = store.take("alpha", "b", "dead-owner")
     assert taken is not None
     assert taken.data == unpushed
 
@@ -143,16 +143,16 @@ def test_unhold_takes_the_stored_login_and_a_fresh_login_lifts_a_hold(
     store.push("alpha", _login("id-a", "rt-1", at=T0), site="a", expected=0)
     store.seen("alpha", "a", _login("id-a", "rt-2", at=T0 + timedelta(1)))
     with pytest.raises(errors.CredentialsHeld):
-        store.take("alpha", "b")
+        store.take("alpha", "b", "dead-owner")
     assert store.unhold("alpha")
     assert not store.unhold("alpha")
-    assert store.take("alpha", "b") is not None
+    assert store.take("alpha", "b", "dead-owner") is not None
     store.seen("alpha", "b", _login("id-a", "rt-3", at=T0 + timedelta(2)))
     with pytest.raises(errors.CredentialsHeld):
-        store.take("alpha", "c")
+        store.take("alpha", "c", "dead-owner")
     fresh = _login("id-a", "rt-new", at=T0)  # a new login: older time, still taken
     assert store.publish("alpha", fresh, site="c") == 2
-    taken = store.take("alpha", "c")
+    taken = store.take("alpha", "c", "dead-owner")
     assert taken is not None
     assert taken.data == fresh
 
@@ -343,7 +343,7 @@ async def test_a_site_that_never_gave_the_account_back_holds_it_until_it_vouches
     assert store is not None
     async with b.occupy("alpha", purpose="run on b"):
         pass
-    store.take("alpha", b.site)  # b takes it again ... and dies: never leaves
+    store.take("alpha", b.site, "dead-owner")  # b takes it again ... and dies: never leaves
     assert set(a.credential_holds(["alpha"])) == {"alpha"}  # would be held: no surprise
     with pytest.raises(errors.CredentialsHeld, match="without giving the account back"):
         async with a.occupy("alpha", purpose="run on a"):
@@ -363,7 +363,7 @@ async def test_a_site_cut_off_from_redis_pushes_its_refresh_when_it_comes_back(
     assert store is not None
     async with b.occupy("alpha", purpose="run on b"):
         pass
-    store.take("alpha", b.site)
+    store.take("alpha", b.site, "dead-owner")
     newer = _refresh(b, "rt-offline", datetime.now(UTC) + timedelta(hours=1))
     with pytest.raises(errors.CredentialsHeld):
         async with a.occupy("alpha", purpose="run on a"):
@@ -468,7 +468,7 @@ async def test_a_cancelled_take_gives_the_custody_back_once_it_is_done(
         await task
     assert await asyncio.to_thread(done.wait, 10)
     assert not custody.taken
-    assert int(store._redis.hget(store._key("alpha"), "users")) == 0
+    assert store.users("alpha") == set()
 
 
 async def test_a_run_chooses_another_account_when_a_shared_login_cannot_be_used(
@@ -516,7 +516,7 @@ async def test_a_site_back_settles_what_it_left_but_not_while_a_stray_codex_runs
     assert store is not None
     async with b.occupy("alpha", purpose="run on b"):
         pass
-    store.take("alpha", b.site)  # ... and its supervisor is SIGKILLed
+    store.take("alpha", b.site, "dead-owner")  # ... and its supervisor is SIGKILLed
     env = {"PATH": "/usr/bin:/bin", "CODEX_HOME": str(b.account_home("alpha"))}
     stray = subprocess.Popen(["sleep", "60"], env=env)  # its Codex, orphaned
     try:
@@ -530,3 +530,74 @@ async def test_a_site_back_settles_what_it_left_but_not_while_a_stray_codex_runs
     assert store.unsettled(["alpha"], b.site) == []
     async with a.occupy("alpha", purpose="run on a"):
         assert _auth(a) == _auth(b)
+
+
+async def test_this_sites_own_unpushed_change_is_never_overwritten_by_its_next_run(
+    sites: tuple[AccountPool, AccountPool],
+) -> None:
+    """Clocks apart: the change was refused as not newer. The next run here keeps it (the
+    live login), never the spent shared one."""
+    _, b = sites
+    store = b.credentials
+    assert store is not None
+    async with b.occupy("alpha", purpose="run on b"):
+        skewed = _refresh(b, "rt-skewed", datetime.now(UTC) - timedelta(days=3))
+        await _until(lambda: _unpushed(store, b), "the change noted")
+    async with b.occupy("alpha", purpose="run on b again"):
+        assert _auth(b) == skewed
+    assert not (b.account_home("alpha").parent / "kept").exists()
+
+
+async def test_users_are_lease_owners_two_runs_of_a_site_leave_none_behind(
+    sites: tuple[AccountPool, AccountPool],
+) -> None:
+    a, b = sites
+    store = b.credentials
+    assert store is not None
+    twin = AccountPool(root=b.root, base_codex_home=b.base_codex_home, backend=b.backend,
+                       pool_name=b.pool_name, credential_key=KEY)  # fmt: skip
+    async with b.occupy("alpha", purpose="one") as one, twin.occupy("alpha", purpose="two") as two:
+        assert store.users("alpha") == {one.owner, two.owner}
+        # A settle from this site (a `status`) drops only users whose lease is gone.
+        store.take("alpha", b.site, "dead-owner")
+        assert b._custody("alpha", None).settle()
+        assert store.users("alpha") == {one.owner, two.owner}
+    assert store.users("alpha") == set()
+    async with a.occupy("alpha", purpose="run on a"):  # no hold: both left cleanly
+        pass
+
+
+async def test_a_stray_codex_of_a_spawn_home_linking_the_login_is_seen(
+    sites: tuple[AccountPool, AccountPool], tmp_path: Path
+) -> None:
+    _, b = sites
+    async with b.occupy("alpha", purpose="run on b"):
+        pass
+    spawn_home = tmp_path / "spawn-home"
+    spawn_home.mkdir()
+    (spawn_home / "auth.json").symlink_to(b.account_home("alpha") / "auth.json")
+    custody = b._custody("alpha", None)
+    assert custody.stray() is None
+    env = {"PATH": "/usr/bin:/bin", "CODEX_HOME": str(spawn_home)}
+    stray = subprocess.Popen(["sleep", "60"], env=env)
+    try:
+        await _until(lambda: custody.stray() is not None, "the stray seen")
+        assert f"pid {stray.pid}" in (custody.stray() or "")
+    finally:
+        stray.kill()
+        stray.wait()
+
+
+async def test_a_file_error_at_the_last_push_never_escapes_the_occupancy(
+    sites: tuple[AccountPool, AccountPool],
+) -> None:
+    _, b = sites
+    assert b.credentials is not None
+
+    class Broken(CredentialCustody):
+        def _sync_now(self) -> None:
+            raise PermissionError("kept/ is not writable")
+
+    custody = Broken(b.credentials, "alpha", b.account_home("alpha"), b.site)
+    async with custody.keep_pushed():
+        pass  # no exception: logged, and the account stays held for other sites

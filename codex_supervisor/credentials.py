@@ -670,7 +670,8 @@ class CredentialCustody:
         try:
             self._take_login(stored)
         except BaseException:
-            self.leave()
+            with contextlib.suppress(CredentialError):  # (then it counts on: the safe side)
+                self.leave()
             raise
 
     def _take(self) -> StoredCredentials | None:

@@ -178,6 +178,9 @@ def test_run_takes_codex_home_and_strategy_from_the_pools_config_file(
         "rotate_at": "default",
         "prewarm_margin": "default",
         "hysteresis": "default",
+        "backend": "default",
+        "pool_name": "default",
+        "credential_key_file": "default",
     }
     args = ["exec", "--skip-git-repo-check", *offline_flags(), "-C", str(work), "hello"]
     result = _cli("--pool", str(pool.root), "run", "--", *args, env=env)

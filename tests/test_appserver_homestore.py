@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codex_supervisor import errors
+from codex_supervisor.appserver import archive as archive_format
 from codex_supervisor.appserver import homestore
 from codex_supervisor.appserver.homestore import (
     PRIVATE_ENTRIES,
@@ -457,7 +458,7 @@ def test_excluded_top_level_members_are_dropped(
             member("sessions/auth.json", data=b"fine"),
         ]
     )
-    with caplog.at_level(logging.WARNING, logger=homestore.__name__):
+    with caplog.at_level(logging.WARNING, logger=archive_format.__name__):
         stats = unpack_home(io.BytesIO(archive), jail.dest)
     assert stats == ArchiveStats(files=2, folders=1, bytes=6, skipped=4)
     assert contents(jail.dest) == {

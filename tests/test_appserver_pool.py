@@ -1441,7 +1441,7 @@ async def test_a_stderr_line_over_64_kib_does_not_wedge_the_stderr_drain(
 
 def test_line_splitter_bounds_lines_across_any_chunking() -> None:
     """Lines split the same whatever the chunking; an over-long one is cut once, then resynced."""
-    from codex_supervisor.appserver.pool import _LineSplitter
+    from codex_supervisor.appserver.launcher import _LineSplitter
 
     data = b"short\n" + b"a" * 100 + b"\nnext\n" + b"b" * 10 + b"\ntail"
     for size in (1, 3, 7, 64, len(data)):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .._lazy import resolve
 
 if TYPE_CHECKING:
+    from .archive import PRIVATE_ENTRIES, ArchiveStats, pack_home, unpack_home
     from .broker import BUSY_ERROR_CODE, AppServerBroker, BrokerAlreadyRunning
     from .client import (
         AppServerClient,
@@ -25,14 +26,8 @@ if TYPE_CHECKING:
         Turn,
         decline_approvals,
     )
-    from .homestore import (
-        PRIVATE_ENTRIES,
-        ArchiveStats,
-        HomeStore,
-        LocalDirHomeStore,
-        pack_home,
-        unpack_home,
-    )
+    from .homestore import HomeStore, LocalDirHomeStore
+    from .launcher import Launched, Launcher, LaunchRequest, ServerProcess, launch_app_server
     from .pool import (
         DEFAULT_LOOPBACK_ENV,
         AppServerHandle,
@@ -40,14 +35,9 @@ if TYPE_CHECKING:
         ConfigBuilder,
         EntryState,
         IdleReaper,
-        Launched,
-        Launcher,
-        LaunchRequest,
         PoolConfig,
-        ServerProcess,
         SpawnConfig,
         SpawnContext,
-        launch_app_server,
         relocate_threads,
     )
     from .quota_source import AppServerRateLimitsSource
@@ -102,7 +92,7 @@ _EXPORTS: dict[str, str] = {
     "AppServerHandle": ".pool",
     "AppServerPool": ".pool",
     "AppServerRateLimitsSource": ".quota_source",
-    "ArchiveStats": ".homestore",
+    "ArchiveStats": ".archive",
     "BUSY_ERROR_CODE": ".broker",
     "BrokerAlreadyRunning": ".broker",
     "ConfigBuilder": ".pool",
@@ -111,15 +101,15 @@ _EXPORTS: dict[str, str] = {
     "HomeStore": ".homestore",
     "IdleReaper": ".pool",
     "InitializeResult": ".client",
-    "LaunchRequest": ".pool",
-    "Launched": ".pool",
-    "Launcher": ".pool",
+    "LaunchRequest": ".launcher",
+    "Launched": ".launcher",
+    "Launcher": ".launcher",
     "LocalDirHomeStore": ".homestore",
     "Notification": ".client",
-    "PRIVATE_ENTRIES": ".homestore",
+    "PRIVATE_ENTRIES": ".archive",
     "PoolConfig": ".pool",
     "RequestHandler": ".client",
-    "ServerProcess": ".pool",
+    "ServerProcess": ".launcher",
     "SpawnConfig": ".pool",
     "SpawnContext": ".pool",
     "Subscription": ".client",
@@ -130,11 +120,11 @@ _EXPORTS: dict[str, str] = {
     "TurnResult": ".turns",
     "capture_turn": ".turns",
     "decline_approvals": ".client",
-    "launch_app_server": ".pool",
-    "pack_home": ".homestore",
+    "launch_app_server": ".launcher",
+    "pack_home": ".archive",
     "relocate_threads": ".pool",
     "run_turn": ".turns",
-    "unpack_home": ".homestore",
+    "unpack_home": ".archive",
 }
 
 

@@ -63,14 +63,11 @@ import shutil
 import signal
 import sqlite3
 import stat
-import subprocess
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, final
+from typing import Any, final
 
 import attrs
-import httpx
 
 from .. import _toml
 from .._fs import write_atomic
@@ -87,10 +84,11 @@ from ..errors import (
     SupervisorError,
 )
 from ..policy import Candidate, RotateAtBoundary, RotateNow, RotationPolicy
-from ..process import Child, StopPolicy, launch
+from ..process import StopPolicy
 from ..quota import QuotaService
 from ..selection import AccountSelector
 from .homestore import HomeStore, LocalDirHomeStore
+from .launcher import Launched, Launcher, LaunchRequest, ServerProcess, launch_app_server
 
 __all__ = [
     "DEFAULT_LOOPBACK_ENV",
@@ -115,13 +113,6 @@ log = logging.getLogger(__name__)
 #: The variable that carries a spawn's loopback token to the app-server.
 DEFAULT_LOOPBACK_ENV = "CODEX_LOOPBACK_TOKEN"
 
-_LISTENING = re.compile(rb"listening on:\s*(ws://127\.0\.0\.1:\d+)")
-_STDERR_TAIL = 64 * 1024
-# stderr is read in chunks and split here: StreamReader.readline() raises
-# past asyncio's 64 KiB limit, and a dead drain wedges the server on a full pipe.
-_STDERR_CHUNK = 64 * 1024
-_STDERR_LINE_LIMIT = 16 * 1024
-_TRUNCATED = b" ...[truncated]\n"
 _KEY_SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
 _ROLLOUT_TAIL = re.compile(r"/((?:archived_)?sessions/(?:[^/]+/)*rollout-[^/]+\.jsonl)$")
 
@@ -168,58 +159,6 @@ class SpawnConfig:
 #: Builds a spawn's configuration; may be sync or async and may do I/O. Its
 #: errors propagate out of :meth:`AppServerPool.ensure`.
 ConfigBuilder = Callable[[SpawnContext], "SpawnConfig | Awaitable[SpawnConfig]"]
-
-
-class ServerProcess(Protocol):
-    """What the pool needs of a running app-server (a :class:`~codex_supervisor.process.Child`)."""
-
-    @property
-    def pid(self) -> int: ...
-
-    @property
-    def running(self) -> bool: ...
-
-    @property
-    def returncode(self) -> int | None: ...
-
-    async def wait_group(self) -> int: ...
-
-    async def stop(
-        self, policy: StopPolicy = ..., *, first_signal: signal.Signals = ...
-    ) -> int: ...
-
-
-@final
-@attrs.frozen(kw_only=True)
-class LaunchRequest:
-    """One app-server to start: the full argv, environment and readiness deadline."""
-
-    key: str
-    argv: tuple[str, ...]
-    env: Mapping[str, str] = attrs.field(repr=False)
-    cwd: Path
-    home: Path
-    ready_timeout: float
-    ready_interval: float
-
-
-@final
-@attrs.frozen(kw_only=True)
-class Launched:
-    """A started, ready app-server."""
-
-    process: ServerProcess
-    ws_url: str
-    http_url: str
-    stderr_tail: Callable[[], str] = attrs.field(default=lambda: "", repr=False)
-    #: Tasks serving the process (its stderr reader); cancelled once it is stopped.
-    background: tuple[asyncio.Task[None], ...] = attrs.field(default=(), repr=False)
-
-
-class Launcher(Protocol):
-    """Starts an app-server and returns once it is ready (or raises :class:`SpawnError`)."""
-
-    def __call__(self, request: LaunchRequest) -> Awaitable[Launched]: ...
 
 
 @final
@@ -1336,35 +1275,6 @@ class IdleReaper:
                 self.pool.log.info("reaped idle app-servers: %s", ", ".join(reaped))
 
 
-# -- the default launcher -----------------------------------------------------------------------
-
-
-async def launch_app_server(request: LaunchRequest) -> Launched:
-    """Start ``codex app-server --listen ws://127.0.0.1:0`` and wait until it is ready.
-
-    The child leads its own process group; its port is read from its stderr
-    ("listening on: ws://127.0.0.1:PORT"), then ``GET /readyz`` is polled
-    until it answers 200. Everything must happen within
-    ``request.ready_timeout``; otherwise the group is killed and
-    :class:`SpawnError` raised with the exit code and stderr tail.
-    """
-    child = await launch(
-        request.argv,
-        env=request.env,
-        cwd=request.cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        process_group=True,
-    )
-    starting = _Starting(request, child)
-    try:
-        return await starting.wait_ready()
-    except BaseException:
-        await starting.kill()
-        raise
-
-
 def relocate_threads(home: Path, logger: logging.Logger = log) -> int:
     """Point the thread index of a restored home at the rollouts in ``home``.
 
@@ -1398,159 +1308,3 @@ def relocate_threads(home: Path, logger: logging.Logger = log) -> int:
     if updated:
         logger.debug("relocated %d thread(s) into %s", updated, home)
     return updated
-
-
-class _LineSplitter:
-    """Splits chunks of a stream into lines, holding at most ``limit`` bytes.
-
-    A line longer than ``limit`` comes out once, cut to ``limit`` bytes and
-    marked ``...[truncated]``; the rest of it is dropped until its newline.
-    Never raises for any input.
-    """
-
-    def __init__(self, limit: int, on_truncated: Callable[[int], None]) -> None:
-        self.limit = limit
-        self.on_truncated = on_truncated
-        self.buffer = bytearray()
-        self.dropping: int | None = None  # bytes dropped of the over-long line so far
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        lines: list[bytes] = []
-        start = 0
-        while start < len(chunk):
-            end = chunk.find(b"\n", start)
-            piece = chunk[start:] if end < 0 else chunk[start : end + 1]
-            start += len(piece)
-            if self.dropping is not None:
-                self.dropping += len(piece)
-                if end >= 0:
-                    self.on_truncated(self.dropping)
-                    self.dropping = None
-                continue
-            self.buffer += piece
-            if len(self.buffer) - (end >= 0) > self.limit:
-                lines.append(bytes(self.buffer[: self.limit]) + _TRUNCATED)
-                if end >= 0:
-                    self.on_truncated(len(self.buffer))
-                else:
-                    self.dropping = len(self.buffer)
-                self.buffer.clear()
-            elif end >= 0:
-                lines.append(bytes(self.buffer))
-                self.buffer.clear()
-        return lines
-
-    def flush(self) -> list[bytes]:
-        """What is left at EOF: an unterminated last line, if any."""
-        if self.dropping is not None:
-            self.on_truncated(self.dropping)
-            self.dropping = None
-        rest, self.buffer = bytes(self.buffer), bytearray()
-        return [rest] if rest else []
-
-
-class _Starting:
-    """One app-server between launch and readiness."""
-
-    def __init__(self, request: LaunchRequest, child: Child) -> None:
-        self.request = request
-        self.child = child
-        self.tail: deque[bytes] = deque()
-        self.size = 0
-        self.eof = False
-        self.drain: asyncio.Task[None] | None = None
-        self.deadline = asyncio.get_running_loop().time() + request.ready_timeout
-        self.lines = _LineSplitter(_STDERR_LINE_LIMIT, self.truncated)
-
-    def truncated(self, size: int) -> None:
-        log.warning(
-            "app-server %r: a %d-byte stderr line, truncated to its first %d bytes",
-            self.request.key,
-            size,
-            _STDERR_LINE_LIMIT,
-        )
-
-    async def read_lines(self) -> list[bytes]:
-        """The next complete stderr lines (possibly none); ``[]`` with ``self.eof`` at EOF."""
-        stderr = self.child.stderr
-        assert stderr is not None
-        chunk = await stderr.read(_STDERR_CHUNK)
-        if not chunk:
-            self.eof = True
-            return self.lines.flush()
-        return self.lines.feed(chunk)
-
-    def tail_text(self) -> str:
-        return b"".join(self.tail).decode("utf-8", "replace")[-_STDERR_TAIL:]
-
-    def keep(self, line: bytes) -> None:
-        self.tail.append(line)
-        self.size += len(line)
-        while self.size > _STDERR_TAIL and len(self.tail) > 1:
-            self.size -= len(self.tail.popleft())
-
-    async def kill(self) -> None:
-        if self.child.running:
-            await self.child.stop(
-                StopPolicy(interrupt_grace=0.0, terminate_grace=0.0), first_signal=signal.SIGKILL
-            )
-        if self.drain is not None:
-            self.drain.cancel()
-            await asyncio.gather(self.drain, return_exceptions=True)
-
-    async def failed(self, message: str) -> SpawnError:
-        await self.kill()
-        return SpawnError(self.request.key, message, self.child.returncode, self.tail_text())
-
-    async def read_port(self) -> str:
-        try:
-            async with asyncio.timeout_at(self.deadline):
-                while not self.eof:
-                    lines = await self.read_lines()
-                    for index, line in enumerate(lines):
-                        self.keep(line)
-                        found = _LISTENING.search(line)
-                        if found:
-                            for later in lines[index + 1 :]:
-                                self.keep(later)
-                            return found.group(1).decode()
-                await self.child.wait()
-        except TimeoutError:
-            pass
-        else:
-            raise await self.failed("exited before it announced its port")
-        raise await self.failed(f"did not announce its port within {self.request.ready_timeout:g}s")
-
-    async def drain_rest(self) -> None:
-        while not self.eof:
-            for line in await self.read_lines():
-                self.keep(line)
-
-    async def poll_ready(self, http: httpx.AsyncClient, http_url: str) -> None:
-        loop = asyncio.get_running_loop()
-        while self.child.running:
-            left = self.deadline - loop.time()
-            if left <= 0:
-                raise await self.failed(f"was not ready within {self.request.ready_timeout:g}s")
-            with contextlib.suppress(httpx.HTTPError):
-                response = await http.get(f"{http_url}/readyz", timeout=min(left, 2.0))
-                if response.status_code == 200:
-                    return
-            await asyncio.sleep(min(self.request.ready_interval, left))
-        raise await self.failed("exited before it was ready")
-
-    async def wait_ready(self) -> Launched:
-        ws_url = await self.read_port()
-        self.drain = asyncio.create_task(
-            self.drain_rest(), name=f"app-server-pool:stderr:{self.child.pid}"
-        )
-        http_url = "http://" + ws_url.removeprefix("ws://")
-        async with httpx.AsyncClient(trust_env=False) as http:
-            await self.poll_ready(http, http_url)
-        return Launched(
-            process=self.child,
-            ws_url=ws_url,
-            http_url=http_url,
-            stderr_tail=self.tail_text,
-            background=(self.drain,),
-        )

@@ -12,7 +12,7 @@ from hypothesis import settings
 
 from codex_supervisor.codex_cli import TESTED_CODEX_VERSIONS, CodexVersion
 from codex_supervisor.sessions import ENV_NO_PROC
-from codex_supervisor.testing import FakeCodexBackend, RedisServer, hermetic_env
+from codex_supervisor.testing import FakeCodexBackend, RedisServer, S3Server, hermetic_env
 
 REPO = Path(__file__).resolve().parent.parent
 #: The version the suite runs against unless CODEX_SUPERVISOR_TEST_CODEX_BIN
@@ -94,6 +94,13 @@ def redis_server() -> Iterator[RedisServer]:
     A missing redis-server fails (scripts/system-packages installs it), never skips.
     """
     with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """An S3-compatible server (moto's) on 127.0.0.1 for the session; tests use own buckets."""
+    with S3Server() as server:
         yield server
 
 

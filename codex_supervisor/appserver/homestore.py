@@ -135,7 +135,7 @@ class LocalDirHomeStore:
         files of crashed writers older than an hour are removed.
         """
         folder = self._folder(key)
-        _check_version(version)
+        check_version(version)
         await asyncio.to_thread(self._put, key, folder, Path(source), version)
 
     async def get(self, key: str, dest: Path) -> int:
@@ -224,19 +224,29 @@ class LocalDirHomeStore:
             return _newest(folder)
 
     def _folder(self, key: str) -> Path:
-        if not isinstance(key, str) or not key:
-            raise errors.ConfigError(f"home store key must be a non-empty string, got {key!r}")
-        raw = key.encode("utf-8", "surrogatepass")
-        name = "k-" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-        if len(name) > _MAX_KEYDIR:
-            name = "h-" + hashlib.sha256(raw).hexdigest()
-        return self.root / name
+        return self.root / key_dir(key)
 
     def _lock(self, folder: Path) -> FileLock:
         return FileLock(folder / ".lock", timeout=self.lock_timeout)
 
 
-def _check_version(version: int) -> None:
+def key_dir(key: str) -> str:
+    """The folder (or object prefix) name of ``key``: ``k-`` + base64, or ``h-`` + SHA-256.
+
+    Any key maps to one safe path part: the unpadded URL-safe base64 of its
+    UTF-8 bytes, or their SHA-256 when that would exceed 200 characters.
+    """
+    if not isinstance(key, str) or not key:
+        raise errors.ConfigError(f"home store key must be a non-empty string, got {key!r}")
+    raw = key.encode("utf-8", "surrogatepass")
+    name = "k-" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    if len(name) > _MAX_KEYDIR:
+        name = "h-" + hashlib.sha256(raw).hexdigest()
+    return name
+
+
+def check_version(version: int) -> None:
+    """A ConfigError unless ``version`` is an int in [0, 10**20)."""
     if isinstance(version, bool) or not isinstance(version, int):
         raise errors.ConfigError(f"home archive version must be an int, got {version!r}")
     if not 0 <= version < _VERSION_LIMIT:

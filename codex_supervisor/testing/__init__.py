@@ -13,6 +13,8 @@
   are futures, for exercising pool bookkeeping without processes.
 - :class:`RedisServer` — the system's ``redis-server`` on 127.0.0.1 at a free
   port, for the Redis backends.
+- :class:`S3Server` — an S3-compatible emulator (moto's server) on 127.0.0.1,
+  for the object-store home store.
 - :func:`install_simulator` — a ``codex`` executable (a small Python program)
   that follows Codex's argv grammar and writes real-format rollouts, for fast
   tests and demos.
@@ -44,6 +46,7 @@ from ._install import install_simulator
 from ._pool import FakeAppServerLauncher, FakeServerProcess, OffsetClock
 from ._pty import PtyProcess
 from ._redis import RedisServer
+from ._s3 import S3Server
 from ._tokens import decode_jwt_claims, make_jwt, write_apikey_auth_json, write_auth_json
 
 __all__ = [
@@ -62,6 +65,7 @@ __all__ = [
     "PtyProcess",
     "RedisServer",
     "RequestRecord",
+    "S3Server",
     "codex_config",
     "decode_jwt_claims",
     "hermetic_env",

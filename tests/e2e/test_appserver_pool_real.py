@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import tarfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 from codex_supervisor.accounts import AccountPool
 from codex_supervisor.appserver import AppServerClient, run_turn
 from codex_supervisor.appserver.homestore import PRIVATE_ENTRIES
+from codex_supervisor.appserver.objectstore import ObjectStoreHomeStore
 from codex_supervisor.appserver.pool import (
     AppServerPool,
     EntryState,
@@ -33,7 +35,7 @@ from codex_supervisor.appserver.pool import (
     launch_app_server,
 )
 from codex_supervisor.lease import FileLock
-from codex_supervisor.testing import FakeCodexBackend, codex_config, hermetic_env
+from codex_supervisor.testing import FakeCodexBackend, S3Server, codex_config, hermetic_env
 
 pytestmark = [pytest.mark.anyio, pytest.mark.real_codex]
 
@@ -374,3 +376,31 @@ async def test_a_login_codex_refreshed_in_a_home_survives_a_busy_pool_lock(
     assert json.loads(account_auth.read_text())["tokens"]["refresh_token"] != live
     real.backend.assert_no_replay()
     assert app_servers_under(real.root / "pool") == []
+
+
+async def test_a_replica_restores_a_workspace_another_archived_in_object_storage(
+    real: RealPool, s3_server: S3Server
+) -> None:
+    """Two pool roots (two replicas) on one S3 bucket: the second resumes the first's thread."""
+    real.add("alpha")
+    store = ObjectStoreHomeStore(s3_server.store(f"homes-{uuid.uuid4().hex[:12]}"))
+    async with real.pool(store=store) as first:
+        handle = await first.ensure("k", real.build)
+        thread_id, _ = await complete_turn(handle.ws_url, real.work, "before the move")
+        (handle.home / "marker.txt").write_text("moved")
+        await first.shutdown("k")
+    assert await store.version("k") is not None
+    (real.root / "replica-2").mkdir()
+    other = RealPool(real.root / "replica-2", real.backend, real.codex)
+    other.add("beta")
+    async with other.pool(store=store) as second:
+        handle = await second.ensure("k", other.build)
+        assert (handle.home / "marker.txt").read_text() == "moved"
+        # The login is the new replica's account's, never one out of the archive.
+        assert (handle.home / "auth.json").resolve() == (
+            other.accounts.account_home("beta") / "auth.json"
+        ).resolve()
+        client = await AppServerClient.connect_ws(handle.ws_url)
+        async with client:
+            resumed = await client.thread_resume(thread_id)
+            assert resumed.id == thread_id

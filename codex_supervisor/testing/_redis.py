@@ -10,21 +10,14 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from ..errors import ConfigError
+from ._server import LocalServer
 
 __all__ = ["RedisServer"]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class RedisServer:
+class RedisServer(LocalServer):
     """``redis-server`` (the system's binary) on 127.0.0.1 at a free port, in a temp folder.
 
     Nothing is persisted (no RDB, no AOF). :attr:`url` is ``redis://127.0.0.1:PORT/0``.
@@ -38,10 +31,9 @@ class RedisServer:
             raise ConfigError(
                 f"{binary!r} is not on PATH: install Redis (scripts/system-packages does)"
             )
+        super().__init__()
         self.binary = found
-        self.port = _free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="codex-supervisor-redis-"))
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -79,19 +71,6 @@ class RedisServer:
         if self._proc is not None:
             self._proc.send_signal(signal.SIGCONT)
 
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after 5 s); idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGCONT)  # (a paused one could not end)
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
     def _pong(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
@@ -100,16 +79,6 @@ class RedisServer:
         except OSError:
             return False
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _cleanup(self) -> None:
         with contextlib.suppress(OSError):
             shutil.rmtree(self._dir)

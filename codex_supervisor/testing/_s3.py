@@ -10,29 +10,21 @@ reaches a cloud.
 from __future__ import annotations
 
 import contextlib
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from ..errors import ConfigError
+from ._server import LocalServer
 
 __all__ = ["S3Server"]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class S3Server:
+class S3Server(LocalServer):
     """``python -m moto.server`` on 127.0.0.1 at a free port (extra ``testing`` + moto).
 
     :attr:`endpoint` is its URL; :meth:`bucket` makes a bucket;
@@ -47,9 +39,8 @@ class S3Server:
             import moto.server  # noqa: F401, PLC0415 - only to say what is missing
         except ImportError as exc:
             raise ConfigError("S3Server needs moto's server: pip install 'moto[server]'") from exc
-        self.port = _free_port()
+        super().__init__()
         self._log = Path(tempfile.mkstemp(prefix="codex-supervisor-s3-", suffix=".log")[1])
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -97,18 +88,6 @@ class S3Server:
             **options,
         )
 
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after 5 s)."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
     def _answers(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.endpoint}/", timeout=0.5):
@@ -116,16 +95,6 @@ class S3Server:
         except OSError:
             return False
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _cleanup(self) -> None:
         with contextlib.suppress(OSError):
             self._log.unlink()

@@ -125,3 +125,23 @@ async def test_a_server_out_of_reach_is_a_home_store_error(tmp_path: Path) -> No
         await ObjectStoreHomeStore(dead).version("ws-1")
     with pytest.raises(errors.ConfigError):
         ObjectStoreHomeStore.from_url("nosuchscheme://bucket")
+
+
+async def test_an_archive_the_pointer_may_name_is_never_deleted(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """The pointer moved but its reply was lost (an error after the move): the archive stays,
+    and the next get restores it."""
+
+    class LostReply(ObjectStoreHomeStore):
+        async def _advance(self, key: str, folder: str, version: int) -> None:
+            await super()._advance(key, folder, version)
+            raise errors.HomeStoreError("the reply of the pointer's move was lost")
+
+    store = LostReply(s3_server.store(f"homes-{uuid.uuid4().hex[:12]}"), prefix="gw")
+    with pytest.raises(errors.HomeStoreError, match="lost"):
+        await store.put("ws-1", _home(tmp_path / "a", "kept"), version=1)
+    dest = tmp_path / "restored"
+    dest.mkdir()
+    assert await store.get("ws-1", dest) == 1
+    assert (dest / "sessions" / "rollout.jsonl").read_text() == "kept"

@@ -119,7 +119,9 @@ class ObjectStoreHomeStore:
                 raise errors.HomeStoreError(f"cannot upload {path}: {exc}") from None
         try:
             await self._advance(key, folder, version)
-        except BaseException:
+        except errors.StaleArchive:
+            # A newer version is LATEST: ours is named by nothing, and goes. (After
+            # any other failure LATEST may name it: it stays, pruned by a later put.)
             with contextlib.suppress(errors.HomeStoreError):
                 await self._call(f"delete {path}", self._delete_path, path)
             raise

@@ -327,14 +327,6 @@ return 1
 """
 
 
-@final
-@attrs.frozen(kw_only=True)
-class _Hold:
-    reason: str
-    site: str | None
-    seen: str
-
-
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -450,15 +442,6 @@ class RedisCredentialStore:
         fp = self.key.fingerprint(data)
         return bool(self._call(f"confirm the login of {name!r}", self._redis.eval, _CONFIRM, 2,
                                *self._keys(name), site, fp, json.dumps(sorted(gone))))  # fmt: skip
-
-    def hold(self, name: str) -> _Hold | None:
-        """Why ``name`` is held back, or None."""
-        raw = self._call(f"read the hold of {name!r}", self._redis.hmget, self._key(name),
-                         "held", "site", "seen")  # fmt: skip
-        if raw[0] is None:
-            return None
-        return _Hold(reason=_text(raw[0]), site=_text(raw[1]) if raw[1] else None,
-                     seen=_text(raw[2] or b""))  # fmt: skip
 
     def holds(self, names: Iterable[str]) -> dict[str, CredentialsHeld]:
         """The accounts of ``names`` held back, each with its error (one round trip)."""

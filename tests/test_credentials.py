@@ -383,7 +383,7 @@ async def test_a_change_not_newer_by_last_refresh_is_never_lost(
     assert store is not None
     async with b.occupy("alpha", purpose="run on b"):
         skewed = _refresh(b, "rt-skewed", datetime.now(UTC) - timedelta(days=3))
-        await _until(lambda: store.hold("alpha") is None and _unpushed(store, b), "seen noted")
+        await _until(lambda: not store.holds(["alpha"]) and _unpushed(store, b), "seen noted")
     assert _auth(b) == skewed
     with pytest.raises(errors.CredentialsHeld, match="never pushed"):
         async with a.occupy("alpha", purpose="run on a"):

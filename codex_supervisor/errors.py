@@ -31,6 +31,7 @@ builtin fits, the error also inherits it, so ``except TimeoutError`` works::
     │   ├── TransportClosed (ConnectionError)  EOF / exit; carries exit code and stderr tail
     │   ├── RequestFailed                      a JSON-RPC error response
     │   ├── SpawnError                         a pooled app-server did not start or get ready
+    │   ├── KeyHeldElsewhere                   a pooled key's app-server runs on another replica
     │   └── BrokerAlreadyRunning (FileExistsError)  a live broker owns the socket path
     └── HomeStoreError                     archiving or restoring a Codex home
         ├── HomeNotFound (LookupError)     no archive for that key
@@ -57,6 +58,7 @@ __all__ = [
     "CredentialsHeld",
     "HomeNotFound",
     "HomeStoreError",
+    "KeyHeldElsewhere",
     "LeaseError",
     "LeaseLost",
     "LeaseTimeout",
@@ -332,6 +334,34 @@ class SpawnError(AppServerError):
     def __str__(self) -> str:
         code = "" if self.returncode is None else f" (exit code {self.returncode})"
         return f"app-server for {self.key!r}: {self.message}{code}"
+
+
+class KeyHeldElsewhere(AppServerError):
+    """A pooled key whose app-server runs on another replica (it holds the key's lease).
+
+    ``replica`` names the holder and ``address`` is where it said clients
+    reach it (None when it published none, or its record could not be read);
+    ``expires_at`` is when its claim lapses unless renewed (ISO 8601, or None).
+    """
+
+    def __init__(
+        self,
+        key: str,
+        replica: str | None,
+        address: str | None = None,
+        expires_at: str | None = None,
+    ) -> None:
+        super().__init__(key, replica, address, expires_at)
+        self.key = key
+        self.replica = replica
+        self.address = address
+        self.expires_at = expires_at
+
+    def __str__(self) -> str:
+        where = f"replica {self.replica}" if self.replica else "another replica"
+        if self.address:
+            where += f" at {self.address}"
+        return f"app-server for {self.key!r} runs on {where}"
 
 
 class BrokerAlreadyRunning(AppServerError, FileExistsError):

@@ -1026,6 +1026,32 @@ class Lease:
                 f"{self._record.expires_at.isoformat()}",
             )
 
+    async def confirm(self) -> None:
+        """Renew the lease now; raise :class:`~codex_supervisor.errors.LeaseLost` unless it is.
+
+        :meth:`ensure_held` reads local state only; this asks the backend, for
+        a step others must not race (archiving what the lease guards, say):
+        once it returns, the claim holds for a full TTL from the call, so a
+        step that ends within it cannot overlap a takeover. A backend that
+        reports the claim gone marks an exclusive lease :attr:`lost` (a
+        shared one is taken again by its heartbeat); one that cannot answer
+        raises too, without marking anything.
+        """
+        self.ensure_held()
+        started = self._now()
+        outcome, record = await self._renew_once()
+        if outcome is RenewOutcome.OK:
+            self._record = record
+            self._local_deadline = max(self._local_deadline, started + self._ttl)
+            return
+        if outcome is RenewOutcome.LOST:
+            reason = "the backend reports the lease taken over, removed or expired"
+            if self.mode is not LeaseMode.SHARED:
+                self._mark_lost(reason)
+        else:
+            reason = "the backend could not confirm it now"
+        raise errors.LeaseLost(self.name, self.owner, reason)
+
     async def release(self) -> None:
         """Stop the heartbeat and give the lease back now; idempotent.
 

@@ -1740,3 +1740,35 @@ async def test_a_retaken_lease_is_rechecked_before_it_counts_again(
             # The record stays (the holder still runs there) until the block ends.
             assert await backend.records("acct") == [retaken]
     assert await backend.records("acct") == []
+
+
+@pytest.mark.anyio
+async def test_confirm_asks_the_backend_where_ensure_held_cannot_know(
+    tmp_path: Path,
+) -> None:
+    """A claim removed behind the holder's back passes ensure_held, but not confirm."""
+    backend = FileLeaseBackend(tmp_path / "leases")
+    async with acquire_lease(backend, "key", ttl=60.0, owner="holder") as lease:
+        await lease.confirm()
+        before = lease.record.expires_at
+        await lease.confirm()
+        assert lease.record.expires_at >= before
+        (record,) = await backend.holders("key")
+        await backend.release(record)
+        lease.ensure_held()  # local state only: still looks held
+        with pytest.raises(errors.LeaseLost, match="taken over, removed or expired"):
+            await lease.confirm()
+        assert lease.lost
+        with pytest.raises(errors.LeaseLost):
+            lease.ensure_held()
+
+
+@pytest.mark.anyio
+async def test_confirm_raises_without_marking_lost_when_the_backend_cannot_answer() -> None:
+    clock = _fake_clock()
+    backend = ScriptedBackend(clock, outcomes=[RenewOutcome.TRANSIENT])
+    async with acquire_lease(backend, "key", ttl=60.0, clock=clock) as lease:
+        with pytest.raises(errors.LeaseLost, match="could not confirm"):
+            await lease.confirm()
+        assert not lease.lost
+        lease.ensure_held()

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
         PoolConfig,
         SpawnConfig,
         SpawnContext,
+        default_replica,
+        key_lease_name,
         relocate_threads,
     )
     from .quota_source import AppServerRateLimitsSource
@@ -77,6 +79,8 @@ __all__ = [
     "TurnResult",
     "capture_turn",
     "decline_approvals",
+    "default_replica",
+    "key_lease_name",
     "launch_app_server",
     "pack_home",
     "relocate_threads",
@@ -120,6 +124,8 @@ _EXPORTS: dict[str, str] = {
     "TurnResult": ".turns",
     "capture_turn": ".turns",
     "decline_approvals": ".client",
+    "default_replica": ".pool",
+    "key_lease_name": ".pool",
     "launch_app_server": ".launcher",
     "pack_home": ".archive",
     "relocate_threads": ".pool",

@@ -55,12 +55,14 @@ import hashlib
 import hmac
 import inspect
 import itertools
+import json
 import logging
 import os
 import re
 import secrets
 import shutil
 import signal
+import socket
 import sqlite3
 import stat
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -75,18 +77,26 @@ from ..accounts import Account, AccountPool, QuarantinedAuth, identity_from_auth
 from ..clock import Clock, SystemClock
 from ..config import ENV_BASE_CODEX_HOME, child_environment
 from ..errors import (
+    AccountBusy,
+    AccountGone,
     AuthError,
     ConfigError,
+    CredentialError,
     HomeNotFound,
+    KeyHeldElsewhere,
+    LeaseError,
+    LeaseTimeout,
     LoginQuarantined,
     SpawnError,
     StaleArchive,
     SupervisorError,
 )
+from ..lease import Lease, LeaseBackend, LeaseMode, LeaseRecord, acquire_lease, claim_alive
 from ..policy import Candidate, RotateAtBoundary, RotateNow, RotationPolicy
 from ..process import StopPolicy
 from ..quota import QuotaService
 from ..selection import AccountSelector
+from .checkpoint import snapshot_home
 from .homestore import HomeStore, LocalDirHomeStore
 from .launcher import Launched, Launcher, LaunchRequest, ServerProcess, launch_app_server
 
@@ -104,6 +114,8 @@ __all__ = [
     "ServerProcess",
     "SpawnConfig",
     "SpawnContext",
+    "default_replica",
+    "key_lease_name",
     "launch_app_server",
     "relocate_threads",
 ]
@@ -114,6 +126,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LOOPBACK_ENV = "CODEX_LOOPBACK_TOKEN"
 
 _KEY_SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
+_REPLICA = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,99}")
 _ROLLOUT_TAIL = re.compile(r"/((?:archived_)?sessions/(?:[^/]+/)*rollout-[^/]+\.jsonl)$")
 
 
@@ -232,6 +245,25 @@ def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> N
         raise ConfigError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
+def _replica_name(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not _REPLICA.fullmatch(value):
+        raise ConfigError(
+            f"{attribute.name} {value!r} must match {_REPLICA.pattern} "
+            "(letters, digits and _.@:+- ; at most 100 characters)"
+        )
+
+
+def default_replica() -> str:
+    """This process's replica name by default: ``<host>-<pid>-<random hex>``."""
+    host = re.sub(r"[^A-Za-z0-9.-]+", "-", socket.gethostname()).strip(".-")[:60] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def key_lease_name(key: str) -> str:
+    """The name of ``key``'s lease in :attr:`PoolConfig.leases` (a hash of the key)."""
+    return f"appserver.{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()[:40]}"
+
+
 @final
 @attrs.frozen(kw_only=True)
 class PoolConfig:
@@ -251,6 +283,20 @@ class PoolConfig:
     the usage endpoint before choosing an account (it spends no quota).
     ``disable_resume_account_check``: pass ``--disable
     cli_resume_account_check`` so threads resume on another account.
+
+    Replicas (several gateway processes, on one machine or many, serving the
+    same keys from one home store) share ``leases``: a lease backend
+    (:class:`~codex_supervisor.lease.FileLeaseBackend` on a folder all of
+    them reach on one machine,
+    :class:`~codex_supervisor.lease_redis.RedisLeaseBackend` across
+    machines). Each spawn then first takes the key's exclusive lease
+    (:func:`key_lease_name`) and holds it until its home is archived, so a
+    key runs on one replica at a time; the other replicas raise
+    :class:`~codex_supervisor.errors.KeyHeldElsewhere` naming ``replica``
+    and ``address`` (where clients reach this one, published in the lease).
+    ``key_lease_ttl``: seconds a dead replica's keys stay held (15).
+    ``key_lease_timeout``: seconds a spawn waits for a key held elsewhere
+    before raising (0: at once). Without ``leases`` nothing is leased.
     """
 
     root: Path = attrs.field(converter=Path)
@@ -266,6 +312,11 @@ class PoolConfig:
     shutdown_parallelism: int = attrs.field(default=8, validator=_positive)
     quota_stale_after: float = attrs.field(default=120.0, validator=_positive)
     disable_resume_account_check: bool = True
+    leases: LeaseBackend | None = None
+    replica: str = attrs.field(factory=default_replica, validator=_replica_name)
+    address: str | None = None
+    key_lease_ttl: float = attrs.field(default=15.0, validator=_positive)
+    key_lease_timeout: float = attrs.field(default=0.0, validator=_non_negative)
 
 
 @attrs.define(eq=False)
@@ -289,6 +340,10 @@ class _Entry:
     resources: contextlib.AsyncExitStack = attrs.field(factory=contextlib.AsyncExitStack)
     #: Why it was stopped ("exited": its server died on its own), once stopping.
     stop_reason: str | None = None
+    #: The key's lease (with :attr:`PoolConfig.leases`), held until archived.
+    key_lease: Lease | None = None
+    #: Serialises archiving the home (checkpoints and the last archive).
+    archiving: asyncio.Lock = attrs.field(factory=asyncio.Lock)
 
 
 @attrs.define(eq=False)
@@ -303,6 +358,22 @@ class _Kept:
     #: archived (or that served nothing); a home found on disk may hold
     #: state never archived, and one whose archiving failed does.
     remove: bool
+
+
+def _held_by(key: str, record: LeaseRecord) -> KeyHeldElsewhere:
+    """The error naming the replica of a key lease ``record`` (from its purpose)."""
+    replica: str | None = record.owner
+    address = None
+    try:
+        published = json.loads(record.purpose or "")
+    except ValueError:
+        published = None
+    if isinstance(published, dict):
+        if isinstance(published.get("replica"), str):
+            replica = published["replica"]
+        if isinstance(published.get("address"), str):
+            address = published["address"]
+    return KeyHeldElsewhere(key, replica, address, record.expires_at.isoformat())
 
 
 def _login_id(auth: Path) -> str | None:
@@ -544,22 +615,12 @@ class AppServerPool:
 
     async def _start(self, entry: _Entry) -> AppServerHandle:
         key = entry.key
+        if self.config.leases is not None:
+            # First of all, and released last: no other replica restores or
+            # runs the key until this spawn's home is archived (or given up).
+            entry.key_lease = await self._hold_key(entry)
         if self.accounts is not None:
-            entry.account = await self._choose_account(entry.avoid)
-            await entry.resources.enter_async_context(
-                self.accounts.occupy(
-                    entry.account,
-                    purpose=f"app-server {key}",
-                    ttl=self.config.lease_ttl,
-                    timeout=self.config.lease_timeout,
-                    on_lost=lambda lease: self.log.warning(
-                        "occupancy lease of %r on %s lost (%s); the server keeps running",
-                        key,
-                        lease.name,
-                        lease.lost_reason,
-                    ),
-                )
-            )
+            await self._occupy_account(entry)
         entry.home = home = await asyncio.to_thread(self._new_home, entry)
         try:
             restored = await self.store.get(key, home)
@@ -601,11 +662,15 @@ class AppServerPool:
             # starts: a newer login may have been quarantined while the lease,
             # the store or the config builder kept this spawn waiting.
             await asyncio.to_thread(accounts.ensure_no_quarantine, entry.account)
+        if entry.key_lease is not None:
+            entry.key_lease.ensure_held()  # the fencing check: LeaseLost if it lapsed
         launched = await self._launcher(request)
         entry.process = launched.process
         entry.launched = launched
         if self._closed:  # closed (perhaps by a cancelled aclose) while it started
             raise SpawnError(key, "the pool was closed while the app-server started")
+        if entry.key_lease is not None and entry.key_lease.lost:
+            raise SpawnError(key, "the key's lease was lost while the app-server started")
         exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         handle = AppServerHandle(
             key=key,
@@ -632,6 +697,63 @@ class AppServerPool:
             entry.generation,
         )
         return handle
+
+    async def _hold_key(self, entry: _Entry) -> Lease:
+        """Take ``entry``'s key lease into its resources, or raise KeyHeldElsewhere."""
+        backend = self.config.leases
+        assert backend is not None
+        name = key_lease_name(entry.key)
+        purpose = json.dumps(
+            {"replica": self.config.replica, "address": self.config.address},
+            separators=(",", ":"),
+        )
+        holder: KeyHeldElsewhere | None = None
+        for _ in range(3):  # a holder that left between the refusal and the read: again
+            try:
+                return await entry.resources.enter_async_context(
+                    acquire_lease(
+                        backend,
+                        name,
+                        mode=LeaseMode.EXCLUSIVE,
+                        ttl=self.config.key_lease_ttl,
+                        timeout=self.config.key_lease_timeout,
+                        owner=f"{self.config.replica}.{entry.generation}",
+                        purpose=purpose,
+                        on_lost=lambda lease: self._key_lost(entry, lease),
+                        clock=self.clock,
+                    )
+                )
+            except LeaseTimeout:
+                holder = await self._key_holder(entry.key, name)
+                if holder.replica is not None:
+                    raise holder from None
+        assert holder is not None
+        raise holder
+
+    async def _key_holder(self, key: str, name: str) -> KeyHeldElsewhere:
+        """Who holds ``key``'s lease, read from its record (replica None: nobody now)."""
+        backend = self.config.leases
+        assert backend is not None
+        try:
+            records = await backend.records(name)
+        except LeaseError as exc:
+            self.log.warning("cannot read who holds %r: %s", key, exc)
+            return KeyHeldElsewhere(key, "unknown (its lease cannot be read)")
+        now = self.clock.now()
+        live = [r for r in records if not r.expired(now) or claim_alive(r)]
+        if not live:
+            return KeyHeldElsewhere(key, None)
+        return _held_by(key, live[0])
+
+    def _key_lost(self, entry: _Entry, lease: Lease) -> None:
+        """The key's lease was lost: another replica may run the key now, so ours stops."""
+        self.log.error(
+            "lost the lease on %r (%s): stopping its app-server on this replica",
+            entry.key,
+            lease.lost_reason,
+        )
+        if entry.state is EntryState.RUNNING and self._entries.get(entry.key) is entry:
+            self._begin_stop(entry, "its key lease was lost")
 
     async def _abandon(self, entry: _Entry) -> None:
         """Undo a spawn that failed or was cancelled: nothing of it may survive but a login."""
@@ -681,6 +803,49 @@ class AppServerPool:
     async def _candidates(self) -> list[Candidate]:
         assert self.selector is not None
         return await self.selector.candidates(probe=True)
+
+    async def _occupy_account(self, entry: _Entry) -> None:
+        """Choose ``entry``'s account and occupy it; another if it turns out unusable.
+
+        Between the choice and the occupancy another machine may take the
+        account (AccountBusy), a newer login may be held back
+        (LoginQuarantined, CredentialsHeld), the shared store may fail
+        (CredentialError) or the account may be removed (AccountGone):
+        each makes the spawn choose again, up to once per account; then the
+        last refusal is raised.
+        """
+        assert self.accounts is not None
+        assert self.selector is not None
+        key = entry.key
+        avoid = entry.avoid
+        refusal: SupervisorError | None = None
+        for _ in range(len(await self.selector.accounts()) + 1):
+            entry.account = await self._choose_account(avoid)
+            try:
+                await entry.resources.enter_async_context(
+                    self.accounts.occupy(
+                        entry.account,
+                        purpose=f"app-server {key}",
+                        ttl=self.config.lease_ttl,
+                        timeout=self.config.lease_timeout,
+                        on_lost=lambda lease: self.log.warning(
+                            "occupancy lease of %r on %s lost (%s); the server keeps running",
+                            key,
+                            lease.name,
+                            lease.lost_reason,
+                        ),
+                    )
+                )
+            except (AccountBusy, AccountGone, LoginQuarantined, CredentialError) as exc:
+                refusal = exc
+                self.log.warning("not starting %r on %s: %s", key, entry.account, exc)
+                if isinstance(exc, (LoginQuarantined, CredentialError)):
+                    self.selector.recheck_held_back()
+                avoid = entry.account
+                continue
+            return
+        assert refusal is not None
+        raise refusal
 
     async def _choose_account(self, avoid: str | None) -> str:
         """The account to spawn on: the policy's, never one whose newest login is elsewhere.
@@ -844,9 +1009,18 @@ class AppServerPool:
         assert entry.home is not None
         rescued = await self._rescue_auth(entry.home, entry.account)
         try:
-            await self.store.put(entry.key, entry.home, version=entry.version)
+            async with entry.archiving:  # after a checkpoint in flight
+                await self._put_held(entry, entry.home, entry.version)
         except StaleArchive as exc:
             self.log.warning("%s; keeping the home at %s instead", exc, entry.home)
+            archived = False
+        except KeyHeldElsewhere as exc:
+            self.log.error(  # noqa: TRY400 - expected, said in full
+                "not archiving the home of %r: its lease was lost (%s); the home stays at %s",
+                entry.key,
+                exc,
+                entry.home,
+            )
             archived = False
         except Exception:
             self.log.exception(
@@ -860,6 +1034,94 @@ class AppServerPool:
             # home not archived stays even then (its state is nowhere else).
             self._strand(entry.home, entry.account, remove=archived)
         return archived and rescued
+
+    async def _put_held(self, entry: _Entry, source: Path, version: int) -> None:
+        """Archive ``source`` as ``version`` of the key, only while this replica holds it.
+
+        The backend confirms the key lease first (:meth:`Lease.confirm
+        <codex_supervisor.lease.Lease.confirm>`, a round trip: the put then
+        runs inside a fresh TTL). A lease that lapsed or was lost (renewals
+        failed, this process was suspended, the record was removed) is taken
+        again if nobody else took it meanwhile, and given back after the put;
+        otherwise KeyHeldElsewhere, and nothing is written: the replica that
+        took the key over restored the last archive and writes the next.
+        """
+        lease = entry.key_lease
+        if lease is None:
+            await self.store.put(entry.key, source, version=version)
+            return
+        try:
+            await lease.confirm()
+        except LeaseError:
+            pass
+        else:
+            await self.store.put(entry.key, source, version=version)
+            return
+        backend = self.config.leases
+        assert backend is not None
+        record: LeaseRecord | None = None
+        try:
+            for replaces in (lease.record, None):
+                record = await backend.try_acquire(
+                    lease.name,
+                    owner=lease.owner,
+                    mode=LeaseMode.EXCLUSIVE,
+                    ttl=self.config.key_lease_ttl,
+                    purpose=lease.record.purpose,
+                    replaces=replaces,
+                )
+                if record is not None:
+                    break
+        except LeaseError as exc:
+            self.log.warning("cannot take the lease on %r again: %s", entry.key, exc)
+        if record is None:
+            raise await self._key_holder(entry.key, lease.name)
+        self.log.warning("took the lapsed lease on %r again to archive its home", entry.key)
+        try:
+            await self.store.put(entry.key, source, version=version)
+        finally:
+            try:
+                await backend.release(record)
+            except LeaseError as exc:
+                self.log.warning("giving back the lease on %r failed: %s", entry.key, exc)
+
+    async def checkpoint(self, key: str) -> int:
+        """Archive ``key``'s home while its server runs on; returns the version written.
+
+        Call it at a turn boundary (no turn in flight), e.g. after each
+        turn: a replica that dies then loses no more than what happened
+        since. The live home is first copied consistently
+        (:func:`~codex_supervisor.appserver.checkpoint.snapshot_home`: its
+        SQLite thread index by online backup, other files linked) under
+        ``root/checkpoints``, then archived as the next version; the server
+        is not disturbed. Raises :class:`~codex_supervisor.errors.ConfigError`
+        when ``key`` has no running server,
+        :class:`~codex_supervisor.errors.LeaseLost` when the lease backend
+        does not confirm the key lease (another replica may have it), and the
+        store's errors (:class:`~codex_supervisor.errors.StaleArchive`, ...).
+        """
+        entry = self._entries.get(key)
+        if entry is None or entry.state is not EntryState.RUNNING:
+            raise ConfigError(f"no running app-server for {key!r} to checkpoint")
+        async with entry.archiving:
+            if entry.state is not EntryState.RUNNING or self._entries.get(key) is not entry:
+                raise ConfigError(f"the app-server for {key!r} stopped before its checkpoint")
+            if entry.key_lease is not None:
+                await entry.key_lease.confirm()
+            assert entry.home is not None
+            # Taken before the put: a put whose outcome is unknown (an error,
+            # a cancel) may have landed, so the next archive must be newer.
+            version = entry.version
+            entry.version = version + 1
+            shadow = await asyncio.to_thread(
+                snapshot_home, entry.home, self.config.root / "checkpoints"
+            )
+            try:
+                await self.store.put(key, shadow, version=version)
+            finally:
+                await asyncio.to_thread(shutil.rmtree, shadow, ignore_errors=True)
+        self.log.debug("checkpointed %r as version %d", key, version)
+        return version
 
     async def _rescue_auth(self, home: Path, account: str | None) -> bool:
         """Save a login Codex left as a file in ``home``; False when the home must stay."""

@@ -388,6 +388,7 @@ async def launch(
     stdout: int | None = None,
     stderr: int | None = None,
     process_group: bool = False,
+    death_signal: signal.Signals = signal.SIGTERM,
 ) -> Child:
     """Start ``argv`` (``argv[0]`` is the binary) as a child process.
 
@@ -402,7 +403,9 @@ async def launch(
     terminal's reach, such a child is also sent SIGTERM when the thread that
     launched it ends (Linux): launch it from a thread that outlives it (an
     event loop's, as every caller in the library does), never from a
-    short-lived worker such as :func:`asyncio.to_thread`.
+    short-lived worker such as :func:`asyncio.to_thread`. ``death_signal``
+    picks that signal: SIGKILL for a child that would otherwise finish work
+    nobody can receive any more (an app-server drains its turns on SIGTERM).
 
     Raises :class:`CodexNotFoundError` when the binary is missing or not
     executable, :class:`ProcessError` on any other failure to start.
@@ -432,7 +435,7 @@ async def launch(
             # Out of the terminal's reach, a group child must still end with
             # the supervisor: a SIGKILLed supervisor (or its killed job) would
             # otherwise leave it running on an account whose lease lapses.
-            preexec_fn=_die_with_parent() if process_group else None,
+            preexec_fn=_die_with_parent(death_signal) if process_group else None,
         )
     except OSError as exc:
         raise _launch_error(args[0], cwd, exc) from exc
@@ -443,8 +446,8 @@ async def launch(
 _PR_SET_PDEATHSIG: Final = 1
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec step that has the child sent SIGTERM when its parent dies (Linux).
+def _die_with_parent(death: signal.Signals = signal.SIGTERM) -> Callable[[], None] | None:
+    """A pre-exec step that has the child sent ``death`` when its parent dies (Linux).
 
     The death signal fires when the thread that forked the child ends, which
     for :func:`launch` is the event loop's thread: a supervisor stops its
@@ -460,9 +463,9 @@ def _die_with_parent() -> Callable[[], None] | None:
     parent = os.getpid()
 
     def step() -> None:  # runs in the forked child: no allocation-heavy work, no logging
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl(_PR_SET_PDEATHSIG, death)
         if os.getppid() != parent:  # the parent died before the call took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), death)
 
     return step
 

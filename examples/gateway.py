@@ -19,6 +19,28 @@ every server is stopped and its home archived under ``--root``::
 MCP servers...); the spawn's loopback token is in ``$CODEX_LOOPBACK_TOKEN`` of
 the app-server, for tools that call the gateway back. One line per turn is
 printed; the exit code is 0 when every turn completed, else 1.
+
+With ``--listen HOST:PORT`` (and no prompts) it serves HTTP instead, as one
+replica of a gateway: several replicas, on one machine or many, share the
+home store (``--store``: a folder, or ``s3://bucket/prefix`` and the like,
+with the ``s3`` extra; credentials and endpoint from the environment, e.g.
+``AWS_ENDPOINT``) and the key leases (``--leases``: a folder on one machine,
+``redis://...`` across machines), so each workspace runs on one replica at a
+time::
+
+    python examples/gateway.py --pool ... --codex-home ... --root /var/lib/gw-a \
+        --listen 127.0.0.1:8081 --replica gw-a \
+        --store s3://gateway-homes/homes --leases redis://redis:6379/0
+
+``POST /turn`` with ``{"workspace": ..., "prompt": ..., "thread": optional}``
+runs one turn and answers ``{"status", "thread", "account", "replica",
+"final_message", ...}``; the workspace's home is checkpointed after every
+turn, so another replica can take it over. A workspace running on another
+replica answers 409 with ``{"error": "held", "replica", "address"}``: ask
+that replica, or again once its lease has expired (``--key-lease-ttl``
+seconds after it died). ``GET /healthz`` lists the workspaces this replica
+runs. It listens on loopback unless told otherwise, and has no
+authentication of its own: put it behind one.
 """
 
 from __future__ import annotations
@@ -26,7 +48,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import signal
+import socket
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -36,13 +62,24 @@ from typing import Any
 from codex_supervisor import AccountPool, AppServerPool, PoolConfig, SpawnConfig
 from codex_supervisor.appserver import (
     AppServerClient,
+    HomeStore,
     IdleReaper,
+    LocalDirHomeStore,
     SpawnContext,
     TurnResult,
     run_turn,
 )
-from codex_supervisor.errors import SupervisorError
+from codex_supervisor.errors import (
+    ConfigError,
+    KeyHeldElsewhere,
+    LeaseError,
+    QuotaUnavailable,
+    SupervisorError,
+)
+from codex_supervisor.lease import FileLeaseBackend, LeaseBackend
 from codex_supervisor.supervisor import DEFAULT_CONTINUATION_PROMPT
+
+log = logging.getLogger("codex_gateway_example")
 
 
 class Gateway:
@@ -53,7 +90,7 @@ class Gateway:
         self.config = config
         self.cwd = cwd
         self.threads: dict[str, str] = {}
-        self.busy: set[str] = set()
+        self.busy: dict[str, int] = {}
 
     def build(self, context: SpawnContext) -> SpawnConfig:
         del context  # the same config for every workspace here
@@ -63,11 +100,15 @@ class Gateway:
         """The reaper's activity probe: a workspace with a turn in flight is kept."""
         return workspace in self.busy
 
-    async def turn(self, workspace: str, prompt: str) -> tuple[TurnResult, list[str]]:
-        """Run one prompt; returns the result and the accounts it ran on."""
-        self.busy.add(workspace)
+    async def turn(
+        self, workspace: str, prompt: str, thread: str | None = None
+    ) -> tuple[TurnResult, list[str]]:
+        """Run one prompt (on ``thread``, else the workspace's); returns the result and accounts."""
+        self.busy[workspace] = self.busy.get(workspace, 0) + 1
         try:
             handle = await self.pool.ensure(workspace, self.build)
+            if thread is not None:
+                self.threads[workspace] = thread
             accounts = [handle.account or "-"]
             result = await self._run(handle.ws_url, workspace, prompt)
             if result.usage_limit_exceeded:
@@ -84,7 +125,9 @@ class Gateway:
             self.pool.touch(workspace)
             return result, accounts
         finally:
-            self.busy.discard(workspace)
+            self.busy[workspace] -= 1
+            if not self.busy[workspace]:
+                del self.busy[workspace]
 
     async def _run(self, ws_url: str, workspace: str, prompt: str) -> TurnResult:
         client = await AppServerClient.connect_ws(ws_url, client_name="codex_gateway_example")
@@ -143,19 +186,257 @@ async def serve(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+# -- serving HTTP, as one replica ----------------------------------------------------------
+
+_MAX_BODY = 1024 * 1024
+#: Variables object stores read their endpoint and credentials from.
+_STORE_ENV = ("AWS_", "AZURE_", "GOOGLE_")
+_MAX_WORKSPACE = 200
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+Answer = tuple[int, dict[str, Any]]
+
+
+def _bad(message: str, status: int = 400) -> Answer:
+    return status, {"error": "bad request", "message": message}
+
+
+class HttpFront:
+    """A minimal HTTP/1.1 front (one request per connection) for one gateway replica."""
+
+    def __init__(self, gateway: Gateway, replica: str) -> None:
+        self.gateway = gateway
+        self.replica = replica
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            status, payload = await self._answer(reader)
+        except Exception:
+            log.exception("answering a request failed")
+            status, payload = 500, {"error": "internal", "message": "see the gateway's log"}
+        body = json.dumps(payload).encode()
+        head = (
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        writer.write(head.encode("ascii") + body)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader) -> Answer:  # noqa: PLR0911 - a router
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return _bad("an incomplete or oversized request head")
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3:
+            return _bad("a malformed request line")
+        method, target = parts[0], parts[1]
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        try:
+            length = int(headers.get("content-length", "0"))
+        except ValueError:
+            return _bad("a malformed Content-Length")
+        if not 0 <= length <= _MAX_BODY:
+            return _bad(f"the body must be at most {_MAX_BODY} bytes", 413)
+        try:
+            body = await reader.readexactly(length)
+        except asyncio.IncompleteReadError:
+            return _bad("the body ended early")
+        if target == "/healthz":
+            if method != "GET":
+                return 405, {"error": "use GET"}
+            return 200, {"replica": self.replica, "workspaces": sorted(self.gateway.pool.keys())}
+        if target != "/turn":
+            return 404, {"error": "not found", "message": "POST /turn or GET /healthz"}
+        if method != "POST":
+            return 405, {"error": "use POST"}
+        return await self._turn(body)
+
+    async def _turn(self, body: bytes) -> Answer:  # noqa: PLR0911 - one answer per refusal
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return _bad("the body is not JSON")
+        if not isinstance(request, dict):
+            return _bad("the body is not a JSON object")
+        workspace, prompt = request.get("workspace"), request.get("prompt")
+        thread = request.get("thread")
+        if not isinstance(workspace, str) or not 0 < len(workspace) <= _MAX_WORKSPACE:
+            return _bad(f"workspace must be a string of 1 to {_MAX_WORKSPACE} characters")
+        if not isinstance(prompt, str) or not prompt:
+            return _bad("prompt must be a non-empty string")
+        if thread is not None and (not isinstance(thread, str) or not thread):
+            return _bad("thread must be a thread id when given")
+        try:
+            result, accounts = await self.gateway.turn(workspace, prompt, thread)
+        except KeyHeldElsewhere as exc:
+            return 409, {
+                "error": "held",
+                "message": str(exc),
+                "workspace": workspace,
+                "replica": exc.replica,
+                "address": exc.address,
+                "expires_at": exc.expires_at,
+            }
+        except QuotaUnavailable as exc:
+            return 503, {"error": "quota", "message": str(exc)}
+        except SupervisorError as exc:
+            return 502, {"error": type(exc).__name__, "message": str(exc)}
+        checkpoint = None
+        try:
+            # Another replica restores this if this one dies before the next.
+            checkpoint = await self.gateway.pool.checkpoint(workspace)
+        except (SupervisorError, OSError) as exc:
+            log.warning("checkpointing %r failed: %s", workspace, exc)
+        handle = self.gateway.pool.handle(workspace)
+        return 200, {
+            "status": result.status,
+            "final_message": result.final_message,
+            "thread": self.gateway.threads.get(workspace),
+            "accounts": accounts,
+            "replica": self.replica,
+            "pid": None if handle is None else handle.pid,
+            "generation": None if handle is None else handle.generation,
+            "checkpoint": checkpoint,
+        }
+
+
+def _store(url: str | None, root: Path) -> HomeStore:
+    """A folder (a path or ``file://``) or an object store URL (``s3://``, ``gs://``, ...)."""
+    if url is None:
+        return LocalDirHomeStore(root / "archives")
+    if url.startswith("file://"):
+        return LocalDirHomeStore(Path(url.removeprefix("file://")))
+    if "://" not in url:
+        return LocalDirHomeStore(Path(url).expanduser())
+    from codex_supervisor.appserver.objectstore import ObjectStoreHomeStore  # noqa: PLC0415
+
+    return ObjectStoreHomeStore.from_url(url)
+
+
+def _leases(url: str | None) -> LeaseBackend | None:
+    """Redis (``redis://``, ``rediss://``) across machines, else a folder on this one."""
+    if url is None:
+        return None
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from codex_supervisor.lease_redis import RedisLeaseBackend  # noqa: PLC0415
+
+        return RedisLeaseBackend(url, prefix="codex-gateway:")
+    return FileLeaseBackend(Path(url).expanduser())
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+async def serve_http(args: argparse.Namespace) -> int:
+    config = None
+    if args.config_toml is not None:
+        config = tomllib.loads(args.config_toml.read_text(encoding="utf-8"))
+    host, port = args.listen
+    loop = asyncio.get_running_loop()
+    # Bound first (the address is published in the key leases), served once ready.
+    sock = socket.create_server((host, port))
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
+    leases = _leases(args.leases)
+    pool_config = PoolConfig(
+        root=args.root,
+        codex=args.codex,
+        store=_store(args.store, args.root),
+        leases=leases,
+        address=args.address or url,
+        key_lease_ttl=args.key_lease_ttl,
+        **({"replica": args.replica} if args.replica else {}),
+    )
+    accounts = AccountPool(root=args.pool, base_codex_home=args.codex_home)
+    # The object store's credentials are the gateway's, not Codex's: they stay
+    # out of every app-server's environment (and so out of its tools').
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(_STORE_ENV)}
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with AppServerPool(pool_config, accounts=accounts, environ=environ) as pool:
+            gateway = Gateway(pool, config, args.cwd.resolve())
+            front = HttpFront(gateway, pool_config.replica)
+            server = await asyncio.start_server(front.handle, sock=sock)
+            reaper = IdleReaper(
+                pool, interval=1.0, idle_after=args.idle_after, activity_probe=gateway.active
+            )
+            reaping = asyncio.create_task(reaper.run())
+            print(f"gateway {pool_config.replica} listening on {url}", flush=True)
+            try:
+                await stop.wait()
+            finally:
+                server.close()
+                reaping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reaping
+            # Leaving the pool stops every server and archives every home.
+    finally:
+        sock.close()
+        aclose = getattr(leases, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    print(f"gateway {pool_config.replica} stopped", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--pool", type=Path, required=True, help="the account pool folder")
     parser.add_argument("--codex-home", type=Path, required=True, help="the base CODEX_HOME")
-    parser.add_argument("--root", type=Path, required=True, help="homes and archives go here")
+    parser.add_argument("--root", type=Path, required=True, help="homes (and archives) go here")
     parser.add_argument("--codex", default="codex", help="the Codex binary")
     parser.add_argument("--config-toml", type=Path, help="each spawn's config.toml")
     parser.add_argument("--cwd", type=Path, default=Path.cwd(), help="the threads' folder")
     parser.add_argument("--idle-after", type=float, default=300.0, help="reap after (seconds)")
-    parser.add_argument("prompts", nargs="+", metavar="WORKSPACE=PROMPT")
+    replicas = parser.add_argument_group("serving HTTP, as one replica of a gateway")
+    replicas.add_argument("--listen", type=_listen, metavar="HOST:PORT", help="serve HTTP here")
+    replicas.add_argument("--store", help="archives: a folder, or s3://bucket/prefix and the like")
+    replicas.add_argument("--leases", help="key leases: a folder (one machine) or redis://...")
+    replicas.add_argument("--replica", help="this replica's name (default: host-pid-random)")
+    replicas.add_argument("--address", help="where clients reach this replica (default: --listen)")
+    replicas.add_argument(
+        "--key-lease-ttl", type=float, default=15.0, help="a dead replica's keys free after (s)"
+    )
+    parser.add_argument("prompts", nargs="*", metavar="WORKSPACE=PROMPT")
     args = parser.parse_args(argv)
+    if args.listen is None and not args.prompts:
+        parser.error("give WORKSPACE=PROMPT arguments, or --listen HOST:PORT to serve HTTP")
+    if args.listen is not None and args.prompts:
+        parser.error("--listen serves HTTP: give prompts as POST /turn requests, not arguments")
+    if not args.key_lease_ttl > 0:
+        parser.error("--key-lease-ttl must be positive")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return asyncio.run(serve(args))
+    try:
+        return asyncio.run(serve_http(args) if args.listen is not None else serve(args))
+    except (ConfigError, LeaseError, OSError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

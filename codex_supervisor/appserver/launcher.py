@@ -100,6 +100,11 @@ async def launch_app_server(request: LaunchRequest) -> Launched:
     until it answers 200. Everything must happen within
     ``request.ready_timeout``; otherwise the group is killed and
     :class:`SpawnError` raised with the exit code and stderr tail.
+
+    Should the process that launched it die (SIGKILL, a crash), the server
+    is killed at once (Linux): on SIGTERM it would finish its turns in
+    flight, for nobody, in a workspace another replica may take over as
+    soon as the dead one's lease expires.
     """
     child = await launch(
         request.argv,
@@ -109,6 +114,7 @@ async def launch_app_server(request: LaunchRequest) -> Launched:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         process_group=True,
+        death_signal=signal.SIGKILL,
     )
     starting = _Starting(request, child)
     try:

@@ -37,6 +37,14 @@ keeps them:
   ``<root>/homes/*/auth.json`` on the first spawn and every sweep). No server
   starts on an account whose newest login waits in quarantine or in a kept
   home: it would refresh with a spent token.
+- **One server per key across replicas.** With :attr:`PoolConfig.leases`
+  (shared by every gateway replica on the same store), each spawn first takes
+  the key's exclusive lease and holds it until its home is archived; a
+  replica that finds the key held raises
+  :class:`~codex_supervisor.errors.KeyHeldElsewhere` naming the holder. A lost
+  lease stops the server. :meth:`AppServerPool.checkpoint` archives a live
+  home, so a replica that dies loses at most its turns in flight; its keys
+  free when its leases expire.
 - **Loopback tokens.** 32 random bytes (hex) per spawn, minted before
   ``build`` runs and given to the child's environment, so tools the server
   starts can call the gateway back; :meth:`AppServerPool.lookup_key_for_token`

@@ -301,6 +301,7 @@ class HttpFront:
         except QuotaUnavailable as exc:
             return 503, {"error": "quota", "message": str(exc)}
         except SupervisorError as exc:
+            log.warning("a turn on %r failed: %s", workspace, exc)
             return 502, {"error": type(exc).__name__, "message": str(exc)}
         checkpoint = None
         try:

@@ -383,3 +383,18 @@ async def test_a_spawn_chooses_another_account_when_its_choice_is_busy_elsewhere
     assert refused == ["alpha"]
     assert handle.account == "beta"
     assert len(launcher.requests) == 1
+
+
+async def test_a_relative_root_gives_absolute_homes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spawn runs in its home (its cwd), so CODEX_HOME must not be relative to ours."""
+    monkeypatch.chdir(tmp_path)
+    launcher = FakeAppServerLauncher()
+    config = PoolConfig(root="relative/root", codex="codex")
+    assert config.root == tmp_path / "relative" / "root"
+    async with AppServerPool(config, launcher=launcher, environ={}) as pool:
+        handle = await pool.ensure("ws", build)
+    [request] = launcher.requests
+    assert Path(request.env["CODEX_HOME"]).is_absolute()
+    assert handle.home.is_relative_to(tmp_path / "relative" / "root")

@@ -278,7 +278,8 @@ class PoolConfig:
     """How an :class:`AppServerPool` runs its servers; only ``root`` is required.
 
     ``root``: spawn homes go in ``root/homes``; the default home store keeps
-    archives in ``root/archives``. ``codex``: the Codex binary.
+    archives in ``root/archives``. A relative root is made absolute (against
+    the working folder now): a spawn runs in a folder of its own. ``codex``: the Codex binary.
     ``store``: where homes are archived between spawns.
     ``extra_env``: added to every child's environment.
     ``ready_timeout``: seconds for a spawn to announce its port and answer
@@ -307,7 +308,7 @@ class PoolConfig:
     before raising (0: at once). Without ``leases`` nothing is leased.
     """
 
-    root: Path = attrs.field(converter=Path)
+    root: Path = attrs.field(converter=lambda root: Path(root).absolute())
     codex: str = "codex"
     store: HomeStore | None = None
     extra_env: Mapping[str, str] = attrs.field(factory=dict)

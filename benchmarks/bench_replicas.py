@@ -180,7 +180,7 @@ async def _measure_archive(  # noqa: PLR0917 - one figure's inputs
     turns: int,
     repeats: int,
 ) -> None:
-    shadow = snapshot_home(home, root / "sizing")
+    shadow = snapshot_home(home, root / "sizing" / "copy")
     sink = _Sink()
     pack_home(shadow, sink)  # type: ignore[arg-type]
     home_bytes = _tree_bytes(shadow)

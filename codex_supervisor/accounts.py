@@ -366,6 +366,11 @@ def _run_login(argv: Sequence[str], env: Mapping[str, str], stdin_text: str | No
     return result.returncode
 
 
+def _absolute(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute against the working folder now (Codex runs elsewhere)."""
+    return Path(path).absolute()
+
+
 @final
 @attrs.define
 class AccountPool:
@@ -377,8 +382,8 @@ class AccountPool:
     async because leases heartbeat.
     """
 
-    root: Path = attrs.field(factory=default_pool_root, converter=Path)
-    base_codex_home: Path = attrs.field(factory=default_base_codex_home, converter=Path)
+    root: Path = attrs.field(factory=default_pool_root, converter=_absolute)
+    base_codex_home: Path = attrs.field(factory=default_base_codex_home, converter=_absolute)
     clock: Clock = attrs.field(factory=SystemClock)
     lock_timeout: float = 10.0
     #: A Redis URL (``redis://host:6379/0``) for a pool shared by several

@@ -107,10 +107,8 @@ class Gateway:
         self.busy[workspace] = self.busy.get(workspace, 0) + 1
         try:
             handle = await self.pool.ensure(workspace, self.build)
-            if thread is not None:
-                self.threads[workspace] = thread
             accounts = [handle.account or "-"]
-            result = await self._run(handle.ws_url, workspace, prompt)
+            result = await self._run(handle.ws_url, workspace, prompt, thread)
             if result.usage_limit_exceeded:
                 # Naming the account that failed keeps two turns that failed
                 # together from moving the workspace twice.
@@ -129,15 +127,19 @@ class Gateway:
             if not self.busy[workspace]:
                 del self.busy[workspace]
 
-    async def _run(self, ws_url: str, workspace: str, prompt: str) -> TurnResult:
+    async def _run(
+        self, ws_url: str, workspace: str, prompt: str, thread: str | None = None
+    ) -> TurnResult:
         client = await AppServerClient.connect_ws(ws_url, client_name="codex_gateway_example")
         async with client:
-            thread_id = self.threads.get(workspace)
+            thread_id = thread or self.threads.get(workspace)
             if thread_id is None:
-                thread = await client.thread_start({"cwd": str(self.cwd)})
-                thread_id = self.threads[workspace] = thread.id
+                started = await client.thread_start({"cwd": str(self.cwd)})
+                thread_id = started.id
             else:
                 await client.thread_resume(thread_id)
+            # Kept once the server knows it: a wrong thread id is not remembered.
+            self.threads[workspace] = thread_id
             return await run_turn(client, thread_id, prompt, stall_timeout=300)
 
 
@@ -197,6 +199,7 @@ _REASONS = {
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     409: "Conflict",
     413: "Content Too Large",
     500: "Internal Server Error",
@@ -214,9 +217,10 @@ def _bad(message: str, status: int = 400) -> Answer:
 class HttpFront:
     """A minimal HTTP/1.1 front (one request per connection) for one gateway replica."""
 
-    def __init__(self, gateway: Gateway, replica: str) -> None:
+    def __init__(self, gateway: Gateway, replica: str, read_timeout: float = 30.0) -> None:
         self.gateway = gateway
         self.replica = replica
+        self.read_timeout = read_timeout
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -240,9 +244,12 @@ class HttpFront:
 
     async def _answer(self, reader: asyncio.StreamReader) -> Answer:  # noqa: PLR0911 - a router
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
+            async with asyncio.timeout(self.read_timeout):
+                head = await reader.readuntil(b"\r\n\r\n")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             return _bad("an incomplete or oversized request head")
+        except TimeoutError:
+            return _bad(f"no request within {self.read_timeout:g} s", 408)
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
         if len(parts) != 3:
@@ -259,9 +266,12 @@ class HttpFront:
         if not 0 <= length <= _MAX_BODY:
             return _bad(f"the body must be at most {_MAX_BODY} bytes", 413)
         try:
-            body = await reader.readexactly(length)
+            async with asyncio.timeout(self.read_timeout):
+                body = await reader.readexactly(length)
         except asyncio.IncompleteReadError:
             return _bad("the body ended early")
+        except TimeoutError:
+            return _bad(f"no whole body within {self.read_timeout:g} s", 408)
         if target == "/healthz":
             if method != "GET":
                 return 405, {"error": "use GET"}
@@ -304,11 +314,12 @@ class HttpFront:
             log.warning("a turn on %r failed: %s", workspace, exc)
             return 502, {"error": type(exc).__name__, "message": str(exc)}
         checkpoint = None
-        try:
-            # Another replica restores this if this one dies before the next.
-            checkpoint = await self.gateway.pool.checkpoint(workspace)
-        except (SupervisorError, OSError) as exc:
-            log.warning("checkpointing %r failed: %s", workspace, exc)
+        if not self.gateway.active(workspace):  # at a turn boundary: no other turn runs
+            try:
+                # Another replica restores this if this one dies before the next.
+                checkpoint = await self.gateway.pool.checkpoint(workspace)
+            except (SupervisorError, OSError) as exc:
+                log.warning("checkpointing %r failed: %s", workspace, exc)
         handle = self.gateway.pool.handle(workspace)
         return 200, {
             "status": result.status,
@@ -319,6 +330,7 @@ class HttpFront:
             "pid": None if handle is None else handle.pid,
             "generation": None if handle is None else handle.generation,
             "checkpoint": checkpoint,
+            "error": None if result.error is None else result.error.message,
         }
 
 
@@ -361,7 +373,9 @@ async def serve_http(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     # Bound first (the address is published in the key leases), served once ready.
     sock = socket.create_server((host, port))
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
+    # A wildcard address is no place to send clients to: publish the host's name.
+    named = socket.getfqdn() if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+    url = f"http://{named if ':' not in named else f'[{named}]'}:{sock.getsockname()[1]}"
     leases = _leases(args.leases)
     pool_config = PoolConfig(
         root=args.root,
@@ -382,7 +396,7 @@ async def serve_http(args: argparse.Namespace) -> int:
     try:
         async with AppServerPool(pool_config, accounts=accounts, environ=environ) as pool:
             gateway = Gateway(pool, config, args.cwd.resolve())
-            front = HttpFront(gateway, pool_config.replica)
+            front = HttpFront(gateway, pool_config.replica, args.read_timeout)
             server = await asyncio.start_server(front.handle, sock=sock)
             reaper = IdleReaper(
                 pool, interval=1.0, idle_after=args.idle_after, activity_probe=gateway.active
@@ -424,6 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     replicas.add_argument(
         "--key-lease-ttl", type=float, default=15.0, help="a dead replica's keys free after (s)"
     )
+    replicas.add_argument(
+        "--read-timeout", type=float, default=30.0, help="seconds a client has to send a request"
+    )
     parser.add_argument("prompts", nargs="*", metavar="WORKSPACE=PROMPT")
     args = parser.parse_args(argv)
     if args.listen is None and not args.prompts:
@@ -432,6 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--listen serves HTTP: give prompts as POST /turn requests, not arguments")
     if not args.key_lease_ttl > 0:
         parser.error("--key-lease-ttl must be positive")
+    if not args.read_timeout > 0:
+        parser.error("--read-timeout must be positive")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return asyncio.run(serve_http(args) if args.listen is not None else serve(args))

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import sqlite3
 import tarfile
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 
 from codex_supervisor import errors
 from codex_supervisor.accounts import AccountPool
+from codex_supervisor.appserver import pool as pool_module
 from codex_supervisor.appserver.checkpoint import snapshot_home
 from codex_supervisor.appserver.homestore import LocalDirHomeStore
 from codex_supervisor.appserver.pool import (
@@ -30,7 +32,7 @@ from codex_supervisor.appserver.pool import (
     SpawnContext,
     key_lease_name,
 )
-from codex_supervisor.lease import FileLeaseBackend, LeaseBackend, LeaseMode
+from codex_supervisor.lease import FileLeaseBackend, LeaseBackend, LeaseMode, RenewOutcome
 from codex_supervisor.lease_redis import RedisLeaseBackend
 from codex_supervisor.testing import FakeAppServerLauncher, FakeCodexBackend, RedisServer
 
@@ -313,16 +315,119 @@ async def test_checkpoint_refuses_a_key_without_a_running_server_or_lease(
     tmp_path: Path,
 ) -> None:
     leases = FileLeaseBackend(tmp_path / "leases")
-    async with replicas(tmp_path, leases, key_lease_ttl=0.6) as (a, b, _):
+    # A long TTL: a's heartbeat does not notice the loss before its checkpoint does.
+    async with replicas(tmp_path, leases, key_lease_ttl=60) as (a, b, _):
         with pytest.raises(errors.ConfigError, match="no running app-server"):
             await a.checkpoint("ws")
         await a.ensure("ws", build)
         (record,) = await leases.holders(key_lease_name("ws"))
         await leases.release(record)
         await b.ensure("ws", build)  # b holds the key now
-        with pytest.raises((errors.LeaseLost, errors.ConfigError)):
+        with pytest.raises(errors.LeaseLost, match="taken over, removed or expired"):
             await a.checkpoint("ws")
         assert await a.store.version("ws") is None
+        assert not any((tmp_path / "gw-a" / "checkpoints").iterdir())
+
+
+class FailingOnce(CountingStore):
+    """A store whose first put fails (a network error, say)."""
+
+    failed = False
+
+    async def put(self, key: str, source: Path, *, version: int) -> None:
+        if not self.failed:
+            self.failed = True
+            raise errors.HomeStoreError("the store is out of reach")
+        await super().put(key, source, version=version)
+
+
+async def test_a_replica_that_lost_its_key_never_overwrites_what_the_taker_archived(
+    tmp_path: Path, leases: LeaseBackend
+) -> None:
+    """a's checkpoint fails, a loses the key, b runs it, archives and leaves: a's stop
+    finds the key free again, but the store moved on, so a's older home stays on disk."""
+    launcher = FakeAppServerLauncher()
+    store = FailingOnce(LocalDirHomeStore(tmp_path / "store"))
+    async with (
+        replica(tmp_path, "gw-a", leases, launcher, store=store, key_lease_ttl=60) as a,
+        replica(tmp_path, "gw-b", leases, launcher, store=store, key_lease_ttl=60) as b,
+    ):
+        first = await a.ensure("ws", build)
+        (first.home / "marker.txt").write_text("from a (stale)")
+        with pytest.raises(errors.HomeStoreError):
+            await a.checkpoint("ws")  # version 1 reserved, never stored
+        (record,) = await leases.holders(key_lease_name("ws"))
+        await leases.release(record)
+        taken = await b.ensure("ws", build)
+        (taken.home / "marker.txt").write_text("from b")
+        await b.shutdown("ws")
+        assert await store.version("ws") == 1
+        await a.shutdown("ws")  # its lease is found gone; the key is free again
+        assert await store.version("ws") == 1
+        assert (first.home / "marker.txt").read_text() == "from a (stale)"  # kept
+        again = await b.ensure("ws", build)
+        assert (again.home / "marker.txt").read_text() == "from b"
+
+
+async def test_a_checkpoint_whose_lease_goes_during_the_copy_uploads_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leases = FileLeaseBackend(tmp_path / "leases")
+    copying, resume = threading.Event(), threading.Event()
+    real = pool_module.snapshot_home
+
+    def slow(home: Path, dest: Path) -> Path:
+        copying.set()
+        resume.wait(30)
+        return real(home, dest)
+
+    monkeypatch.setattr(pool_module, "snapshot_home", slow)
+    async with replicas(tmp_path, leases, key_lease_ttl=60) as (a, b, _):
+        await a.ensure("ws", build)
+        checkpoint = asyncio.create_task(a.checkpoint("ws"))
+        await asyncio.to_thread(copying.wait, 30)
+        (record,) = await leases.holders(key_lease_name("ws"))
+        await leases.release(record)
+        await b.ensure("ws", build)
+        resume.set()
+        with pytest.raises(errors.LeaseLost):
+            await checkpoint
+        assert await a.store.version("ws") is None
+
+
+async def test_a_cancelled_checkpoint_leaves_no_copy_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leases = FileLeaseBackend(tmp_path / "leases")
+    copying, resume = threading.Event(), threading.Event()
+    real = pool_module.snapshot_home
+    finished = threading.Event()
+
+    def slow(home: Path, dest: Path) -> Path:
+        copying.set()
+        resume.wait(30)
+        try:
+            return real(home, dest)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(pool_module, "snapshot_home", slow)
+    async with replicas(tmp_path, leases) as (a, _, _):
+        handle = await a.ensure("ws", build)
+        (handle.home / "marker.txt").write_text("x")
+        checkpoint = asyncio.create_task(a.checkpoint("ws"))
+        await asyncio.to_thread(copying.wait, 30)
+        checkpoint.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await checkpoint
+        resume.set()
+        await asyncio.to_thread(finished.wait, 30)
+        scratch = tmp_path / "gw-a" / "checkpoints"
+        await until(lambda: not any(scratch.iterdir()), "the copy is removed")
+        assert await a.store.version("ws") is None
+        # The version it reserved is skipped: the next archive is newer still.
+        monkeypatch.setattr(pool_module, "snapshot_home", real)
+        assert await a.checkpoint("ws") == 2
 
 
 def test_snapshot_home_backs_databases_up_and_links_the_rest(tmp_path: Path) -> None:
@@ -337,7 +442,7 @@ def test_snapshot_home_backs_databases_up_and_links_the_rest(tmp_path: Path) -> 
     db = _thread_index(home)
     with db:
         db.execute("INSERT INTO threads VALUES ('t', 'p')")
-    copy = snapshot_home(home, tmp_path / "scratch")
+    copy = snapshot_home(home, tmp_path / "scratch" / "copy")
     db.close()
     assert copy.parent == tmp_path / "scratch"
     linked = copy / "sessions" / "2026" / "rollout-a.jsonl"
@@ -398,3 +503,74 @@ async def test_a_relative_root_gives_absolute_homes(
     [request] = launcher.requests
     assert Path(request.env["CODEX_HOME"]).is_absolute()
     assert handle.home.is_relative_to(tmp_path / "relative" / "root")
+
+
+async def test_relative_account_pool_paths_give_links_that_resolve(
+    tmp_path: Path, backend: FakeCodexBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spawn home's auth.json links into the account: never relative to our folder."""
+    monkeypatch.chdir(tmp_path)
+    backend.write_codex_home(tmp_path / "base")
+    accounts = AccountPool(root="accounts", base_codex_home="base")
+    assert accounts.root == tmp_path / "accounts"
+    assert accounts.base_codex_home == tmp_path / "base"
+    backend.add_account("id-alpha")
+    accounts.import_auth("alpha", backend.write_auth(tmp_path / "login", "id-alpha"))
+    launcher = FakeAppServerLauncher()
+    config = PoolConfig(root="gw", codex="codex")
+    async with AppServerPool(
+        config, accounts=accounts, launcher=launcher, environ={"PATH": "/usr/bin"}
+    ) as pool:
+        handle = await pool.ensure("ws", build)
+        link = handle.home / "auth.json"
+        assert link.is_symlink()
+        assert link.readlink().is_absolute()
+        assert (
+            link.resolve()
+            == (tmp_path / "accounts").resolve() / "accounts" / "alpha" / "home" / "auth.json"
+        )
+        assert link.is_file()
+
+
+class Flaky:
+    """A lease backend out of reach for its next ``outage`` renewals (and acquires meanwhile)."""
+
+    def __init__(self, inner: FileLeaseBackend) -> None:
+        self.inner = inner
+        self.outage = 0
+
+    async def try_acquire(self, name: str, **kwargs: Any) -> Any:
+        if self.outage:
+            raise errors.LeaseError("the backend is out of reach")
+        return await self.inner.try_acquire(name, **kwargs)
+
+    async def renew(self, record: Any, ttl: float, *, purpose: str | None = None) -> Any:
+        if self.outage:
+            self.outage -= 1
+            return RenewOutcome.TRANSIENT, record
+        return await self.inner.renew(record, ttl, purpose=purpose)
+
+    async def release(self, record: Any) -> None:
+        await self.inner.release(record)
+
+    async def holders(self, name: str) -> Any:
+        return await self.inner.holders(name)
+
+    async def records(self, name: str) -> Any:
+        if self.outage:
+            raise errors.LeaseError("the backend is out of reach")
+        return await self.inner.records(name)
+
+
+async def test_a_backend_out_of_reach_for_a_moment_at_stop_still_gets_the_home_archived(
+    tmp_path: Path,
+) -> None:
+    leases = Flaky(FileLeaseBackend(tmp_path / "leases"))
+    async with replicas(tmp_path, leases, key_lease_ttl=30) as (a, _, _):  # type: ignore[arg-type]
+        handle = await a.ensure("ws", build)
+        (handle.home / "marker.txt").write_text("kept safe")
+        leases.outage = 3
+        await a.shutdown("ws")
+        assert leases.outage == 0
+        assert await a.store.version("ws") == 1
+        assert not handle.home.exists()

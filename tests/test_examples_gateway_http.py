@@ -36,7 +36,8 @@ def gateway(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     proc = subprocess.Popen(
         [sys.executable, str(GATEWAY), "--pool", str(tmp_path / "p"), "--codex-home",
          str(tmp_path / "b"), "--root", str(tmp_path / "r"), "--codex", str(tmp_path / "no-codex"),
-         "--listen", "127.0.0.1:0", "--replica", "gw-test", "--leases", str(tmp_path / "leases")],
+         "--listen", "127.0.0.1:0", "--replica", "gw-test", "--leases", str(tmp_path / "leases"),
+         "--read-timeout", "0.5"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )  # fmt: skip
@@ -115,6 +116,12 @@ def test_an_oversized_or_broken_request_is_refused(
         conn.sendall(b"POST /turn HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
         conn.shutdown(socket.SHUT_WR)
         assert conn.recv(100).startswith(b"HTTP/1.1 400 ")
+    # A client that says nothing (or stops halfway) is answered and let go.
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        assert conn.recv(100).startswith(b"HTTP/1.1 408 ")
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(b"POST /turn HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        assert conn.recv(100).startswith(b"HTTP/1.1 408 ")
     assert proc.poll() is None
 
 
@@ -134,6 +141,7 @@ def test_sigterm_stops_it_cleanly(gateway: tuple[str, subprocess.Popen[str]]) ->
         (("--listen", "127.0.0.1:0", "w=p"), "--listen serves HTTP"),
         (("--listen", "nowhere"), "expected HOST:PORT"),
         (("--listen", "127.0.0.1:0", "--key-lease-ttl", "0"), "--key-lease-ttl must be positive"),
+        (("--listen", "127.0.0.1:0", "--read-timeout", "-1"), "--read-timeout must be positive"),
     ],
 )
 def test_wrong_arguments_are_exit_2_with_a_line_saying_why(

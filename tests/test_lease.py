@@ -1752,7 +1752,7 @@ async def test_confirm_asks_the_backend_where_ensure_held_cannot_know(
         await lease.confirm()
         before = lease.record.expires_at
         await lease.confirm()
-        assert lease.record.expires_at >= before
+        assert lease.record.expires_at > before
         (record,) = await backend.holders("key")
         await backend.release(record)
         lease.ensure_held()  # local state only: still looks held

@@ -31,7 +31,6 @@ import os
 import shutil
 import sqlite3
 import stat
-import tempfile
 import urllib.parse
 from collections.abc import Collection
 from pathlib import Path
@@ -46,16 +45,16 @@ _DATABASE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
-def snapshot_home(home: Path, scratch: Path, *, exclude: Collection[str] = PRIVATE_ENTRIES) -> Path:
-    """Copy the live ``home`` into a new folder under ``scratch``; returns that folder.
+def snapshot_home(home: Path, dest: Path, *, exclude: Collection[str] = PRIVATE_ENTRIES) -> Path:
+    """Copy the live ``home`` into the new folder ``dest``; returns ``dest``.
 
-    See the module notes. ``scratch`` is created (``0o700``) when missing and
-    should be on ``home``'s file system, so files are linked, not copied.
-    Raises :class:`OSError` when the home cannot be read or the copy written
-    (nothing is left behind then).
+    See the module notes. ``dest`` must not exist (its parent is created,
+    ``0o700``) and should be on ``home``'s file system, so files are linked,
+    not copied. Raises :class:`OSError` when the home cannot be read or the
+    copy written (nothing is left behind then).
     """
-    scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-    dest = Path(tempfile.mkdtemp(prefix="snapshot-", dir=scratch))
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    dest.mkdir(mode=0o700)
     try:
         _copy_folder(home, dest, frozenset(exclude))
     except BaseException:

@@ -73,6 +73,7 @@ import signal
 import socket
 import sqlite3
 import stat
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, final
@@ -134,6 +135,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LOOPBACK_ENV = "CODEX_LOOPBACK_TOKEN"
 
 _KEY_SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
+_STALE_SNAPSHOT_AGE = 3600.0
 _REPLICA = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,99}")
 _ROLLOUT_TAIL = re.compile(r"/((?:archived_)?sessions/(?:[^/]+/)*rollout-[^/]+\.jsonl)$")
 
@@ -253,6 +255,10 @@ def _non_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> N
         raise ConfigError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
+def _absolute(path: str | os.PathLike[str]) -> Path:
+    return Path(path).absolute()
+
+
 def _replica_name(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str) or not _REPLICA.fullmatch(value):
         raise ConfigError(
@@ -308,7 +314,7 @@ class PoolConfig:
     before raising (0: at once). Without ``leases`` nothing is leased.
     """
 
-    root: Path = attrs.field(converter=lambda root: Path(root).absolute())
+    root: Path = attrs.field(converter=_absolute)
     codex: str = "codex"
     store: HomeStore | None = None
     extra_env: Mapping[str, str] = attrs.field(factory=dict)
@@ -353,6 +359,9 @@ class _Entry:
     key_lease: Lease | None = None
     #: Serialises archiving the home (checkpoints and the last archive).
     archiving: asyncio.Lock = attrs.field(factory=asyncio.Lock)
+    #: The versions of the key this entry restored (0: none) or put: with key
+    #: leases, the store must hold one of them before the next put.
+    written: set[int] = attrs.field(factory=set)
 
 
 @attrs.define(eq=False)
@@ -638,6 +647,7 @@ class AppServerPool:
         else:
             await asyncio.to_thread(relocate_threads, home, self.log)
         entry.version = restored + 1
+        entry.written.add(restored)
         assert entry.token is not None
         context = SpawnContext(
             key=key,
@@ -1025,7 +1035,7 @@ class AppServerPool:
             archived = False
         except KeyHeldElsewhere as exc:
             self.log.error(  # noqa: TRY400 - expected, said in full
-                "not archiving the home of %r: its lease was lost (%s); the home stays at %s",
+                "not archiving the home of %r (%s); the home stays at %s",
                 entry.key,
                 exc,
                 entry.home,
@@ -1048,28 +1058,58 @@ class AppServerPool:
         """Archive ``source`` as ``version`` of the key, only while this replica holds it.
 
         The backend confirms the key lease first (:meth:`Lease.confirm
-        <codex_supervisor.lease.Lease.confirm>`, a round trip: the put then
-        runs inside a fresh TTL). A lease that lapsed or was lost (renewals
-        failed, this process was suspended, the record was removed) is taken
-        again if nobody else took it meanwhile, and given back after the put;
-        otherwise KeyHeldElsewhere, and nothing is written: the replica that
-        took the key over restored the last archive and writes the next.
+        <codex_supervisor.lease.Lease.confirm>`, a round trip, retried while
+        the lease's TTL lasts: the put then runs inside a fresh TTL). A lease
+        that lapsed or was lost (this process was suspended, the record was
+        removed, the backend was out of reach too long) is taken again if
+        nobody else holds it, and given back after the put; else
+        KeyHeldElsewhere. Either way the store must still hold what this
+        entry restored or last wrote: another replica that ran the key in
+        the gap wrote newer state, and nothing of ours may replace it
+        (KeyHeldElsewhere again; the caller keeps the home on disk).
         """
         lease = entry.key_lease
         if lease is None:
             await self.store.put(entry.key, source, version=version)
             return
+        record: LeaseRecord | None = None
+        if not await self._confirm_key(lease):
+            record = await self._retake_key(entry, lease)
         try:
-            await lease.confirm()
-        except LeaseError:
-            pass
-        else:
-            await self.store.put(entry.key, source, version=version)
-            return
+            await self._check_unmoved(entry)
+            await self._put_tracked(entry, source, version)
+        finally:
+            if record is not None:
+                assert self.config.leases is not None
+                try:
+                    await self.config.leases.release(record)
+                except LeaseError as exc:
+                    self.log.warning("giving back the lease on %r failed: %s", entry.key, exc)
+
+    async def _confirm_key(self, lease: Lease) -> bool:
+        """Whether the backend confirms ``lease``; a backend out of reach is asked again."""
+        while True:
+            try:
+                await lease.confirm()
+            except LeaseError:
+                if lease.lost:
+                    return False
+                try:
+                    lease.ensure_held()  # unanswered, but not past its TTL yet
+                except LeaseError:
+                    return False
+                await self.clock.sleep(min(0.25, self.config.key_lease_ttl / 10))
+            else:
+                return True
+
+    async def _retake_key(self, entry: _Entry, lease: Lease) -> LeaseRecord:
+        """Take ``entry``'s lapsed key lease again (a record to give back), or raise."""
         backend = self.config.leases
         assert backend is not None
-        record: LeaseRecord | None = None
         try:
+            # The lapsed claim itself, if nobody judged it dead; else a fresh
+            # one if nobody holds the key (the store check then tells whether
+            # anybody ran it meanwhile).
             for replaces in (lease.record, None):
                 record = await backend.try_acquire(
                     lease.name,
@@ -1080,19 +1120,32 @@ class AppServerPool:
                     replaces=replaces,
                 )
                 if record is not None:
-                    break
+                    self.log.warning("took the lapsed lease on %r again to archive it", entry.key)
+                    return record
         except LeaseError as exc:
             self.log.warning("cannot take the lease on %r again: %s", entry.key, exc)
-        if record is None:
-            raise await self._key_holder(entry.key, lease.name)
-        self.log.warning("took the lapsed lease on %r again to archive its home", entry.key)
+        raise await self._key_holder(entry.key, lease.name)
+
+    async def _put_tracked(self, entry: _Entry, source: Path, version: int) -> None:
+        """Put ``version`` and remember it as this entry's once the store holds it."""
         try:
             await self.store.put(entry.key, source, version=version)
-        finally:
-            try:
-                await backend.release(record)
-            except LeaseError as exc:
-                self.log.warning("giving back the lease on %r failed: %s", entry.key, exc)
+        except BaseException:
+            # Failed, or cancelled with its outcome unknown: ours only if the
+            # store holds it now (versions alone do not say whose it is).
+            with contextlib.suppress(Exception):
+                if await self.store.version(entry.key) == version:
+                    entry.written.add(version)
+            raise
+        entry.written.add(version)
+
+    async def _check_unmoved(self, entry: _Entry) -> None:
+        """Raise KeyHeldElsewhere when the store holds a version this entry did not write."""
+        stored = await self.store.version(entry.key)
+        if (stored or 0) not in entry.written:
+            raise KeyHeldElsewhere(
+                entry.key, f"unknown (the store holds version {stored}, written elsewhere)"
+            )
 
     async def checkpoint(self, key: str) -> int:
         """Archive ``key``'s home while its server runs on; returns the version written.
@@ -1101,13 +1154,14 @@ class AppServerPool:
         turn: a replica that dies then loses no more than what happened
         since. The live home is first copied consistently
         (:func:`~codex_supervisor.appserver.checkpoint.snapshot_home`: its
-        SQLite thread index by online backup, other files linked) under
+        SQLite databases by online backup, other files linked) under
         ``root/checkpoints``, then archived as the next version; the server
         is not disturbed. Raises :class:`~codex_supervisor.errors.ConfigError`
         when ``key`` has no running server,
         :class:`~codex_supervisor.errors.LeaseLost` when the lease backend
-        does not confirm the key lease (another replica may have it), and the
-        store's errors (:class:`~codex_supervisor.errors.StaleArchive`, ...).
+        does not confirm the key lease right before the upload,
+        :class:`~codex_supervisor.errors.KeyHeldElsewhere` when another
+        replica archived the key meanwhile, and the store's errors.
         """
         entry = self._entries.get(key)
         if entry is None or entry.state is not EntryState.RUNNING:
@@ -1115,22 +1169,41 @@ class AppServerPool:
         async with entry.archiving:
             if entry.state is not EntryState.RUNNING or self._entries.get(key) is not entry:
                 raise ConfigError(f"the app-server for {key!r} stopped before its checkpoint")
-            if entry.key_lease is not None:
-                await entry.key_lease.confirm()
             assert entry.home is not None
             # Taken before the put: a put whose outcome is unknown (an error,
             # a cancel) may have landed, so the next archive must be newer.
             version = entry.version
             entry.version = version + 1
-            shadow = await asyncio.to_thread(
-                snapshot_home, entry.home, self.config.root / "checkpoints"
-            )
+            copy = await asyncio.to_thread(self._snapshot_folder, entry)
+            # Shielded: a cancelled caller must not leave the copy half made
+            # and then removed under the worker thread still writing it.
+            snapshot = asyncio.ensure_future(asyncio.to_thread(snapshot_home, entry.home, copy))
             try:
-                await self.store.put(key, shadow, version=version)
+                await asyncio.shield(snapshot)
+                if entry.key_lease is None:
+                    await self.store.put(key, copy, version=version)
+                else:
+                    await entry.key_lease.confirm()  # right before the upload
+                    await self._check_unmoved(entry)
+                    await self._put_tracked(entry, copy, version)
             finally:
-                await asyncio.to_thread(shutil.rmtree, shadow, ignore_errors=True)
+                if snapshot.done():
+                    await asyncio.to_thread(shutil.rmtree, copy, ignore_errors=True)
+                else:
+                    snapshot.add_done_callback(lambda _: shutil.rmtree(copy, ignore_errors=True))
         self.log.debug("checkpointed %r as version %d", key, version)
         return version
+
+    def _snapshot_folder(self, entry: _Entry) -> Path:
+        """A new folder name for a checkpoint's copy; copies older than an hour are removed."""
+        scratch = self.config.root / "checkpoints"
+        scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cutoff = time.time() - _STALE_SNAPSHOT_AGE
+        with os.scandir(scratch) as found:
+            stale = [e.path for e in found if e.stat(follow_symlinks=False).st_mtime < cutoff]
+        for path in stale:  # left by a pool that died mid-checkpoint
+            shutil.rmtree(path, ignore_errors=True)
+        return scratch / f"{_slug(entry.key)}-{entry.generation}-{secrets.token_hex(4)}"
 
     async def _rescue_auth(self, home: Path, account: str | None) -> bool:
         """Save a login Codex left as a file in ``home``; False when the home must stay."""

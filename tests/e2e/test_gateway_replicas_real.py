@@ -228,6 +228,13 @@ def test_two_replicas_spawn_once_and_one_takes_over_from_a_killed_one(
     environ = Path(f"/proc/{taken['pid']}/environ").read_bytes().split(b"\0")
     assert not [v for v in environ if v.startswith(b"AWS_")]
 
+    # A thread id the server does not know is refused and not remembered.
+    bogus = other.turn("ws-1", "fourth prompt", "00000000-0000-0000-0000-000000000000")
+    assert bogus.status_code == 502, bogus.text
+    again = other.turn("ws-1", "fifth prompt")
+    assert again.status_code == 200, again.text
+    assert again.json()["thread"] == thread_id
+
     # 4. A clean stop archives the workspace once more and leaves nothing running.
     other.proc.send_signal(signal.SIGTERM)
     assert other.proc.wait(timeout=60) == 0

@@ -46,6 +46,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _bench import DEFAULT_CODEX, ms
+
 from codex_supervisor.appserver import AppServerClient, run_turn
 from codex_supervisor.appserver.archive import pack_home
 from codex_supervisor.appserver.checkpoint import snapshot_home
@@ -72,22 +74,9 @@ from codex_supervisor.testing import (
     hermetic_env,
 )
 
-DEFAULT_CODEX = (
-    Path(__file__).resolve().parents[1]
-    / ".cache/codex/0.169.0/node_modules/@openai/codex-linux-x64"
-    / "vendor/x86_64-unknown-linux-musl/bin/codex"
-)
-
 
 def _emit(figure: dict[str, object]) -> None:
     print(json.dumps(figure), flush=True)
-
-
-def _ms(samples: list[float]) -> dict[str, float]:
-    return {
-        "median_ms": round(statistics.median(samples) * 1e3, 1),
-        "max_ms": round(max(samples) * 1e3, 1),
-    }
 
 
 def _s3(endpoint: str, bucket: str) -> ObjectStoreHomeStore:
@@ -204,9 +193,9 @@ async def _measure_archive(  # noqa: PLR0917 - one figure's inputs
             "repeats": repeats,
             "archive_bytes": sink.size,
             "home_bytes": home_bytes,
-            "upload": _ms(uploads),
+            "upload": ms(uploads),
             "upload_mb_s": round(megabytes / statistics.median(uploads), 2),
-            "restore": _ms(restores),
+            "restore": ms(restores),
             "restore_mb_s": round(megabytes / statistics.median(restores), 2),
         }
     )
@@ -301,6 +290,7 @@ async def spawn_worker(spec: dict[str, Any]) -> None:
 
 
 def _start_worker(spec: dict[str, Any]) -> subprocess.Popen[str]:
+    """Start a replica process of this script; returns once it says it is ready."""
     proc = subprocess.Popen(
         [sys.executable, __file__, "--worker", json.dumps(spec)],
         stdout=subprocess.PIPE,
@@ -309,7 +299,7 @@ def _start_worker(spec: dict[str, Any]) -> subprocess.Popen[str]:
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    if line.strip() != "ready":
+    if not line.startswith("ready"):
         proc.kill()
         raise RuntimeError(f"a replica did not start: {line!r}")
     return proc
@@ -379,18 +369,9 @@ def double_spawn_figures(leases_spec: str, name: str, args: argparse.Namespace) 
 
 def _start_dying(spec: dict[str, Any]) -> subprocess.Popen[str]:
     """Start the replica to kill; returns once its workspace runs (and is checkpointed)."""
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--worker", json.dumps(spec)],
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
+    proc = _start_worker(spec)
     assert proc.stdout is not None
-    line = proc.stdout.readline()
     proc.stdout.close()
-    if not line.startswith("ready "):
-        proc.kill()
-        raise RuntimeError(f"the replica to kill did not start: {line!r}")
     return proc
 
 
@@ -475,8 +456,8 @@ async def takeover_figures(
                 "backend": name,
                 "takeovers": args.takeovers,
                 "key_lease_ttl_ms": round(args.ttl * 1e3),
-                "kill_to_ready": _ms(times),
-                "expiry_to_ready": _ms(after_expiry),
+                "kill_to_ready": ms(times),
+                "expiry_to_ready": ms(after_expiry),
             }
         )
 

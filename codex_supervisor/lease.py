@@ -1280,6 +1280,7 @@ async def acquire_lease(
     on_lost: Callable[[Lease], object] | None = None,
     recheck: Callable[[Lease], Awaitable[str | None]] | None = None,
     clock: Clock | None = None,
+    replaces: LeaseRecord | None = None,
 ) -> AsyncIterator[Lease]:
     """Hold lease ``name`` for the ``async with`` block, renewing it at ttl/3.
 
@@ -1294,6 +1295,8 @@ async def acquire_lease(
     :class:`~codex_supervisor.errors.LeaseLost`). Leaving the block stops the
     heartbeat and releases the lease (a failed release is logged, not raised).
     ``recheck``: see :class:`Lease` (shared leases taken again after a lapse).
+    ``replaces``: a lapsed record of ``owner`` to take again, only while it is
+    still stored unchanged (see :meth:`LeaseBackend.try_acquire`).
     """
     _check_ttl(ttl)
     if timeout < 0:
@@ -1305,7 +1308,14 @@ async def acquire_lease(
     deadline = clock.monotonic() + timeout
     while True:
         started = clock.monotonic()
-        record = await backend.try_acquire(name, owner=owner, mode=mode, ttl=ttl, purpose=purpose)
+        if replaces is None:
+            record = await backend.try_acquire(
+                name, owner=owner, mode=mode, ttl=ttl, purpose=purpose
+            )
+        else:
+            record = await backend.try_acquire(
+                name, owner=owner, mode=mode, ttl=ttl, purpose=purpose, replaces=replaces
+            )
         if record is not None:
             break
         remaining = deadline - clock.monotonic()

@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import final
 
@@ -604,7 +604,12 @@ class AccountSelector:
     # -- choosing and waiting ------------------------------------------------------------
 
     async def choose(
-        self, *, avoid: str | None = None, probe: bool = True, budget: float | None = None
+        self,
+        *,
+        avoid: str | None = None,
+        probe: bool = True,
+        budget: float | None = None,
+        exclude: Collection[str] = (),
     ) -> str | WaitUntil:
         """The account to launch on now, or :class:`WaitUntil` when none can run.
 
@@ -613,13 +618,17 @@ class AccountSelector:
         come first. A wait therefore always covers every account. An account
         held back (:attr:`held_back`) is never chosen; when every account is,
         the wait is one ``tick`` (the next look retries their logins), and
-        its reason names them.
+        its reason names them. Accounts in ``exclude`` (refused by the caller
+        since its last choice) are never chosen either.
         """
         candidates = await self.candidates(probe=probe, budget=budget)
+        if exclude:
+            candidates = [c for c in candidates if c.name not in exclude]
         now = self.clock.now()
         held = "; ".join(
             [str(h) for h in self.held_back.values()]
             + [f"{name} runs on {site}" for name, site in sorted(self.elsewhere.items())]
+            + [f"{name} was refused just now" for name in sorted(exclude)]
         )
         if not candidates:  # every account is held back or busy elsewhere: look again
             return WaitUntil(

@@ -119,7 +119,9 @@ class Gateway:
                     from_account=handle.account,
                 )
                 accounts.append(handle.account or "-")
-                result = await self._run(handle.ws_url, workspace, DEFAULT_CONTINUATION_PROMPT)
+                result = await self._run(
+                    handle.ws_url, workspace, DEFAULT_CONTINUATION_PROMPT, result.thread_id
+                )
             self.pool.touch(workspace)
             return result, accounts
         finally:
@@ -324,7 +326,7 @@ class HttpFront:
         return 200, {
             "status": result.status,
             "final_message": result.final_message,
-            "thread": self.gateway.threads.get(workspace),
+            "thread": result.thread_id,
             "accounts": accounts,
             "replica": self.replica,
             "pid": None if handle is None else handle.pid,
@@ -451,6 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--key-lease-ttl must be positive")
     if not args.read_timeout > 0:
         parser.error("--read-timeout must be positive")
+    if args.leases is not None and args.store is None:
+        parser.error("--leases is for replicas: give them the --store they share")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return asyncio.run(serve_http(args) if args.listen is not None else serve(args))

@@ -430,11 +430,12 @@ async def test_a_cancelled_checkpoint_leaves_no_copy_behind(
         assert await a.checkpoint("ws") == 2
 
 
-def test_snapshot_home_backs_databases_up_and_links_the_rest(tmp_path: Path) -> None:
+def test_snapshot_home_backs_databases_up_copies_logs_and_links_the_rest(tmp_path: Path) -> None:
     home = tmp_path / "home"
     (home / "sessions" / "2026").mkdir(parents=True)
     rollout = home / "sessions" / "2026" / "rollout-a.jsonl"
-    rollout.write_text("line\n")
+    rollout.write_text('{"a": 1}\n{"b": 2}\n{"c": ')  # a line being written
+    (home / "config.toml").write_text("model = 'm'\n")
     (home / "auth.json").write_text("{}")
     (home / "link").symlink_to(rollout)
     (home / "broken.db").write_text("not a database")
@@ -445,8 +446,12 @@ def test_snapshot_home_backs_databases_up_and_links_the_rest(tmp_path: Path) -> 
     copy = snapshot_home(home, tmp_path / "scratch" / "copy")
     db.close()
     assert copy.parent == tmp_path / "scratch"
-    linked = copy / "sessions" / "2026" / "rollout-a.jsonl"
-    assert linked.stat().st_ino == rollout.stat().st_ino
+    copied = copy / "sessions" / "2026" / "rollout-a.jsonl"
+    assert copied.read_text() == '{"a": 1}\n{"b": 2}\n'  # whole lines, as they stood
+    with rollout.open("a") as more:
+        more.write('3}\n{"d": 4}\n')
+    assert copied.read_text() == '{"a": 1}\n{"b": 2}\n'
+    assert (copy / "config.toml").stat().st_ino == (home / "config.toml").stat().st_ino
     assert not (copy / "auth.json").exists()
     assert not (copy / "link").exists()
     assert not (copy / "state_5.sqlite-wal").exists()
@@ -574,3 +579,97 @@ async def test_a_backend_out_of_reach_for_a_moment_at_stop_still_gets_the_home_a
         assert leases.outage == 0
         assert await a.store.version("ws") == 1
         assert not handle.home.exists()
+
+
+class GatedPut(CountingStore):
+    """A store whose puts wait for ``gate`` once ``hold`` is set."""
+
+    def __init__(self, inner: LocalDirHomeStore) -> None:
+        super().__init__(inner)
+        self.hold = False
+        self.waiting = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def put(self, key: str, source: Path, *, version: int) -> None:
+        if self.hold:
+            self.waiting.set()
+            await self.gate.wait()
+        await super().put(key, source, version=version)
+
+
+async def test_a_checkpoint_cancelled_during_its_upload_still_counts_once_it_lands(
+    tmp_path: Path,
+) -> None:
+    leases = FileLeaseBackend(tmp_path / "leases")
+    launcher = FakeAppServerLauncher()
+    store = GatedPut(LocalDirHomeStore(tmp_path / "store"))
+    async with replica(tmp_path, "gw-a", leases, launcher, store=store) as a:
+        handle = await a.ensure("ws", build)
+        (handle.home / "marker.txt").write_text("one")
+        store.hold = True
+        checkpoint = asyncio.create_task(a.checkpoint("ws"))
+        await store.waiting.wait()
+        checkpoint.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await checkpoint
+        store.hold = False
+        store.gate.set()  # the upload goes on and lands
+        await until(lambda: not any((tmp_path / "gw-a" / "checkpoints").iterdir()), "landed")
+        assert await store.version("ws") == 1
+        (handle.home / "marker.txt").write_text("two")
+        await a.shutdown("ws")  # not refused: version 1 is this replica's
+        assert await store.version("ws") == 2
+        assert not handle.home.exists()
+
+
+async def test_a_store_another_replica_wrote_stops_the_server_and_keeps_its_home(
+    tmp_path: Path,
+) -> None:
+    leases = FileLeaseBackend(tmp_path / "leases")
+    async with replicas(tmp_path, leases) as (a, _, launcher):
+        handle = await a.ensure("ws", build)
+        (handle.home / "marker.txt").write_text("a's")
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "marker.txt").write_text("written by a replica that ran it meanwhile")
+        await a.store.put("ws", elsewhere, version=1)
+        with pytest.raises(errors.KeyHeldElsewhere):
+            await a.checkpoint("ws")
+        await until(lambda: a.state("ws") is None, "a stops its server")
+        assert launcher.processes[0].exit.done()
+        assert await a.store.version("ws") == 1  # nothing of a's replaced it
+        assert (handle.home / "marker.txt").read_text() == "a's"  # kept on disk
+
+
+async def test_a_spawn_passes_over_every_account_refused_as_busy(
+    tmp_path: Path, backend: FakeCodexBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = tmp_path / "base"
+    backend.write_codex_home(base)
+    accounts = AccountPool(root=tmp_path / "accounts", base_codex_home=base)
+    for name, used in (("alpha", 5.0), ("beta", 10.0), ("gamma", 30.0)):
+        backend.add_account(f"id-{name}", five_hour_used=used)
+        accounts.import_auth(name, backend.write_auth(tmp_path / f"login-{name}", f"id-{name}"))
+    real_occupy = AccountPool.occupy
+    refused: list[str] = []
+
+    def occupy(self: AccountPool, name: str, **kwargs: Any) -> Any:
+        if name in ("alpha", "beta"):
+            refused.append(name)
+            raise errors.AccountBusy(name, "other-host:/pool")
+        return real_occupy(self, name, **kwargs)
+
+    monkeypatch.setattr(AccountPool, "occupy", occupy)
+    launcher = FakeAppServerLauncher()
+    config = PoolConfig(root=tmp_path / "gw", codex="codex")
+    async with AppServerPool(
+        config, accounts=accounts, launcher=launcher, environ={"PATH": "/usr/bin"}
+    ) as pool:
+        handle = await pool.ensure("ws", build)
+        assert handle.account == "gamma"
+        assert sorted(refused) == ["alpha", "beta"]
+        await pool.shutdown("ws")
+        monkeypatch.setattr(AccountPool, "occupy", lambda self, name, **kw: occupy(self, "alpha"))
+        with pytest.raises(errors.QuotaUnavailable, match="refused just now") as caught:
+            await pool.ensure("ws", build)  # every account refused
+        assert isinstance(caught.value.__cause__, errors.AccountBusy)

@@ -37,6 +37,7 @@ def gateway(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
         [sys.executable, str(GATEWAY), "--pool", str(tmp_path / "p"), "--codex-home",
          str(tmp_path / "b"), "--root", str(tmp_path / "r"), "--codex", str(tmp_path / "no-codex"),
          "--listen", "127.0.0.1:0", "--replica", "gw-test", "--leases", str(tmp_path / "leases"),
+         "--store", str(tmp_path / "store"),
          "--read-timeout", "0.5"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
@@ -142,6 +143,7 @@ def test_sigterm_stops_it_cleanly(gateway: tuple[str, subprocess.Popen[str]]) ->
         (("--listen", "nowhere"), "expected HOST:PORT"),
         (("--listen", "127.0.0.1:0", "--key-lease-ttl", "0"), "--key-lease-ttl must be positive"),
         (("--listen", "127.0.0.1:0", "--read-timeout", "-1"), "--read-timeout must be positive"),
+        (("--listen", "127.0.0.1:0", "--leases", "/tmp/x"), "give them the --store they share"),
     ],
 )
 def test_wrong_arguments_are_exit_2_with_a_line_saying_why(

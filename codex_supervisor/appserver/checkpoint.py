@@ -13,9 +13,12 @@ therefore builds a copy first, in a scratch folder on the same file system:
   its ``-wal``, ``-shm`` and ``-journal`` files are left out (the copy needs
   none). A database the backup cannot read is copied as its files are, with
   a warning;
+* every rollout and other append-only log (``*.jsonl``) is copied up to its
+  last complete line as it stands at that moment: the archive is packed a
+  little later, and by then the next turn may be appending to it;
 * every other regular file is hard-linked (copied where links fail): Codex
-  appends to its rollouts and replaces other files whole, so a link is as
-  good as a copy at a turn boundary, and costs nothing;
+  replaces those files whole rather than writing into them, so a link keeps
+  the version of the moment, and costs nothing;
 * symlinks, sockets and the like are left out, as the archive would leave
   them out, and so are the top-level private entries (``auth.json`` and its
   locks): logins never travel.
@@ -43,6 +46,8 @@ log = logging.getLogger(__name__)
 
 _DATABASE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 _SIDE_FILES = ("-wal", "-shm", "-journal")
+_LOG_SUFFIXES = (".jsonl",)
+_CHUNK = 1024 * 1024
 
 
 def snapshot_home(home: Path, dest: Path, *, exclude: Collection[str] = PRIVATE_ENTRIES) -> Path:
@@ -84,6 +89,9 @@ def _copy_folder(source: Path, dest: Path, exclude: frozenset[str]) -> None:
         elif stat.S_ISREG(info.st_mode):
             if entry.name in databases and _backup(Path(entry.path), target):
                 continue
+            if entry.name.endswith(_LOG_SUFFIXES):
+                _copy_whole_lines(Path(entry.path), target)
+                continue
             _link_or_copy(Path(entry.path), target)
             if entry.name in databases:  # the raw files, as they are
                 for side in _SIDE_FILES:
@@ -107,6 +115,34 @@ def _backup(database: Path, target: Path) -> bool:
         return False
     target.chmod(0o600)
     return True
+
+
+def _copy_whole_lines(source: Path, target: Path) -> None:
+    """Copy the complete lines ``source`` holds now (a line being written is left out)."""
+    try:
+        src = source.open("rb")
+    except FileNotFoundError:
+        return  # gone meanwhile
+    with src, target.open("xb") as dst:
+        remaining = os.fstat(src.fileno()).st_size
+        while remaining > 0 and (chunk := src.read(min(_CHUNK, remaining))):
+            dst.write(chunk)
+            remaining -= len(chunk)
+        dst.flush()
+        end = dst.tell()
+        cut = end
+        while cut > 0:  # back to just after the last newline
+            start = max(0, cut - _CHUNK)
+            with target.open("rb") as check:
+                check.seek(start)
+                block = check.read(cut - start)
+            found = block.rfind(b"\n")
+            if found >= 0:
+                cut = start + found + 1
+                break
+            cut = start
+        if cut != end:
+            dst.truncate(cut)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

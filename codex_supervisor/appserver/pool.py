@@ -74,7 +74,7 @@ import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, final
 
@@ -753,11 +753,7 @@ class AppServerPool:
         """Who holds ``key``'s lease, read from its record (replica None: nobody now)."""
         backend = self.config.leases
         assert backend is not None
-        try:
-            records = await backend.records(name)
-        except LeaseError as exc:
-            self.log.warning("cannot read who holds %r: %s", key, exc)
-            return KeyHeldElsewhere(key, "unknown (its lease cannot be read)")
+        records = await backend.records(name)  # LeaseError: the backend is out of reach
         now = self.clock.now()
         live = [r for r in records if not r.expired(now) or claim_alive(r)]
         if not live:
@@ -830,16 +826,23 @@ class AppServerPool:
         account (AccountBusy), a newer login may be held back
         (LoginQuarantined, CredentialsHeld), the shared store may fail
         (CredentialError) or the account may be removed (AccountGone):
-        each makes the spawn choose again, up to once per account; then the
-        last refusal is raised.
+        each makes the spawn choose again among the accounts not refused
+        yet. When none is left, the choice raises
+        :class:`~codex_supervisor.errors.QuotaUnavailable` naming them (from
+        the last refusal).
         """
         assert self.accounts is not None
         assert self.selector is not None
         key = entry.key
-        avoid = entry.avoid
+        refused: set[str] = set()
         refusal: SupervisorError | None = None
         for _ in range(len(await self.selector.accounts()) + 1):
-            entry.account = await self._choose_account(avoid)
+            try:
+                entry.account = await self._choose_account(entry.avoid, exclude=refused)
+            except SupervisorError as exc:
+                if refusal is None:
+                    raise
+                raise exc from refusal
             try:
                 await entry.resources.enter_async_context(
                     self.accounts.occupy(
@@ -860,13 +863,13 @@ class AppServerPool:
                 self.log.warning("not starting %r on %s: %s", key, entry.account, exc)
                 if isinstance(exc, (LoginQuarantined, CredentialError)):
                     self.selector.recheck_held_back()
-                avoid = entry.account
+                refused.add(entry.account)
                 continue
             return
         assert refusal is not None
         raise refusal
 
-    async def _choose_account(self, avoid: str | None) -> str:
+    async def _choose_account(self, avoid: str | None, exclude: Collection[str] = ()) -> str:
         """The account to spawn on: the policy's, never one whose newest login is elsewhere.
 
         The selector holds back every account with a login waiting in
@@ -887,7 +890,7 @@ class AppServerPool:
             await self._retry_stranded()
         refused: LoginQuarantined | None = None
         for _ in range(len(await self.selector.accounts()) + 1):
-            choice = await self._choose(avoid)
+            choice = await self._choose(avoid, exclude)
             if not self.accounts.quarantine_listing():  # the rule: nothing waits
                 return choice
             try:
@@ -901,10 +904,10 @@ class AppServerPool:
         assert refused is not None
         raise refused
 
-    async def _choose(self, avoid: str | None) -> str:
+    async def _choose(self, avoid: str | None, exclude: Collection[str] = ()) -> str:
         assert self.selector is not None
         # The account being left is taken back only when nothing else can run.
-        choice = await self.selector.choose(avoid=avoid)
+        choice = await self.selector.choose(avoid=avoid, exclude=exclude)
         if not isinstance(choice, str):
             raise self.selector.unavailable(choice, what="no account can run an app-server now")
         return choice
@@ -1072,19 +1075,11 @@ class AppServerPool:
         if lease is None:
             await self.store.put(entry.key, source, version=version)
             return
-        record: LeaseRecord | None = None
-        if not await self._confirm_key(lease):
-            record = await self._retake_key(entry, lease)
-        try:
+        async with contextlib.AsyncExitStack() as held:
+            if not await self._confirm_key(lease):
+                await self._retake_key(entry, lease, held)
             await self._check_unmoved(entry)
             await self._put_tracked(entry, source, version)
-        finally:
-            if record is not None:
-                assert self.config.leases is not None
-                try:
-                    await self.config.leases.release(record)
-                except LeaseError as exc:
-                    self.log.warning("giving back the lease on %r failed: %s", entry.key, exc)
 
     async def _confirm_key(self, lease: Lease) -> bool:
         """Whether the backend confirms ``lease``; a backend out of reach is asked again."""
@@ -1102,50 +1097,73 @@ class AppServerPool:
             else:
                 return True
 
-    async def _retake_key(self, entry: _Entry, lease: Lease) -> LeaseRecord:
-        """Take ``entry``'s lapsed key lease again (a record to give back), or raise."""
+    async def _retake_key(
+        self, entry: _Entry, lease: Lease, held: contextlib.AsyncExitStack
+    ) -> None:
+        """Take ``entry``'s lapsed key lease again, renewed until ``held`` closes, or raise."""
         backend = self.config.leases
         assert backend is not None
-        try:
-            # The lapsed claim itself, if nobody judged it dead; else a fresh
-            # one if nobody holds the key (the store check then tells whether
-            # anybody ran it meanwhile).
-            for replaces in (lease.record, None):
-                record = await backend.try_acquire(
-                    lease.name,
-                    owner=lease.owner,
-                    mode=LeaseMode.EXCLUSIVE,
-                    ttl=self.config.key_lease_ttl,
-                    purpose=lease.record.purpose,
-                    replaces=replaces,
+        # The lapsed claim itself, if nobody judged it dead; else a fresh one
+        # if nobody holds the key (the store check then tells whether anybody
+        # ran it meanwhile).
+        for replaces in (lease.record, None):
+            try:
+                await held.enter_async_context(
+                    acquire_lease(
+                        backend,
+                        lease.name,
+                        mode=LeaseMode.EXCLUSIVE,
+                        ttl=self.config.key_lease_ttl,
+                        timeout=0,
+                        owner=lease.owner,
+                        purpose=lease.record.purpose,
+                        replaces=replaces,
+                        clock=self.clock,
+                    )
                 )
-                if record is not None:
-                    self.log.warning("took the lapsed lease on %r again to archive it", entry.key)
-                    return record
-        except LeaseError as exc:
-            self.log.warning("cannot take the lease on %r again: %s", entry.key, exc)
+            except LeaseTimeout:
+                continue
+            except LeaseError as exc:
+                self.log.warning("cannot take the lease on %r again: %s", entry.key, exc)
+                break
+            self.log.warning("took the lapsed lease on %r again to archive it", entry.key)
+            return
         raise await self._key_holder(entry.key, lease.name)
 
     async def _put_tracked(self, entry: _Entry, source: Path, version: int) -> None:
-        """Put ``version`` and remember it as this entry's once the store holds it."""
-        try:
-            await self.store.put(entry.key, source, version=version)
-        except BaseException:
-            # Failed, or cancelled with its outcome unknown: ours only if the
-            # store holds it now (versions alone do not say whose it is).
-            with contextlib.suppress(Exception):
-                if await self.store.version(entry.key) == version:
-                    entry.written.add(version)
-            raise
-        entry.written.add(version)
+        """Put ``version`` and remember it as this entry's once the put succeeded.
+
+        Shielded: a cancelled caller leaves the put to finish (a local
+        store's worker thread would anyway), and it still counts as ours
+        when it lands. A put that failed counts as nobody's: should it have
+        landed nonetheless, the next archive of this entry is refused and
+        its home kept, never the other way round.
+        """
+
+        await asyncio.shield(self._start_put(entry, source, version))
+
+    def _start_put(self, entry: _Entry, source: Path, version: int) -> asyncio.Future[None]:
+        """The put of ``version`` as a task; it is this entry's once it succeeded."""
+
+        def settled(put: asyncio.Future[None]) -> None:
+            if not put.cancelled() and put.exception() is None:
+                entry.written.add(version)
+
+        put = asyncio.ensure_future(self.store.put(entry.key, source, version=version))
+        put.add_done_callback(settled)
+        return put
 
     async def _check_unmoved(self, entry: _Entry) -> None:
         """Raise KeyHeldElsewhere when the store holds a version this entry did not write."""
         stored = await self.store.version(entry.key)
         if (stored or 0) not in entry.written:
-            raise KeyHeldElsewhere(
-                entry.key, f"unknown (the store holds version {stored}, written elsewhere)"
+            self.log.error(
+                "the store holds version %s of %r, which this replica did not write: "
+                "another one ran it meanwhile",
+                stored,
+                entry.key,
             )
+            raise KeyHeldElsewhere(entry.key, None)
 
     async def checkpoint(self, key: str) -> int:
         """Archive ``key``'s home while its server runs on; returns the version written.
@@ -1178,19 +1196,28 @@ class AppServerPool:
             # Shielded: a cancelled caller must not leave the copy half made
             # and then removed under the worker thread still writing it.
             snapshot = asyncio.ensure_future(asyncio.to_thread(snapshot_home, entry.home, copy))
+            put: asyncio.Future[None] | None = None
             try:
                 await asyncio.shield(snapshot)
-                if entry.key_lease is None:
-                    await self.store.put(key, copy, version=version)
-                else:
-                    await entry.key_lease.confirm()  # right before the upload
-                    await self._check_unmoved(entry)
-                    await self._put_tracked(entry, copy, version)
+                if entry.key_lease is not None:
+                    # Right before the upload. A lease found lost stops the
+                    # server (on_lost); so does a store another replica wrote.
+                    await entry.key_lease.confirm()
+                    try:
+                        await self._check_unmoved(entry)
+                    except KeyHeldElsewhere:
+                        self._begin_stop(entry, "another replica archived its key meanwhile")
+                        raise
+                put = self._start_put(entry, copy, version)
+                await asyncio.shield(put)
             finally:
-                if snapshot.done():
+                # The copy goes once nothing reads it: a cancelled caller leaves
+                # the copy or the upload to finish in the background.
+                busy = put if put is not None else snapshot
+                if busy.done():
                     await asyncio.to_thread(shutil.rmtree, copy, ignore_errors=True)
                 else:
-                    snapshot.add_done_callback(lambda _: shutil.rmtree(copy, ignore_errors=True))
+                    busy.add_done_callback(lambda _: shutil.rmtree(copy, ignore_errors=True))
         self.log.debug("checkpointed %r as version %d", key, version)
         return version
 

@@ -577,7 +577,10 @@ class AppServerPool:
         is blocked, :class:`~codex_supervisor.errors.LoginQuarantined` (an
         :class:`~codex_supervisor.errors.AuthError`) when every account is
         held back because its newest login waits in quarantine or in a kept
-        home, and whatever ``build`` or the home store raise.
+        home, :class:`~codex_supervisor.errors.KeyHeldElsewhere` when another
+        replica runs ``key`` (with :attr:`PoolConfig.leases`; a
+        :class:`~codex_supervisor.errors.LeaseError` when the lease backend
+        cannot be reached), and whatever ``build`` or the home store raise.
         """
         _check_key(key)
         died = 0  # servers this call spawned that exited on their own
@@ -1453,7 +1456,10 @@ class AppServerPool:
         run at all, :class:`~codex_supervisor.errors.QuotaUnavailable` is
         raised and the old server keeps running. A key shut down meanwhile
         raises :class:`~codex_supervisor.errors.ConfigError` and is not
-        respawned.
+        respawned. With :attr:`PoolConfig.leases` the key is given back while
+        its home is archived: should another replica take it in that moment,
+        :class:`~codex_supervisor.errors.KeyHeldElsewhere` is raised (the
+        key runs there, from the same archive).
         """
         return await self._rotate(
             key, exhausted=exhausted, reason=reason, from_account=from_account, idle_since=None

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import tarfile
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -673,3 +675,18 @@ async def test_a_spawn_passes_over_every_account_refused_as_busy(
         with pytest.raises(errors.QuotaUnavailable, match="refused just now") as caught:
             await pool.ensure("ws", build)  # every account refused
         assert isinstance(caught.value.__cause__, errors.AccountBusy)
+
+
+async def test_a_checkpoint_removes_copies_a_dead_pool_left_an_hour_ago(tmp_path: Path) -> None:
+    leases = FileLeaseBackend(tmp_path / "leases")
+    scratch = tmp_path / "gw-a" / "checkpoints"
+    old, recent = scratch / "ws-old", scratch / "ws-recent"
+    for folder in (old, recent):
+        (folder / "sessions").mkdir(parents=True)
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    async with replicas(tmp_path, leases) as (a, _, _):
+        await a.ensure("ws", build)
+        assert await a.checkpoint("ws") == 1
+    assert not old.exists()
+    assert recent.exists()  # perhaps another pool's, at work now

@@ -1175,7 +1175,8 @@ class AppServerPool:
         turn: a replica that dies then loses no more than what happened
         since. The live home is first copied consistently
         (:func:`~codex_supervisor.appserver.checkpoint.snapshot_home`: its
-        SQLite databases by online backup, other files linked) under
+        SQLite databases by online backup, rollouts up to their last
+        complete line, other files linked) under
         ``root/checkpoints``, then archived as the next version; the server
         is not disturbed. Raises :class:`~codex_supervisor.errors.ConfigError`
         when ``key`` has no running server,
@@ -1230,9 +1231,10 @@ class AppServerPool:
         scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
         cutoff = time.time() - _STALE_SNAPSHOT_AGE
         with os.scandir(scratch) as found:
-            stale = [e.path for e in found if e.stat(follow_symlinks=False).st_mtime < cutoff]
-        for path in stale:  # left by a pool that died mid-checkpoint
-            shutil.rmtree(path, ignore_errors=True)
+            for copy in found:  # left by a pool that died mid-checkpoint
+                with contextlib.suppress(OSError):
+                    if copy.stat(follow_symlinks=False).st_mtime < cutoff:
+                        shutil.rmtree(copy.path, ignore_errors=True)
         return scratch / f"{_slug(entry.key)}-{entry.generation}-{secrets.token_hex(4)}"
 
     async def _rescue_auth(self, home: Path, account: str | None) -> bool:

@@ -15,7 +15,7 @@ import sqlite3
 import tarfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -470,31 +470,49 @@ def test_snapshot_home_backs_databases_up_copies_logs_and_links_the_rest(tmp_pat
 async def test_a_spawn_chooses_another_account_when_its_choice_is_busy_elsewhere(
     tmp_path: Path, backend: FakeCodexBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    accounts = account_pool(tmp_path, backend, alpha=5.0, beta=30.0)
+    refused = refuse_occupancy(monkeypatch, lambda name, refused: name == "alpha" and not refused)
+    launcher = FakeAppServerLauncher()
+    async with accounts_pool(tmp_path, accounts, launcher) as pool:
+        handle = await pool.ensure("ws", build)
+    assert refused == ["alpha"]
+    assert handle.account == "beta"
+    assert len(launcher.requests) == 1
+
+
+def account_pool(tmp_path: Path, backend: FakeCodexBackend, **used: float) -> AccountPool:
+    """A pool of accounts with the given five-hour use, in the fake backend."""
     base = tmp_path / "base"
     backend.write_codex_home(base)
     accounts = AccountPool(root=tmp_path / "accounts", base_codex_home=base)
-    for name, used in (("alpha", 5.0), ("beta", 30.0)):
-        backend.add_account(f"id-{name}", five_hour_used=used)
+    for name, percent in used.items():
+        backend.add_account(f"id-{name}", five_hour_used=percent)
         accounts.import_auth(name, backend.write_auth(tmp_path / f"login-{name}", f"id-{name}"))
+    return accounts
+
+
+def refuse_occupancy(
+    monkeypatch: pytest.MonkeyPatch, busy: Callable[[str, list[str]], bool]
+) -> list[str]:
+    """Occupying an account ``busy(name, refused so far)`` says is busy raises AccountBusy."""
     real_occupy = AccountPool.occupy
     refused: list[str] = []
 
     def occupy(self: AccountPool, name: str, **kwargs: Any) -> Any:
-        if name == "alpha" and not refused:
+        if busy(name, refused):
             refused.append(name)
             raise errors.AccountBusy(name, "other-host:/pool")
         return real_occupy(self, name, **kwargs)
 
     monkeypatch.setattr(AccountPool, "occupy", occupy)
-    launcher = FakeAppServerLauncher()
+    return refused
+
+
+def accounts_pool(
+    tmp_path: Path, accounts: AccountPool, launcher: FakeAppServerLauncher
+) -> AppServerPool:
     config = PoolConfig(root=tmp_path / "gw", codex="codex")
-    async with AppServerPool(
-        config, accounts=accounts, launcher=launcher, environ={"PATH": "/usr/bin"}
-    ) as pool:
-        handle = await pool.ensure("ws", build)
-    assert refused == ["alpha"]
-    assert handle.account == "beta"
-    assert len(launcher.requests) == 1
+    return AppServerPool(config, accounts=accounts, launcher=launcher, environ={"PATH": "/usr/bin"})
 
 
 async def test_a_relative_root_gives_absolute_homes(
@@ -646,32 +664,15 @@ async def test_a_store_another_replica_wrote_stops_the_server_and_keeps_its_home
 async def test_a_spawn_passes_over_every_account_refused_as_busy(
     tmp_path: Path, backend: FakeCodexBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base = tmp_path / "base"
-    backend.write_codex_home(base)
-    accounts = AccountPool(root=tmp_path / "accounts", base_codex_home=base)
-    for name, used in (("alpha", 5.0), ("beta", 10.0), ("gamma", 30.0)):
-        backend.add_account(f"id-{name}", five_hour_used=used)
-        accounts.import_auth(name, backend.write_auth(tmp_path / f"login-{name}", f"id-{name}"))
-    real_occupy = AccountPool.occupy
-    refused: list[str] = []
-
-    def occupy(self: AccountPool, name: str, **kwargs: Any) -> Any:
-        if name in ("alpha", "beta"):
-            refused.append(name)
-            raise errors.AccountBusy(name, "other-host:/pool")
-        return real_occupy(self, name, **kwargs)
-
-    monkeypatch.setattr(AccountPool, "occupy", occupy)
-    launcher = FakeAppServerLauncher()
-    config = PoolConfig(root=tmp_path / "gw", codex="codex")
-    async with AppServerPool(
-        config, accounts=accounts, launcher=launcher, environ={"PATH": "/usr/bin"}
-    ) as pool:
+    accounts = account_pool(tmp_path, backend, alpha=5.0, beta=10.0, gamma=30.0)
+    everyone = False
+    refused = refuse_occupancy(monkeypatch, lambda name, _: everyone or name in ("alpha", "beta"))
+    async with accounts_pool(tmp_path, accounts, FakeAppServerLauncher()) as pool:
         handle = await pool.ensure("ws", build)
         assert handle.account == "gamma"
         assert sorted(refused) == ["alpha", "beta"]
         await pool.shutdown("ws")
-        monkeypatch.setattr(AccountPool, "occupy", lambda self, name, **kw: occupy(self, "alpha"))
+        everyone = True
         with pytest.raises(errors.QuotaUnavailable, match="refused just now") as caught:
             await pool.ensure("ws", build)  # every account refused
         assert isinstance(caught.value.__cause__, errors.AccountBusy)

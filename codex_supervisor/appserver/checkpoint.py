@@ -125,24 +125,14 @@ def _copy_whole_lines(source: Path, target: Path) -> None:
         return  # gone meanwhile
     with src, target.open("xb") as dst:
         remaining = os.fstat(src.fileno()).st_size
+        whole = 0  # bytes up to just after the last newline copied
         while remaining > 0 and (chunk := src.read(min(_CHUNK, remaining))):
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                whole = dst.tell() + newline + 1
             dst.write(chunk)
             remaining -= len(chunk)
-        dst.flush()
-        end = dst.tell()
-        cut = end
-        while cut > 0:  # back to just after the last newline
-            start = max(0, cut - _CHUNK)
-            with target.open("rb") as check:
-                check.seek(start)
-                block = check.read(cut - start)
-            found = block.rfind(b"\n")
-            if found >= 0:
-                cut = start + found + 1
-                break
-            cut = start
-        if cut != end:
-            dst.truncate(cut)
+        dst.truncate(whole)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

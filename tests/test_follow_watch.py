@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +118,16 @@ def _turn(kind: str) -> bytes:
 
 
 async def _append_a_turn_and_see_it(
-    tmp_path: Path, backend: FakeCodexBackend, **config: Any
+    tmp_path: Path,
+    backend: FakeCodexBackend,
+    *,
+    until: Callable[[], bool] | None = None,
+    **config: Any,
 ) -> None:
-    """An idle interactive session; a turn appended to its rollout must be seen, then stop."""
+    """An idle interactive session; a turn appended to its rollout must be seen, then stop.
+
+    With ``until``, more turns are appended (each seen) until it holds, ten at most.
+    """
     base = backend.write_codex_home(tmp_path / "codex-home")
     pool = AccountPool(root=tmp_path / "pool", base_codex_home=base)
     backend.add_account("id-alpha", per_request_percent=1)
@@ -155,16 +162,19 @@ async def _append_a_turn_and_see_it(
             assert not run.done(), run.result()
             await asyncio.sleep(0.02)
         [bound] = [e for e in sink.events if isinstance(e, SessionBound)]
-        fd = os.open(bound.path, os.O_WRONLY | os.O_APPEND)
-        try:
-            os.write(fd, _turn("task_started") + _turn("task_complete"))
-        finally:
-            os.close(fd)
-        # Seen without the hour-long safety poll: a write woke the loop (or
-        # the fallback poll found it). The test's timeout guards the rest.
-        while ends.count < 2:
-            assert not run.done(), run.result()
-            await asyncio.sleep(0.02)
+        for seen in range(2, 12):
+            fd = os.open(bound.path, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, _turn("task_started") + _turn("task_complete"))
+            finally:
+                os.close(fd)
+            # Seen without the hour-long safety poll: a write woke the loop (or
+            # the fallback poll found it). The test's timeout guards the rest.
+            while ends.count < seen:
+                assert not run.done(), run.result()
+                await asyncio.sleep(0.02)
+            if until is None or until():
+                break
         supervisor.request_stop()
         result = await run
         assert result.exit_code == 143
@@ -240,6 +250,9 @@ async def test_a_blind_watch_is_noticed_and_the_run_polls(
     """A watch that announces nothing (a replaced folder, a filesystem without events).
 
     The safety look finds lines no event announced: one WARNING, then polling.
+    Lines read by the look right after a new watch is set up (the hook inbox
+    appearing at a turn's end) prove nothing, since a write just before it
+    goes unannounced anyway: then it takes the next turn to notice.
     """
 
     class Blind(ChangeWatcher):
@@ -248,6 +261,11 @@ async def test_a_blind_watch_is_noticed_and_the_run_polls(
 
     monkeypatch.setattr("codex_supervisor.supervisor.ChangeWatcher", Blind)
     with caplog.at_level(logging.WARNING, logger="codex_supervisor.supervisor"):
-        await _append_a_turn_and_see_it(tmp_path, backend, safety_poll=0.2)
+        await _append_a_turn_and_see_it(
+            tmp_path,
+            backend,
+            safety_poll=0.2,
+            until=lambda: any("without a file event" in r.getMessage() for r in caplog.records),
+        )
     blind = [r for r in caplog.records if "without a file event" in r.getMessage()]
     assert len(blind) == 1
